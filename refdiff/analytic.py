@@ -1,0 +1,431 @@
+r"""Exact ground truth: Gaussian mixtures, a single Gaussian and finite data sets, at any noise level.
+
+Under any linear process (a :class:`~refdiff.schedules.DiscreteSchedule` or an
+SDE of :mod:`refdiff.sde`) with :math:`q(x_t|x_0)=\mathcal N(\gamma_tx_0,\sigma_t^2I)`,
+a mixture :math:`\sum_k w_k\mathcal N(\mu_k,\Sigma_k)` diffuses to
+
+.. math::
+
+    p_t(x)=\sum_k w_k\,\mathcal N(x;\gamma_t\mu_k,\ C_k),\qquad C_k=\gamma_t^2\Sigma_k+\sigma_t^2I,
+
+so the density, the score :math:`\nabla\log p_t`, the class posterior
+:math:`p(k|x_t)` and Tweedie's denoiser
+
+.. math::
+
+    E[x_0|x_t]=\sum_k p(k|x_t)\big(\mu_k+\gamma_t\Sigma_kC_k^{-1}(x_t-\gamma_t\mu_k)\big)
+
+are exact at every t. Each :math:`\Sigma_k=U_k\,\mathrm{diag}(\lambda_k)U_k^\top`
+is diagonalised once (``numpy.linalg.eigh``), which diagonalises every
+:math:`C_k=U_k\,\mathrm{diag}(\gamma_t^2\lambda_k+\sigma_t^2)U_k^\top` too: a
+per-example t costs no factorisation, and no inverse is ever formed. The
+mixture sum is a streaming log-sum-exp over components (one pass, memory
+O(N D), never the (N, K, D) broadcast).
+
+The denoiser is evaluated in the form above, not as
+:math:`(x_t+\sigma_t^2\nabla\log p_t)/\gamma_t`, so it stays finite at zero
+SNR (:math:`\gamma_t=0`), where it equals the data mean.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import as_float_array, as_rng, check_finite, device_of, namespace, per_example, to_numpy
+
+__all__ = ["GaussianMixture", "Gaussian", "EmpiricalData"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _process_coefs(process, t):
+    """Host float64 (gamma, sigma^2) for a process and time(s); (1, 0) when process is None."""
+    if process is None:
+        if t is not None:
+            raise ValueError("t was given without a process; pass both or neither")
+        return np.float64(1.0), np.float64(0.0)
+    if t is None:
+        raise ValueError("a process was given without t; pass both or neither")
+    return np.asarray(process.mean_coef(t), dtype=np.float64), np.asarray(process.variance(t), dtype=np.float64)
+
+
+def _check_points(x, D, name="x"):
+    x = as_float_array(x, name)
+    if x.ndim != 2 or x.shape[1] != D:
+        raise ValueError(f"{name} must have shape (N, {D}), got {tuple(x.shape)}")
+    check_finite(x, name)
+    return x
+
+
+def _on(x, host):
+    """Host float64 array moved to x's device in x's dtype."""
+    xp = namespace(x)
+    return xp.astype(xp.asarray(host, device=device_of(x)), x.dtype)
+
+
+class GaussianMixture:
+    r"""A mixture :math:`\sum_k w_k\mathcal N(\mu_k,\Sigma_k)` in D dimensions.
+
+    Parameters
+    ----------
+    weights : array_like, shape (K,)
+        Non-negative, summing to 1 (to 1e-9).
+    means : array_like, shape (K, D)
+    covs : array_like
+        ``(K, D, D)`` full, ``(K, D)`` diagonal or ``(K,)`` isotropic
+        (variances, not standard deviations). Must be positive definite.
+
+    Methods taking ``(x, process=None, t=None)`` evaluate the mixture itself
+    when no process is given and its exact diffused marginal :math:`p_t`
+    otherwise; ``t`` may be a scalar or one time per row of ``x``.
+
+    Raises
+    ------
+    ValueError
+        On bad shapes, non-finite values, negative or non-normalised
+        weights, or a covariance that is not symmetric positive definite.
+    """
+
+    def __init__(self, weights, means, covs):
+        w = np.array(to_numpy(as_float_array(weights, "weights")), dtype=np.float64)
+        mu = np.array(to_numpy(as_float_array(means, "means")), dtype=np.float64)
+        cov = np.array(to_numpy(as_float_array(covs, "covs")), dtype=np.float64)
+        if w.ndim != 1 or w.shape[0] < 1:
+            raise ValueError(f"weights must be 1-D of length K >= 1, got shape {w.shape}")
+        K = w.shape[0]
+        if mu.ndim != 2 or mu.shape[0] != K:
+            raise ValueError(f"means must have shape (K={K}, D), got {mu.shape}")
+        D = mu.shape[1]
+        for name, a in (("weights", w), ("means", mu), ("covs", cov)):
+            check_finite(a, name)
+        if np.any(w < 0):
+            raise ValueError(f"weights must be non-negative, got min {w.min()}")
+        if abs(w.sum() - 1.0) > 1e-9:
+            raise ValueError(f"weights must sum to 1, got sum {w.sum()!r}")
+        if cov.shape == (K,):
+            kind, lam, U = "isotropic", cov.copy(), None
+        elif cov.shape == (K, D):
+            kind, lam, U = "diagonal", cov.copy(), None
+        elif cov.shape == (K, D, D):
+            kind = "full"
+            asym = np.abs(cov - np.swapaxes(cov, 1, 2)).max(axis=(1, 2))
+            scale = np.abs(cov).max(axis=(1, 2))
+            bad = np.flatnonzero(asym > 1e-10 * scale)
+            if bad.size:
+                raise ValueError(f"covs[{bad[0]}] is not symmetric (max asymmetry {asym[bad[0]]:.3g})")
+            lam, U = np.linalg.eigh(cov)  # (K, D), (K, D, D)
+        else:
+            raise ValueError(f"covs must have shape (K,), (K, D) or (K, D, D) with K={K}, D={D}; got {cov.shape}")
+        lam_min = lam.reshape(K, -1).min(axis=1)
+        if np.any(lam_min <= 0):
+            k = int(np.argmin(lam_min))
+            raise ValueError(f"covs[{k}] is not positive definite (smallest eigenvalue {lam_min[k]:.3g})")
+        self.weights, self.means, self.covs, self.kind = w, mu, cov, kind
+        self._lam, self._U = lam, U
+        self._active = np.flatnonzero(w > 0)  # zero-weight components never contribute
+        for a in (self.weights, self.means, self.covs, self._lam) + ((U,) if U is not None else ()):
+            a.flags.writeable = False
+
+    @property
+    def n_components(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def __repr__(self):
+        return f"{type(self).__name__}(K={self.n_components}, D={self.dim}, covs={self.kind})"
+
+    def full_covs(self) -> np.ndarray:
+        """Covariances as a (K, D, D) float64 array, whatever the stored kind."""
+        K, D = self.n_components, self.dim
+        if self.kind == "full":
+            return self.covs.copy()
+        diag = np.broadcast_to(self._lam.reshape(K, -1), (K, D))
+        return diag[:, :, None] * np.eye(D)
+
+    def mean(self) -> np.ndarray:
+        r"""Mixture mean :math:`\sum_k w_k\mu_k` (float64)."""
+        return self.weights @ self.means
+
+    def covariance(self) -> np.ndarray:
+        r"""Mixture covariance :math:`\sum_k w_k(\Sigma_k+\mu_k\mu_k^\top)-mm^\top` (float64)."""
+        m = self.mean()
+        second = np.einsum("k,kij->ij", self.weights, self.full_covs() + self.means[:, :, None] * self.means[:, None, :])
+        return second - np.outer(m, m)
+
+    # ------------------------------------------------------------- diffusion
+    def diffuse(self, process, t) -> "GaussianMixture":
+        r"""The exact marginal at scalar time t: means :math:`\gamma_t\mu_k`, covariances :math:`\gamma_t^2\Sigma_k+\sigma_t^2I`."""
+        gamma, var = _process_coefs(process, t)
+        if gamma.ndim != 0:
+            raise ValueError("diffuse takes a scalar t; evaluate per-example times with the (process, t) methods")
+        if self.kind == "full":
+            covs = gamma**2 * self.covs + var * np.eye(self.dim)
+        else:
+            covs = gamma**2 * self.covs + var
+        return GaussianMixture(self.weights, gamma * self.means, covs)
+
+    def _components(self, x, process, t, want):
+        """Yield, per active component k, its logit log w_k N(x; gamma mu_k, C_k) (N,) and requested fields.
+
+        ``want`` holds any of "grad" (the component's score) and "x0" (its
+        Tweedie denoiser), each (N, D).
+        """
+        N, D = x.shape
+        xp = namespace(x)
+        gamma, var = _process_coefs(process, t)
+        g_x = per_example(gamma, x, "t")
+        per_t = gamma.ndim == 1
+        for k in self._active:
+            lam = self._lam[k]
+            # eigenvalues of C_k, host float64: () or (N,) isotropic, (D,) or (N, D) otherwise
+            c = np.multiply.outer(gamma**2, lam) + (var[:, None] if per_t and lam.ndim else var)
+            if lam.ndim == 0:  # isotropic: one eigenvalue of multiplicity D
+                logdet, c_x, lam_x = D * np.log(c), per_example(c, x, "t"), per_example(lam, x)
+            else:
+                logdet, c_x, lam_x = np.sum(np.log(c), axis=-1), _on(x, c), _on(x, lam)
+            mu = _on(x, self.means[k])
+            U = None if self._U is None else _on(x, self._U[k])
+            z = x - g_x * mu  # (N, D)
+            y = z if U is None else z @ U  # eigen coordinates
+            q = y / c_x  # C_k^{-1} z in eigen coordinates
+            logit = (math.log(self.weights[k]) - 0.5 * (D * _LOG_2PI + _on(x, logdet))) - 0.5 * xp.sum(y * q, axis=1)
+            fields = {}
+            if "grad" in want:
+                fields["grad"] = -q if U is None else -(q @ U.T)
+            if "x0" in want:
+                shift = lam_x * q if U is None else (lam_x * q) @ U.T
+                fields["x0"] = mu + g_x * shift
+            yield logit, fields
+
+    def _stream(self, x, process, t, want):
+        """log p_t(x) (N,) and the posterior averages of the requested fields, in one pass (streaming log-sum-exp)."""
+        xp = namespace(x)
+        N, D = x.shape
+        dev = device_of(x)
+        m = xp.full((N,), -xp.inf, dtype=x.dtype, device=dev)
+        total = xp.zeros((N,), dtype=x.dtype, device=dev)
+        acc = {f: xp.zeros((N, D), dtype=x.dtype, device=dev) for f in want}
+        for logit, fields in self._components(x, process, t, want):
+            # rescale what was accumulated so far to the new running max
+            m_new = xp.maximum(m, logit)
+            a, b = xp.exp(m - m_new), xp.exp(logit - m_new)
+            total = total * a + b
+            for f, v in fields.items():
+                acc[f] = acc[f] * a[:, None] + b[:, None] * v
+            m = m_new
+        return m + xp.log(total), {f: v / total[:, None] for f, v in acc.items()}
+
+    def _logits(self, x, process, t):
+        """Per-component logits as a (K_active, N) array (components on the leading axis)."""
+        xp = namespace(x)
+        return xp.stack([logit for logit, _ in self._components(x, process, t, ())], axis=0)
+
+    # --------------------------------------------------------------- queries
+    def log_prob(self, x, process=None, t=None):
+        r""":math:`\log p_t(x)` per row of x, shape (N,)."""
+        x = _check_points(x, self.dim)
+        return self._stream(x, process, t, ())[0]
+
+    def score(self, x, process=None, t=None):
+        r""":math:`\nabla_x\log p_t(x)`, shape (N, D)."""
+        x = _check_points(x, self.dim)
+        return self._stream(x, process, t, ("grad",))[1]["grad"]
+
+    def component_posterior(self, x, process=None, t=None):
+        r""":math:`p(k|x_t)`, shape (N, K); zero for zero-weight components."""
+        x = _check_points(x, self.dim)
+        xp = namespace(x)
+        logits = self._logits(x, process, t)  # (K_active, N)
+        mx = xp.max(logits, axis=0)
+        r = xp.exp(logits - mx)
+        r = r / xp.sum(r, axis=0)
+        if self._active.shape[0] == self.n_components:
+            return xp.permute_dims(r, (1, 0))
+        full = xp.zeros((self.n_components, x.shape[0]), dtype=x.dtype, device=device_of(x))
+        for i, k in enumerate(self._active):
+            full[int(k), :] = r[i, :]
+        return xp.permute_dims(full, (1, 0))
+
+    def denoise(self, x_t, process, t):
+        r"""Tweedie's :math:`E[x_0|x_t]` for data from this mixture, shape (N, D)."""
+        x_t = _check_points(x_t, self.dim, "x_t")
+        return self._stream(x_t, process, t, ("x0",))[1]["x0"]
+
+    def eps(self, x_t, process, t):
+        r""":math:`E[\epsilon|x_t]=(x_t-\gamma_tE[x_0|x_t])/\sigma_t`, the optimal eps-prediction."""
+        x_t = _check_points(x_t, self.dim, "x_t")
+        gamma, var = _process_coefs(process, t)
+        if np.any(var == 0):
+            raise ValueError("eps is undefined at sigma_t = 0 (t = 0)")
+        x0 = self._stream(x_t, process, t, ("x0",))[1]["x0"]
+        return (x_t - per_example(gamma, x_t) * x0) / per_example(np.sqrt(var), x_t)
+
+    def sample(self, n: int, rng=None, return_labels: bool = False):
+        """Draw ``n`` samples (float64 NumPy, shape (n, D)).
+
+        Each example uses the i-th draw of two streams spawned from ``rng``
+        (one for the component, one for the Gaussian), so example i does not
+        depend on ``n``.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        pick_rng, noise_rng = as_rng(rng).spawn(2)
+        u = pick_rng.random(n)
+        labels = np.minimum(np.searchsorted(np.cumsum(self.weights), u, side="right"), self.n_components - 1)
+        while np.any(self.weights[labels] == 0):  # a rounding edge landed on an empty component
+            labels = np.where(self.weights[labels] == 0, labels - 1, labels)
+        z = noise_rng.standard_normal((n, self.dim))
+        scale = np.sqrt(self._lam)
+        if self.kind == "isotropic":
+            x = self.means[labels] + scale[labels, None] * z
+        elif self.kind == "diagonal":
+            x = self.means[labels] + scale[labels] * z
+        else:
+            x = self.means[labels] + np.einsum("nij,nj->ni", self._U[labels], scale[labels] * z)
+        return (x, labels) if return_labels else x
+
+
+class Gaussian(GaussianMixture):
+    r"""A single Gaussian :math:`\mathcal N(\mu,\Sigma)`, with the exact probability-flow ODE map.
+
+    Parameters
+    ----------
+    mean : array_like, shape (D,)
+    cov : array_like, shape (D, D), (D,) or scalar (variance)
+    """
+
+    def __init__(self, mean, cov):
+        mu = np.asarray(to_numpy(as_float_array(mean, "mean")), dtype=np.float64)
+        if mu.ndim != 1:
+            raise ValueError(f"mean must be 1-D, got shape {mu.shape}")
+        c = np.asarray(to_numpy(as_float_array(cov, "cov")), dtype=np.float64)
+        if c.ndim > 2:
+            raise ValueError(f"cov must be a scalar, (D,) or (D, D), got shape {c.shape}")
+        super().__init__(np.ones(1), mu[None, :], c[None, ...] if c.ndim else np.reshape(c, (1,)))
+
+    def ode_solution(self, x, process, t_from, t_to):
+        r"""Exact solution of the probability-flow ODE from time ``t_from`` to ``t_to``.
+
+        For Gaussian data every :math:`C_t=\gamma_t^2\Sigma+\sigma_t^2I`
+        shares the eigenvectors of :math:`\Sigma`, and in those coordinates
+        :math:`(x_t-\gamma_t\mu)/\sqrt{c_t}` is constant along the ODE
+        (:math:`\dot c=2fc+g^2` gives :math:`\tfrac{d}{dt}\log\sqrt c=f+g^2/2c`,
+        the ODE's own rate). Hence
+        :math:`x_{t'}=\gamma_{t'}\mu+U\,\mathrm{diag}(\sqrt{c_{t'}/c_t})\,U^\top(x_t-\gamma_t\mu)`.
+        Either time may be a scalar or one per row.
+        """
+        x = _check_points(x, self.dim)
+        g0, v0 = _process_coefs(process, t_from)
+        g1, v1 = _process_coefs(process, t_to)
+        lam = self._lam[0]
+        c0 = np.multiply.outer(g0**2, lam) + (v0[..., None] if np.ndim(lam) else v0)
+        c1 = np.multiply.outer(g1**2, lam) + (v1[..., None] if np.ndim(lam) else v1)
+        if np.any(c0 == 0):
+            raise ValueError("t_from has zero marginal variance; the ODE map starts from a point mass there")
+        ratio = np.sqrt(c1 / c0)
+        mu = _on(x, self.means[0])
+        z = x - per_example(g0, x, "t_from") * mu
+        U = None if self._U is None else _on(x, self._U[0])
+        if np.ndim(lam) == 0:
+            scaled = per_example(ratio, x, "t") * z
+        else:
+            y = z if U is None else z @ U
+            scaled = _on(x, ratio) * y
+            scaled = scaled if U is None else scaled @ U.T
+        return per_example(g1, x, "t_to") * mu + scaled
+
+
+class EmpiricalData:
+    r"""A finite data set :math:`\{x^{(i)}\}_{i=1}^M`, its diffused marginals and exact optimal denoiser.
+
+    :math:`p_t=\frac1M\sum_i\mathcal N(\gamma_tx^{(i)},\sigma_t^2I)`: what a
+    perfectly memorising model learns (Karras et al. 2022, appendix B.3).
+    Its denoiser is the softmax-weighted average
+    :math:`E[x_0|x_t]=\sum_i \mathrm{softmax}_i(-\|x_t-\gamma_tx^{(i)}\|^2/2\sigma_t^2)\,x^{(i)}`.
+    Only t with :math:`\sigma_t>0` is allowed: at t = 0 the data are point masses.
+
+    Parameters
+    ----------
+    points : array_like, shape (M, D)
+    block : int
+        Rows of x evaluated at once; bounds memory to about ``block * M * D``
+        numbers (squared distances are taken directly, not through the
+        cancelling :math:`\|a\|^2-2a\cdot b+\|b\|^2`).
+    """
+
+    def __init__(self, points, block: int = 256):
+        p = np.array(to_numpy(as_float_array(points, "points")), dtype=np.float64)
+        if p.ndim != 2 or p.shape[0] < 1:
+            raise ValueError(f"points must have shape (M, D) with M >= 1, got {p.shape}")
+        check_finite(p, "points")
+        if not isinstance(block, (int, np.integer)) or block < 1:
+            raise ValueError(f"block must be a positive int, got {block!r}")
+        p.flags.writeable = False
+        self.points, self.block = p, int(block)
+
+    @property
+    def dim(self) -> int:
+        return self.points.shape[1]
+
+    def __repr__(self):
+        return f"EmpiricalData(M={self.points.shape[0]}, D={self.dim})"
+
+    def _posterior(self, x, process, t):
+        """(log p_t(x) (N,), softmax weights (N, M))."""
+        xp = namespace(x)
+        N, D = x.shape
+        M = self.points.shape[0]
+        gamma, var = _process_coefs(process, t)
+        if np.any(var == 0):
+            raise ValueError("EmpiricalData needs sigma_t > 0 (at t = 0 the data are point masses)")
+        g_x, v_x = per_example(gamma, x, "t"), per_example(var, x, "t")
+        pts = _on(x, self.points)
+        logps, weights = [], []
+        for start in range(0, N, self.block):
+            xb = x[start : start + self.block, :]
+            gb = g_x if gamma.ndim == 0 else g_x[start : start + self.block, :]
+            vb = v_x if var.ndim == 0 else v_x[start : start + self.block, :]
+            diff = xb[:, None, :] - gb[:, :, None] * pts[None, :, :] if gamma.ndim else xb[:, None, :] - gb * pts
+            d2 = xp.sum(diff * diff, axis=2)  # (n, M)
+            logits = -0.5 * d2 / vb
+            mx = xp.max(logits, axis=1, keepdims=True)
+            e = xp.exp(logits - mx)
+            s = xp.sum(e, axis=1, keepdims=True)
+            weights.append(e / s)
+            logps.append(xp.reshape(mx + xp.log(s), (-1,)))
+        logp = xp.concat(logps) - math.log(M) - 0.5 * D * _on(x, np.log(2.0 * math.pi * var))
+        return logp, xp.concat(weights, axis=0)
+
+    def log_prob(self, x, process, t):
+        r""":math:`\log p_t(x)`, shape (N,)."""
+        x = _check_points(x, self.dim)
+        return self._posterior(x, process, t)[0]
+
+    def posterior(self, x_t, process, t):
+        r""":math:`p(x_0=x^{(i)}|x_t)`, shape (N, M)."""
+        x_t = _check_points(x_t, self.dim, "x_t")
+        return self._posterior(x_t, process, t)[1]
+
+    def denoise(self, x_t, process, t):
+        r"""The optimal denoiser :math:`E[x_0|x_t]`, shape (N, D)."""
+        x_t = _check_points(x_t, self.dim, "x_t")
+        return self._posterior(x_t, process, t)[1] @ _on(x_t, self.points)
+
+    def score(self, x_t, process, t):
+        r""":math:`\nabla\log p_t(x_t)=(\gamma_tE[x_0|x_t]-x_t)/\sigma_t^2`."""
+        x_t = _check_points(x_t, self.dim, "x_t")
+        gamma, var = _process_coefs(process, t)
+        x0 = self.denoise(x_t, process, t)
+        return (per_example(gamma, x_t) * x0 - x_t) / per_example(var, x_t)
+
+    def eps(self, x_t, process, t):
+        r"""The optimal eps-prediction :math:`(x_t-\gamma_tE[x_0|x_t])/\sigma_t`."""
+        x_t = _check_points(x_t, self.dim, "x_t")
+        gamma, var = _process_coefs(process, t)
+        x0 = self.denoise(x_t, process, t)
+        return (x_t - per_example(gamma, x_t) * x0) / per_example(np.sqrt(var), x_t)

@@ -1,0 +1,202 @@
+"""Array namespace, dtype and random-number handling shared by every module.
+
+refdiff's closed-form layer is written against the Python array API standard,
+so one function body runs on NumPy, CuPy or any other conforming library. The
+namespace of the inputs is found with ``array_api_compat.array_namespace``
+(imported lazily: its NumPy wrapper alone costs more than a third of a second
+to import).
+
+Conventions fixed here:
+
+* Coefficient tables are float64 NumPy arrays. They are cast to the dtype of
+  the data only at the point of use (:func:`per_example`), so a float32 or
+  float16 input never sees a coefficient rounded before it was derived.
+* Randomness follows SciPy's SPEC 7: ``rng`` may be ``None``, an ``int``, a
+  :class:`numpy.random.SeedSequence`, a :class:`numpy.random.BitGenerator` or a
+  :class:`numpy.random.Generator` (:func:`as_rng`). Noise is drawn on the host
+  in float64 and moved to the device of the data (:func:`standard_normal`), so
+  a CPU and a GPU run with the same seed see the same noise.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "namespace",
+    "device_of",
+    "as_rng",
+    "standard_normal",
+    "as_float_array",
+    "per_example",
+    "check_finite",
+    "to_numpy",
+]
+
+
+def namespace(*arrays):
+    """Return the array-API namespace shared by ``arrays``.
+
+    Python scalars and ``None`` are ignored; if nothing array-like remains the
+    NumPy namespace is returned.
+
+    Raises
+    ------
+    TypeError
+        If the arrays come from different libraries.
+    """
+    import array_api_compat
+
+    arrays = [a for a in arrays if a is not None and not isinstance(a, (numbers.Number, bool))]
+    if not arrays:
+        return array_api_compat.array_namespace(np.empty(0))
+    try:
+        return array_api_compat.array_namespace(*arrays)
+    except TypeError as exc:
+        kinds = sorted({type(a).__module__ + "." + type(a).__qualname__ for a in arrays})
+        raise TypeError(f"arrays must come from one array library, got {kinds}") from exc
+
+
+def device_of(x):
+    """Device of array ``x`` (``"cpu"`` for NumPy)."""
+    import array_api_compat
+
+    return array_api_compat.device(x)
+
+
+def is_numpy_namespace(xp) -> bool:
+    """True if ``xp`` is NumPy or array-api-compat's NumPy wrapper."""
+    return xp is np or getattr(xp, "__name__", "") in ("numpy", "array_api_compat.numpy")
+
+
+def as_rng(rng=None) -> np.random.Generator:
+    """Normalise ``rng`` to a :class:`numpy.random.Generator` (SPEC 7).
+
+    Parameters
+    ----------
+    rng : None, int, SeedSequence, BitGenerator or Generator
+        ``None`` gives fresh OS entropy; an ``int`` or ``SeedSequence`` seeds
+        a new PCG64 generator; a ``Generator`` is returned unchanged, so its
+        state advances with every draw (the caller owns it).
+
+    Raises
+    ------
+    TypeError
+        For anything else, including the legacy ``numpy.random.RandomState``.
+    """
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (np.random.SeedSequence, np.random.BitGenerator)):
+        return np.random.default_rng(rng)
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
+        if rng < 0:
+            raise ValueError(f"rng: an integer seed must be non-negative, got {rng}")
+        return np.random.default_rng(int(rng))
+    raise TypeError(
+        "rng must be None, an int, a numpy.random.SeedSequence, BitGenerator or "
+        f"Generator, got {type(rng).__name__}"
+    )
+
+
+def standard_normal(shape, rng=None, like=None, dtype=None):
+    """Standard normal noise drawn on the host and moved to ``like``'s device.
+
+    The draw is always float64 on the host (the same numbers for every dtype
+    and device), then cast to ``dtype`` (default: ``like``'s dtype, or float64).
+    """
+    gen = as_rng(rng)
+    z = gen.standard_normal(tuple(shape))
+    if like is None:
+        return z if dtype is None else z.astype(dtype)
+    xp = namespace(like)
+    out = xp.asarray(z, device=device_of(like))
+    return xp.astype(out, like.dtype if dtype is None else dtype)
+
+
+def as_float_array(x, name: str, xp=None):
+    """Return ``x`` as a real floating array of its own namespace.
+
+    Lists and scalars become float64 NumPy arrays, integer and boolean arrays
+    are promoted to float64; complex input raises.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is complex or not numeric.
+    """
+    if xp is None:
+        if not hasattr(x, "__array_namespace__") and not isinstance(x, np.ndarray):
+            try:
+                x = np.asarray(x)
+            except Exception as exc:  # ragged lists and the like
+                raise TypeError(f"{name} must be array-like, got {type(x).__name__}") from exc
+            if x.dtype == object:
+                raise TypeError(f"{name} must be numeric, got an object array")
+        xp = namespace(x)
+    dtype = x.dtype
+    if xp.isdtype(dtype, "real floating"):
+        return x
+    if xp.isdtype(dtype, "complex floating"):
+        raise TypeError(f"{name} must be real, got dtype {dtype}")
+    if xp.isdtype(dtype, ("integral", "bool")):
+        return xp.astype(x, xp.float64)
+    raise TypeError(f"{name} must be a numeric array, got dtype {dtype}")
+
+
+def check_finite(x, name: str, xp=None):
+    """Raise ``ValueError`` naming ``name`` if ``x`` holds NaN or infinity."""
+    if xp is None:
+        xp = namespace(x)
+    finite = xp.isfinite(x)
+    if not bool(xp.all(finite)):
+        n_bad = int(xp.sum(xp.astype(xp.logical_not(finite), xp.int64)))
+        raise ValueError(f"{name} must be finite, got {n_bad} non-finite value(s)")
+    return x
+
+
+def per_example(coef, x, name: str = "t"):
+    """Cast a per-example coefficient to ``x``'s dtype and device and shape it to broadcast.
+
+    Parameters
+    ----------
+    coef : array, shape () or (N,)
+        Coefficient computed (in float64) for a scalar time or for one time
+        per example.
+    x : array, shape (N, ...)
+        The data the coefficient multiplies.
+
+    Returns
+    -------
+    array of shape () or (N, 1, ..., 1) with ``x.ndim`` axes.
+
+    Raises
+    ------
+    ValueError
+        If ``coef`` has one value per example but ``x`` does not have that
+        many rows.
+    """
+    xp = namespace(x)
+    coef = xp.asarray(coef, device=device_of(x))
+    coef = xp.astype(coef, x.dtype)
+    if coef.ndim == 0:
+        return coef
+    if coef.ndim != 1 or x.ndim == 0 or coef.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{name} must be a scalar or have one entry per example (shape ({x.shape[0] if x.ndim else 1},)), "
+            f"got shape {tuple(coef.shape)} for data of shape {tuple(x.shape)}"
+        )
+    return xp.reshape(coef, (coef.shape[0],) + (1,) * (x.ndim - 1))
+
+
+def to_numpy(a):
+    """Copy ``a`` to a host NumPy array (CuPy via ``.get()``, others via DLPack)."""
+    if isinstance(a, (np.ndarray, np.generic, numbers.Number)):
+        return np.asarray(a)
+    if hasattr(a, "get") and type(a).__module__.startswith("cupy"):
+        return a.get()
+    try:
+        return np.from_dlpack(a)
+    except (TypeError, AttributeError, BufferError, RuntimeError):
+        return np.asarray(a)

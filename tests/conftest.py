@@ -1,0 +1,99 @@
+"""Shared test configuration: hypothesis profiles, generic fixtures, GPU skips.
+
+Hypothesis profiles
+-------------------
+``ci``        derandomized, 200 examples, no deadline (CI sets ``CI``)
+``dev``       50 examples, no deadline (the default elsewhere)
+``thorough``  1000 examples, no deadline
+
+``REFDIFF_HYPOTHESIS_PROFILE`` picks one by name; without it the profile is
+``ci`` when the environment variable ``CI`` is non-empty and ``dev`` otherwise.
+"""
+
+import functools
+import importlib
+import importlib.util
+import os
+
+import pytest
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the `test` extra is not installed: no profiles to register
+    settings = None
+
+if settings is not None:
+    settings.register_profile(
+        "ci",
+        derandomize=True,
+        deadline=None,
+        max_examples=200,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    settings.register_profile("dev", max_examples=50, deadline=None)
+    settings.register_profile("thorough", max_examples=1000, deadline=None)
+    _default_profile = "ci" if os.environ.get("CI") else "dev"
+    settings.load_profile(os.environ.get("REFDIFF_HYPOTHESIS_PROFILE") or _default_profile)
+
+
+# --- generic fixtures --------------------------------------------------------
+
+_STRICT_MISSING = importlib.util.find_spec("array_api_strict") is None
+
+
+@pytest.fixture(
+    params=[
+        "numpy",
+        pytest.param(
+            "array_api_strict",
+            marks=pytest.mark.skipif(
+                _STRICT_MISSING,
+                reason="array_api_strict is not installed (pip install -e '.[test]')",
+            ),
+        ),
+    ]
+)
+def xp(request):
+    """The array namespace module a test body runs on: numpy, then array_api_strict."""
+    return importlib.import_module(request.param)
+
+
+@pytest.fixture(params=["float32", "float64"])
+def float_dtype(request):
+    """The name of a floating dtype: ``getattr(xp, float_dtype)`` gives the dtype."""
+    return request.param
+
+
+# --- GPU tests ---------------------------------------------------------------
+
+
+@functools.cache
+def _gpu_unavailable_reason():
+    """Why GPU tests cannot run here, or None when a CUDA device is visible.
+
+    A device is detected with ``cupy.cuda.runtime.getDeviceCount()``: ``import
+    cupy`` alone succeeds on machines without a driver or a device.
+    """
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install
+        return f"cupy is not importable ({type(exc).__name__}: {exc})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # cupy raises CUDARuntimeError without a driver
+        return f"no CUDA device: getDeviceCount() failed ({type(exc).__name__}: {exc})"
+    if count < 1:
+        return "no CUDA device: getDeviceCount() returned 0"
+    return None
+
+
+def pytest_runtest_setup(item):
+    """Skip ``gpu``-marked tests, with the reason, where no CUDA device is found.
+
+    The check runs once, and only when a gpu test is actually about to run.
+    """
+    if item.get_closest_marker("gpu") is not None:
+        reason = _gpu_unavailable_reason()
+        if reason is not None:
+            pytest.skip(reason)

@@ -1,0 +1,178 @@
+"""Tests of refdiff.losses against SciPy integrals, Monte Carlo and independent formulas."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.integrate import quad
+from scipy.stats import norm
+
+from refdiff.analytic import GaussianMixture
+from refdiff.losses import bits_per_dim, discretized_gaussian_log_likelihood, dsm_loss, eps_mse, normal_kl, vlb_terms
+from refdiff.schedules import DiscreteSchedule, linear_betas, rescale_zero_terminal_snr
+from refdiff.sde import VPSDE
+
+
+@given(
+    st.floats(-5, 5), st.floats(-6, 3), st.floats(-5, 5), st.floats(-6, 3),
+)
+def test_normal_kl_matches_integral(m1, lv1, m2, lv2):
+    v1, v2 = math.exp(lv1), math.exp(lv2)
+    s = math.sqrt(v1)
+
+    def integrand(x):
+        return norm.pdf(x, m1, s) * (norm.logpdf(x, m1, s) - norm.logpdf(x, m2, math.sqrt(v2)))
+
+    ref, _ = quad(integrand, m1 - 30 * s, m1 + 30 * s, epsabs=1e-13, epsrel=1e-11, limit=200, points=[m1])
+    got = float(normal_kl(m1, lv1, m2, lv2))
+    assert got >= 0
+    assert abs(got - ref) <= 1e-8 * max(1.0, abs(ref))
+
+
+def test_normal_kl_zero_for_equal_and_broadcasts():
+    m = np.linspace(-2, 2, 5)[:, None]
+    lv = np.log(np.linspace(0.1, 3, 3))[None, :]
+    out = normal_kl(m, lv, m, lv)
+    assert out.shape == (5, 3)
+    assert np.all(out == 0.0)
+
+
+@pytest.mark.parametrize("n_bits", [1, 3, 8])
+@pytest.mark.parametrize("mean, scale", [(0.2, 0.3), (-0.9, 0.01), (0.0, 5.0), (0.999, 1e-4)])
+def test_discretized_likelihood_is_normalised_and_matches_cdf(n_bits, mean, scale):
+    levels = np.linspace(-1.0, 1.0, 2**n_bits)
+    ll = discretized_gaussian_log_likelihood(levels, np.full_like(levels, mean), np.full_like(levels, math.log(scale)), n_bits)
+    assert np.all(np.isfinite(ll)) or np.all(np.exp(ll[np.isfinite(ll)]) >= 0)
+    np.testing.assert_allclose(np.exp(ll).sum(), 1.0, rtol=1e-12)
+    d = 1.0 / (2**n_bits - 1)
+    upper = np.where(levels >= 1, np.inf, levels + d)
+    lower = np.where(levels <= -1, -np.inf, levels - d)
+    # difference of CDFs below the mean, of survival functions above it, so the reference does not cancel
+    mass = np.where(
+        levels > mean,
+        norm.sf(lower, mean, scale) - norm.sf(upper, mean, scale),
+        norm.cdf(upper, mean, scale) - norm.cdf(lower, mean, scale),
+    )
+    ok = mass > 1e-12
+    np.testing.assert_allclose(np.exp(ll[ok]), mass[ok], rtol=1e-8)
+
+
+def test_discretized_likelihood_tail_bins_stay_finite():
+    """A bin 40 standard deviations out has mass ~1e-350: log-space keeps it finite and correct."""
+    x = np.array([0.0, 0.4])
+    ll = discretized_gaussian_log_likelihood(x, np.array([-0.8, 0.8]), np.log(np.array([0.02, 0.01])))
+    assert np.all(np.isfinite(ll))
+    # asymptotics of the normal tail: log(phi(z)/z) for the far edge dominates
+    z_near = (0.0 - 1 / 255 + 0.8) / 0.02
+    assert abs(ll[0] - (norm.logsf(z_near) + np.log1p(-np.exp(norm.logsf((0.0 + 1 / 255 + 0.8) / 0.02) - norm.logsf(z_near))))) < 1e-9
+
+
+def test_discretized_likelihood_rejects_out_of_range():
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        discretized_gaussian_log_likelihood(np.array([1.5]), np.array([0.0]), np.array([0.0]))
+
+
+def test_eps_mse_reductions():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 3))
+    np.testing.assert_allclose(eps_mse(a, b), ((a - b) ** 2).reshape(4, -1).mean(1), rtol=1e-14)
+    np.testing.assert_allclose(eps_mse(a, b, reduce="sum"), ((a - b) ** 2).reshape(4, -1).sum(1), rtol=1e-14)
+    with pytest.raises(ValueError, match="reduce"):
+        eps_mse(a, b, reduce="max")
+    with pytest.raises(ValueError, match="shape"):
+        eps_mse(a, b[:2])
+
+
+def test_dsm_expected_loss_is_minimised_by_the_true_score():
+    """Monte Carlo: E[DSM(s* + d h)] - E[DSM(s*)] = d^2 E||h||^2 (no linear term) for the exact score s*."""
+    gm = GaussianMixture(np.array([0.4, 0.6]), np.array([[-1.0, 0.0], [1.0, 0.5]]), np.array([0.2, 0.3]))
+    process = VPSDE()
+    n = 200_000
+    rng = np.random.default_rng(1)
+    x0 = gm.sample(n, rng=rng)
+    t = rng.uniform(0.05, 1.0, size=n)
+    noise = rng.standard_normal(x0.shape)
+    exact = lambda x, tt: gm.score(x, process, tt)
+    h = lambda x, tt: np.sin(x) + 0.3  # any fixed perturbation direction
+    base = dsm_loss(exact, x0, process, t, noise=noise)
+    d = 0.05
+    plus = dsm_loss(lambda x, tt: exact(x, tt) + d * h(x, tt), x0, process, t, noise=noise)
+    minus = dsm_loss(lambda x, tt: exact(x, tt) - d * h(x, tt), x0, process, t, noise=noise)
+    # the linear term (plus - minus) / (4 d) = E[lambda <s* - target, h>] must vanish: z-test at 5 sigma
+    lin = (plus - minus) / (4 * d)
+    assert abs(lin.mean()) < 5 * lin.std() / math.sqrt(n)
+    # and the perturbed losses exceed the exact one on average by the quadratic term
+    x_t = process.sample_marginal(x0, t, noise=noise)
+    quad_term = d**2 * (process.variance(t) * (h(x_t, t) ** 2).sum(1))
+    np.testing.assert_allclose(((plus + minus) / 2 - base).mean(), quad_term.mean(), rtol=1e-10)
+
+
+def test_dsm_weightings_and_errors():
+    process = VPSDE()
+    x0 = np.ones((3, 2))
+    t = np.array([0.1, 0.5, 0.9])
+    noise = np.full((3, 2), 0.5)
+    model = lambda x, tt: -x
+    x_t = process.sample_marginal(x0, t, noise=noise)
+    resid = (-x_t + noise / process.std(t)[:, None]) ** 2
+    np.testing.assert_allclose(dsm_loss(model, x0, process, t, "none", noise=noise), resid.sum(1), rtol=1e-14)
+    np.testing.assert_allclose(dsm_loss(model, x0, process, t, "sigma2", noise=noise), process.variance(t) * resid.sum(1), rtol=1e-14)
+    np.testing.assert_allclose(dsm_loss(model, x0, process, t, "likelihood", noise=noise), process.beta(t) * resid.sum(1), rtol=1e-14)
+    with pytest.raises(ValueError, match="weighting"):
+        dsm_loss(model, x0, process, t, "snr")
+    with pytest.raises(ValueError, match="continuous SDE"):
+        dsm_loss(model, x0, DiscreteSchedule(linear_betas(10)), np.array([1, 2, 3]), "likelihood")
+    with pytest.raises(ValueError, match="sigma_t > 0"):
+        dsm_loss(model, x0, process, 0.0)
+
+
+def _exact_eps_model(gm, sch):
+    return lambda x, t: gm.eps(x, sch, t)
+
+
+def test_vlb_terms_shapes_and_prior():
+    sch = DiscreteSchedule(linear_betas(10, 0.01, 0.3))
+    gm = GaussianMixture(np.array([1.0]), np.array([[0.0, 0.0]]), np.array([0.05]))
+    x0 = np.clip(np.round((gm.sample(50, rng=0) + 1) * 127.5) / 127.5 - 1, -1, 1)
+    v = vlb_terms(_exact_eps_model(gm, sch), sch, x0, rng=1)
+    assert v.terms.shape == (50, 10) and v.prior.shape == (50,)
+    ab = sch.alpha_bar[-1]
+    expected_prior = 0.5 * (2 * (-ab - math.log1p(-ab)) + ab * (x0**2).sum(1))
+    np.testing.assert_allclose(v.prior, expected_prior, rtol=1e-12)
+    np.testing.assert_allclose(v.total, v.prior + v.terms.sum(1), rtol=1e-14)
+    assert np.all(v.terms[:, 1:] >= 0)
+
+
+def test_vlb_perfect_model_for_point_mass_data_has_zero_kl_terms():
+    """With x0 fixed and the exact eps, p_theta(x_{t-1}|x_t) = q(x_{t-1}|x_t,x0): every L_{t-1}, t >= 2, is 0."""
+    sch = DiscreteSchedule(linear_betas(20, 1e-3, 0.2))
+    c = np.array([[0.25, -0.5]])
+    model = lambda x, t: (x - sch.sqrt_alpha_bar[t][:, None] * c) / sch.sqrt_one_minus_alpha_bar[t][:, None]
+    v = vlb_terms(model, sch, np.repeat(c, 4, 0), rng=2)
+    np.testing.assert_allclose(v.terms[:, 1:], 0.0, atol=1e-9)
+
+
+def test_vlb_rejects_bad_arguments():
+    sch = DiscreteSchedule(linear_betas(5))
+    x0 = np.zeros((2, 1))
+    with pytest.raises(ValueError, match="variance"):
+        vlb_terms(lambda x, t: x, sch, x0, variance="learned")
+    with pytest.raises(ValueError, match="decoder"):
+        vlb_terms(lambda x, t: x, sch, x0, decoder="logistic")
+    with pytest.raises(TypeError, match="DiscreteSchedule"):
+        vlb_terms(lambda x, t: x, VPSDE(), x0)
+    zero = DiscreteSchedule(rescale_zero_terminal_snr(linear_betas(5)))
+    with pytest.raises(ValueError, match="zero SNR"):
+        vlb_terms(lambda x, t: x, zero, x0)
+
+
+def test_bits_per_dim():
+    assert bits_per_dim(math.log(2) * 6, 3) == pytest.approx(2.0, rel=1e-15)
+    # 8-bit data scaled to [-1, 1], uniformly dequantised: bin width 2/256 adds log2(128) = 7 bits
+    assert bits_per_dim(0.0, 5, bin_width=2 / 256) == pytest.approx(7.0, rel=1e-14)
+    with pytest.raises(ValueError, match="dims"):
+        bits_per_dim(1.0, 0)
+    with pytest.raises(ValueError, match="bin_width"):
+        bits_per_dim(1.0, 2, bin_width=-1.0)
