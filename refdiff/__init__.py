@@ -16,28 +16,35 @@ losses      eps-MSE, denoising score matching, Gaussian KL, decoder NLL, VLB
 verify      the equation catalogue behind ``refdiff verify``
 """
 
-from . import analytic, backend, forward, losses, param, schedules, sde
-from ._version import __version__
-from .analytic import EmpiricalData, Gaussian, GaussianMixture
-from .schedules import DiscreteSchedule
-from .sde import SDE, CosineVPSDE, SubVPSDE, VESDE, VPSDE
+import importlib
 
-__all__ = [
-    "__version__",
-    "analytic",
-    "backend",
-    "forward",
-    "losses",
-    "param",
-    "schedules",
-    "sde",
-    "DiscreteSchedule",
-    "SDE",
-    "VPSDE",
-    "CosineVPSDE",
-    "SubVPSDE",
-    "VESDE",
-    "GaussianMixture",
-    "Gaussian",
-    "EmpiricalData",
-]
+from ._version import __version__
+
+# Submodules and names load on first use (PEP 562), so `import refdiff` and
+# `refdiff --help` do not pay for NumPy until an array is needed.
+_SUBMODULES = ("analytic", "backend", "forward", "losses", "param", "schedules", "sde", "verify", "cli")
+_NAMES = {
+    "DiscreteSchedule": "schedules",
+    "SDE": "sde",
+    "VPSDE": "sde",
+    "CosineVPSDE": "sde",
+    "SubVPSDE": "sde",
+    "VESDE": "sde",
+    "GaussianMixture": "analytic",
+    "Gaussian": "analytic",
+    "EmpiricalData": "analytic",
+}
+
+__all__ = ["__version__", *_SUBMODULES, *_NAMES]
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _NAMES:
+        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module 'refdiff' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -49,6 +49,15 @@ def _check_like(a, x, name, ref="x"):
     return a
 
 
+def _earlier_time(process, t, s):
+    """``s``, defaulting to t - 1 for a discrete schedule; an SDE needs it given."""
+    if s is not None:
+        return s
+    if not isinstance(process, DiscreteSchedule):
+        raise ValueError("s is required for a continuous process (the posterior is q(x_s | x_t, x_0), s < t)")
+    return process.check_step(t, "t", lo=1) - 1
+
+
 def q_step(schedule: DiscreteSchedule, x_prev, t, noise):
     r"""One forward step :math:`x_t=\sqrt{\alpha_t}x_{t-1}+\sqrt{\beta_t}\epsilon` (Ho et al. eq. 2).
 
@@ -148,10 +157,7 @@ def q_posterior(process, x_t, x0, t, s=None):
     """
     x_t = as_float_array(x_t, "x_t")
     x0 = _check_like(x0, x_t, "x0", "x_t")
-    if s is None:
-        if not isinstance(process, DiscreteSchedule):
-            raise ValueError("s is required for a continuous process (the posterior is q(x_s | x_t, x_0), s < t)")
-        s = process.check_step(t, "t", lo=1) - 1
+    s = _earlier_time(process, t, s)
     coef_x0, coef_xt, var = posterior_coefs(process, s, t)
     if isinstance(process, DiscreteSchedule) and np.all(process.check_step(s, "s") == process.check_step(t) - 1):
         log_var = process.posterior_log_variance[process.check_step(t)]
@@ -181,10 +187,7 @@ def posterior_mean_from_eps(process, x_t, eps, t, s=None):
     """
     x_t = as_float_array(x_t, "x_t")
     eps = _check_like(eps, x_t, "eps", "x_t")
-    if s is None:
-        if not isinstance(process, DiscreteSchedule):
-            raise ValueError("s is required for a continuous process")
-        s = process.check_step(t, "t", lo=1) - 1
+    s = _earlier_time(process, t, s)
     gamma_ts, sigma2_ts = process.transition(s, t)
     if np.any(gamma_ts == 0):
         raise ValueError(

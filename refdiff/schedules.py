@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 import numpy as np
 
@@ -200,7 +200,8 @@ def rescale_zero_terminal_snr(betas) -> np.ndarray:
     finite except ``log_snr[T] = -inf``, which is the truth.
     """
     betas = _validated_betas(betas)
-    log_alpha_bar = np.cumsum(np.log1p(-betas[1:]))
+    with np.errstate(divide="ignore"):  # beta_T = 1 (already zero SNR) gives log 0 = -inf, which is right
+        log_alpha_bar = np.cumsum(np.log1p(-betas[1:]))
     sqrt_ab = np.exp(0.5 * log_alpha_bar)  # t = 1..T
     first, last = sqrt_ab[0], sqrt_ab[-1]
     if first <= last:
@@ -257,8 +258,11 @@ def spaced_timesteps(T: int, n: int, spacing: str = "trailing") -> np.ndarray:
 
 
 def _validated_betas(betas) -> np.ndarray:
+    raw = to_numpy(betas)
+    if np.iscomplexobj(raw):
+        raise TypeError(f"betas must be real, got dtype {raw.dtype}")
     try:
-        b = np.array(to_numpy(betas), dtype=np.float64)
+        b = np.array(raw, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"betas must be a real 1-D array, got {type(betas).__name__}") from exc
     if b.ndim != 1 or b.shape[0] < 2:
@@ -329,8 +333,28 @@ class DiscreteSchedule:
 
     betas: np.ndarray
     model_steps: np.ndarray | None = field(default=None)
+    log_alpha_bar_exact: InitVar[np.ndarray | None] = None
 
-    def __post_init__(self):
+    @classmethod
+    def from_log_alpha_bar(cls, log_alpha_bar, model_steps=None) -> "DiscreteSchedule":
+        r"""The schedule with the given :math:`\log\bar\alpha_t` (t = 0..T, starting at 0), kept exactly.
+
+        Betas are derived as :math:`1-\bar\alpha_t/\bar\alpha_{t-1}`, but the
+        alpha-bar tables come from ``log_alpha_bar`` itself: a beta close to 1
+        cannot carry :math:`\bar\alpha_t` to full relative precision.
+        """
+        lab = np.array(to_numpy(log_alpha_bar), dtype=np.float64)
+        if lab.ndim != 1 or lab.shape[0] < 2 or lab[0] != 0.0:
+            raise ValueError(f"log_alpha_bar must be 1-D of length T+1 >= 2 with log_alpha_bar[0] == 0, got shape {lab.shape}")
+        if np.any(np.isnan(lab)) or np.any(np.isposinf(lab)) or np.any(np.isneginf(lab[:-1])):
+            raise ValueError("log_alpha_bar must be finite (-inf allowed only at t = T)")
+        with np.errstate(invalid="ignore"):
+            steps = np.diff(lab)
+        if np.any(steps >= 0):
+            raise ValueError("log_alpha_bar must decrease strictly")
+        return cls(_with_zero(-np.expm1(steps)), model_steps=model_steps, log_alpha_bar_exact=lab)
+
+    def __post_init__(self, log_alpha_bar_exact):
         b = _validated_betas(self.betas)
         T = b.shape[0] - 1
         if self.model_steps is None:
@@ -346,9 +370,16 @@ class DiscreteSchedule:
         set_(self, "betas", _readonly(b))
         set_(self, "model_steps", _readonly(ts))
 
-        with np.errstate(divide="ignore"):
-            log_alphas = np.log1p(-b)  # -inf where beta_T == 1
-        log_alpha_bar = np.cumsum(log_alphas)
+        if log_alpha_bar_exact is None:
+            with np.errstate(divide="ignore"):
+                log_alphas = np.log1p(-b)  # -inf where beta_T == 1
+            log_alpha_bar = np.cumsum(log_alphas)
+        else:
+            log_alpha_bar = np.array(log_alpha_bar_exact, dtype=np.float64)
+            if log_alpha_bar.shape != b.shape:
+                raise ValueError(f"log_alpha_bar_exact must have the shape of betas {b.shape}")
+            with np.errstate(invalid="ignore"):
+                log_alphas = np.concatenate(([0.0], np.diff(log_alpha_bar)))
         alpha_bar = np.exp(log_alpha_bar)
         one_minus_ab = -np.expm1(log_alpha_bar)  # 1 - alpha_bar without cancellation
         ab_prev = np.concatenate(([1.0], alpha_bar[:-1]))
@@ -360,6 +391,7 @@ class DiscreteSchedule:
         post_var[1:] = b[1:] * omab_prev[1:] / denom
         coef_x0 = np.ones(T + 1)
         coef_x0[1:] = np.sqrt(ab_prev[1:]) * b[1:] / denom
+        coef_x0[1] = 1.0  # beta_1 / (1 - alpha_bar_1) is exactly 1; do not let rounding say otherwise
         coef_xt = np.zeros(T + 1)
         coef_xt[1:] = np.exp(0.5 * log_alphas[1:]) * omab_prev[1:] / denom
         post_log_var = np.empty(T + 1)
@@ -490,5 +522,4 @@ class DiscreteSchedule:
         if np.any(np.diff(kept) == 0):
             raise ValueError("timesteps must be distinct")
         log_ab = self.log_alpha_bar[np.concatenate(([0], kept))]
-        betas = -np.expm1(np.diff(log_ab))  # 1 - alpha_bar[t_i] / alpha_bar[t_{i-1}]
-        return DiscreteSchedule(_with_zero(betas), model_steps=np.concatenate(([0], self.model_steps[kept])))
+        return DiscreteSchedule.from_log_alpha_bar(log_ab, model_steps=np.concatenate(([0], self.model_steps[kept])))

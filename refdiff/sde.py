@@ -96,6 +96,13 @@ class SDE:
             raise ValueError(f"{name} must lie in [0, 1], got values in [{arr.min()}, {arr.max()}]")
         return arr
 
+    def _check_pair(self, s, t):
+        """Validated host times (s, t) of q(x_t | x_s), with s <= t."""
+        s, t = self.check_time(s, "s"), self.check_time(t, "t")
+        if np.any(s > t):
+            raise ValueError("s must not exceed t in q(x_t | x_s)")
+        return s, t
+
     # ------------------------------------------------- per-subclass formulas
     def drift_coef(self, t) -> np.ndarray:
         """:math:`f(t)` in :math:`f(x,t)=f(t)x` (float64)."""
@@ -141,10 +148,7 @@ class SDE:
         :math:`\sigma^2_{t|s}=\sigma_t^2-\gamma_{t|s}^2\sigma_s^2`; subclasses
         override the variance where a cancellation-free form exists.
         """
-        s = self.check_time(s, "s")
-        t = self.check_time(t, "t")
-        if np.any(s > t):
-            raise ValueError("s must not exceed t in q(x_t | x_s)")
+        s, t = self._check_pair(s, t)
         gamma_ts = np.exp(self.log_mean_coef(t) - self.log_mean_coef(s))
         sigma2_ts = np.maximum(self.variance(t) - gamma_ts**2 * self.variance(s), 0.0)
         return gamma_ts, sigma2_ts
@@ -234,11 +238,21 @@ class _VPFamily(SDE):
         r""":math:`B(t)=\int_0^t\beta(s)\,ds` (float64)."""
         raise NotImplementedError
 
+    def integral_beta_between(self, s, t) -> np.ndarray:
+        r""":math:`B(t)-B(s)=\int_s^t\beta`; subclasses give a form that does not cancel for close s, t."""
+        return self.integral_beta(t) - self.integral_beta(s)
+
     def drift_coef(self, t):
         return -0.5 * self.beta(t)
 
     def log_mean_coef(self, t):
         return -0.5 * self.integral_beta(t)
+
+    def transition(self, s, t):
+        r"""For VP processes :math:`\gamma_{t|s}=e^{-\Delta B/2}` and :math:`\sigma^2_{t|s}=1-e^{-\Delta B}` (``-expm1``)."""
+        s, t = self._check_pair(s, t)
+        dB = np.where(s == t, 0.0, self.integral_beta_between(s, t))  # s == t == 1 is 0 * inf for cosine
+        return np.exp(-0.5 * dB), 0.0 - np.expm1(-dB)
 
 
 class VPSDE(_VPFamily):
@@ -278,14 +292,9 @@ class VPSDE(_VPFamily):
     def variance(self, t):
         return -np.expm1(-self.integral_beta(t))
 
-    def transition(self, s, t):
-        r"""For VP, :math:`\sigma^2_{t|s}=1-e^{-(B(t)-B(s))}` exactly (``-expm1``)."""
-        s = self.check_time(s, "s")
-        t = self.check_time(t, "t")
-        if np.any(s > t):
-            raise ValueError("s must not exceed t in q(x_t | x_s)")
-        dB = self.integral_beta(t) - self.integral_beta(s)
-        return np.exp(-0.5 * dB), 0.0 - np.expm1(-dB)
+    def integral_beta_between(self, s, t):
+        s, t = self._check_pair(s, t)
+        return (t - s) * (self.beta_min + 0.5 * (t + s) * (self.beta_max - self.beta_min))
 
     def log_snr(self, t):
         with np.errstate(divide="ignore"):
@@ -304,8 +313,7 @@ class VPSDE(_VPFamily):
         from .schedules import DiscreteSchedule, _check_T
 
         T = _check_T(T)
-        B = self.integral_beta(np.arange(T + 1) / T)
-        return DiscreteSchedule(np.concatenate(([0.0], -np.expm1(-np.diff(B)))))
+        return DiscreteSchedule.from_log_alpha_bar(-self.integral_beta(np.arange(T + 1) / T))
 
     @classmethod
     def from_linear_betas(cls, betas, rtol: float = 1e-9):
@@ -336,7 +344,11 @@ class SubVPSDE(VPSDE):
         return np.expm1(-self.integral_beta(t)) ** 2
 
     def transition(self, s, t):
-        return SDE.transition(self, s, t)
+        r""":math:`\sigma^2_{t|s}=(1-e^{-\Delta B})(1-e^{-(B(s)+B(t))})`, the sub-VP variance without cancellation."""
+        s, t = self._check_pair(s, t)
+        dB = self.integral_beta_between(s, t)
+        sum_B = self.integral_beta(s) + self.integral_beta(t)
+        return np.exp(-0.5 * dB), np.expm1(-dB) * np.expm1(-sum_B)
 
     def log_snr(self, t):
         B = self.integral_beta(t)
@@ -378,31 +390,49 @@ class CosineVPSDE(_VPFamily):
         return f"CosineVPSDE(s={self.s}, t_max={self.t_max})"
 
     def _angles(self, t):
-        # a_t - a_0 = t pi / (2 (1 + s)) is formed directly: no cancellation for small t
-        d = self.check_time(t) / (1.0 + self.s) * 0.5 * math.pi
-        return self._a0 + d, d
+        """(a_t, a_t - a_0, pi/2 - a_t), each formed directly so that none cancels near t = 0 or t = 1."""
+        t = self.check_time(t)
+        scale = 0.5 * math.pi / (1.0 + self.s)
+        d = t * scale
+        return self._a0 + d, d, (1.0 - t) * scale
+
+    def _cos_a(self, t):
+        return np.sin(self._angles(t)[2])  # cos a_t = sin(pi/2 - a_t): exactly 0 at t = 1
 
     def beta(self, t):
-        return math.pi / (1.0 + self.s) * np.tan(self._angles(t)[0])
+        a, _, e = self._angles(t)
+        with np.errstate(divide="ignore"):  # beta(1) = inf: the process is singular there
+            return math.pi / (1.0 + self.s) * np.cos(e) / np.sin(e)
 
     def integral_beta(self, t):
         return -np.log1p(-self.variance(t))
+
+    def integral_beta_between(self, s, t):
+        # B(t) - B(s) = -2 log(cos a_t / cos a_s), and cos(a_s + d)/cos a_s - 1 = -2 sin^2(d/2) - tan(a_s) sin d
+        s, t = self._check_pair(s, t)
+        _, _, e_s = self._angles(s)
+        _, _, e_t = self._angles(t)
+        d = (t - s) / (1.0 + self.s) * 0.5 * math.pi
+        with np.errstate(divide="ignore", invalid="ignore"):
+            close = -2.0 * np.log1p(-2.0 * np.sin(0.5 * d) ** 2 - np.cos(e_s) / np.sin(e_s) * np.sin(d))
+            far = -2.0 * (np.log(np.sin(e_t)) - np.log(np.sin(e_s)))  # exact 0 -> inf at t = 1
+        return np.where(d < 0.1, close, far)
 
     def diffusion(self, t):
         return np.sqrt(self.beta(t))
 
     def log_mean_coef(self, t):
         with np.errstate(divide="ignore"):
-            return np.log(np.cos(self._angles(t)[0])) - math.log(math.cos(self._a0))
+            return np.log(self._cos_a(t)) - math.log(math.cos(self._a0))
 
     def variance(self, t):
-        a, d = self._angles(t)
+        a, d, _ = self._angles(t)
         return np.sin(a + self._a0) * np.sin(d) / math.cos(self._a0) ** 2
 
     def log_snr(self, t):
-        a, d = self._angles(t)
+        a, d, e = self._angles(t)
         with np.errstate(divide="ignore"):
-            return 2.0 * np.log(np.cos(a)) - np.log(np.sin(a + self._a0) * np.sin(d))
+            return 2.0 * np.log(np.sin(e)) - np.log(np.sin(a + self._a0) * np.sin(d))
 
     def t_from_log_snr(self, lam):
         lam = _check_lam(lam)
@@ -414,6 +444,7 @@ class CosineVPSDE(_VPFamily):
         # small d = a - a0 from sin(a + a0) sin(d) = var cos^2 a0, which has no cancellation
         with np.errstate(invalid="ignore", divide="ignore"):
             d_small = np.arcsin(np.minimum(var * math.cos(a0) ** 2 / np.sin(a + a0), 1.0))
+        d_small = np.where(var == 0, 0.0, d_small)  # lam = +inf is t = 0, also when s = 0
         d = np.where(a - a0 < 0.5, d_small, a - a0)
         return _check_inverse_time(d * 2.0 * (1.0 + self.s) / math.pi)
 
@@ -459,10 +490,7 @@ class VESDE(SDE):
 
     def transition(self, s, t):
         r""":math:`\sigma^2_{t|s}=\sigma_{min}^2e^{2Ls}(e^{2L(t-s)}-1)`, from ``expm1``."""
-        s = self.check_time(s, "s")
-        t = self.check_time(t, "t")
-        if np.any(s > t):
-            raise ValueError("s must not exceed t in q(x_t | x_s)")
+        s, t = self._check_pair(s, t)
         sigma2 = self.sigma_min**2 * np.exp(2.0 * self._L * s) * np.expm1(2.0 * self._L * (t - s))
         return np.ones_like(sigma2), sigma2
 

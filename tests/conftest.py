@@ -3,8 +3,8 @@
 Hypothesis profiles
 -------------------
 ``ci``        derandomized, 200 examples, no deadline (CI sets ``CI``)
-``dev``       50 examples, no deadline (the default elsewhere)
-``thorough``  1000 examples, no deadline
+``dev``       50 random examples, no deadline (the default elsewhere)
+``thorough``  1000 random examples, no deadline
 
 ``REFDIFF_HYPOTHESIS_PROFILE`` picks one by name; without it the profile is
 ``ci`` when the environment variable ``CI`` is non-empty and ``dev`` otherwise.
@@ -31,8 +31,10 @@ if settings is not None:
         print_blob=True,
         suppress_health_check=[HealthCheck.too_slow],
     )
-    settings.register_profile("dev", max_examples=50, deadline=None)
-    settings.register_profile("thorough", max_examples=1000, deadline=None)
+    # Explicitly random: Hypothesis derandomizes its own default profile
+    # whenever a CI variable exists, even an empty one.
+    settings.register_profile("dev", max_examples=50, deadline=None, derandomize=False)
+    settings.register_profile("thorough", max_examples=1000, deadline=None, derandomize=False)
     _default_profile = "ci" if os.environ.get("CI") else "dev"
     settings.load_profile(os.environ.get("REFDIFF_HYPOTHESIS_PROFILE") or _default_profile)
 
