@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import as_float_array, per_example
+from .backend import as_float_array, namespace, per_example
 
 __all__ = ["PREDICTIONS", "convert", "x0_from_eps", "eps_from_x0", "score_from_eps", "eps_from_score", "v_from_eps_x0"]
 
@@ -38,10 +38,15 @@ __all__ = ["PREDICTIONS", "convert", "x0_from_eps", "eps_from_x0", "score_from_e
 PREDICTIONS = ("eps", "x0", "score", "v")
 
 
-def _nonzero(coef, what):
+def _divisor(coef, what, x):
+    """``coef`` (host float64) cast and shaped for x, refusing 0 in float64 or after the cast to x's dtype."""
     if np.any(coef == 0):
         raise ValueError(f"{what} is 0 at the requested time, so this conversion is undefined there")
-    return coef
+    c = per_example(coef, x)
+    xp = namespace(x)
+    if bool(xp.any(c == 0)):
+        raise ValueError(f"{what} underflows to 0 in {x.dtype} at the requested time; convert in float64")
+    return c
 
 
 def convert(pred, src: str, dst: str, x_t, process, t):
@@ -74,7 +79,7 @@ def convert(pred, src: str, dst: str, x_t, process, t):
 
     def eps():
         if src == "x0":
-            return (x_t - gamma * pred) / per_example(_nonzero(sigma_h, "sigma_t"), x_t)
+            return (x_t - gamma * pred) / _divisor(sigma_h, "sigma_t", x_t)
         if src == "score":
             return -sigma * pred
         r2 = per_example(gamma_h**2 + sigma_h**2, x_t)
@@ -82,9 +87,9 @@ def convert(pred, src: str, dst: str, x_t, process, t):
 
     def x0():
         if src == "eps":
-            return (x_t - sigma * pred) / per_example(_nonzero(gamma_h, "gamma_t"), x_t)
+            return (x_t - sigma * pred) / _divisor(gamma_h, "gamma_t", x_t)
         if src == "score":
-            return (x_t + per_example(sigma_h**2, x_t) * pred) / per_example(_nonzero(gamma_h, "gamma_t"), x_t)
+            return (x_t + per_example(sigma_h**2, x_t) * pred) / _divisor(gamma_h, "gamma_t", x_t)
         r2 = per_example(gamma_h**2 + sigma_h**2, x_t)
         return (gamma * x_t - sigma * pred) / r2  # src == "v"
 
@@ -94,8 +99,8 @@ def convert(pred, src: str, dst: str, x_t, process, t):
         return x0()
     if dst == "score":
         if src == "x0":  # (gamma x0 - x_t) / sigma^2, no eps detour
-            return (gamma * pred - x_t) / per_example(_nonzero(sigma_h, "sigma_t") ** 2, x_t)
-        return -(pred if src == "eps" else eps()) / per_example(_nonzero(sigma_h, "sigma_t"), x_t)
+            return (gamma * pred - x_t) / _divisor(sigma_h**2, "sigma_t^2", x_t)
+        return -(pred if src == "eps" else eps()) / _divisor(sigma_h, "sigma_t", x_t)
     # dst == "v"
     e = pred if src == "eps" else eps()
     x = pred if src == "x0" else x0()
@@ -115,7 +120,7 @@ def eps_from_x0(x_t, x0, process, t):
 def score_from_eps(eps, process, t):
     r""":math:`s=-\epsilon/\sigma_t` (Song et al. 2021, appendix; Vincent 2011)."""
     eps = as_float_array(eps, "eps")
-    return -eps / per_example(_nonzero(process.std(t), "sigma_t"), eps)
+    return -eps / _divisor(process.std(t), "sigma_t", eps)
 
 
 def eps_from_score(score, process, t):

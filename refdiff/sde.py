@@ -410,11 +410,12 @@ class CosineVPSDE(_VPFamily):
     def integral_beta_between(self, s, t):
         # B(t) - B(s) = -2 log(cos a_t / cos a_s), and cos(a_s + d)/cos a_s - 1 = -2 sin^2(d/2) - tan(a_s) sin d
         s, t = self._check_pair(s, t)
-        _, _, e_s = self._angles(s)
+        a_s, _, e_s = self._angles(s)
         _, _, e_t = self._angles(t)
         d = (t - s) / (1.0 + self.s) * 0.5 * math.pi
         with np.errstate(divide="ignore", invalid="ignore"):
-            close = -2.0 * np.log1p(-2.0 * np.sin(0.5 * d) ** 2 - np.cos(e_s) / np.sin(e_s) * np.sin(d))
+            # tan a_s = sin a_s / sin(pi/2 - a_s): exactly 0 at s = 0 when the offset is 0
+            close = -2.0 * np.log1p(-2.0 * np.sin(0.5 * d) ** 2 - np.sin(a_s) / np.sin(e_s) * np.sin(d))
             far = -2.0 * (np.log(np.sin(e_t)) - np.log(np.sin(e_s)))  # exact 0 -> inf at t = 1
         return np.where(d < 0.1, close, far)
 
