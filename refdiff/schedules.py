@@ -257,7 +257,7 @@ def spaced_timesteps(T: int, n: int, spacing: str = "trailing") -> np.ndarray:
     return steps
 
 
-def _validated_betas(betas) -> np.ndarray:
+def _validated_betas(betas, ones_before_T: bool = False) -> np.ndarray:
     raw = to_numpy(betas)
     if np.iscomplexobj(raw):
         raise TypeError(f"betas must be real, got dtype {raw.dtype}")
@@ -274,8 +274,10 @@ def _validated_betas(betas) -> np.ndarray:
             f"betas[0] must be 0 (arrays are indexed by the paper's t, index 0 is the data), got {b[0]!r}; "
             "prepend a 0 to a length-T array"
         )
-    inner = b[1:-1]
-    if np.any(b[1:] <= 0) or np.any(inner >= 1) or b[-1] > 1:
+    # beta_t = 1 before T would zero alpha_bar early; a schedule built from exact log alpha_bar may
+    # still hold betas that round to 1 (alpha_bar ratios below 1e-16), its tables do not depend on them
+    inner = b[1:-1] if not ones_before_T else b[1:-1][b[1:-1] < 1]
+    if np.any(b[1:] <= 0) or np.any(inner >= 1) or np.any(b > 1):
         bad = b[1:][(b[1:] <= 0) | (b[1:] > 1)]
         raise ValueError(
             "betas[1:T] must lie in (0, 1) and betas[T] in (0, 1]"
@@ -355,7 +357,7 @@ class DiscreteSchedule:
         return cls(_with_zero(-np.expm1(steps)), model_steps=model_steps, log_alpha_bar_exact=lab)
 
     def __post_init__(self, log_alpha_bar_exact):
-        b = _validated_betas(self.betas)
+        b = _validated_betas(self.betas, ones_before_T=log_alpha_bar_exact is not None)
         T = b.shape[0] - 1
         if self.model_steps is None:
             ts = np.arange(T + 1, dtype=np.int64)
@@ -404,7 +406,7 @@ class DiscreteSchedule:
             log_snr = log_alpha_bar - np.log(one_minus_ab)
 
         tables = {
-            "alphas": 1.0 - b,
+            "alphas": 1.0 - b if log_alpha_bar_exact is None else np.exp(log_alphas),
             "log_alpha_bar": log_alpha_bar,
             "alpha_bar": alpha_bar,
             "alpha_bar_prev": ab_prev,

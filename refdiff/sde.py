@@ -417,7 +417,8 @@ class CosineVPSDE(_VPFamily):
             # tan a_s = sin a_s / sin(pi/2 - a_s): exactly 0 at s = 0 when the offset is 0
             close = -2.0 * np.log1p(-2.0 * np.sin(0.5 * d) ** 2 - np.sin(a_s) / np.sin(e_s) * np.sin(d))
             far = -2.0 * (np.log(np.sin(e_t)) - np.log(np.sin(e_s)))  # exact 0 -> inf at t = 1
-        return np.where(d < 0.1, close, far)
+        # the log1p form is exact while the ratio is near 1; the difference of logs is exact away from it
+        return np.where(np.abs(far) < 1.0, close, far)
 
     def diffusion(self, t):
         return np.sqrt(self.beta(t))

@@ -315,6 +315,13 @@ def test_transition_per_example(spec, pairs):
     assert np.all(np.abs(v - v_ref) <= 1e-12 * v_ref + 1e-15 * R.var(t))
 
 
+@pytest.mark.parametrize("s", [0.0, 0.5, 0.945, 0.99, 0.9946, 1.0 - 1e-9])
+def test_cosine_transition_to_t_equal_one(s):
+    """gamma_1 = 0: q(x_1 | x_s) = N(0, I) from every s < 1 (cos a_1 / cos a_s = 0)."""
+    g, v = sde.CosineVPSDE(0.008).transition(s, 1.0)
+    assert float(g) == 0.0 and float(v) == pytest.approx(1.0, abs=1e-15)
+
+
 @pytest.mark.parametrize("spec", DEFAULTS, ids=KINDS)
 def test_transition_rejects_s_after_t(spec):
     with pytest.raises(ValueError, match="s must not exceed t"):
