@@ -86,7 +86,8 @@ def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np
     r"""Linear schedule of Ho et al. (2020): :math:`\beta_t` linear in t from ``beta_start`` to ``beta_end``.
 
     Returns float64 of length T+1 with ``betas[0] == 0``, ``betas[1] ==
-    beta_start`` and ``betas[T] == beta_end``.
+    beta_start`` and ``betas[T] == beta_end`` (for T = 1 the one beta is
+    ``beta_start``, as ``linspace`` gives).
     """
     T = _check_T(T)
     _check_beta_range(beta_start, beta_end)
@@ -225,7 +226,8 @@ def spaced_timesteps(T: int, n: int, spacing: str = "trailing") -> np.ndarray:
     these minus 1. A sampler walks them from last to first.
 
     ``"linspace"``
-        ``round(linspace(1, T, n))``: reaches t = T and t = 1.
+        ``round(linspace(1, T, n))``: reaches t = T and t = 1 for n >= 2
+        (n = 1 gives ``[1]``, as diffusers' 0-based ``[0]``).
     ``"leading"``
         ``1 + k * (T // n)`` for k = 0..n-1 (diffusers' ``"leading"`` with
         ``steps_offset=0``): starts at t = 1 and does **not** reach t = T
@@ -517,6 +519,8 @@ class DiscreteSchedule:
         timesteps : array_like of int
             Distinct steps in 1..T, in any order.
         """
+        if np.size(to_numpy(timesteps)) == 0:
+            raise ValueError("timesteps must be a non-empty 1-D list of steps, got none")
         kept = self.check_step(timesteps, "timesteps", lo=1)
         if kept.ndim != 1 or kept.size == 0:
             raise ValueError(f"timesteps must be a non-empty 1-D list of steps, got shape {kept.shape}")

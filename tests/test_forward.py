@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from refdiff import backend, forward, sde
 from refdiff import schedules as sch
 from refdiff.schedules import DiscreteSchedule
+from strategies import build, schedule_specs
 
-NAMES = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2", "sigmoid")
 TOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-12}
 SHAPES = st.one_of(
     st.tuples(st.integers(1, 5), st.integers(1, 4)),  # (N, D)
@@ -30,25 +30,6 @@ TIMES = st.one_of(st.just(0.0), st.just(1.0), st.floats(1e-100, 1.0))
 
 
 # ------------------------------------------------------------ strategies
-@st.composite
-def schedule_specs(draw, max_T=2000, zero_snr=None):
-    """(name, T, kwargs, rescale) over every named schedule, random T and beta range, optional zero terminal SNR."""
-    name = draw(st.sampled_from(NAMES))
-    rescale = draw(st.booleans()) if zero_snr is None else zero_snr
-    T = draw(st.integers(2 if rescale else 1, max_T))
-    if name in ("cosine", "squaredcos_cap_v2"):
-        kwargs = {"s": draw(st.floats(0.0, 0.1))}
-    else:
-        kwargs = {"beta_start": draw(st.floats(1e-5, 2e-2)), "beta_end": draw(st.floats(1e-3, 0.3))}
-    return name, T, kwargs, rescale
-
-
-def build(spec):
-    name, T, kwargs, rescale = spec
-    betas = sch.make_betas(name, T, **kwargs)
-    return DiscreteSchedule(sch.rescale_zero_terminal_snr(betas) if rescale else betas)
-
-
 SDES = {
     "vp": lambda: sde.VPSDE(0.1, 20.0),
     "subvp": lambda: sde.SubVPSDE(0.1, 20.0),
@@ -158,10 +139,11 @@ def test_q_sample_from_discrete(spec, shape, dtype, seed, data):
 @given(
     spec=st.one_of(schedule_specs(), st.sampled_from(sorted(SDES))),
     shape=SHAPES,
+    dtype=DTYPES,
     seed=st.integers(0, 2**16),
     data=st.data(),
 )
-def test_sample_paths_compose(spec, shape, seed, data):
+def test_sample_paths_compose(spec, shape, dtype, seed, data):
     r"""x_s = gamma_s x_0 + sigma_s e1, then x_t = gamma_{t|s} x_s + sigma_{t|s} e2, is
     q_sample(x_0, t, eps) with eps = (gamma_{t|s} sigma_s e1 + sigma_{t|s} e2) / sigma_t (float64 algebra)."""
     if isinstance(spec, str):
@@ -175,13 +157,15 @@ def test_sample_paths_compose(spec, shape, seed, data):
         ab, om = ref_tables(P.betas)
         gamma_s, var_s, var_t = math.sqrt(ab[s]), om[s], om[t]
         g_ts, v_ts = ref_transition(P.betas, s, t)
-    x0, e1, e2 = data_arrays(seed, shape, np.float64, k=3)
+    x0, e1, e2 = data_arrays(seed, shape, dtype, k=3)
     x_s = forward.q_sample(P, x0, s, e1)
     x_t = forward.q_sample_from(P, x_s, s, t, e2)
-    eps = (g_ts * math.sqrt(var_s) * e1 + math.sqrt(v_ts) * e2) / math.sqrt(var_t)
-    scale = np.abs(x0) + np.abs(e1) + np.abs(e2)
-    assert_lin_close(x_t, forward.q_sample(P, x0, t, eps), scale, np.float64)
-    assert_lin_close(x_s, gamma_s * x0 + math.sqrt(var_s) * e1, scale, np.float64)
+    assert x_s.dtype == x_t.dtype == dtype
+    e1_64, e2_64 = e1.astype(np.float64), e2.astype(np.float64)
+    eps = (g_ts * math.sqrt(var_s) * e1_64 + math.sqrt(v_ts) * e2_64) / math.sqrt(var_t)
+    scale = (np.abs(x0) + np.abs(e1) + np.abs(e2)).astype(np.float64) * max(1.0, math.sqrt(var_t))
+    assert_lin_close(x_t, forward.q_sample(P, x0.astype(np.float64), t, eps), scale, dtype)
+    assert_lin_close(x_s, gamma_s * x0.astype(np.float64) + math.sqrt(var_s) * e1_64, scale, dtype)
 
 
 # ----------------------------------------------------------------- q_step
@@ -283,7 +267,8 @@ def test_q_posterior_discrete_matches_bayes(spec, shape, dtype, seed, data):
     scale = np.abs(x_t.astype(np.float64)) + np.abs(x0.astype(np.float64))
     assert_lin_close(mean, mean_ref, scale, dtype)
     np.testing.assert_allclose(var, var_ref, rtol=TOL[np.dtype(dtype)])
-    np.testing.assert_allclose(log_var, math.log(var_ref), rtol=0, atol=TOL[np.dtype(dtype)] * max(1.0, abs(math.log(var_ref))))
+    log_tol = TOL[np.dtype(dtype)] * max(1.0, abs(math.log(var_ref)))
+    np.testing.assert_allclose(log_var, math.log(var_ref), rtol=0, atol=log_tol)
     # the same posterior asked for with an explicit s = t - 1
     mean2, var2, _ = forward.q_posterior(S, x_t, x0, t, s=t - 1)
     np.testing.assert_array_equal(var2, var)
@@ -403,18 +388,31 @@ SCHEDULES_F32 = {
 @pytest.mark.parametrize("name", sorted(SCHEDULES_F32))
 def test_float32_outputs_finite_at_every_step(name):
     """float32 in, float32 out, finite, at every t = 0..T (posterior: t = 1..T), zero terminal SNR included."""
-    S = DiscreteSchedule(SCHEDULES_F32[name])
+    _check_float32_every_step(DiscreteSchedule(SCHEDULES_F32[name]))
+
+
+@given(spec=schedule_specs())
+def test_float32_outputs_finite_random_schedules(spec):
+    _check_float32_every_step(build(spec))
+
+
+def _check_float32_every_step(S):
     T = S.T
     rng = np.random.default_rng(0)
     n = T + 1
     x0 = rng.standard_normal((n, 2)).astype(np.float32)
     noise = rng.standard_normal((n, 2)).astype(np.float32)
     t_all = np.arange(n)
-    outs = [forward.q_sample(S, x0, t_all, noise), forward.q_sample_from(S, x0, np.maximum(t_all - 1, 0), t_all, noise),
-            forward.q_sample_from(S, x0, np.zeros(n, dtype=int), t_all, noise), forward.q_sample_from(S, x0, t_all, t_all, noise)]
+    outs = [
+        forward.q_sample(S, x0, t_all, noise),
+        forward.q_sample_from(S, x0, np.maximum(t_all - 1, 0), t_all, noise),
+        forward.q_sample_from(S, x0, np.zeros(n, dtype=int), t_all, noise),
+        forward.q_sample_from(S, x0, t_all, t_all, noise),
+    ]
     t1 = t_all[1:]
     outs += list(forward.q_posterior(S, x0[1:], noise[1:], t1))
-    outs += list(forward.q_posterior(S, x0[1:], noise[1:], t1, s=np.zeros(T, dtype=int))[:2])  # log var is -inf at s = 0
+    # s = 0 for every t: mean and variance (the log variance is -inf there, by definition)
+    outs += list(forward.q_posterior(S, x0[1:], noise[1:], t1, s=np.zeros(T, dtype=int))[:2])
     outs.append(forward.q_step(S, x0[1:], t1, noise[1:]))
     zero_snr = S.alpha_bar[T] == 0.0
     t_eps = t1[:-1] if zero_snr else t1

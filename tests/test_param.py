@@ -12,16 +12,16 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from refdiff import backend, param, sde
 from refdiff import schedules as sch
 from refdiff.schedules import DiscreteSchedule
+from strategies import build, schedule_specs
 
 KINDS = param.PREDICTIONS
 PAIRS = [(a, b) for a, b in itertools.product(KINDS, KINDS) if a != b]
-NAMES = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2", "sigmoid")
 TOL = {np.dtype(np.float32): 4e-6, np.dtype(np.float64): 4e-12}
 SHAPES = st.one_of(
     st.tuples(st.integers(1, 5), st.integers(1, 4)),
@@ -61,24 +61,6 @@ NEEDS_GAMMA = {("eps", "x0"), ("eps", "v"), ("score", "x0"), ("score", "v")}
 
 
 # ------------------------------------------------------------ strategies
-@st.composite
-def schedule_specs(draw, zero_snr=None):
-    name = draw(st.sampled_from(NAMES))
-    rescale = draw(st.booleans()) if zero_snr is None else zero_snr
-    T = draw(st.integers(2 if rescale else 1, 2000))
-    if name in ("cosine", "squaredcos_cap_v2"):
-        kwargs = {"s": draw(st.floats(0.0, 0.1))}
-    else:
-        kwargs = {"beta_start": draw(st.floats(1e-5, 2e-2)), "beta_end": draw(st.floats(1e-3, 0.3))}
-    return name, T, kwargs, rescale
-
-
-def build(spec):
-    name, T, kwargs, rescale = spec
-    betas = sch.make_betas(name, T, **kwargs)
-    return DiscreteSchedule(sch.rescale_zero_terminal_snr(betas) if rescale else betas)
-
-
 def discrete_gamma_sigma(S, t):
     """gamma_t, sigma_t by Python loops (cumulative product; 1 - alpha_bar by a positive recurrence)."""
     ab, om = [1.0], [0.0]
@@ -90,9 +72,9 @@ def discrete_gamma_sigma(S, t):
 
 @st.composite
 def cases(draw, interior=True):
-    """(process, t, gamma_t, sigma_t) with gamma_t, sigma_t > 0 when ``interior``."""
+    """(process, strategy of t) with gamma_t > 0 and sigma_t > 0 at every t it draws when ``interior``."""
     if draw(st.booleans(), label="discrete"):
-        P = build(draw(schedule_specs(), label="schedule"))
+        P = build(draw(schedule_specs(variants=False), label="schedule"))
         zero_snr = P.alpha_bar[P.T] == 0.0
         hi = P.T - 1 if (interior and zero_snr) else P.T
         lo = 1 if interior else 0
@@ -135,6 +117,10 @@ def test_every_pair_against_truth_and_round_trip(case, shape, dtype, seed, data)
     else:
         t = data.draw(ts, label="t")
     g, s = (col(c, len(shape)) for c in gamma_sigma(P, t))
+    # float32 cannot hold x_0 = (x_t - sigma eps) / gamma once gamma_t < ~1e-30 (its rounding error / gamma
+    # overflows); where gamma_t underflows to 0 in float32 the ValueError is tested in
+    # test_float32_finite_at_every_step
+    assume(dtype == np.float64 or np.all(g >= 1e-30))
     rng = np.random.default_rng(seed)
     x0, eps = rng.standard_normal(shape), rng.standard_normal(shape)
     tr = truth(x0, eps, g, s)
@@ -271,14 +257,15 @@ def test_mixed_batch_with_one_singular_time_raises():
     assert np.all(np.isfinite(out))
 
 
-@given(spec=schedule_specs(), dtype=DTYPES, seed=st.integers(0, 2**16))
+@given(spec=schedule_specs(variants=False), dtype=DTYPES, seed=st.integers(0, 2**16))
 @example(spec=("linear", 1429, {"beta_start": 0.015625, "beta_end": 0.25}, False), dtype=np.float32, seed=0)
 def test_float32_finite_at_every_step(spec, dtype, seed):
     """Every defined conversion at every step t = 0..T returns finite values of the input dtype.
 
-    Defined means gamma_t > 0 and sigma_t > 0 where the conversion divides by them; a coefficient
-    that is positive in float64 but underflows to 0 in the data's dtype (gamma_t < 1e-45 in float32,
-    alpha_bar_t < 1e-90) must give a ValueError naming it, never inf or NaN.
+    Defined means gamma_t > 0 and sigma_t > 0 where the conversion divides by them. A coefficient that
+    is positive in float64 but 0 in the data's dtype (gamma_t < 1e-45 in float32, i.e. alpha_bar_t < 1e-90)
+    must give a ValueError naming it; between that and 1e-30 (where float32 rounding divided by gamma_t
+    nears overflow) a finite result or that ValueError are both fine. Never inf, NaN or a RuntimeWarning.
     """
     S = build(spec)
     T = S.T
@@ -288,24 +275,36 @@ def test_float32_finite_at_every_step(spec, dtype, seed):
     x0, eps = rng.standard_normal((T + 1, 2)), rng.standard_normal((T + 1, 2))
     tr = truth(x0, eps, g[:, None], np.where(s > 0, s, 1.0)[:, None])  # score at t = 0: any finite value
     x_t = (g[:, None] * x0 + s[:, None] * eps).astype(dtype)
-    ok_sigma, ok_gamma = s > 0, g > 0
+    g_d, s_d = g.astype(dtype), s.astype(dtype)
     for src, dst in PAIRS:
-        keep = np.ones(T + 1, dtype=bool)
+        defined = np.ones(T + 1, dtype=bool)  # in exact arithmetic
+        clear = np.ones(T + 1, dtype=bool)  # representable with room to spare in dtype
+        zero = np.zeros(T + 1, dtype=bool)  # 0 in dtype although positive in float64
         if (src, dst) in NEEDS_SIGMA:
-            keep &= ok_sigma
+            defined &= s > 0
+            clear &= s_d >= 1e-30
+            zero |= (s > 0) & (s_d == 0)
         if (src, dst) in NEEDS_GAMMA:
-            keep &= ok_gamma
-        ok = np.ones(T + 1, dtype=bool)
-        if (src, dst) in NEEDS_SIGMA:
-            ok &= s.astype(dtype) > 0
-        if (src, dst) in NEEDS_GAMMA:
-            ok &= g.astype(dtype) > 0
-        out = param.convert(tr[src][keep & ok].astype(dtype), src, dst, x_t[keep & ok], S, t_all[keep & ok])
+            defined &= g > 0
+            clear &= (g_d >= 1e-30) if dtype == np.float32 else (g_d > 0)
+            zero |= (g > 0) & (g_d == 0)
+
+        def run(rows):
+            return param.convert(tr[src][rows].astype(dtype), src, dst, x_t[rows], S, t_all[rows])
+
+        out = run(defined & clear)
         assert out.dtype == dtype and np.all(np.isfinite(out)), (src, dst)
-        underflow = keep & ~ok
-        if np.any(underflow):
+        if np.any(zero):
             with pytest.raises(ValueError, match="gamma_t|sigma_t"):
-                param.convert(tr[src][underflow].astype(dtype), src, dst, x_t[underflow], S, t_all[underflow])
+                run(zero)
+        middle = defined & ~clear & ~zero
+        if np.any(middle):
+            try:
+                out = run(middle)
+            except ValueError as exc:
+                assert "gamma_t" in str(exc) or "sigma_t" in str(exc)
+            else:
+                assert out.dtype == dtype and np.all(np.isfinite(out)), (src, dst)
 
 
 # ------------------------------------------------------------- bad input

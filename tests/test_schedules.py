@@ -16,40 +16,13 @@ from hypothesis import strategies as st
 
 from refdiff import schedules as sch
 from refdiff.schedules import DiscreteSchedule
+from strategies import NAMES, build, schedule_specs
 
 RTOL = 1e-12  # float64 closed forms
 
-NAMES = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2", "sigmoid")
 
 
 # ------------------------------------------------------------ strategies
-@st.composite
-def schedule_specs(draw, max_T=2000, zero_snr=None):
-    """(name, T, kwargs, rescale): every named schedule, random T and beta range, optional zero terminal SNR."""
-    name = draw(st.sampled_from(NAMES))
-    rescale = draw(st.booleans()) if zero_snr is None else zero_snr
-    T = draw(st.integers(2 if rescale else 1, max_T))
-    if name in ("cosine", "squaredcos_cap_v2"):
-        # max_beta=None already ends at beta_T = 1; rescaling that is tested on its own
-        # (test_rescale_is_idempotent_on_zero_snr_schedules)
-        choices = [0.999, 0.5] if rescale else [0.999, 0.5, None]
-        kwargs = {"s": draw(st.floats(0.0, 0.1)), "max_beta": draw(st.sampled_from(choices))}
-    else:
-        kwargs = {"beta_start": draw(st.floats(1e-5, 2e-2)), "beta_end": draw(st.floats(1e-3, 0.3))}
-        if name == "sigmoid":
-            kwargs["low"] = draw(st.floats(-10.0, 0.0))
-            kwargs["high"] = draw(st.floats(0.5, 10.0))
-    return name, T, kwargs, rescale
-
-
-def build(spec):
-    name, T, kwargs, rescale = spec
-    betas = sch.make_betas(name, T, **kwargs)
-    if rescale:
-        betas = sch.rescale_zero_terminal_snr(betas)
-    return DiscreteSchedule(betas)
-
-
 # ------------------------------------------------- independent references
 def ref_alpha_bar(betas):
     """Python-loop cumulative product, alpha_bar[0] = 1."""
@@ -358,7 +331,9 @@ def test_make_betas_unknown_name(bad):
 
 # ------------------------------------------------------------- bad input
 @pytest.mark.parametrize("fn", [sch.linear_betas, sch.scaled_linear_betas, sch.cosine_betas, sch.sigmoid_betas])
-@pytest.mark.parametrize("T, exc", [(0, ValueError), (-3, ValueError), (1.5, TypeError), (True, TypeError), ("10", TypeError)])
+@pytest.mark.parametrize(
+    "T, exc", [(0, ValueError), (-3, ValueError), (1.5, TypeError), (True, TypeError), ("10", TypeError)]
+)
 def test_bad_T(fn, T, exc):
     with pytest.raises(exc, match="T must"):
         fn(T)
@@ -598,8 +573,14 @@ def test_respace_identity_and_spaced():
 
 @pytest.mark.parametrize(
     "timesteps, exc",
-    [(np.array([], dtype=np.int64), ValueError), ([0, 3], ValueError), ([3, 11], ValueError), ([2, 2], ValueError), ([1.0, 2.0], TypeError),
-     (np.ones((2, 2), dtype=int), ValueError)],
+    [
+        (np.array([], dtype=np.int64), ValueError),
+        ([0, 3], ValueError),
+        ([3, 11], ValueError),
+        ([2, 2], ValueError),
+        ([1.0, 2.0], TypeError),
+        (np.ones((2, 2), dtype=int), ValueError),
+    ],
     ids=["empty", "zero", "T+1", "duplicate", "float", "2d"],
 )
 def test_respace_bad_timesteps(timesteps, exc):
