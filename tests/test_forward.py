@@ -82,7 +82,7 @@ def data_arrays(seed, shape, dtype, k=2):
 
 
 # --------------------------------------------------------------- q_sample
-@given(spec=schedule_specs(), shape=SHAPES, dtype=DTYPES, seed=st.integers(0, 2**16), data=st.data())
+@given(spec=schedule_specs(variants=False), shape=SHAPES, dtype=DTYPES, seed=st.integers(0, 2**16), data=st.data())
 def test_q_sample_discrete_closed_form(spec, shape, dtype, seed, data):
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (Ho et al. eq. 4)."""
     S = build(spec)
@@ -120,7 +120,7 @@ def test_q_sample_at_t0_is_x0(dtype):
 
 
 # ---------------------------------------------------------- q_sample_from
-@given(spec=schedule_specs(), shape=SHAPES, dtype=DTYPES, seed=st.integers(0, 2**16), data=st.data())
+@given(spec=schedule_specs(variants=False), shape=SHAPES, dtype=DTYPES, seed=st.integers(0, 2**16), data=st.data())
 def test_q_sample_from_discrete(spec, shape, dtype, seed, data):
     S = build(spec)
     s = data.draw(st.integers(0, S.T), label="s")
@@ -137,7 +137,7 @@ def test_q_sample_from_discrete(spec, shape, dtype, seed, data):
 
 
 @given(
-    spec=st.one_of(schedule_specs(), st.sampled_from(sorted(SDES))),
+    spec=st.one_of(schedule_specs(variants=False), st.sampled_from(sorted(SDES))),
     shape=SHAPES,
     dtype=DTYPES,
     seed=st.integers(0, 2**16),
@@ -169,7 +169,7 @@ def test_sample_paths_compose(spec, shape, dtype, seed, data):
 
 
 # ----------------------------------------------------------------- q_step
-@given(spec=schedule_specs(), shape=SHAPES, dtype=DTYPES, seed=st.integers(0, 2**16), data=st.data())
+@given(spec=schedule_specs(variants=False), shape=SHAPES, dtype=DTYPES, seed=st.integers(0, 2**16), data=st.data())
 def test_q_step_formula(spec, shape, dtype, seed, data):
     """x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps (Ho et al. eq. 2)."""
     S = build(spec)
@@ -184,7 +184,7 @@ def test_q_step_formula(spec, shape, dtype, seed, data):
     assert_lin_close(got, a_col * x64 + b_col * n64, np.abs(a_col * x64) + np.abs(b_col * n64), dtype)
 
 
-@given(spec=schedule_specs(max_T=60), shape=SHAPES, seed=st.integers(0, 2**16), data=st.data())
+@given(spec=schedule_specs(max_T=60, variants=False), shape=SHAPES, seed=st.integers(0, 2**16), data=st.data())
 def test_chain_of_steps_is_q_sample_pathwise(spec, shape, seed, data):
     r"""Applying q_step for k = 1..t with noises e_k gives q_sample(x_0, t, eps) with
     eps = sum_k (prod_{j>k} sqrt(alpha_j)) sqrt(beta_k) e_k / sigma_t: the t-fold composition, exactly."""
@@ -247,7 +247,7 @@ def bayes_posterior(g_ts, v_ts, gamma_s, var_s, x_t, x0):
     return var * (g_ts / v_ts * x_t + gamma_s / var_s * x0), var
 
 
-@given(spec=schedule_specs(), shape=SHAPES, dtype=DTYPES, seed=st.integers(0, 2**16), data=st.data())
+@given(spec=schedule_specs(variants=False), shape=SHAPES, dtype=DTYPES, seed=st.integers(0, 2**16), data=st.data())
 def test_q_posterior_discrete_matches_bayes(spec, shape, dtype, seed, data):
     r"""Ho et al. eq. 6-7 against Bayes: precision alpha_t/beta_t + 1/(1-abar_{t-1}),
     mean var (sqrt(alpha_t)/beta_t x_t + sqrt(abar_{t-1})/(1-abar_{t-1}) x_0), for t >= 2."""
@@ -287,7 +287,7 @@ def test_q_posterior_at_t1_is_point_mass_at_x0(betas):
 
 
 @given(
-    spec=st.one_of(schedule_specs(), st.sampled_from(sorted(SDES))),
+    spec=st.one_of(schedule_specs(variants=False), st.sampled_from(sorted(SDES))),
     shape=SHAPES,
     seed=st.integers(0, 2**16),
     data=st.data(),
@@ -323,7 +323,7 @@ def test_q_posterior_general_s(spec, shape, seed, data):
 
 
 @given(
-    spec=st.one_of(schedule_specs(), st.sampled_from(sorted(SDES))),
+    spec=st.one_of(schedule_specs(variants=False), st.sampled_from(sorted(SDES))),
     shape=SHAPES,
     seed=st.integers(0, 2**16),
     data=st.data(),
@@ -359,7 +359,7 @@ def test_posterior_mean_from_eps(spec, shape, seed, data):
         assert_lin_close(forward.posterior_mean_from_eps(P, x_t, eps, t), ho, scale, np.float64)
 
 
-@given(spec=schedule_specs(zero_snr=True))
+@given(spec=schedule_specs(zero_snr=True, variants=False))
 def test_posterior_mean_from_eps_raises_at_zero_snr(spec):
     S = build(spec)
     x = np.ones((2, 3))
@@ -391,7 +391,7 @@ def test_float32_outputs_finite_at_every_step(name):
     _check_float32_every_step(DiscreteSchedule(SCHEDULES_F32[name]))
 
 
-@given(spec=schedule_specs())
+@given(spec=schedule_specs(variants=False))
 def test_float32_outputs_finite_random_schedules(spec):
     _check_float32_every_step(build(spec))
 
