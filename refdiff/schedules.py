@@ -522,8 +522,8 @@ class DiscreteSchedule:
         if np.size(to_numpy(timesteps)) == 0:
             raise ValueError("timesteps must be a non-empty 1-D list of steps, got none")
         kept = self.check_step(timesteps, "timesteps", lo=1)
-        if kept.ndim != 1 or kept.size == 0:
-            raise ValueError(f"timesteps must be a non-empty 1-D list of steps, got shape {kept.shape}")
+        if kept.ndim != 1:
+            raise ValueError(f"timesteps must be a 1-D list of steps, got shape {kept.shape}")
         kept = np.sort(kept)
         if np.any(np.diff(kept) == 0):
             raise ValueError("timesteps must be distinct")
