@@ -13,6 +13,12 @@ forward     q(x_t|x_0), q(x_t|x_s), q(x_{t-1}|x_t,x_0)
 param       eps <-> x0 <-> score <-> v conversions
 analytic    exact Gaussian-mixture, Gaussian and finite-data marginals
 losses      eps-MSE, denoising score matching, Gaussian KL, decoder NLL, VLB
+noise       counter-based (Philox) per-example Gaussian noise
+samplers    Langevin, DDPM, DDIM, reverse-SDE and probability-flow ODE samplers
+likelihood  PF-ODE log-likelihood, bits per dimension, encode/decode
+guidance    classifier and classifier-free guidance; labelled mixtures
+metrics     sliced Wasserstein, MMD, energy distance, mode weights, noise floors
+targets     named analytic targets (the 8-mode ring, a 16-D mixture)
 verify      the equation catalogue behind ``refdiff verify``
 """
 
@@ -22,7 +28,23 @@ from ._version import __version__
 
 # Submodules and names load on first use (PEP 562), so `import refdiff` and
 # `refdiff --help` do not pay for NumPy until an array is needed.
-_SUBMODULES = ("analytic", "backend", "forward", "losses", "param", "schedules", "sde", "verify", "cli")
+_SUBMODULES = (
+    "analytic",
+    "backend",
+    "forward",
+    "losses",
+    "param",
+    "schedules",
+    "sde",
+    "noise",
+    "samplers",
+    "likelihood",
+    "guidance",
+    "metrics",
+    "targets",
+    "verify",
+    "cli",
+)
 _NAMES = {
     "DiscreteSchedule": "schedules",
     "SDE": "sde",

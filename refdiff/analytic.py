@@ -169,11 +169,13 @@ class GaussianMixture:
             covs = gamma**2 * self.covs + var
         return GaussianMixture(self.weights, gamma * self.means, covs)
 
-    def _components(self, x, process, t, want):
+    def _components(self, x, process, t, want, v=None):
         """Yield, per active component k, its logit log w_k N(x; gamma mu_k, C_k) (N,) and requested fields.
 
-        ``want`` holds any of "grad" (the component's score) and "x0" (its
-        Tweedie denoiser), each (N, D).
+        ``want`` holds any of "grad" (the component's score), "x0" (its
+        Tweedie denoiser) and "inv_v" (C_k^{-1} v for the (N, D)
+        array ``v``), each (N, D), and "inv_trace" (tr C_k^{-1},
+        shape () or (N,)).
         """
         N, D = x.shape
         xp = namespace(x)
@@ -200,6 +202,10 @@ class GaussianMixture:
             if "x0" in want:
                 shift = lam_x * q if U is None else (lam_x * q) @ U.T
                 fields["x0"] = mu + g_x * shift
+            if "inv_trace" in want:  # tr C_k^{-1} = sum of 1 / eigenvalues
+                fields["inv_trace"] = _on(x, D / c if lam.ndim == 0 else np.sum(1.0 / c, axis=-1))
+            if "inv_v" in want:
+                fields["inv_v"] = v / c_x if U is None else ((v @ U) / c_x) @ U.T
             yield logit, fields
 
     def _stream(self, x, process, t, want):
@@ -220,6 +226,46 @@ class GaussianMixture:
             m = m_new
         return m + xp.log(total), {f: v / total[:, None] for f, v in acc.items()}
 
+    def _stream_hessian(self, x, process, t, v):
+        r"""One streaming pass for the Hessian :math:`H` of :math:`\log p_t`: its trace (N,) if ``v`` is None, else :math:`Hv` (N, D).
+
+        :math:`H=\sum_kr_k(-C_k^{-1})+\mathrm{Cov}_r[s_k]`, with the
+        posterior covariance of the component scores accumulated by West's
+        weighted update (West 1979): the running mean :math:`s` moves by
+        :math:`(b/W)\delta` and the spread grows by
+        :math:`b\,W_{old}/W\;\delta\delta^\top` with :math:`\delta=s_k-s`, so
+        :math:`\sum_kr_k|s_k|^2-|s|^2` is never formed as a difference of
+        large numbers. Weights are rescaled to the running maximum logit as in
+        :meth:`_stream`.
+        """
+        xp = namespace(x)
+        N, D = x.shape
+        dev = device_of(x)
+        hvp = v is not None
+        want = ("grad", "inv_v") if hvp else ("grad", "inv_trace")
+        m = xp.full((N,), -xp.inf, dtype=x.dtype, device=dev)
+        W = xp.zeros((N,), dtype=x.dtype, device=dev)  # sum of weights b_k so far
+        s = xp.zeros((N, D), dtype=x.dtype, device=dev)  # running posterior mean of the component scores
+        out_shape = (N, D) if hvp else (N,)
+        curv = xp.zeros(out_shape, dtype=x.dtype, device=dev)  # sum_k b_k (-C_k^{-1}) [v]
+        spread = xp.zeros(out_shape, dtype=x.dtype, device=dev)  # sum_k b_k (s_k - s)(s_k - s)^T [v]
+        for logit, fields in self._components(x, process, t, want, v=v):
+            m_new = xp.maximum(m, logit)
+            a, b = xp.exp(m - m_new), xp.exp(logit - m_new)
+            W_old = W * a
+            W = W_old + b
+            delta = fields["grad"] - s  # (N, D)
+            s = s + (b / W)[:, None] * delta
+            frac = b * W_old / W  # (N,)
+            if hvp:
+                spread = spread * a[:, None] + (frac * xp.sum(delta * v, axis=1))[:, None] * delta
+                curv = curv * a[:, None] - b[:, None] * fields["inv_v"]
+            else:
+                spread = spread * a + frac * xp.sum(delta * delta, axis=1)
+                curv = curv * a - b * fields["inv_trace"]
+            m = m_new
+        return (curv + spread) / (W[:, None] if hvp else W)
+
     def _logits(self, x, process, t):
         """Per-component logits as a (K_active, N) array (components on the leading axis)."""
         xp = namespace(x)
@@ -235,6 +281,43 @@ class GaussianMixture:
         r""":math:`\nabla_x\log p_t(x)`, shape (N, D)."""
         x = _check_points(x, self.dim)
         return self._stream(x, process, t, ("grad",))[1]["grad"]
+
+    def score_divergence(self, x, process=None, t=None):
+        r"""Divergence of the score, the Laplacian :math:`\Delta\log p_t(x)=\mathrm{tr}\,\nabla^2\log p_t(x)`, shape (N,).
+
+        Differentiating :math:`s=\sum_kr_ks_k` with
+        :math:`s_k=-C_k^{-1}(x-\gamma_t\mu_k)` and
+        :math:`\nabla r_k=r_k(s_k-s)` gives
+
+        .. math::
+
+            \nabla^2\log p_t=\sum_kr_k\big(-C_k^{-1}+s_ks_k^\top\big)-ss^\top,
+            \qquad
+            \Delta\log p_t=\sum_kr_k\big(|s_k|^2-\mathrm{tr}\,C_k^{-1}\big)-|s|^2,
+
+        with :math:`\mathrm{tr}\,C_k^{-1}=\sum_i1/(\gamma_t^2\lambda_{k,i}+\sigma_t^2)`
+        from the stored eigenvalues. The second moment minus :math:`|s|^2` is
+        accumulated as a posterior variance (no cancellation). This is the
+        exact divergence the probability-flow likelihood needs
+        (:func:`refdiff.likelihood.ode_log_likelihood`).
+        """
+        x = _check_points(x, self.dim)
+        return self._stream_hessian(x, process, t, None)
+
+    def score_hvp(self, x, v, process=None, t=None):
+        r"""Hessian-vector product :math:`\nabla^2\log p_t(x)\,v`, shape (N, D), one ``v`` row per example.
+
+        :math:`\sum_kr_k\big(-C_k^{-1}v+s_k(s_k\cdot v)\big)-s(s\cdot v)`
+        (see :meth:`score_divergence`). The Jacobian of the score is this
+        symmetric Hessian, so the result is both the score's Jacobian-vector
+        and vector-Jacobian product.
+        """
+        x = _check_points(x, self.dim)
+        v = _check_points(v, self.dim, "v")
+        if v.shape[0] != x.shape[0]:
+            raise ValueError(f"v must have one row per row of x, shape {tuple(x.shape)}, got {tuple(v.shape)}")
+        xp = namespace(x, v)
+        return self._stream_hessian(x, process, t, xp.astype(v, x.dtype))
 
     def component_posterior(self, x, process=None, t=None):
         r""":math:`p(k|x_t)`, shape (N, K); zero for zero-weight components."""

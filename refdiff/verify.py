@@ -22,6 +22,12 @@ Entries (DESIGN.md's numbering):
 9. denoising score matching: minimiser is the true score; s = -eps/sigma_t
 10. loss weightings
 11. the score does not depend on the normaliser; EBM score = -grad E
+12. Langevin dynamics and annealed Langevin (NCSN) reach the target
+13. Euler-Maruyama, Euler, Heun, RK4, RK45, DDIM, DPM-Solver: measured orders
+14. classifier guidance and classifier-free guidance identities
+15. PF-ODE log-likelihood equals the exact log-density of a mixture
+
+Entries 12-15 run samplers and live in :mod:`refdiff.verify_sampling`.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from .losses import dsm_loss, eps_mse, normal_kl, vlb_terms
 from .param import PREDICTIONS, convert
 from .schedules import DiscreteSchedule, cosine_betas, linear_betas, rescale_zero_terminal_snr, scaled_linear_betas, sigmoid_betas
 from .sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
+from .verify_sampling import entry_12, entry_13, entry_14, entry_15
 
 __all__ = ["Check", "ENTRIES", "run"]
 
@@ -472,7 +479,14 @@ def entry_11():
 
 
 #: Entry number -> function returning its checks, in catalogue order.
-ENTRIES = {str(i): fn for i, fn in enumerate((entry_1, entry_2, entry_3, entry_4, entry_5, entry_6, entry_7, entry_8, entry_9, entry_10, entry_11), start=1)}
+ENTRIES = {
+    str(i): fn
+    for i, fn in enumerate(
+        (entry_1, entry_2, entry_3, entry_4, entry_5, entry_6, entry_7, entry_8, entry_9, entry_10, entry_11)
+        + (entry_12, entry_13, entry_14, entry_15),
+        start=1,
+    )
+}
 
 
 def run(only=None, progress=None) -> list:

@@ -1,0 +1,67 @@
+"""Analytic targets with known answers: the mixtures refdiff's samplers are measured on.
+
+``ring_mixture``    2-D ring of Gaussian modes (default: 8 modes, unequal weights)
+``random_mixture``  D-dimensional mixture with random full covariances, seeded
+``TARGETS``         the named targets and how to build them
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .analytic import GaussianMixture
+from .backend import as_rng
+
+__all__ = ["ring_mixture", "random_mixture", "TARGETS", "make_target"]
+
+
+def ring_mixture(n_modes: int = 8, radius: float = 4.0, std: float = 0.25, weights=None) -> GaussianMixture:
+    """Isotropic Gaussian modes evenly spaced on a circle of ``radius``.
+
+    ``weights=None`` gives the unequal weights proportional to 1, 2, ..., n_modes
+    (so a sampler that equalises modes is caught); pass ``"equal"`` for equal ones.
+    """
+    if isinstance(n_modes, bool) or not isinstance(n_modes, (int, np.integer)) or n_modes < 1:
+        raise ValueError(f"n_modes must be a positive int, got {n_modes!r}")
+    angles = 2.0 * np.pi * np.arange(n_modes) / n_modes
+    means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    if weights is None:
+        weights = np.arange(1, n_modes + 1, dtype=np.float64)
+    elif isinstance(weights, str) and weights == "equal":
+        weights = np.ones(n_modes)
+    weights = np.asarray(weights, dtype=np.float64)
+    return GaussianMixture(weights / weights.sum(), means, np.full(n_modes, float(std) ** 2))
+
+
+def random_mixture(dim: int = 16, n_components: int = 10, rng=0, mean_scale: float = 3.0, eig_range=(0.05, 0.5)):
+    """A mixture of ``n_components`` full-covariance Gaussians in ``dim`` dimensions, drawn from ``rng``.
+
+    Means ~ N(0, mean_scale^2 I); each covariance is Q diag(lam) Q^T with Q a
+    random rotation and lam log-uniform in ``eig_range``; weights Dirichlet(2).
+    """
+    gen = as_rng(rng)
+    means = mean_scale * gen.standard_normal((n_components, dim))
+    covs = np.empty((n_components, dim, dim))
+    lo, hi = np.log(eig_range[0]), np.log(eig_range[1])
+    for k in range(n_components):
+        q, r = np.linalg.qr(gen.standard_normal((dim, dim)))
+        q = q * np.sign(np.diag(r))
+        lam = np.exp(gen.uniform(lo, hi, dim))
+        covs[k] = (q * lam) @ q.T
+        covs[k] = 0.5 * (covs[k] + covs[k].T)
+    weights = gen.dirichlet(np.full(n_components, 2.0))
+    return GaussianMixture(weights, means, covs)
+
+
+#: Named analytic targets: name -> (builder, description).
+TARGETS = {
+    "ring8": (ring_mixture, "8 isotropic modes on a circle of radius 4, std 0.25, weights 1:2:...:8"),
+    "mixture16": (random_mixture, "10 full-covariance components in 16-D (seed 0)"),
+}
+
+
+def make_target(name: str) -> GaussianMixture:
+    """Build the target called ``name`` (see :data:`TARGETS`)."""
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; choose one of {sorted(TARGETS)}")
+    return TARGETS[name][0]()
