@@ -472,7 +472,9 @@ class NoiseStream:
         self.n = _check_int(n, "n", 0, 2**64)
         self.offset = _check_int(offset, "offset", 0, 2**64)
         if self.offset + self.n > 2**64:
-            raise ValueError(f"offset + n must be at most 2**64 (particle indices are uint64), got {self.offset} + {self.n}")
+            raise ValueError(
+                f"offset + n must be at most 2**64 (particle indices are uint64), got {self.offset} + {self.n}"
+            )
         if seed is None:
             seed = int(as_rng(rng).integers(0, 2**64, dtype=np.uint64))
         elif rng is not None:
@@ -495,7 +497,8 @@ class NoiseStream:
             shape = tuple(shape)
         except TypeError:
             shape = (shape,)
-        if not shape or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in shape):
+        ints = all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in shape)
+        if not shape or not ints or min(shape) < 0:
             raise ValueError(f"shape must be a tuple of non-negative ints (n, ...), got {shape!r}")
         shape = tuple(int(s) for s in shape)
         if shape[0] != self.n:

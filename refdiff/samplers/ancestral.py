@@ -38,12 +38,18 @@ import numpy as np
 from ..backend import namespace, per_example
 from ..forward import posterior_coefs
 from ..param import convert
+from ..schedules import DiscreteSchedule
 from ._common import ModelCall, SampleResult, check_positive, finish_step, prior_std_of, start
 from .grids import resolve_grid
 
 __all__ = ["ddpm", "ddim"]
 
 _VARIANCES = ("beta_tilde", "beta")
+
+
+def _default_steps(process, continuous: int):
+    """Every step of a discrete schedule (None); ``continuous`` uniform steps for an SDE."""
+    return None if isinstance(process, DiscreteSchedule) else continuous
 
 
 def _check_clip(clip_x0):
@@ -87,7 +93,8 @@ def ddpm(
     prediction : {"eps", "x0", "score", "v"}
     steps : int, optional
         Number of steps: a discrete schedule visits ``schedule.timesteps(steps,
-        spacing)`` (all T steps if None); an SDE gets a uniform grid.
+        spacing)`` (all T steps if None); an SDE gets a uniform grid of
+        ``steps`` (default 1000 for ddpm, 100 for ddim).
     grid : array or kind name, optional
         An explicit decreasing grid (overrides ``steps``).
     variance : {"beta_tilde", "beta"}
@@ -104,7 +111,7 @@ def ddpm(
     if variance not in _VARIANCES:
         raise ValueError(f"variance must be one of {_VARIANCES}, got {variance!r}")
     clip_x0 = _check_clip(clip_x0)
-    grid = resolve_grid(process, steps, grid)
+    grid = resolve_grid(process, steps, grid, default_steps=_default_steps(process, 1000))
     f = ModelCall(model, prediction, process)
     x, noise = start(x_T, rng, prior_std=prior_std_of(process))
     for i in range(grid.shape[0] - 1):
@@ -150,7 +157,7 @@ def ddim(
     if eta > 1:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     clip_x0 = _check_clip(clip_x0)
-    grid = resolve_grid(process, steps, grid)
+    grid = resolve_grid(process, steps, grid, default_steps=_default_steps(process, 100))
     f = ModelCall(model, prediction, process)
     x, noise = start(x_T, rng, prior_std=prior_std_of(process))
     for i in range(grid.shape[0] - 1):

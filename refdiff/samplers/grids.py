@@ -73,6 +73,7 @@ def time_grid(process, steps: int, kind: str = "uniform", t_max=None, t_min=None
     frac = np.arange(steps + 1, dtype=np.float64) / steps
     if kind == "uniform":
         grid = t_max + frac * (t_min - t_max)
+        grid[0], grid[-1] = t_max, t_min
     else:
         lam_max, lam_min = float(process.log_snr(t_max)), float(process.log_snr(t_min))
         if kind == "log_snr":

@@ -182,7 +182,7 @@ def annealed_langevin(
     x, noise = start(x_T, rng, prior_std=process.prior_std())
     step = 0
     for i, t in enumerate(ts):
-        alpha = eps * sigma2[i] / sigma2[-1]
+        alpha = float(eps * sigma2[i] / sigma2[-1])
         for _ in range(n_steps_each):
             x = x + alpha * f(x, t, "score", step) + math.sqrt(2.0 * alpha) * noise.normal(x.shape, like=x)
             x = finish_step(step, t, x, callback)

@@ -151,6 +151,6 @@ def deis(
         k = 1 if lower_order_final_applies(i, n, lower_order_final) else len(history)
         weights = lagrange_integrals(nodes[:k], rho[i], rho[i + 1])
         for w, e in zip(weights, history[:k]):
-            x_tilde = x_tilde + w * e
+            x_tilde = x_tilde + float(w) * e
         x = finish_step(i, grid[i + 1], per_example(gamma[i + 1], x) * x_tilde, callback)
     return SampleResult(_final(f, x, grid, final_denoise, callback), f.nfe, grid=grid)

@@ -93,10 +93,10 @@ def _explicit_rk(tableau, model, process, x_T, prediction, steps, grid, final_de
             x_j = x
             for m in range(j):
                 if tableau.A[j, m] != 0.0:
-                    x_j = x_j + (h * tableau.A[j, m]) * k[m]
+                    x_j = x_j + float(h * tableau.A[j, m]) * k[m]
             k.append(_velocity(f, process, x_j, t + tableau.c[j] * h, i))
         for j in range(n_stages):
-            x = x + (h * tableau.b[j]) * k[j]
+            x = x + float(h * tableau.b[j]) * k[j]
         x = finish_step(i, grid[i + 1], x, callback)
     return SampleResult(_final(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
 

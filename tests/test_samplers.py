@@ -1,0 +1,677 @@
+"""Tests of refdiff.samplers: the shared contract, exact identities between samplers, grids and errors.
+
+Small sizes throughout (the statistical checks of sample quality at 20 000
+samples live in test_samplers_slow.py). Every check has a fixed seed; where a
+tolerance is a multiple of a standard error the comment says how many.
+
+What is checked here:
+
+* every sampler of ``DIFFUSION_SAMPLERS`` runs on a VPSDE (and the four that
+  take one on a DiscreteSchedule), returns finite output of the right shape
+  and dtype, and reports the NFE it documents, equal to the model calls counted;
+* float32 in, float32 out;
+* batch invariance of every stochastic sampler (PITFALLS 29);
+* exact identities: DDIM(eta=0) = DPM-Solver-1 = DEIS-1, DDIM(eta=1) = DDPM
+  (beta-tilde), DDPM on a spaced subset = DDPM on the respaced schedule,
+  EDM stochastic with S_churn = 0 = Heun, PLMS's first step = DDIM;
+* convergence orders of Euler, Heun and RK4 on the exact Gaussian PF-ODE flow;
+* Langevin: the exact ULA stationary variance, MALA's exact invariance, and
+  why annealing is needed (plain Langevin keeps the start's mode weights);
+* the time and step grids, ``describe_grid``, and the errors users see.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from refdiff.analytic import Gaussian, GaussianMixture
+from refdiff.metrics import mode_weights
+from refdiff.samplers import (
+    DIFFUSION_SAMPLERS,
+    GRID_KINDS,
+    ddim,
+    ddpm,
+    deis,
+    describe_grid,
+    dpm_solver,
+    dpm_solver_pp,
+    edm_stochastic,
+    euler_maruyama,
+    langevin,
+    mala,
+    ode_euler,
+    ode_heun,
+    ode_rk4,
+    ode_rk45,
+    plms,
+    predictor_corrector,
+    step_grid,
+    time_grid,
+    ula_stationary_variance,
+)
+from refdiff.schedules import DiscreteSchedule, linear_betas, spaced_timesteps
+from refdiff.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
+from refdiff.targets import ring_mixture
+
+PROCESS = VPSDE()
+RING = ring_mixture()
+SCHEDULE = DiscreteSchedule(linear_betas(1000))
+DISCRETE_SAMPLERS = ("ddpm", "ddim", "plms", "deis")
+
+
+def ring_score(x, t):
+    return RING.score(x, PROCESS, t)
+
+
+def ring_eps_discrete(x, t):
+    return RING.eps(x, SCHEDULE, t)
+
+
+class Counted:
+    """A model that counts its calls (to check each sampler's reported NFE)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.fn(x, t)
+
+
+# Small settings for each sampler on the VPSDE, and the NFE its docstring promises
+# (None: adaptive, checked separately). Every entry ends with the final denoising call.
+SETTINGS = {
+    "annealed_langevin": ({"levels": 4, "n_steps_each": 3}, 4 * 3 + 1),
+    "ddpm": ({"steps": 6}, 6 + 1),
+    "ddim": ({"steps": 6}, 6 + 1),
+    "euler_maruyama": ({"steps": 6}, 6 + 1),
+    "predictor_corrector": ({"steps": 5, "n_corrector": 2}, 5 * (1 + 2) + 1),
+    "sde_adaptive": ({"eps_abs": 0.05, "eps_rel": 0.2}, None),
+    "edm_stochastic": ({"steps": 8}, 2 * 8 + 1),
+    "ode_euler": ({"steps": 6}, 6 + 1),
+    "ode_heun": ({"steps": 8}, 2 * 8 + 1),
+    "ode_rk4": ({"steps": 3}, 4 * 3 + 1),
+    "ode_rk45": ({"rtol": 1e-3, "atol": 1e-3}, None),
+    "dpm_solver": ({"steps": 3, "order": 3}, 3 * 3 + 1),
+    "dpm_solver_pp": ({"steps": 6}, 6 + 1),
+    "plms": ({"steps": 6}, 6 + 1),
+    "deis": ({"steps": 6}, 6 + 1),
+}
+
+
+def test_settings_cover_every_sampler():
+    assert set(SETTINGS) == set(DIFFUSION_SAMPLERS)
+    assert len(DIFFUSION_SAMPLERS) == 15
+
+
+# ----------------------------------------------------------------- the contract
+@pytest.mark.parametrize("name", list(DIFFUSION_SAMPLERS))
+def test_runs_on_vpsde_with_documented_nfe(name):
+    kwargs, want_nfe = SETTINGS[name]
+    model = Counted(ring_score)
+    seen = []
+    res = DIFFUSION_SAMPLERS[name](model, PROCESS, (256, 2), prediction="score", rng=0, callback=lambda i, t, x: seen.append(i), **kwargs)
+    x, nfe = res
+    assert x.shape == (256, 2) and x.dtype == np.float64
+    assert np.all(np.isfinite(x))
+    assert nfe == res.nfe == model.calls
+    if want_nfe is not None:
+        assert nfe == want_nfe
+    elif name == "sde_adaptive":
+        # 2 calls per iteration while any example runs, + 1 final denoise; callback once per iteration + once at the end
+        iterations = len(seen) - 1
+        assert nfe == 2 * iterations + 1
+        trials = res.info["accepted"] + res.info["rejected"]
+        assert trials.max() == iterations and np.all(res.info["accepted"] >= 1)
+    else:  # ode_rk45: Dormand-Prince, 6 evaluations per attempted step at least
+        assert res.info["status"] == 0 and nfe >= 6 * res.info["n_steps"] + 1
+    # samples are spread over the ring (radius 4), not collapsed or blown up
+    r = np.linalg.norm(x, axis=1)
+    assert 1.5 < np.median(r) < 6.0, np.median(r)
+
+
+@pytest.mark.parametrize("name", DISCRETE_SAMPLERS)
+def test_runs_on_discrete_schedule_with_documented_nfe(name):
+    model = Counted(ring_eps_discrete)
+    res = DIFFUSION_SAMPLERS[name](model, SCHEDULE, (256, 2), prediction="eps", steps=10, rng=0)
+    assert res.x.shape == (256, 2) and res.x.dtype == np.float64
+    assert np.all(np.isfinite(res.x))
+    # the grid ends at step 0, where sigma = 0: no final denoising call
+    assert res.nfe == model.calls == 10
+    np.testing.assert_array_equal(res.info["grid"], step_grid(SCHEDULE, 10))
+
+
+def test_ddpm_on_every_step_of_a_discrete_schedule():
+    """Algorithm 2 over all T = 1000 steps: T model calls, at t = T, ..., 1 (and none at t = 0)."""
+    ts = []
+    res = ddpm(lambda x, t: (ts.append(t), RING.eps(x, SCHEDULE, t))[1], SCHEDULE, (8, 2), rng=0)
+    assert res.nfe == 1000 and ts == list(range(1000, 0, -1))
+    assert all(type(t) is int for t in ts)
+    assert np.all(np.isfinite(res.x))
+
+
+@pytest.mark.parametrize("name", ("ddpm", "euler_maruyama", "ode_euler", "dpm_solver_pp"))
+def test_final_denoise_false_drops_the_last_call(name):
+    kwargs, want_nfe = SETTINGS[name]
+    res = DIFFUSION_SAMPLERS[name](ring_score, PROCESS, (16, 2), prediction="score", rng=0, final_denoise=False, **kwargs)
+    assert res.nfe == want_nfe - 1
+
+
+@pytest.mark.parametrize("name", list(DIFFUSION_SAMPLERS))
+def test_float32_stays_float32(name):
+    kwargs, _ = SETTINGS[name]
+    x32 = np.random.default_rng(1).standard_normal((64, 2)).astype(np.float32)
+    out32 = DIFFUSION_SAMPLERS[name](ring_score, PROCESS, x32, prediction="score", rng=0, **kwargs).x
+    out64 = DIFFUSION_SAMPLERS[name](ring_score, PROCESS, x32.astype(np.float64), prediction="score", rng=0, **kwargs).x
+    assert out32.dtype == np.float32
+    # same start, same noise: the float32 path follows the float64 one (data scale 4)
+    np.testing.assert_allclose(out32, out64, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", DISCRETE_SAMPLERS)
+def test_float32_stays_float32_on_discrete_schedule(name):
+    x32 = np.random.default_rng(1).standard_normal((64, 2)).astype(np.float32)
+    out = DIFFUSION_SAMPLERS[name](ring_eps_discrete, SCHEDULE, x32, steps=10, rng=0).x
+    assert out.dtype == np.float32
+
+
+def test_langevin_and_mala_keep_float32():
+    x32 = np.zeros((32, 2), dtype=np.float32)
+    assert langevin(RING.score, x32, step_size=0.01, n_steps=5, rng=0).x.dtype == np.float32
+    assert mala(RING.score, RING.log_prob, x32, step_size=0.01, n_steps=5, rng=0).x.dtype == np.float32
+
+
+# ------------------------------------------------------------ batch invariance
+STOCHASTIC = {
+    "ddpm": lambda shape: ddpm(ring_eps_discrete, SCHEDULE, shape, steps=10, rng=3),
+    "ddim_eta1": lambda shape: ddim(ring_eps_discrete, SCHEDULE, shape, eta=1.0, steps=10, rng=3),
+    "euler_maruyama": lambda shape: euler_maruyama(ring_score, PROCESS, shape, steps=10, rng=3),
+    "predictor_corrector": lambda shape: predictor_corrector(ring_score, PROCESS, shape, steps=8, rng=3),
+    "edm_stochastic": lambda shape: edm_stochastic(ring_score, PROCESS, shape, steps=6, rng=3),
+    "annealed_langevin": lambda shape: DIFFUSION_SAMPLERS["annealed_langevin"](ring_score, PROCESS, shape, levels=4, n_steps_each=3, rng=3),
+    "sde_adaptive": lambda shape: DIFFUSION_SAMPLERS["sde_adaptive"](ring_score, PROCESS, shape, eps_abs=0.05, eps_rel=0.2, rng=3),
+    "langevin": lambda shape: langevin(RING.score, shape, step_size=0.01, n_steps=10, rng=3),
+    "mala": lambda shape: mala(RING.score, RING.log_prob, shape, step_size=0.05, n_steps=10, rng=3),
+}
+
+
+@pytest.mark.parametrize("name", list(STOCHASTIC))
+def test_example_does_not_depend_on_its_batch(name):
+    run = STOCHASTIC[name]
+    one, seven, many = run((1, 2)).x, run((7, 2)).x, run((1000, 2)).x
+    np.testing.assert_allclose(seven[:1], one, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(many[:7], seven, rtol=0, atol=1e-12)
+    # the examples themselves differ (each has its own noise), so the check has teeth
+    assert np.min(np.abs(np.diff(seven[:, 0]))) > 1e-6
+
+
+# ------------------------------------------------------ identities between samplers
+def _start(n=128, seed=1):
+    return np.random.default_rng(seed).standard_normal((n, 2))
+
+
+@pytest.mark.parametrize("kind", GRID_KINDS)
+def test_ddim_eta0_is_dpm_solver_1_and_deis_1(kind):
+    """Lu et al. 2022a sec. 4.1; Zhang & Chen 2022: all three are the first-order exponential integrator."""
+    grid = time_grid(PROCESS, 12, kind)
+    eps = lambda x, t: RING.eps(x, PROCESS, t)  # noqa: E731
+    a = ddim(eps, PROCESS, _start(), grid=grid).x
+    b = dpm_solver(eps, PROCESS, _start(), order=1, grid=grid).x
+    c = deis(eps, PROCESS, _start(), order=1, grid=grid).x
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a, c, rtol=0, atol=1e-12)
+
+
+def test_ddim_eta0_is_dpm_solver_1_with_score_model():
+    grid = time_grid(PROCESS, 9, "uniform")
+    a = ddim(ring_score, PROCESS, _start(), prediction="score", grid=grid, final_denoise=False).x
+    b = dpm_solver(ring_score, PROCESS, _start(), prediction="score", order=1, grid=grid, final_denoise=False).x
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", GRID_KINDS)
+def test_ddim_eta1_is_ddpm_beta_tilde_on_sde_grid(kind):
+    grid = time_grid(PROCESS, 12, kind)
+    eps = lambda x, t: RING.eps(x, PROCESS, t)  # noqa: E731
+    a = ddim(eps, PROCESS, (128, 2), eta=1.0, grid=grid, rng=5).x
+    b = ddpm(eps, PROCESS, (128, 2), variance="beta_tilde", grid=grid, rng=5).x
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    c = ddpm(eps, PROCESS, (128, 2), variance="beta", grid=grid, rng=5).x
+    assert np.max(np.abs(a - c)) > 1e-3  # the other variance is a different sampler
+
+
+def test_ddim_eta1_is_ddpm_beta_tilde_on_discrete_schedule():
+    a = ddim(ring_eps_discrete, SCHEDULE, (128, 2), eta=1.0, steps=20, rng=5).x
+    b = ddpm(ring_eps_discrete, SCHEDULE, (128, 2), variance="beta_tilde", steps=20, rng=5).x
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_ddpm_on_spaced_steps_is_ddpm_on_respaced_schedule():
+    """Nichol & Dhariwal 2021 sec. 4: the respaced schedule, model called with the original steps."""
+    calls_a, calls_b = [], []
+    a = ddpm(lambda x, t: (calls_a.append(t), RING.eps(x, SCHEDULE, t))[1], SCHEDULE, (128, 2), steps=50, rng=7).x
+    respaced = SCHEDULE.respace(SCHEDULE.timesteps(50))
+    b = ddpm(lambda x, t: (calls_b.append(t), RING.eps(x, SCHEDULE, t))[1], respaced, (128, 2), rng=7).x
+    assert calls_a == calls_b == list(SCHEDULE.timesteps(50)[::-1])
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["ancestral", "euler_maruyama"])
+def test_predictor_alone_is_the_plain_sampler(kind):
+    """Predictor-corrector without a corrector: the ancestral predictor is DDPM (beta-tilde), EM is euler_maruyama."""
+    grid = time_grid(PROCESS, 10, "uniform")
+    a = predictor_corrector(ring_score, PROCESS, (128, 2), predictor=kind, corrector=None, grid=grid, rng=4).x
+    plain = ddpm if kind == "ancestral" else euler_maruyama
+    b = plain(ring_score, PROCESS, (128, 2), prediction="score", grid=grid, rng=4).x
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    c = predictor_corrector(ring_score, PROCESS, (128, 2), predictor=kind, n_corrector=1, grid=grid, rng=4).x
+    assert np.max(np.abs(a - c)) > 1e-3  # the corrector does change the path
+
+
+def test_edm_stochastic_without_churn_is_heun():
+    grid = time_grid(PROCESS, 8, "karras")
+    a = edm_stochastic(ring_score, PROCESS, _start(), grid=grid, S_churn=0.0, rng=0).x
+    b = ode_heun(ring_score, PROCESS, _start(), grid=grid).x
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    c = edm_stochastic(ring_score, PROCESS, _start(), grid=grid, S_churn=10.0, rng=0).x
+    assert np.max(np.abs(a - c)) > 1e-3
+
+
+def test_plms_first_step_is_ddim():
+    grid = time_grid(PROCESS, 1, "uniform", t_max=0.6, t_min=0.5)
+    eps = lambda x, t: RING.eps(x, PROCESS, t)  # noqa: E731
+    a = plms(eps, PROCESS, _start(), grid=grid, final_denoise=False).x
+    b = ddim(eps, PROCESS, _start(), grid=grid, final_denoise=False).x
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_ode_heun_default_is_edm_35_nfe():
+    res = ode_heun(ring_score, PROCESS, (8, 2))
+    assert res.nfe == 35 and res.info["grid"].shape == (18,)
+
+
+def test_prediction_kinds_agree():
+    """The same exact model given as score, eps, x0 or v gives the same DPM-Solver++ path."""
+    from refdiff.param import convert
+
+    grid = time_grid(PROCESS, 10, "log_snr")
+    outs = []
+    for kind in ("score", "eps", "x0", "v"):
+        model = lambda x, t, k=kind: convert(ring_score(x, t), "score", k, x, PROCESS, t)  # noqa: E731
+        outs.append(dpm_solver_pp(model, PROCESS, _start(), prediction=kind, grid=grid).x)
+    for o in outs[1:]:
+        np.testing.assert_allclose(o, outs[0], rtol=0, atol=1e-10)
+
+
+# ----------------------------------------------------------- convergence orders
+@pytest.mark.parametrize(
+    "solver, order, kind, steps",
+    [
+        (ode_euler, 1, "uniform", (16, 32, 64)),
+        (ode_heun, 2, "karras", (8, 16, 32)),
+        (ode_rk4, 4, "uniform", (16, 32, 64)),
+        (dpm_solver_pp, 2, "log_snr", (32, 64, 128)),
+        (deis, 3, "log_snr", (32, 64, 128)),
+    ],
+    ids=["euler", "heun", "rk4", "dpm_solver_pp", "deis3"],
+)
+def test_ode_solver_order_on_exact_gaussian_flow(solver, order, kind, steps):
+    """Slope of log error against log steps, within 0.3 of the order (Euler, Heun and RK4 are also verify
+    entry 13; DPM-Solver++(2M) and DEIS-3 are not there: their first steps are lower order, so they are
+    measured at more steps)."""
+    g = Gaussian(np.array([1.0, -2.0]), np.array([[0.5, 0.2], [0.2, 0.3]]))
+    x1 = np.random.default_rng(13).standard_normal((16, 2))
+    exact = g.ode_solution(x1, PROCESS, 1.0, 0.05)
+    errs = []
+    for n in steps:
+        grid = time_grid(PROCESS, n, kind, t_max=1.0, t_min=0.05)
+        x = solver(lambda y, t: g.score(y, PROCESS, t), PROCESS, x1, prediction="score", grid=grid, final_denoise=False).x
+        errs.append(np.max(np.abs(x - exact)))
+    measured = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
+    assert abs(measured - order) < 0.3, (errs, measured)
+
+
+def test_rk45_is_close_to_exact_gaussian_flow():
+    g = Gaussian(np.array([1.0, -2.0]), np.array([[0.5, 0.2], [0.2, 0.3]]))
+    x1 = np.random.default_rng(14).standard_normal((8, 2))
+    exact = g.ode_solution(x1, PROCESS, PROCESS.t_max, PROCESS.t_min)
+    loose = ode_rk45(lambda y, t: g.score(y, PROCESS, t), PROCESS, x1, rtol=1e-4, atol=1e-4, final_denoise=False)
+    tight = ode_rk45(lambda y, t: g.score(y, PROCESS, t), PROCESS, x1, rtol=1e-8, atol=1e-8, final_denoise=False)
+    err_loose, err_tight = np.max(np.abs(loose.x - exact)), np.max(np.abs(tight.x - exact))
+    assert err_tight < 1e-5 and err_tight < err_loose and tight.nfe > loose.nfe
+
+
+# ---------------------------------------------------------------------- Langevin
+def _z_var(x, var):
+    """z-score of the sample variance of n Gaussian draws against ``var`` (sd of s^2 is var sqrt(2/(n-1)))."""
+    n = x.shape[0]
+    return (x.var(ddof=1) - var) / (var * math.sqrt(2.0 / (n - 1)))
+
+
+def test_ula_stationary_variance_closed_form():
+    """AR(1) chain on N(1, 0.5) with eta = 0.25: variance 0.5 / (1 - 0.25) = 2/3, not 0.5."""
+    mean, var, eta, n = 1.0, 0.5, 0.25, 20_000
+    target = Gaussian(np.array([mean]), np.array([var]))
+    want = ula_stationary_variance(var, eta)
+    assert want == pytest.approx(2.0 / 3.0, rel=1e-15)
+    # 60 steps of a chain contracting by 1 - eta/var = 1/2 per step: the start's offset is gone (2^-60)
+    x = langevin(target.score, np.zeros((n, 1)), step_size=eta, n_steps=60, rng=1).x
+    assert abs(_z_var(x, want)) < 4.0  # 4 sigma: false-failure rate 6e-5
+    assert abs(x.mean() - mean) < 4.0 * math.sqrt(want / n)
+    assert _z_var(x, var) > 20.0  # and the bias is resolved: the target's own variance is far off
+    with pytest.raises(ValueError, match="diverges"):
+        ula_stationary_variance(var, 1.0)
+
+
+def test_mala_leaves_target_invariant():
+    mean, var, eta, n = 1.0, 0.5, 0.25, 20_000
+    target = Gaussian(np.array([mean]), np.array([var]))
+    res = mala(target.score, target.log_prob, np.zeros((n, 1)), step_size=eta, n_steps=100, rng=1)
+    x = res.x
+    assert res.nfe == 101
+    assert 0.8 < res.info["acceptance_rate"].mean() < 1.0
+    assert abs(_z_var(x, var)) < 4.0
+    assert abs(x.mean() - mean) < 4.0 * math.sqrt(var / n)
+    assert _z_var(x, ula_stationary_variance(var, eta)) < -20.0  # MALA removed ULA's bias
+
+
+TWO_MODES = GaussianMixture(np.array([0.8, 0.2]), np.array([[-6.0], [6.0]]), np.array([0.25, 0.25]))
+
+
+def test_plain_langevin_keeps_the_wrong_mode_weights():
+    """Song & Ermon 2019 sec. 3.2: modes at -6 and 6 (std 0.5) never exchange mass, so a
+    symmetric start keeps weights 1/2 instead of 0.8 / 0.2: annealing is needed."""
+    half = np.concatenate([np.full((500, 1), -6.0), np.full((500, 1), 6.0)])
+    x = langevin(TWO_MODES.score, half, step_size=0.05, n_steps=1000, rng=2).x  # Langevin time 50 = 200 relaxation times
+    w_hat = mode_weights(x, TWO_MODES)
+    assert abs(w_hat[0] - 0.8) > 0.2
+    # each mode is at equilibrium locally: the chain did move
+    assert np.std(x[:500]) == pytest.approx(0.5, rel=0.15)
+
+
+def test_annealed_langevin_recovers_the_mode_weights():
+    ve = VESDE(sigma_max=20.0)
+    x = DIFFUSION_SAMPLERS["annealed_langevin"](lambda y, t: TWO_MODES.score(y, ve, t), ve, (2000, 1), rng=2).x
+    w_hat = mode_weights(x, TWO_MODES)
+    # sd of w_hat at n = 2000 is 0.009; the defaults' bias is about 0.02
+    assert abs(w_hat[0] - 0.8) < 0.05
+
+
+# ------------------------------------------------------------------------ grids
+PROCESSES = [VPSDE(), SubVPSDE(), CosineVPSDE(), VESDE()]
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("kind", GRID_KINDS)
+@pytest.mark.parametrize("steps", [1, 7, 200])
+def test_time_grid_is_decreasing_from_t_max(process, kind, steps):
+    grid = time_grid(process, steps, kind)
+    assert grid.shape == (steps + 1,) and grid.dtype == np.float64
+    assert grid[0] == process.t_max
+    assert grid[-1] == pytest.approx(process.t_min, rel=1e-10)
+    assert np.all(np.diff(grid) < 0)
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("kind", GRID_KINDS)
+def test_time_grid_ends_at_t_min_exactly(process, kind):
+    for steps in (1, 7, 200):
+        grid = time_grid(process, steps, kind)
+        assert grid[-1] == process.t_min, (steps, grid[-1])
+        grid = time_grid(process, steps, kind, t_max=0.7, t_min=0.3)
+        assert grid[0] == 0.7 and grid[-1] == 0.3, (steps, grid[-1])
+
+
+def test_uniform_grid_is_linspace():
+    np.testing.assert_allclose(time_grid(PROCESS, 10, "uniform"), np.linspace(1.0, 1e-3, 11), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: type(p).__name__)
+def test_log_snr_grid_has_equal_log_snr_steps(process):
+    steps = 13
+    lam = process.log_snr(time_grid(process, steps, "log_snr"))
+    lam_max, lam_min = process.log_snr(process.t_max), process.log_snr(process.t_min)
+    np.testing.assert_allclose(np.diff(lam), (lam_min - lam_max) / steps, rtol=1e-8)
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("rho", [7.0, 3.0])
+def test_karras_grid_matches_edm_formula(process, rho):
+    """Karras et al. 2022 eq. 5 in sigma~ = exp(-log_snr / 2)."""
+    steps = 17
+    grid = time_grid(process, steps, "karras", rho=rho)
+    sig = np.exp(-0.5 * process.log_snr(grid))
+    s_max, s_min = np.exp(-0.5 * process.log_snr(process.t_max)), np.exp(-0.5 * process.log_snr(process.t_min))
+    i = np.arange(steps + 1)
+    want = (s_max ** (1 / rho) + i / steps * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    np.testing.assert_allclose(sig, want, rtol=1e-8)
+
+
+def test_ve_karras_grid_is_the_ve_sigma():
+    ve = VESDE(sigma_min=0.002, sigma_max=80.0)
+    grid = time_grid(ve, 5, "karras")
+    # for VE, sigma~ is the marginal std sqrt(sigma(t)^2 - sigma_min^2)
+    np.testing.assert_allclose(np.exp(-0.5 * ve.log_snr(grid)), ve.std(grid), rtol=1e-12)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("n", [1, 10, 50, 999, 1000])
+def test_step_grid_matches_spaced_timesteps(spacing, n):
+    grid = step_grid(SCHEDULE, n, spacing)
+    assert grid.dtype == np.int64 and grid[-1] == 0
+    assert np.all(np.diff(grid) < 0)
+    np.testing.assert_array_equal(grid, np.concatenate((spaced_timesteps(1000, n, spacing)[::-1], [0])))
+
+
+def test_step_grid_all_steps():
+    np.testing.assert_array_equal(step_grid(SCHEDULE), np.arange(1000, -1, -1))
+    assert step_grid(SCHEDULE, 50, "trailing")[0] == 1000
+    assert step_grid(SCHEDULE, 50, "leading")[0] == 981  # PITFALLS 11: leading never reaches T
+
+
+def _vp_log_snr(t, beta_min=0.1, beta_max=20.0):
+    B = beta_min * t + 0.5 * (beta_max - beta_min) * t * t  # integral of beta
+    return -B - np.log(-np.expm1(-B))
+
+
+def test_describe_grid_on_known_sde_grid():
+    grid = np.array([1.0, 0.5, 0.1, 1e-3])
+    info = describe_grid(PROCESS, grid)
+    lam = _vp_log_snr(grid)
+    assert info.steps == 3 and info.first == 1.0 and info.last == 1e-3
+    assert info.terminal_snr == pytest.approx(math.exp(-10.05) / -math.expm1(-10.05), rel=1e-12)
+    assert info.log_snr_first == pytest.approx(lam[0], rel=1e-12)
+    assert info.log_snr_last == pytest.approx(lam[-1], rel=1e-12)
+    assert info.max_log_snr_step == pytest.approx(np.max(np.diff(lam)), rel=1e-12)
+    assert "3 steps" in str(info)
+
+
+def test_describe_grid_on_discrete_grid():
+    info = describe_grid(SCHEDULE, step_grid(SCHEDULE, 10))
+    ab = SCHEDULE.alpha_bar
+    assert info.steps == 10 and info.first == 1000 and info.last == 0
+    assert info.terminal_snr == pytest.approx(ab[1000] / (1 - ab[1000]), rel=1e-12)
+    assert info.log_snr_last == np.inf  # t = 0 is the data
+    lam = np.log(ab[[1000, 900, 800, 700, 600, 500, 400, 300, 200, 100]] / (1 - ab[[1000, 900, 800, 700, 600, 500, 400, 300, 200, 100]]))
+    assert info.max_log_snr_step == pytest.approx(np.max(np.diff(lam)), rel=1e-12)
+
+
+# ---------------------------------------------------------------------- errors
+def test_steps_must_be_positive_int():
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="steps must be an int >= 1"):
+            ode_euler(ring_score, PROCESS, (4, 2), steps=bad)
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        ddpm(ring_eps_discrete, SCHEDULE, (4, 2), steps=0)
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        time_grid(PROCESS, 0)
+
+
+@pytest.mark.parametrize(
+    "grid", [np.array([1.0, 0.5, 0.5, 0.1]), np.array([0.1, 0.5]), np.array([1.0, 0.2, 0.4])], ids=["flat", "increasing", "turns"]
+)
+def test_non_decreasing_grid_is_refused(grid):
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        ode_euler(ring_score, PROCESS, (4, 2), grid=grid)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        describe_grid(PROCESS, grid)
+
+
+def test_non_decreasing_step_grid_is_refused():
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        ddpm(ring_eps_discrete, SCHEDULE, (4, 2), grid=np.array([10, 20, 0]))
+    with pytest.raises(ValueError, match="disagrees"):
+        ode_euler(ring_score, PROCESS, (4, 2), steps=3, grid=np.array([1.0, 0.5]))
+
+
+@pytest.mark.parametrize("name", list(DIFFUSION_SAMPLERS))
+def test_wrong_output_shape_is_refused(name):
+    kwargs, _ = SETTINGS[name]
+    with pytest.raises(ValueError, match=r"model output at step 0 .* has shape \(4, 1\), expected x's shape \(4, 2\)"):
+        DIFFUSION_SAMPLERS[name](lambda x, t: x[:, :1], PROCESS, (4, 2), prediction="score", rng=0, **kwargs)
+
+
+def _nan_on_call(k):
+    calls = [0]
+
+    def model(x, t):
+        calls[0] += 1
+        out = np.array(RING.score(x, PROCESS, t))
+        if calls[0] == k:
+            out[1, 0] = np.nan
+        return out
+
+    return model
+
+
+# The step (as counted by the sampler) of the 4th model call, for samplers with several calls per step.
+NAN_STEP = {
+    "ode_heun": 1,  # 2 calls per step
+    "edm_stochastic": 1,
+    "ode_rk4": 0,  # 4 calls per step
+    "sde_adaptive": 1,  # 2 calls per iteration
+    "dpm_solver": 1,  # order 3: 3 calls per step
+    "predictor_corrector": 1,  # 1 corrector + 1 predictor call per step
+}
+
+
+@pytest.mark.parametrize("name", list(DIFFUSION_SAMPLERS))
+def test_nan_from_model_names_the_step(name):
+    kwargs, _ = SETTINGS[name]
+    with pytest.raises(ValueError, match=rf"non-finite value\(s\) at step {NAN_STEP.get(name, 3)} \(t="):
+        DIFFUSION_SAMPLERS[name](_nan_on_call(4), PROCESS, (4, 2), prediction="score", rng=0, **kwargs)
+
+
+def test_nan_message_names_step_and_time():
+    grid = time_grid(PROCESS, 8, "uniform")
+    with pytest.raises(ValueError, match=rf"1 non-finite value\(s\) at step 3 \(t={grid[3]:.6g}\)"):
+        ddpm(_nan_on_call(4), PROCESS, (4, 2), prediction="score", grid=grid)
+
+
+def test_diverging_state_names_the_step():
+    # a finite model output so large that the Euler step overflows: the state check catches it
+    huge = lambda x, t: np.full_like(x, 1e308)  # noqa: E731
+    with np.errstate(over="ignore"), pytest.raises(ValueError, match=r"state became non-finite at step 0"):
+        ode_euler(huge, PROCESS, (4, 2), steps=3)
+    target = Gaussian(np.array([0.0]), np.array([0.5]))
+    with np.errstate(over="ignore", invalid="ignore"), pytest.raises(ValueError, match=r"non-finite values? at step \d+"):
+        langevin(target.score, np.ones((4, 1)), step_size=10.0, n_steps=1000, rng=0)  # factor -19 per step
+
+
+@pytest.mark.parametrize("name", list(DIFFUSION_SAMPLERS))
+def test_bad_prediction_name(name):
+    kwargs, _ = SETTINGS[name]
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        DIFFUSION_SAMPLERS[name](ring_score, PROCESS, (4, 2), prediction="noise", rng=0, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(set(DIFFUSION_SAMPLERS) - set(DISCRETE_SAMPLERS) - {"ddpm", "ddim"}))
+def test_continuous_only_samplers_refuse_a_discrete_schedule(name):
+    with pytest.raises(TypeError, match="DiscreteSchedule"):
+        DIFFUSION_SAMPLERS[name](ring_eps_discrete, SCHEDULE, (4, 2), prediction="eps")
+
+
+def test_time_grid_refuses_discrete_and_bad_kind():
+    with pytest.raises(TypeError, match="step_grid"):
+        time_grid(SCHEDULE, 10)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        time_grid(PROCESS, 10, "cosine")
+    with pytest.raises(ValueError, match="t_min must be smaller than t_max"):
+        time_grid(PROCESS, 10, t_max=0.2, t_min=0.5)
+    with pytest.raises(TypeError, match="DiscreteSchedule"):
+        step_grid(PROCESS, 10)
+    with pytest.raises(ValueError, match="grid kinds are for continuous"):
+        ddpm(ring_eps_discrete, SCHEDULE, (4, 2), grid="karras")
+
+
+def test_option_errors():
+    with pytest.raises(ValueError, match="order must be 1, 2 or 3, got 4"):
+        dpm_solver(ring_score, PROCESS, (4, 2), prediction="score", order=4)
+    with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\], got 1.5"):
+        ddim(ring_score, PROCESS, (4, 2), prediction="score", steps=3, eta=1.5)
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
+        ddim(ring_score, PROCESS, (4, 2), prediction="score", steps=3, eta=-0.1)
+    with pytest.raises(ValueError, match="predictor must be one of .*got 'heun'"):
+        predictor_corrector(ring_score, PROCESS, (4, 2), predictor="heun")
+    with pytest.raises(ValueError, match="corrector must be"):
+        predictor_corrector(ring_score, PROCESS, (4, 2), corrector="mala")
+    with pytest.raises(ValueError, match="variance must be one of"):
+        ddpm(ring_eps_discrete, SCHEDULE, (4, 2), variance="fixed")
+    with pytest.raises(ValueError, match="order must be 1, 2, 3 or 4"):
+        deis(ring_score, PROCESS, (4, 2), prediction="score", order=5)
+    with pytest.raises(ValueError, match="shape must be a tuple of positive ints"):
+        ode_euler(ring_score, PROCESS, (0, 2), steps=2)
+    with pytest.raises(ValueError, match="x_T must be finite"):
+        ode_euler(ring_score, PROCESS, np.full((4, 2), np.nan), steps=2)
+    with pytest.raises(TypeError, match="model must be a callable"):
+        ode_euler("score", PROCESS, (4, 2), steps=2)
+    with pytest.raises(ValueError, match="step_size must be a finite number > 0"):
+        langevin(RING.score, (4, 2), step_size=0.0)
+    with pytest.raises(ValueError, match="levels must be an int >= 2"):
+        DIFFUSION_SAMPLERS["annealed_langevin"](ring_score, PROCESS, (4, 2), levels=1)
+    with pytest.raises(ValueError, match="clip_x0 must be a range"):
+        ddpm(ring_eps_discrete, SCHEDULE, (4, 2), clip_x0=(1.0, -1.0))
+
+
+@pytest.mark.parametrize("sampler, steps", [(ddpm, 1000), (ddim, 100)], ids=["ddpm", "ddim"])
+def test_ddpm_ddim_default_steps_on_sde(sampler, steps):
+    """Documented defaults on an SDE: a uniform grid of 1000 (ddpm) or 100 (ddim) steps, + 1 final denoise."""
+    res = sampler(ring_score, PROCESS, (2, 2), prediction="score", rng=0)
+    np.testing.assert_array_equal(res.info["grid"], time_grid(PROCESS, steps, "uniform"))
+    assert res.nfe == steps + 1 and np.all(np.isfinite(res.x))
+
+
+# -------------------------------------------------------------------- callback
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler_maruyama", "predictor_corrector", "edm_stochastic", "ode_euler", "ode_heun", "ode_rk4", "dpm_solver", "dpm_solver_pp", "plms", "deis"])
+def test_callback_once_per_step(name):
+    kwargs, _ = SETTINGS[name]
+    seen = []
+    res = DIFFUSION_SAMPLERS[name](
+        ring_score, PROCESS, (8, 2), prediction="score", rng=0, final_denoise=False, callback=lambda i, t, x: seen.append((i, t, np.array(x))), **kwargs
+    )
+    grid = res.info["grid"]
+    n = grid.shape[0] - 1
+    assert [i for i, _, _ in seen] == list(range(n))
+    np.testing.assert_array_equal([t for _, t, _ in seen], grid[1:])
+    assert all(x.shape == (8, 2) for _, _, x in seen)
+    np.testing.assert_array_equal(seen[-1][2], res.x)
+
+
+def test_callback_sees_final_denoise_and_discrete_steps():
+    seen = []
+    res = ode_euler(ring_score, PROCESS, (8, 2), steps=4, callback=lambda i, t, x: seen.append((i, t)))
+    assert [i for i, _ in seen] == [0, 1, 2, 3, 4] and seen[-1][1] == 0.0 and res.nfe == 5
+    seen.clear()
+    ddpm(ring_eps_discrete, SCHEDULE, (8, 2), steps=5, callback=lambda i, t, x: seen.append((i, int(t))))
+    assert seen == [(0, 800), (1, 600), (2, 400), (3, 200), (4, 0)]
+
+
+def test_annealed_langevin_callback_and_levels():
+    seen = []
+    res = DIFFUSION_SAMPLERS["annealed_langevin"](
+        ring_score, PROCESS, (8, 2), levels=3, n_steps_each=2, final_denoise=False, callback=lambda i, t, x: seen.append((i, t))
+    )
+    lv = res.info["levels"]
+    np.testing.assert_allclose(lv, time_grid(PROCESS, 2, "log_snr"))
+    assert seen == [(0, lv[0]), (1, lv[0]), (2, lv[1]), (3, lv[1]), (4, lv[2]), (5, lv[2])]
