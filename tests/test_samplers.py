@@ -13,11 +13,15 @@ What is checked here:
 * batch invariance of every stochastic sampler (PITFALLS 29);
 * exact identities: DDIM(eta=0) = DPM-Solver-1 = DEIS-1, DDIM(eta=1) = DDPM
   (beta-tilde), DDPM on a spaced subset = DDPM on the respaced schedule,
-  EDM stochastic with S_churn = 0 = Heun, PLMS's first step = DDIM;
-* convergence orders of Euler, Heun and RK4 on the exact Gaussian PF-ODE flow;
+  EDM stochastic with S_churn = 0 = Heun, PLMS's first step = DDIM,
+  predictor-corrector without corrector = DDPM or Euler-Maruyama, and the
+  same path whether the model gives score, eps, x0 or v;
+* convergence orders of Euler, Heun, RK4, DPM-Solver++(2M) and DEIS-3 on the
+  exact Gaussian PF-ODE flow;
 * Langevin: the exact ULA stationary variance, MALA's exact invariance, and
   why annealing is needed (plain Langevin keeps the start's mode weights);
-* the time and step grids, ``describe_grid``, and the errors users see.
+* the time and step grids, ``describe_grid``, the errors users see, and the
+  callback's ``(i, t, x)`` once per step.
 """
 
 import math
@@ -215,7 +219,7 @@ def _start(n=128, seed=1):
 def test_ddim_eta0_is_dpm_solver_1_and_deis_1(kind):
     """Lu et al. 2022a sec. 4.1; Zhang & Chen 2022: all three are the first-order exponential integrator."""
     grid = time_grid(PROCESS, 12, kind)
-    eps = lambda x, t: RING.eps(x, PROCESS, t)  # noqa: E731
+    eps = lambda x, t: RING.eps(x, PROCESS, t)
     a = ddim(eps, PROCESS, _start(), grid=grid).x
     b = dpm_solver(eps, PROCESS, _start(), order=1, grid=grid).x
     c = deis(eps, PROCESS, _start(), order=1, grid=grid).x
@@ -233,7 +237,7 @@ def test_ddim_eta0_is_dpm_solver_1_with_score_model():
 @pytest.mark.parametrize("kind", GRID_KINDS)
 def test_ddim_eta1_is_ddpm_beta_tilde_on_sde_grid(kind):
     grid = time_grid(PROCESS, 12, kind)
-    eps = lambda x, t: RING.eps(x, PROCESS, t)  # noqa: E731
+    eps = lambda x, t: RING.eps(x, PROCESS, t)
     a = ddim(eps, PROCESS, (128, 2), eta=1.0, grid=grid, rng=5).x
     b = ddpm(eps, PROCESS, (128, 2), variance="beta_tilde", grid=grid, rng=5).x
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
@@ -280,7 +284,7 @@ def test_edm_stochastic_without_churn_is_heun():
 
 def test_plms_first_step_is_ddim():
     grid = time_grid(PROCESS, 1, "uniform", t_max=0.6, t_min=0.5)
-    eps = lambda x, t: RING.eps(x, PROCESS, t)  # noqa: E731
+    eps = lambda x, t: RING.eps(x, PROCESS, t)
     a = plms(eps, PROCESS, _start(), grid=grid, final_denoise=False).x
     b = ddim(eps, PROCESS, _start(), grid=grid, final_denoise=False).x
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
@@ -298,7 +302,7 @@ def test_prediction_kinds_agree():
     grid = time_grid(PROCESS, 10, "log_snr")
     outs = []
     for kind in ("score", "eps", "x0", "v"):
-        model = lambda x, t, k=kind: convert(ring_score(x, t), "score", k, x, PROCESS, t)  # noqa: E731
+        model = lambda x, t, k=kind: convert(ring_score(x, t), "score", k, x, PROCESS, t)
         outs.append(dpm_solver_pp(model, PROCESS, _start(), prediction=kind, grid=grid).x)
     for o in outs[1:]:
         np.testing.assert_allclose(o, outs[0], rtol=0, atol=1e-10)
@@ -571,7 +575,7 @@ def test_nan_message_names_step_and_time():
 
 def test_diverging_state_names_the_step():
     # a finite model output so large that the Euler step overflows: the state check catches it
-    huge = lambda x, t: np.full_like(x, 1e308)  # noqa: E731
+    huge = lambda x, t: np.full_like(x, 1e308)
     with np.errstate(over="ignore"), pytest.raises(ValueError, match=r"state became non-finite at step 0"):
         ode_euler(huge, PROCESS, (4, 2), steps=3)
     target = Gaussian(np.array([0.0]), np.array([0.5]))
@@ -665,6 +669,19 @@ def test_callback_sees_final_denoise_and_discrete_steps():
     seen.clear()
     ddpm(ring_eps_discrete, SCHEDULE, (8, 2), steps=5, callback=lambda i, t, x: seen.append((i, int(t))))
     assert seen == [(0, 800), (1, 600), (2, 400), (3, 200), (4, 0)]
+
+
+@pytest.mark.parametrize("name", list(DIFFUSION_SAMPLERS))
+def test_callback_step_indices_count_up_through_final_denoise(name):
+    kwargs, _ = SETTINGS[name]
+    seen = []
+    res = DIFFUSION_SAMPLERS[name](ring_score, PROCESS, (8, 2), prediction="score", rng=0, callback=lambda i, t, x: seen.append((i, t)), **kwargs)
+    indices = [i for i, _ in seen]
+    if name == "ode_rk45":  # one call at t_min (after info["n_steps"] steps), then the denoised state
+        assert indices == [res.info["n_steps"] - 1, res.info["n_steps"]]
+    else:
+        assert indices == list(range(len(seen)))
+    assert seen[-1][1] == 0.0  # the final denoise lands on t = 0
 
 
 def test_annealed_langevin_callback_and_levels():

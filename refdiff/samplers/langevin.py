@@ -187,4 +187,4 @@ def annealed_langevin(
             x = x + alpha * f(x, t, "score", step) + math.sqrt(2.0 * alpha) * noise.normal(x.shape, like=x)
             x = finish_step(step, t, x, callback)
             step += 1
-    return SampleResult(_final(f, x, ts, final_denoise, callback), f.nfe, levels=ts)
+    return SampleResult(_final(f, x, ts, final_denoise, callback, step), f.nfe, levels=ts)

@@ -65,7 +65,7 @@ RK4 = Tableau(
 
 def _require_sde(process, name):
     if isinstance(process, DiscreteSchedule):
-        raise TypeError(f"{name} integrates the probability-flow ODE of a continuous process (an SDE), got a DiscreteSchedule")
+        raise TypeError(f"{name} needs a continuous process (an SDE from refdiff.sde), got a DiscreteSchedule")
 
 
 def _velocity(f, process, x, t, i):
@@ -73,9 +73,10 @@ def _velocity(f, process, x, t, i):
     return process.ode_drift(x, t, f(x, t, "score", i))
 
 
-def _final(f, x, grid, final_denoise, callback):
+def _final(f, x, grid, final_denoise, callback, n_steps=None):
+    """Tweedie's denoiser at the last time, reported to ``callback`` as step ``n_steps`` (default: the grid's)."""
     if final_denoise and float(f.process.variance(grid[-1])) > 0.0:
-        n = grid.shape[0] - 1
+        n = grid.shape[0] - 1 if n_steps is None else n_steps
         x = finish_step(n, 0.0, f(x, grid[-1], "x0", n), callback)
     return x
 
@@ -225,7 +226,8 @@ def ode_rk45(
     if not sol.success:
         raise RuntimeError(f"ode_rk45: solve_ivp failed after {f.nfe} model evaluations: {sol.message}")
     out = sol.y[:, -1].reshape(shape)
-    out = finish_step(sol.t.shape[0] - 2, t_min, out, callback)
-    out = _final(f, out, grid, final_denoise, callback)
+    n_steps = sol.t.shape[0] - 1
+    out = finish_step(n_steps - 1, t_min, out, callback)
+    out = _final(f, out, grid, final_denoise, callback, n_steps)
     out = np.asarray(to_numpy(out)).astype(dtype, copy=False)
     return SampleResult(out, f.nfe, n_steps=int(sol.t.shape[0] - 1), status=int(sol.status))

@@ -255,7 +255,7 @@ def sde_adaptive(
         finish_step(it, t.copy(), x, callback)
     else:
         raise RuntimeError(f"sde_adaptive did not reach t_min within max_iters={max_iters} iterations")
-    x = _final(f, x, np.array([t_max, t_min]), final_denoise, callback)
+    x = _final(f, x, np.array([t_max, t_min]), final_denoise, callback, it)
     rejected = trials - noise.draws - accepted
     return SampleResult(x, f.nfe, accepted=accepted, rejected=rejected, eps_abs=eps_abs, eps_rel=eps_rel)
 
