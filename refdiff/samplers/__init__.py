@@ -44,7 +44,12 @@ from .grids import GRID_KINDS, GridInfo, describe_grid, step_grid, time_grid
 from .langevin import annealed_langevin, langevin, mala, ula_stationary_variance
 from .multistep import deis, plms
 from .ode import ode_euler, ode_heun, ode_rk4, ode_rk45
-from .stochastic import edm_stochastic, euler_maruyama, predictor_corrector, sde_adaptive
+from .stochastic import (
+    edm_stochastic,
+    euler_maruyama,
+    predictor_corrector,
+    sde_adaptive,
+)
 
 #: Samplers driven by a diffusion model ``f(x, t)`` and a process, by name.
 DIFFUSION_SAMPLERS = {

@@ -27,7 +27,17 @@ from ..noise import NoiseStream
 from ..param import PREDICTIONS, convert
 from ..schedules import DiscreteSchedule
 
-__all__ = ["SampleResult", "ModelCall", "start", "prior_std_of", "finish_step", "check_int", "check_positive"]
+__all__ = [
+    "SampleResult",
+    "ModelCall",
+    "start",
+    "prior_std_of",
+    "require_sde",
+    "final_denoise_step",
+    "finish_step",
+    "check_int",
+    "check_positive",
+]
 
 
 class SampleResult(tuple):
@@ -166,6 +176,20 @@ def start(x_T, rng, prior_std: float = 1.0, dtype=None):
 def prior_std_of(process) -> float:
     """Standard deviation of the process's prior (1 for a discrete schedule)."""
     return float(process.prior_std()) if hasattr(process, "prior_std") else 1.0
+
+
+def require_sde(process, name):
+    """Refuse a DiscreteSchedule where ``name`` needs a continuous process."""
+    if isinstance(process, DiscreteSchedule):
+        raise TypeError(f"{name} needs a continuous process (an SDE from refdiff.sde), got a DiscreteSchedule")
+
+
+def final_denoise_step(f, x, grid, final_denoise, callback, n_steps=None):
+    """Tweedie's denoiser at the last time, reported to ``callback`` as step ``n_steps`` (default: the grid's)."""
+    if final_denoise and float(f.process.variance(grid[-1])) > 0.0:
+        n = grid.shape[0] - 1 if n_steps is None else n_steps
+        x = finish_step(n, 0.0, f(x, grid[-1], "x0", n), callback)
+    return x
 
 
 def finish_step(i: int, t, x, callback):

@@ -39,7 +39,15 @@ from ..backend import namespace, per_example
 from ..forward import posterior_coefs
 from ..param import convert
 from ..schedules import DiscreteSchedule
-from ._common import ModelCall, SampleResult, check_positive, finish_step, prior_std_of, start
+from ._common import (
+    ModelCall,
+    SampleResult,
+    check_positive,
+    final_denoise_step,
+    finish_step,
+    prior_std_of,
+    start,
+)
 from .grids import resolve_grid
 
 __all__ = ["ddpm", "ddim"]
@@ -59,13 +67,6 @@ def _check_clip(clip_x0):
     if not lo < hi:
         raise ValueError(f"clip_x0 must be a range (lo, hi) with lo < hi, got {clip_x0!r}")
     return lo, hi
-
-
-def _tweedie_end(f, x, t_last, n_steps, final_denoise, callback):
-    """Replace x at a noisy last grid point by :math:`\\hat x_0` when asked."""
-    if final_denoise and float(f.process.variance(t_last)) > 0.0:
-        x = finish_step(n_steps, 0.0, f(x, t_last, "x0", n_steps), callback)
-    return x
 
 
 def ddpm(
@@ -129,7 +130,7 @@ def ddpm(
         if float(process.variance(s)) > 0.0:
             x_next = x_next + per_example(np.sqrt(var), x) * noise.normal(x.shape, like=x)
         x = finish_step(i, s, x_next, callback)
-    x = _tweedie_end(f, x, grid[-1], grid.shape[0] - 1, final_denoise, callback)
+    x = final_denoise_step(f, x, grid, final_denoise, callback)
     return SampleResult(x, f.nfe, grid=grid)
 
 
@@ -178,5 +179,5 @@ def ddim(
         if eta > 0 and var_s > 0.0:
             x_next = x_next + per_example(np.sqrt(sigma_eta2), x) * noise.normal(x.shape, like=x)
         x = finish_step(i, s, x_next, callback)
-    x = _tweedie_end(f, x, grid[-1], grid.shape[0] - 1, final_denoise, callback)
+    x = final_denoise_step(f, x, grid, final_denoise, callback)
     return SampleResult(x, f.nfe, grid=grid)

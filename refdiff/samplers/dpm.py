@@ -38,9 +38,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import per_example
-from ._common import ModelCall, SampleResult, check_int, finish_step, start
+from ._common import (
+    ModelCall,
+    SampleResult,
+    final_denoise_step,
+    finish_step,
+    require_sde,
+    start,
+)
 from .grids import resolve_grid
-from .ode import _final, _require_sde
 
 __all__ = ["dpm_solver", "dpm_solver_pp", "lower_order_final_applies"]
 
@@ -96,7 +102,7 @@ def dpm_solver(
     -------
     SampleResult ``(x, nfe)`` with ``nfe = order * steps (+1)``.
     """
-    _require_sde(process, "dpm_solver")
+    require_sde(process, "dpm_solver")
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     grid = resolve_grid(process, steps, grid, default_steps=10, default_kind="log_snr")
@@ -131,7 +137,7 @@ def dpm_solver(
             d2 = f(u2, s2, "eps", i) - eps_s
             x_t = x_t - per_example(sigma_t / r2 * (phi_1 / h - 1.0), x) * d2
         x = finish_step(i, t, x_t, callback)
-    return SampleResult(_final(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
+    return SampleResult(final_denoise_step(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
 
 
 def dpm_solver_pp(
@@ -157,7 +163,7 @@ def dpm_solver_pp(
     -------
     SampleResult ``(x, nfe)`` with ``nfe = steps (+1)``.
     """
-    _require_sde(process, "dpm_solver_pp")
+    require_sde(process, "dpm_solver_pp")
     grid = resolve_grid(process, steps, grid, default_steps=20, default_kind="log_snr")
     n = grid.shape[0] - 1
     f = ModelCall(model, prediction, process)
@@ -176,4 +182,4 @@ def dpm_solver_pp(
         x = per_example(sigma_ratio, x) * x - per_example(process.mean_coef(t) * np.expm1(-h), x) * D
         x = finish_step(i, t, x, callback)
         x0_prev, h_prev = x0_s, h
-    return SampleResult(_final(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
+    return SampleResult(final_denoise_step(f, x, grid, final_denoise, callback), f.nfe, grid=grid)

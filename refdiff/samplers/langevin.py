@@ -33,9 +33,17 @@ import math
 import numpy as np
 
 from ..backend import namespace
-from ._common import ModelCall, SampleResult, check_int, check_positive, finish_step, start
+from ._common import (
+    ModelCall,
+    SampleResult,
+    check_int,
+    check_positive,
+    final_denoise_step,
+    finish_step,
+    require_sde,
+    start,
+)
 from .grids import time_grid
-from .ode import _final, _require_sde
 
 __all__ = ["langevin", "mala", "annealed_langevin", "ula_stationary_variance"]
 
@@ -172,7 +180,7 @@ def annealed_langevin(
     -------
     SampleResult ``(x, nfe)`` with ``nfe = levels * n_steps_each (+1)``.
     """
-    _require_sde(process, "annealed_langevin")
+    require_sde(process, "annealed_langevin")
     levels = check_int(levels, "levels", lo=2)
     n_steps_each = check_int(n_steps_each, "n_steps_each")
     ts = time_grid(process, levels - 1, "log_snr", t_max=t_max, t_min=t_min)
@@ -187,4 +195,4 @@ def annealed_langevin(
             x = x + alpha * f(x, t, "score", step) + math.sqrt(2.0 * alpha) * noise.normal(x.shape, like=x)
             x = finish_step(step, t, x, callback)
             step += 1
-    return SampleResult(_final(f, x, ts, final_denoise, callback, step), f.nfe, levels=ts)
+    return SampleResult(final_denoise_step(f, x, ts, final_denoise, callback, step), f.nfe, levels=ts)

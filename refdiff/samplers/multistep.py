@@ -29,10 +29,16 @@ import numpy as np
 from numpy.polynomial import polynomial as P
 
 from ..backend import per_example
-from ._common import ModelCall, SampleResult, finish_step, prior_std_of, start
+from ._common import (
+    ModelCall,
+    SampleResult,
+    final_denoise_step,
+    finish_step,
+    prior_std_of,
+    start,
+)
 from .dpm import lower_order_final_applies
 from .grids import resolve_grid
-from .ode import _final
 
 __all__ = ["plms", "deis", "ADAMS_BASHFORTH", "lagrange_integrals"]
 
@@ -83,7 +89,7 @@ def plms(
         x0 = (x - per_example(process.std(t), x) * eps) / per_example(process.mean_coef(t), x)
         x = per_example(process.mean_coef(s), x) * x0 + per_example(process.std(s), x) * eps
         x = finish_step(i, s, x, callback)
-    return SampleResult(_final(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
+    return SampleResult(final_denoise_step(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
 
 
 def lagrange_integrals(nodes, a: float, b: float) -> np.ndarray:
@@ -153,4 +159,4 @@ def deis(
         for w, e in zip(weights, history[:k]):
             x_tilde = x_tilde + float(w) * e
         x = finish_step(i, grid[i + 1], per_example(gamma[i + 1], x) * x_tilde, callback)
-    return SampleResult(_final(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
+    return SampleResult(final_denoise_step(f, x, grid, final_denoise, callback), f.nfe, grid=grid)

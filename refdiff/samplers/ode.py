@@ -32,11 +32,20 @@ explicit Runge-Kutta step over a Butcher tableau, in the manner of
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..backend import as_float_array, per_example, to_numpy
-from ..schedules import DiscreteSchedule
-from ._common import ModelCall, SampleResult, check_positive, finish_step, start
+from ._common import (
+    ModelCall,
+    SampleResult,
+    check_positive,
+    final_denoise_step,
+    finish_step,
+    require_sde,
+    start,
+)
 from .grids import resolve_grid
 
 __all__ = ["ode_euler", "ode_rk4", "ode_heun", "ode_rk45", "EULER", "RK4"]
@@ -63,26 +72,13 @@ RK4 = Tableau(
 )
 
 
-def _require_sde(process, name):
-    if isinstance(process, DiscreteSchedule):
-        raise TypeError(f"{name} needs a continuous process (an SDE from refdiff.sde), got a DiscreteSchedule")
-
-
 def _velocity(f, process, x, t, i):
     """Probability-flow velocity :math:`f(t)x-\\tfrac12g(t)^2s(x,t)` from one model call."""
     return process.ode_drift(x, t, f(x, t, "score", i))
 
 
-def _final(f, x, grid, final_denoise, callback, n_steps=None):
-    """Tweedie's denoiser at the last time, reported to ``callback`` as step ``n_steps`` (default: the grid's)."""
-    if final_denoise and float(f.process.variance(grid[-1])) > 0.0:
-        n = grid.shape[0] - 1 if n_steps is None else n_steps
-        x = finish_step(n, 0.0, f(x, grid[-1], "x0", n), callback)
-    return x
-
-
 def _explicit_rk(tableau, model, process, x_T, prediction, steps, grid, final_denoise, rng, callback, name, default_steps):
-    _require_sde(process, name)
+    require_sde(process, name)
     grid = resolve_grid(process, steps, grid, default_kind="karras", default_steps=default_steps)
     f = ModelCall(model, prediction, process)
     x, _ = start(x_T, rng, prior_std=process.prior_std())
@@ -99,7 +95,7 @@ def _explicit_rk(tableau, model, process, x_T, prediction, steps, grid, final_de
         for j in range(n_stages):
             x = x + float(h * tableau.b[j]) * k[j]
         x = finish_step(i, grid[i + 1], x, callback)
-    return SampleResult(_final(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
+    return SampleResult(final_denoise_step(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
 
 
 def ode_euler(model, process, x_T, *, prediction="score", steps=None, grid=None, final_denoise=True, rng=None, callback=None):
@@ -156,25 +152,47 @@ def ode_heun(
     :math:`\tilde\sigma=0`, which lands on :math:`D`) is EDM's 18-step,
     35-NFE sampler.
     """
-    _require_sde(process, "ode_heun")
+    require_sde(process, "ode_heun")
     grid = resolve_grid(process, steps, grid, default_steps=17, default_kind="karras", rho=rho)
     f = ModelCall(model, prediction, process)
     x, _ = start(x_T, rng, prior_std=process.prior_std())
+    x = edm_heun_loop(f, process, x, grid, callback)
+    return SampleResult(final_denoise_step(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
+
+
+def edm_heun_loop(f, process, x, grid, callback, noise=None, S_churn=0.0, S_tmin=0.0, S_tmax=math.inf, S_noise=1.0):
+    r"""Karras et al. 2022 Algorithm 2 over ``grid`` (Algorithm 1 when ``S_churn = 0``), one comment per step.
+
+    Works in :math:`\tilde x=x/\gamma_t`, :math:`\tilde\sigma=\sigma_t/\gamma_t`
+    and returns x at the last grid time; ``noise`` (a NoiseStream) is only
+    drawn from when the churn raises the noise level.
+    """
     sigma = np.exp(-0.5 * np.asarray(process.log_snr(grid), dtype=np.float64))  # sigma~ along the grid
-    gamma = process.mean_coef(grid)
-    x_tilde = x / per_example(gamma[0], x)
-    for i in range(grid.shape[0] - 1):
+    sigma_cap = float(np.exp(-0.5 * process.log_snr(process.t_max)))
+    n_points = grid.shape[0]
+    x_tilde = x / per_example(process.mean_coef(grid[0]), x)
+
+    def denoiser_slope(x_t, sig, t, i):
+        """d = (x~ - D(x~; sigma~)) / sigma~, with the model called on x = gamma_t x~."""
+        return (x_t - f(per_example(process.mean_coef(t), x) * x_t, t, "x0", i)) / float(sig)
+
+    for i in range(n_points - 1):
         t_cur, t_next = grid[i], grid[i + 1]
-        # d_cur: slope of the ODE in sigma~ at the current point
-        d_cur = (x_tilde - f(per_example(gamma[i], x) * x_tilde, t_cur, "x0", i)) / per_example(sigma[i], x)
-        # Euler step to sigma~_{i+1}
-        h = sigma[i + 1] - sigma[i]
-        x_next = x_tilde + per_example(h, x) * d_cur
+        # increase noise temporarily: gamma_i, sigma_hat, x_hat
+        gamma_i = min(S_churn / n_points, math.sqrt(2.0) - 1.0) if S_tmin <= sigma[i] <= S_tmax else 0.0
+        sigma_hat = min(sigma[i] * (1.0 + gamma_i), max(sigma_cap, sigma[i]))
+        t_hat = t_cur if sigma_hat == sigma[i] else float(process.t_from_log_snr(-2.0 * math.log(sigma_hat)))
+        x_hat = x_tilde
+        if sigma_hat > sigma[i]:
+            x_hat = x_tilde + math.sqrt(sigma_hat**2 - sigma[i] ** 2) * S_noise * noise.normal(x.shape, like=x)
+        # Euler step from sigma_hat to sigma_{i+1}
+        d_cur = denoiser_slope(x_hat, sigma_hat, t_hat, i)
+        x_next = x_hat + float(sigma[i + 1] - sigma_hat) * d_cur
         # second-order correction with the slope at the new point
-        d_next = (x_next - f(per_example(gamma[i + 1], x) * x_next, t_next, "x0", i)) / per_example(sigma[i + 1], x)
-        x_tilde = x_tilde + per_example(0.5 * h, x) * (d_cur + d_next)
-        x = finish_step(i, t_next, per_example(gamma[i + 1], x) * x_tilde, callback)
-    return SampleResult(_final(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
+        d_next = denoiser_slope(x_next, sigma[i + 1], t_next, i)
+        x_tilde = x_hat + float(sigma[i + 1] - sigma_hat) * 0.5 * (d_cur + d_next)
+        x = finish_step(i, t_next, per_example(process.mean_coef(t_next), x) * x_tilde, callback)
+    return x
 
 
 def ode_rk45(
@@ -207,7 +225,7 @@ def ode_rk45(
     """
     from scipy.integrate import solve_ivp
 
-    _require_sde(process, "ode_rk45")
+    require_sde(process, "ode_rk45")
     rtol, atol = check_positive(rtol, "rtol"), check_positive(atol, "atol")
     t_max = process.t_max if t_max is None else float(t_max)
     t_min = process.t_min if t_min is None else float(t_min)
@@ -228,6 +246,6 @@ def ode_rk45(
     out = sol.y[:, -1].reshape(shape)
     n_steps = sol.t.shape[0] - 1
     out = finish_step(n_steps - 1, t_min, out, callback)
-    out = _final(f, out, grid, final_denoise, callback, n_steps)
+    out = final_denoise_step(f, out, grid, final_denoise, callback, n_steps)
     out = np.asarray(to_numpy(out)).astype(dtype, copy=False)
     return SampleResult(out, f.nfe, n_steps=int(sol.t.shape[0] - 1), status=int(sol.status))

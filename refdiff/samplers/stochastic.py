@@ -41,9 +41,18 @@ import numpy as np
 
 from ..backend import namespace, per_example
 from ..forward import posterior_coefs
-from ._common import ModelCall, SampleResult, check_int, check_positive, finish_step, start
+from ._common import (
+    ModelCall,
+    SampleResult,
+    check_int,
+    check_positive,
+    final_denoise_step,
+    finish_step,
+    require_sde,
+    start,
+)
 from .grids import resolve_grid
-from .ode import _final, _require_sde
+from .ode import edm_heun_loop
 
 __all__ = ["euler_maruyama", "predictor_corrector", "sde_adaptive", "edm_stochastic", "PREDICTORS"]
 
@@ -78,7 +87,7 @@ def euler_maruyama(
     -------
     SampleResult ``(x, nfe)``.
     """
-    _require_sde(process, "euler_maruyama")
+    require_sde(process, "euler_maruyama")
     grid = resolve_grid(process, steps, grid, default_steps=1000, default_kind="uniform")
     f = ModelCall(model, prediction, process)
     x, noise = start(x_T, rng, prior_std=process.prior_std())
@@ -87,7 +96,7 @@ def euler_maruyama(
         drift = process.reverse_drift(x, t, f(x, t, "score", i))
         x = x - h * drift + per_example(process.diffusion(t) * math.sqrt(h), x) * noise.normal(x.shape, like=x)
         x = finish_step(i, grid[i + 1], x, callback)
-    return SampleResult(_final(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
+    return SampleResult(final_denoise_step(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
 
 
 def _predictor_step(kind, f, process, x, t, s, i, noise):
@@ -140,7 +149,7 @@ def predictor_corrector(
     -------
     SampleResult ``(x, nfe)`` with ``nfe = steps * (1 + n_corrector) (+1)``.
     """
-    _require_sde(process, "predictor_corrector")
+    require_sde(process, "predictor_corrector")
     if predictor not in PREDICTORS:
         raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
     if corrector not in ("langevin", None):
@@ -160,7 +169,7 @@ def predictor_corrector(
             x = x + eps * score + math.sqrt(2.0 * eps) * noise.normal(x.shape, like=x)
         # predictor: t -> s
         x = finish_step(i, s, _predictor_step(predictor, f, process, x, t, s, i, noise), callback)
-    return SampleResult(_final(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
+    return SampleResult(final_denoise_step(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
 
 
 def sde_adaptive(
@@ -208,7 +217,7 @@ def sde_adaptive(
     iteration while any example is running); ``info`` holds per-example
     ``accepted`` and ``rejected`` step counts and the tolerances.
     """
-    _require_sde(process, "sde_adaptive")
+    require_sde(process, "sde_adaptive")
     eps_abs, eps_rel = check_positive(eps_abs, "eps_abs"), check_positive(eps_rel, "eps_rel", allow_zero=True)
     h_init, safety = check_positive(h_init, "h_init"), check_positive(safety, "safety")
     exponent = check_positive(exponent, "exponent")
@@ -255,7 +264,7 @@ def sde_adaptive(
         finish_step(it, t.copy(), x, callback)
     else:
         raise RuntimeError(f"sde_adaptive did not reach t_min within max_iters={max_iters} iterations")
-    x = _final(f, x, np.array([t_max, t_min]), final_denoise, callback, it)
+    x = final_denoise_step(f, x, np.array([t_max, t_min]), final_denoise, callback, it)
     rejected = trials - noise.draws - accepted
     return SampleResult(x, f.nfe, accepted=accepted, rejected=rejected, eps_abs=eps_abs, eps_rel=eps_rel)
 
@@ -290,7 +299,7 @@ def edm_stochastic(
     :math:`\tilde\sigma` (EDM's VE range is unbounded; a VP process is not).
     ``S_churn=0`` is :func:`~refdiff.samplers.ode_heun`.
     """
-    _require_sde(process, "edm_stochastic")
+    require_sde(process, "edm_stochastic")
     for name, v in (("S_churn", S_churn), ("S_tmin", S_tmin), ("S_noise", S_noise)):
         check_positive(v, name, allow_zero=True)
     if not S_tmax >= S_tmin:
@@ -298,30 +307,5 @@ def edm_stochastic(
     grid = resolve_grid(process, steps, grid, default_steps=40, default_kind="karras", rho=rho)
     f = ModelCall(model, prediction, process)
     x, noise = start(x_T, rng, prior_std=process.prior_std())
-    sigma = np.exp(-0.5 * np.asarray(process.log_snr(grid), dtype=np.float64))
-    sigma_cap = float(np.exp(-0.5 * process.log_snr(process.t_max)))
-    n_points = grid.shape[0]
-    x_tilde = x / per_example(process.mean_coef(grid[0]), x)
-
-    def denoiser_slope(x_t, sig, t, i):
-        """d = (x~ - D(x~; sigma~)) / sigma~, with the model called on x = gamma_t x~."""
-        g = process.mean_coef(t)
-        return (x_t - f(per_example(g, x) * x_t, t, "x0", i)) / float(sig)
-
-    for i in range(n_points - 1):
-        t_cur, t_next = grid[i], grid[i + 1]
-        # increase noise temporarily: gamma_i, sigma_hat, x_hat
-        gamma_i = min(S_churn / n_points, math.sqrt(2.0) - 1.0) if S_tmin <= sigma[i] <= S_tmax else 0.0
-        sigma_hat = min(sigma[i] * (1.0 + gamma_i), max(sigma_cap, sigma[i]))
-        t_hat = t_cur if sigma_hat == sigma[i] else float(process.t_from_log_snr(-2.0 * math.log(sigma_hat)))
-        x_hat = x_tilde
-        if sigma_hat > sigma[i]:
-            x_hat = x_tilde + math.sqrt(sigma_hat**2 - sigma[i] ** 2) * S_noise * noise.normal(x.shape, like=x)
-        # Euler step from sigma_hat to sigma_{i+1}
-        d_cur = denoiser_slope(x_hat, sigma_hat, t_hat, i)
-        x_next = x_hat + float(sigma[i + 1] - sigma_hat) * d_cur
-        # second-order correction
-        d_next = denoiser_slope(x_next, sigma[i + 1], t_next, i)
-        x_tilde = x_hat + float(sigma[i + 1] - sigma_hat) * 0.5 * (d_cur + d_next)
-        x = finish_step(i, t_next, per_example(process.mean_coef(t_next), x) * x_tilde, callback)
-    return SampleResult(_final(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
+    x = edm_heun_loop(f, process, x, grid, callback, noise, S_churn, S_tmin, S_tmax, S_noise)
+    return SampleResult(final_denoise_step(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
