@@ -1,0 +1,121 @@
+r"""A time-conditioned MLP (optionally class-conditioned) for low-dimensional data.
+
+.. math::
+
+    h_0 &= \phi\big([x, e(t)]\,W_{in} + b_{in} + E_y\big) \\
+    h_{l} &= h_{l-1} + \phi(h_{l-1} W_l + b_l), \quad l = 1..\text{depth}-1 \\
+    f_\theta(x, t, y) &= h_{\text{depth}-1} W_{out} + b_{out}
+
+with :math:`e(t)` the sinusoidal features of ``t * time_scale``, :math:`E_y`
+the class embedding (null row for "no class"), :math:`\phi` the activation
+(SiLU by default). Data of any trailing shape are flattened to D features.
+The residual hidden layers keep deeper networks trainable with Adam's default
+step; ``benchmarks/mlp_step.py`` builds the same network in PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .layers import ClassEmbedding, Linear, make_activation
+from .network import Network
+
+__all__ = ["MLP"]
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+class MLP(Network):
+    """Time-conditioned residual MLP ``f(x, t[, y])`` with the output shaped like x.
+
+    Parameters
+    ----------
+    data_shape : int or tuple
+        Shape of one example (``2`` for points in the plane); flattened to D.
+    width : int
+        Hidden width.
+    depth : int
+        Number of hidden layers (activations), >= 1.
+    emb_dim : int
+        Size of the sinusoidal time features (even).
+    time_scale : float
+        The features see ``t * time_scale``; use 1 for discrete steps 1..T and
+        1000 for continuous t in [0, 1] (the trainers set it).
+    n_classes : int or None
+        Number of classes for a conditional network (adds a null class).
+    activation : {"silu", "relu", "gelu"}
+    """
+
+    kind = "mlp"
+
+    def __init__(self, data_shape=2, width=128, depth=3, emb_dim=32, time_scale=1.0, n_classes=None, activation="silu"):
+        shape = (data_shape,) if isinstance(data_shape, (int, np.integer)) else tuple(data_shape)
+        self.data_shape = tuple(_positive_int(s, "data_shape") for s in shape)
+        self.dim = math.prod(self.data_shape)
+        self.width = _positive_int(width, "width")
+        self.depth = _positive_int(depth, "depth")
+        self.emb_dim = _positive_int(emb_dim, "emb_dim")
+        if self.emb_dim % 2:
+            raise ValueError(f"emb_dim must be even, got {emb_dim}")
+        if not (isinstance(time_scale, (int, float)) and math.isfinite(time_scale) and time_scale > 0):
+            raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
+        self.time_scale = float(time_scale)
+        self.n_classes = None if n_classes is None else _positive_int(n_classes, "n_classes")
+        self.activation = activation
+        self.act = make_activation(activation)
+        self.inp = Linear("in", self.dim + self.emb_dim, self.width)
+        self.hidden = [Linear(f"h{l}", self.width, self.width) for l in range(1, self.depth)]
+        self.out = Linear("out", self.width, self.dim)
+        self.cls = None if self.n_classes is None else ClassEmbedding("cls", self.n_classes, self.width)
+
+    def config(self) -> dict:
+        return {
+            "data_shape": list(self.data_shape),
+            "width": self.width,
+            "depth": self.depth,
+            "emb_dim": self.emb_dim,
+            "time_scale": self.time_scale,
+            "n_classes": self.n_classes,
+            "activation": self.activation,
+        }
+
+    def specs(self):
+        layers = [self.inp, *self.hidden, self.out] + ([self.cls] if self.cls else [])
+        return [s for layer in layers for s in layer.specs()]
+
+    def forward(self, p, x, t, y=None):
+        x, t, y = self.inputs(p, x, t, y)
+        n = x.shape[0]
+        z = np.concatenate([x.reshape(n, self.dim), self.time_features(t, p.dtype)], axis=1)  # (N, D + E)
+        a, c_in = self.inp.forward(p, z)  # (N, W)
+        if self.cls is not None:
+            a += self.cls.forward(p, y)[0]
+        h, c_act = self.act.forward(p, a)
+        caches = [(c_in, c_act)]
+        for layer in self.hidden:
+            a, c_lin = layer.forward(p, h)
+            r, c_act = self.act.forward(p, a)
+            h = h + r
+            caches.append((c_lin, c_act))
+        out, c_out = self.out.forward(p, h)  # (N, D)
+        return out.reshape(x.shape), (x.shape, y, caches, c_out)
+
+    def backward(self, p, g, cache, dout, need_dx=False):
+        shape, y, caches, c_out = cache
+        n = shape[0]
+        dh = self.out.backward(p, g, c_out, dout.reshape(n, self.dim))
+        for layer, (c_lin, c_act) in zip(reversed(self.hidden), reversed(caches[1:])):
+            da = self.act.backward(p, g, c_act, dh)
+            dh += layer.backward(p, g, c_lin, da)  # residual: the skip passes dh through
+        c_in, c_act = caches[0]
+        da = self.act.backward(p, g, c_act, dh)
+        if self.cls is not None:
+            self.cls.backward(p, g, y, da)
+        dz = self.inp.backward(p, g, c_in, da, need_dx=need_dx)
+        return None if dz is None else dz[:, : self.dim].reshape(shape)
