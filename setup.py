@@ -24,10 +24,12 @@ extras = {
     "gpu-cuda12": ["cupy-cuda12x>=13"],
     "gpu-cuda13": ["cupy-cuda13x>=13.6"],
     "plot": ["matplotlib>=3.7"],
+    # The 8x8 handwritten digits (refdiff.data.load_digits) ship inside scikit-learn.
+    "images": ["scikit-learn>=1.3"],
     # setuptools builds the wheel offline (no build isolation) in the packaging test.
-    "test": ["pytest>=7", "hypothesis>=6.80", "array-api-strict>=2.0", "setuptools>=70.1"],
+    "test": ["pytest>=7", "hypothesis>=6.80", "array-api-strict>=2.0", "setuptools>=70.1", "scikit-learn>=1.3"],
 }
-extras["dev"] = sorted(set(extras["fast"] + extras["plot"] + extras["test"]))
+extras["dev"] = sorted(set(extras["fast"] + extras["plot"] + extras["images"] + extras["test"]))
 
 packages = find_packages(include=["refdiff", "refdiff.*"])
 packages += ["refdiff.kernels"]

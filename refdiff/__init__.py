@@ -20,6 +20,10 @@ guidance    classifier and classifier-free guidance; labelled mixtures
 metrics     sliced Wasserstein, MMD, energy distance, mode weights, noise floors
 targets     named analytic targets (the 8-mode ring, a 16-D mixture)
 verify      the equation catalogue behind ``refdiff verify``
+nn          networks with hand-written backprop: MLP, U-Net, Adam, EMA, checkpoints
+objectives  training objectives as regressions: eps (Algorithm 1), weighted DSM, NCSN
+train       the training loop (seeded per step, exact resume, classifier-free dropout)
+data        built-in 2-D data sets and small digit images
 """
 
 import importlib
@@ -43,6 +47,10 @@ _SUBMODULES = (
     "metrics",
     "targets",
     "verify",
+    "nn",
+    "objectives",
+    "train",
+    "data",
     "cli",
 )
 _NAMES = {

@@ -61,7 +61,10 @@ def _wp_midpoint(x, y, p):
 def test_sw_of_identical_samples_is_zero():
     x = np.random.default_rng(0).standard_normal((300, 3))
     assert sliced_wasserstein(x, x, rng=1) == 0.0
-    assert sliced_wasserstein(x, x[::-1], rng=1) == 0.0  # a permutation of the rows is the same measure
+    # A permutation of the rows is the same measure. The projections go through
+    # BLAS, whose rounding of a row's dot product can depend on where the row
+    # sits in the matrix (edge tiles use other kernels), so equal up to rounding.
+    assert sliced_wasserstein(x, x[::-1], rng=1) < 1e-14
 
 
 @given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**32 - 1))

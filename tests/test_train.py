@@ -1,0 +1,289 @@
+"""Training loops and objectives: the regression, its inputs, determinism, exact resume, failure modes."""
+
+import numpy as np
+import pytest
+
+from refdiff.analytic import Gaussian
+from refdiff.nn import MLP, load_checkpoint
+from refdiff.objectives import DSMObjective, EpsObjective, NCSNObjective, objective_from_config
+from refdiff.schedules import DiscreteSchedule, linear_betas
+from refdiff.sde import VESDE, VPSDE
+from refdiff.train import TrainConfig, TrainingDiverged, regression_loss, train
+
+SCHED = DiscreteSchedule(linear_betas(100, 1e-3, 0.1))
+
+
+def small_net(obj, **kw):
+    return MLP(2, width=16, depth=2, emb_dim=8, time_scale=obj.time_scale, **kw)
+
+
+# --- the regression ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_regression_loss_value_and_gradient(weighted):
+    gen = np.random.default_rng(0)
+    out, target = gen.standard_normal((5, 3)), gen.standard_normal((5, 3))
+    w = gen.uniform(0.5, 2.0, 5) if weighted else None
+    loss, grad = regression_loss(out.copy(), target, w)
+    ww = np.ones(5) if w is None else w
+    assert loss == pytest.approx(np.mean(ww * np.mean((out - target) ** 2, axis=1)), rel=1e-14)
+    h = 1e-6
+    numeric = np.zeros_like(out)
+    for i in np.ndindex(out.shape):
+        up, down = out.copy(), out.copy()
+        up[i] += h
+        down[i] -= h
+        numeric[i] = (regression_loss(up, target, w)[0] - regression_loss(down, target, w)[0]) / (2 * h)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-7, atol=1e-10)
+
+
+# --- objectives ---------------------------------------------------------------------
+
+
+def test_eps_objective_discrete_batch():
+    obj = EpsObjective(SCHED)
+    gen = np.random.default_rng(0)
+    x0 = gen.standard_normal((4000, 2)).astype(np.float32)
+    b = obj.batch(x0, None, np.random.default_rng(1))
+    assert b.x.dtype == np.float32 and b.weight is None and obj.time_scale == 10.0
+    assert set(np.unique(b.t)) <= set(range(1, 101)) and b.t.min() == 1 and b.t.max() == 100
+    ab = SCHED.alpha_bar[b.t.astype(int)][:, None]
+    np.testing.assert_allclose(b.x, np.sqrt(ab) * x0 + np.sqrt(1 - ab) * b.target, rtol=1e-5, atol=1e-5)
+
+
+def test_dsm_objective_weights_and_model_scale():
+    vp = VPSDE()
+    obj = DSMObjective(vp, "likelihood")
+    b = obj.batch(np.zeros((500, 2)), None, np.random.default_rng(0))
+    assert vp.t_min <= b.t.min() and b.t.max() <= 1.0
+    np.testing.assert_allclose(b.weight, vp.diffusion(b.t) ** 2 / vp.variance(b.t), rtol=1e-12)
+    np.testing.assert_allclose(b.x, -vp.std(b.t)[:, None] * b.target, rtol=1e-12)  # x0 = 0
+    assert DSMObjective(vp).batch(np.zeros((3, 2)), None, np.random.default_rng(0)).weight is None
+    net = MLP(2, width=8, depth=1, time_scale=obj.time_scale)
+    p = net.init(0, np.float64)
+    x = np.ones((3, 2))
+    np.testing.assert_allclose(obj.model(net, p)(x, 0.25), net.apply(p, x, 0.25) / vp.std(0.25), rtol=1e-14)
+    v = np.ones((3, 2))
+    np.testing.assert_allclose(obj.model(net, p).vjp(x, 0.25, v), net.vjp(p, x, 0.25, v) / vp.std(0.25), rtol=1e-14)
+    with pytest.raises(ValueError, match="weighting"):
+        DSMObjective(vp, "snr")
+    with pytest.raises(TypeError, match="continuous"):
+        DSMObjective(SCHED)
+
+
+def test_ncsn_objective_uses_the_annealed_langevin_levels():
+    from refdiff.samplers import time_grid
+
+    ve = VESDE()
+    obj = NCSNObjective(ve, levels=10)
+    np.testing.assert_array_equal(obj.times, time_grid(ve, 9, "log_snr"))
+    s = obj.sigmas
+    np.testing.assert_allclose(s[1:] / s[:-1], s[1] / s[0], rtol=1e-10)  # geometric
+    b = obj.batch(np.zeros((2000, 2)), None, np.random.default_rng(0))
+    assert set(np.unique(b.t)) == set(obj.times)
+    with pytest.raises(TypeError, match="VE"):
+        NCSNObjective(VPSDE())
+
+
+def test_objective_config_round_trip():
+    vp = VPSDE()
+    for obj in (EpsObjective(SCHED), DSMObjective(vp, "none"), NCSNObjective(VESDE(), 5)):
+        again = objective_from_config(obj.config(), obj.process)
+        assert again.config() == obj.config()
+    with pytest.raises(ValueError, match="another process"):
+        objective_from_config(EpsObjective(vp).config(), VPSDE(beta_max=10.0))
+
+
+# --- the loop -----------------------------------------------------------------------
+
+
+def test_training_learns_the_exact_eps_of_a_gaussian():
+    """On N(m, s^2 I) the optimal eps-predictor is known; training must approach it."""
+    vp = VPSDE()
+    target = Gaussian(np.array([2.0, -1.0]), np.diag([0.3, 0.6]))
+    data = target.sample(4000, rng=0)
+    obj = EpsObjective(vp)
+    net = small_net(obj)
+    res = train(net, data, obj, steps=600, batch_size=128, lr=3e-3, progress=False, ema_decay=0.9)
+    x = target.sample(2000, rng=1)
+    t = np.full(2000, 0.5)
+    x_t = vp.sample_marginal(x, t, rng=2)
+    exact = target.eps(x_t, vp, 0.5)
+    learned = res.model()(x_t, 0.5)
+    untrained = EpsObjective(vp).model(net, net.init(0))(x_t, 0.5)
+    err, err0 = np.mean((learned - exact) ** 2), np.mean((untrained - exact) ** 2)
+    assert err < 0.05 * err0 and err < 0.02
+    assert np.nanmean(res.losses[-100:]) < np.nanmean(res.losses[:20])
+
+
+def test_same_seed_same_weights_other_seed_differs():
+    obj = EpsObjective(SCHED)
+    data = np.random.default_rng(0).standard_normal((300, 2))
+    a = train(small_net(obj), data, obj, steps=20, batch_size=32, seed=5, progress=False)
+    b = train(small_net(obj), data, obj, steps=20, batch_size=32, seed=5, progress=False)
+    c = train(small_net(obj), data, obj, steps=20, batch_size=32, seed=6, progress=False)
+    np.testing.assert_array_equal(a.params.flat, b.params.flat)
+    np.testing.assert_array_equal(a.losses, b.losses)
+    assert not np.array_equal(a.params.flat, c.params.flat)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_resume_continues_exactly(tmp_path, conditional):
+    obj = EpsObjective(SCHED)
+    gen = np.random.default_rng(0)
+    data = gen.standard_normal((300, 2))
+    labels = gen.integers(0, 3, 300) if conditional else None
+    kw = dict(batch_size=32, seed=1, lr=2e-3, warmup=5, progress=False, labels=labels)
+    n = 3 if conditional else None
+    full = train(small_net(obj, n_classes=n), data, obj, steps=30, **kw)
+    path = tmp_path / "ck.npz"
+    train(small_net(obj, n_classes=n), data, obj, steps=12, checkpoint=path, **kw)
+    assert load_checkpoint(path).step == 12
+    seen = []
+    resumed = train(small_net(obj, n_classes=n), data, obj, steps=30, checkpoint=path, resume=True,
+                    callback=lambda k, loss: seen.append(k), **kw)
+    assert seen[0] == 12 and resumed.info["resumed_from"] == 12
+    np.testing.assert_array_equal(resumed.losses, full.losses)
+    np.testing.assert_array_equal(resumed.params.flat, full.params.flat)
+    np.testing.assert_array_equal(resumed.ema.flat, full.ema.flat)
+    assert load_checkpoint(path).step == 30
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    obj = EpsObjective(SCHED)
+    data = np.random.default_rng(0).standard_normal((100, 2))
+    path = tmp_path / "ck.npz"
+    train(small_net(obj), data, obj, steps=3, batch_size=8, checkpoint=path, progress=False)
+    with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
+        train(small_net(obj), data, obj, steps=6, batch_size=8, lr=0.5, checkpoint=path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="different network"):
+        net = MLP(2, width=17, depth=2, emb_dim=8, time_scale=obj.time_scale)
+        train(net, data, obj, steps=6, batch_size=8, checkpoint=path, resume=True, progress=False)
+    other = EpsObjective(DiscreteSchedule(linear_betas(100)))
+    with pytest.raises(ValueError, match="another objective"):
+        train(small_net(other), data, other, steps=6, batch_size=8, checkpoint=path, resume=True, progress=False)
+
+
+def test_classifier_free_label_dropout_rate():
+    obj = EpsObjective(SCHED)
+    seen = []
+
+    class Spy(EpsObjective):
+        def batch(self, x0, y, gen):
+            seen.append(y.copy())
+            return super().batch(x0, y, gen)
+
+    data = np.random.default_rng(0).standard_normal((500, 2))
+    labels = np.arange(500) % 4
+    train(small_net(obj, n_classes=4), data, Spy(SCHED), labels=labels, steps=50, batch_size=200,
+          p_uncond=0.2, progress=False)
+    y = np.concatenate(seen)
+    frac = np.mean(y == 4)
+    assert abs(frac - 0.2) < 4 * np.sqrt(0.2 * 0.8 / y.size)
+    assert set(np.unique(y)) == {0, 1, 2, 3, 4}
+
+
+def _never_called(*a):
+    raise AssertionError("a training step ran")
+
+
+@pytest.mark.parametrize(
+    "data, kwargs, match",
+    [
+        (np.zeros((0, 2)), {}, "empty"),
+        (np.array([[0.0, np.nan]] * 50), {}, "non-finite|NaN"),
+        (np.zeros((10, 2)), dict(batch_size=11), "larger than the data"),
+        (np.zeros((50, 3)), {}, r"shape \(2,\)"),
+        (np.zeros((50, 2)), dict(labels=np.zeros(50, int)), "unconditional"),
+        (np.zeros((50, 2)), dict(steps=0), "steps"),
+        (np.zeros((50, 2)), dict(lr=float("nan")), "lr"),
+        (np.zeros((50, 2)), dict(p_uncond=1.5), "p_uncond"),
+        (np.zeros((50, 2)), dict(resume=True), "checkpoint"),
+    ],
+)
+def test_bad_input_fails_before_any_step(data, kwargs, match):
+    obj = EpsObjective(SCHED)
+    kw = dict(batch_size=8, steps=5, progress=False, callback=_never_called)
+    kw.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        train(small_net(obj), data, obj, **kw)
+
+
+def test_conditional_network_needs_valid_labels():
+    obj = EpsObjective(SCHED)
+    net = small_net(obj, n_classes=3)
+    data = np.zeros((20, 2))
+    with pytest.raises(ValueError, match="pass labels"):
+        train(net, data, obj, steps=2, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"0\.\.2"):
+        train(net, data, obj, labels=np.full(20, 3), steps=2, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match="one per data row"):
+        train(net, data, obj, labels=np.zeros(19, int), steps=2, batch_size=4, progress=False)
+
+
+def test_wrong_image_shape_and_time_scale_are_named():
+    obj = EpsObjective(SCHED)
+    net = MLP((1, 4, 4), width=8, depth=1, time_scale=obj.time_scale)
+    with pytest.raises(ValueError, match=r"\(1, 4, 4\)"):
+        train(net, np.zeros((20, 1, 5, 4)), obj, steps=2, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match="time_scale"):
+        train(MLP(2, width=8, depth=1), np.zeros((20, 2)), obj, steps=2, batch_size=4, progress=False)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
+    obj = EpsObjective(SCHED)
+    calls = []
+
+    class Poisoned(EpsObjective):
+        def batch(self, x0, y, gen):
+            b = super().batch(x0, y, gen)
+            calls.append(1)
+            if len(calls) == 7:
+                b.target[0, 0] = np.nan
+            return b
+
+    data = np.random.default_rng(0).standard_normal((100, 2))
+    path = tmp_path / "ck.npz"
+    with pytest.raises(TrainingDiverged, match="step 6.*last good checkpoint") as info:
+        train(small_net(obj), data, Poisoned(SCHED), steps=20, batch_size=8, checkpoint=path, checkpoint_every=5,
+              progress=False)
+    assert info.value.step == 6
+    ck = load_checkpoint(path)
+    assert ck.step == 5 and np.all(np.isfinite(ck.params.flat))
+
+
+def test_progress_line_only_on_a_terminal(capsys):
+    obj = EpsObjective(SCHED)
+    data = np.random.default_rng(0).standard_normal((50, 2))
+    train(small_net(obj), data, obj, steps=3, batch_size=8)  # progress=None: stderr is not a tty here
+    assert capsys.readouterr().err == ""
+    train(small_net(obj), data, obj, steps=3, batch_size=8, progress=True)
+    err = capsys.readouterr().err
+    assert "train 3/3" in err and "loss" in err and err.endswith("\n")
+
+
+def test_config_object_and_overrides():
+    cfg = TrainConfig(steps=4, batch_size=8)
+    obj = EpsObjective(SCHED)
+    res = train(small_net(obj), np.zeros((20, 2)), obj, config=cfg, lr=1e-4, progress=False)
+    assert res.config.lr == 1e-4 and res.config.steps == 4 and res.losses.shape == (4,)
+    assert res.prediction == "eps"
+    with pytest.raises(TypeError):
+        train(small_net(obj), np.zeros((20, 2)), obj, config=cfg, progress=False, nonsense=1)
+
+
+def test_score_model_of_an_eps_network():
+    vp = VPSDE()
+    obj = EpsObjective(vp)
+    net = small_net(obj)
+    p = net.init(0, np.float64)
+    x = np.random.default_rng(0).standard_normal((4, 2))
+    from refdiff.param import convert
+
+    s = obj.score_model(net, p)
+    np.testing.assert_allclose(s(x, 0.3), convert(net.apply(p, x, 0.3), "eps", "score", x, vp, 0.3), rtol=1e-13)
+    v = np.ones((4, 2))
+    np.testing.assert_allclose(s.vjp(x, 0.3, v), -net.vjp(p, x, 0.3, v) / vp.std(0.3), rtol=1e-13)
+    with pytest.raises(TypeError, match="continuous"):
+        EpsObjective(SCHED).score_model(net, p)
