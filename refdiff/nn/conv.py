@@ -1,0 +1,477 @@
+r"""Convolutional layers with hand-written backward passes.
+
+The interface is that of :mod:`refdiff.nn.layers`: ``specs()``,
+``forward(p, x) -> (y, cache)`` and ``backward(p, g, cache, dy, need_dx=True) -> dx``,
+which *adds* the parameter gradients into ``g`` (skipped when ``g`` is None).
+:class:`ResBlock` also takes the conditioning embedding:
+``forward(p, x, emb) -> (y, cache)`` and
+``backward(p, g, cache, dy, need_dx=True) -> (dx, demb)``.
+
+Layout. Images are (N, C, H, W) at the public boundary, as in PyTorch. Inside,
+every layer computes on channels-last (N, H, W, C) arrays, because then
+
+* the im2col matrix has rows (n, h, w) and columns (kh, kw, c): its copy moves
+  runs of k*C contiguous values (a (N, C, H, W) gather moves runs of k), and the
+  GEMM ``cols @ W`` directly gives the (N*H*W, C_out) rows of the
+  channels-last output: no transpose before or after;
+* the weight gradient ``dy^T @ cols`` is the same kind of matrix product, and
+  the input gradient of a stride-1 convolution is one too (a correlation of
+  dy with the flipped kernel); col2im, for other strides, is k*k additions
+  of shifted (N, H, W, C) slices made of contiguous C-vectors;
+* the per-channel sums of GroupNorm are reductions over the middle axis of
+  an (N, H*W, C) array, which NumPy does as row additions of C-vectors.
+
+A layer built with ``channels_last=True`` takes and returns (N, H, W, C)
+arrays; :class:`~refdiff.nn.unet.UNet` builds all of its layers that way and
+transposes only at its input and output. With ``channels_last=False`` (the
+default) the layer wraps the same code with transposed views.
+
+==============  ============================================================  ==========================================================
+layer           forward                                                       backward
+==============  ============================================================  ==========================================================
+``Conv2d``      :math:`y = \mathrm{cols}(x)\,W_{mat}^T + b`, with             :math:`dW = dy^T\,\mathrm{cols}(x)`, :math:`db=\sum dy`,
+                :math:`\mathrm{cols}` the (N Ho Wo, k k C_in) patches          :math:`dx = \mathrm{col2im}(dy\,W_{mat})`, for stride 1
+                                                                              computed as :math:`\mathrm{cols}(dy)\,W_{flip}`
+``GroupNorm``   :math:`\hat x = (x-\mu_g)/\sqrt{\sigma_g^2+\epsilon}`,          :math:`dx = r\,(\gamma dy - \overline{\gamma dy}
+                :math:`y=\gamma\hat x + \beta`; statistics per example and      - \hat x\,\overline{\gamma dy\,\hat x})`, means over the
+                group over (C/G, H, W)                                        group, :math:`r = (\sigma_g^2+\epsilon)^{-1/2}`
+``AvgPool2d``   mean of each f x f block                                      :math:`dx = dy/f^2` spread over the block
+``Upsample2d``  nearest neighbour, each value repeated f x f                  :math:`dx` = sum of dy over each f x f block
+``ResBlock``    GN, SiLU, conv3x3, + Linear(emb), GN, SiLU, conv3x3, + skip   reverse of the forward; the skip is 1x1 conv if
+                                                                              C_in != C_out
+==============  ============================================================  ==========================================================
+
+References: Wu & He 2018 (Group Normalization); He et al. 2016 (residual
+blocks); Ho et al. 2020, appendix B (the residual block with a time-embedding
+projection used by DDPM's U-Net).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .layers import Linear, SiLU
+from .params import ParamSpec
+
+__all__ = ["Conv2d", "GroupNorm", "AvgPool2d", "Upsample2d", "ResBlock", "im2col", "col2im", "patch_chunks"]
+
+
+def _positive_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _to_nhwc(x):
+    return x.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C), a view
+
+
+def _to_nchw(x):
+    return x.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W), a view
+
+
+class _Spatial:
+    """Shared (N, C, H, W) <-> (N, H, W, C) wrapping of a channels-last core."""
+
+    channels_last = False
+
+    def _in(self, x):
+        if getattr(x, "ndim", None) != 4:
+            name = getattr(self, "name", type(self).__name__)
+            raise ValueError(f"{name}: input must be a 4-D image batch, got shape {getattr(x, 'shape', None)}")
+        return x if self.channels_last else _to_nhwc(x)
+
+    def _out(self, y):
+        return y if self.channels_last else _to_nchw(y)
+
+
+# --- im2col / col2im ---------------------------------------------------------------
+
+#: Bytes of patch matrix built at a time. The patch matrix of a whole batch is
+#: k*k times the input (56 MB for 256 images of 8x8x96 in float32): written to
+#: and read back from main memory it costs more than the GEMM (a whole-batch
+#: im2col made that layer 1.9x slower here). Built a few images at a time into
+#: one reused buffer, it stays in the L2 cache; the backward pass rebuilds it
+#: instead of keeping it, which also keeps the forward cache small. 0.5 to
+#: 2 MiB measured alike here (4 MiB L2 per core); 8 MiB was 15% slower.
+CHUNK_BYTES = 1 << 21
+
+
+def _out_size(size, k, stride, padding):
+    return (size + 2 * padding - k) // stride + 1
+
+
+def _windows(xp, k, stride):
+    """(N, Hp, Wp, C) padded images -> (N, Ho, Wo, k, k, C) view of every patch."""
+    win = sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::stride, ::stride]  # (N, Ho, Wo, C, k, k)
+    return win.transpose(0, 1, 2, 4, 5, 3)
+
+
+def im2col(x, k: int, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """Patches of a channels-last batch as rows: (N, H, W, C) -> (N*Ho*Wo, k*k*C).
+
+    Row ``(n, i, j)`` holds the k x k x C patch whose top-left corner is
+    input pixel ``(i*stride - padding, j*stride - padding)``, ordered
+    (kh, kw, c), zeros outside the image. (The reference form of what
+    :func:`patch_chunks` builds a few images at a time.)
+    """
+    n, h, w, c = x.shape
+    ho, wo = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
+    xp = np.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=x.dtype)
+    xp[:, padding : padding + h, padding : padding + w] = x
+    # One copy; NumPy merges (kw, c) into runs of k*C contiguous values.
+    return _windows(xp, k, stride).reshape(n * ho * wo, k * k * c)  # (N Ho Wo, k k C)
+
+
+def patch_chunks(x, k: int, stride: int = 1, padding: int = 0, chunk_bytes=None):
+    """Yield ``(start, stop, cols)``: the :func:`im2col` rows of images ``start:stop``.
+
+    Chunks hold as many images as fit in ``chunk_bytes`` (default
+    :data:`CHUNK_BYTES`), at least one. ``cols`` ((stop-start)*Ho*Wo, k*k*C)
+    lives in one buffer that the next step overwrites: use it before asking
+    for the next chunk.
+    """
+    n, h, w, c = x.shape
+    ho, wo = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
+    per_image = ho * wo * k * k * c * x.dtype.itemsize
+    b = max(1, min(n, (CHUNK_BYTES if chunk_bytes is None else chunk_bytes) // per_image))
+    xp = np.zeros((b, h + 2 * padding, w + 2 * padding, c), dtype=x.dtype)  # borders stay 0
+    win = _windows(xp, k, stride)  # (b, Ho, Wo, k, k, C), a view of xp
+    cols = np.empty((b, ho, wo, k, k, c), dtype=x.dtype)
+    for start in range(0, n, b):
+        stop = min(start + b, n)
+        m = stop - start
+        xp[:m, padding : padding + h, padding : padding + w] = x[start:stop]
+        np.copyto(cols[:m], win[:m])
+        yield start, stop, cols[:m].reshape(m * ho * wo, k * k * c)
+
+
+def col2im(cols, shape, k: int, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """Adjoint of :func:`im2col`: add each patch row back onto its pixels -> (N, H, W, C).
+
+    k*k additions of shifted slices (no ``np.add.at``); the result may be a
+    view into a padded buffer.
+    """
+    n, h, w, c = shape
+    ho, wo = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
+    d6 = cols.reshape(n, ho, wo, k, k, c)
+    dxp = np.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=cols.dtype)
+    hs, ws = stride * (ho - 1) + 1, stride * (wo - 1) + 1
+    for i in range(k):
+        for j in range(k):
+            dxp[:, i : i + hs : stride, j : j + ws : stride] += d6[:, :, :, i, j]
+    return dxp[:, padding : padding + h, padding : padding + w]
+
+
+# --- Conv2d ------------------------------------------------------------------------
+
+
+class Conv2d(_Spatial):
+    """2-D cross-correlation (PyTorch's ``Conv2d``): im2col and GEMM, a few images at a time.
+
+    Parameters
+    ----------
+    name : str
+        Prefix of the parameter names ``{name}.W`` (c_out, c_in, k, k), as in
+        PyTorch, so weights copy across unchanged, and ``{name}.b`` (c_out,).
+    c_in, c_out, kernel_size, stride, padding : int
+        Square kernel, equal stride and zero padding on both axes.
+    bias : bool
+    zero_init : bool
+        Start W and b at zero (a network's last layer then predicts 0);
+        otherwise :math:`U(\\pm 1/\\sqrt{c_{in} k^2})` as PyTorch.
+    channels_last : bool
+        Take and return (N, H, W, C) instead of (N, C, H, W).
+
+    Forward: ``y = cols(x) @ W_mat^T + b`` chunk by chunk (see
+    :data:`CHUNK_BYTES`); the cache keeps x, not the patches. Backward:
+    ``dW = sum over chunks of dy^T @ cols(x)`` (patches rebuilt), and for
+    stride 1 ``dx`` is the correlation of dy (padded by k-1-padding) with the
+    flipped kernel, channels swapped; other strides use :func:`col2im`. The
+    GEMM wants W as a (c_out, k*k*c_in) matrix in (kh, kw, c) order: that
+    small reordered copy is made per call.
+    """
+
+    def __init__(self, name, c_in, c_out, kernel_size, stride=1, padding=0, bias=True, zero_init=False, channels_last=False):
+        self.name = name
+        self.c_in = _positive_int(c_in, "c_in")
+        self.c_out = _positive_int(c_out, "c_out")
+        self.k = _positive_int(kernel_size, "kernel_size")
+        self.stride = _positive_int(stride, "stride")
+        self.padding = _positive_int(padding, "padding", minimum=0)
+        self.bias, self.zero_init, self.channels_last = bool(bias), bool(zero_init), bool(channels_last)
+        self.W, self.b = f"{name}.W", f"{name}.b"
+
+    def specs(self):
+        init = "zeros" if self.zero_init else "uniform_fan_in"
+        fan_in = self.c_in * self.k * self.k
+        out = [ParamSpec(self.W, (self.c_out, self.c_in, self.k, self.k), init, fan_in=fan_in)]
+        if self.bias:
+            out.append(ParamSpec(self.b, (self.c_out,), init, fan_in=fan_in))
+        return out
+
+    @property
+    def _pointwise(self):
+        return self.k == 1 and self.stride == 1 and self.padding == 0
+
+    def _w_mat(self, p):
+        return p[self.W].transpose(0, 2, 3, 1).reshape(self.c_out, -1)  # (c_out, k k c_in), (kh, kw, c) order
+
+    def forward(self, p, x):
+        x = self._in(x)
+        n, h, w, c = x.shape
+        if c != self.c_in:
+            raise ValueError(f"{self.name}: expected {self.c_in} input channels, got {c}")
+        ho, wo = _out_size(h, self.k, self.stride, self.padding), _out_size(w, self.k, self.stride, self.padding)
+        if ho < 1 or wo < 1:
+            raise ValueError(f"{self.name}: input {h}x{w} is smaller than the {self.k}x{self.k} kernel with padding {self.padding}")
+        w_mat_t = self._w_mat(p).T  # (k k C_in, C_out)
+        if self._pointwise:
+            y = x.reshape(n * h * w, c) @ w_mat_t
+            if self.bias:
+                y += p[self.b]
+        else:
+            y = np.empty((n * ho * wo, self.c_out), dtype=np.result_type(x.dtype, w_mat_t.dtype))  # (N Ho Wo, C_out)
+            rows = ho * wo
+            for start, stop, cols in patch_chunks(x, self.k, self.stride, self.padding):
+                y_chunk = y[start * rows : stop * rows]
+                np.matmul(cols, w_mat_t, out=y_chunk)
+                if self.bias:
+                    y_chunk += p[self.b]  # while the chunk is in cache
+        return self._out(y.reshape(n, ho, wo, self.c_out)), x
+
+    def backward(self, p, g, cache, dy, need_dx=True):
+        x = cache
+        n, h, w, c = x.shape
+        k, pad = self.k, self.padding
+        dy = self._in(dy)
+        dy2 = dy.reshape(-1, self.c_out)  # (N Ho Wo, C_out)
+        rows = dy2.shape[0] // n
+        if g is not None:
+            if self._pointwise:
+                dw = dy2.T @ x.reshape(-1, c)  # (C_out, C_in)
+            else:
+                dw = np.zeros((self.c_out, k * k * c), dtype=dy2.dtype)  # (C_out, k k C_in)
+                for start, stop, cols in patch_chunks(x, k, self.stride, pad):
+                    dw += dy2[start * rows : stop * rows].T @ cols
+            g[self.W] += dw.reshape(self.c_out, k, k, c).transpose(0, 3, 1, 2)
+            if self.bias:
+                g[self.b] += dy2.sum(axis=0)
+        if not need_dx:
+            return None
+        if self._pointwise:
+            return self._out((dy2 @ self._w_mat(p)).reshape(x.shape))
+        if self.stride == 1 and pad <= k - 1:
+            # dx = correlation of dy, padded by k-1-pad, with the flipped kernel,
+            # channels swapped: patches of dy times a (k k C_out, C_in) matrix.
+            w_flip = p[self.W][:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(k * k * self.c_out, c)
+            dx = np.empty((n * h * w, c), dtype=np.result_type(dy2.dtype, w_flip.dtype))  # (N H W, C_in)
+            for start, stop, cols in patch_chunks(dy, k, 1, k - 1 - pad):  # dy: (N, Ho, Wo, C_out)
+                np.matmul(cols, w_flip, out=dx[start * h * w : stop * h * w])
+            return self._out(dx.reshape(x.shape))
+        dcols = dy2 @ self._w_mat(p)  # (N Ho Wo, k k C_in)
+        return self._out(col2im(dcols, x.shape, k, self.stride, pad))
+
+
+# --- GroupNorm ---------------------------------------------------------------------
+
+
+class GroupNorm(_Spatial):
+    """Group normalisation (Wu & He 2018) with a per-channel affine map.
+
+    Each example's C channels are split into ``groups`` consecutive groups;
+    mean and (biased) variance are taken over (C/groups, H, W). ``{name}.gamma``
+    starts at 1 and ``{name}.beta`` at 0, as in PyTorch's ``GroupNorm``.
+    """
+
+    def __init__(self, name, groups, channels, eps=1e-5, channels_last=False):
+        self.name = name
+        self.groups = _positive_int(groups, "groups")
+        self.channels = _positive_int(channels, "channels")
+        if self.channels % self.groups:
+            raise ValueError(f"{name}: channels ({channels}) must be divisible by groups ({groups})")
+        if not eps > 0:
+            raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
+        self.eps, self.channels_last = float(eps), bool(channels_last)
+        self.gamma, self.beta = f"{name}.gamma", f"{name}.beta"
+
+    def specs(self):
+        return [ParamSpec(self.gamma, (self.channels,), "ones"), ParamSpec(self.beta, (self.channels,), "zeros")]
+
+    def _per_channel(self, s):
+        """(N, C) per-channel sums -> (N, C) group sums, each repeated over its channels."""
+        n = s.shape[0]
+        sg = s.reshape(n, self.groups, -1).sum(axis=2)  # (N, G)
+        return np.repeat(sg, self.channels // self.groups, axis=1)  # (N, C)
+
+    def forward(self, p, x):
+        x = self._in(x)
+        n, h, w, c = x.shape
+        if c != self.channels:
+            raise ValueError(f"{self.name}: expected {self.channels} channels, got {c}")
+        count = h * w * (c // self.groups)
+        x3 = x.reshape(n, h * w, c)  # (N, HW, C)
+        mu = self._per_channel(x3.sum(axis=1)) / count  # (N, C)
+        xc = x3 - mu[:, None, :]  # centred; xhat = xc * rstd is never stored
+        var = self._per_channel(np.einsum("nsc,nsc->nc", xc, xc)) / count  # (N, C), two-pass variance
+        rstd = 1.0 / np.sqrt(var + self.eps)  # (N, C)
+        y = xc * (rstd * p[self.gamma])[:, None, :]  # gamma xhat
+        y += p[self.beta]
+        return self._out(y.reshape(n, h, w, c)), (xc, rstd, x.shape)
+
+    def backward(self, p, g, cache, dy, need_dx=True):
+        xc, rstd, shape = cache
+        n, h, w, c = shape
+        dy3 = self._in(dy).reshape(n, h * w, c)  # (N, HW, C)
+        s_dy = dy3.sum(axis=1)  # (N, C)
+        s_dyx = np.einsum("nsc,nsc->nc", dy3, xc) * rstd  # (N, C): sum of dy xhat
+        if g is not None:
+            g[self.gamma] += s_dyx.sum(axis=0)
+            g[self.beta] += s_dy.sum(axis=0)
+        if not need_dx:
+            return None
+        gamma = p[self.gamma]
+        count = h * w * (c // self.groups)
+        m1 = self._per_channel(s_dy * gamma) / count  # mean of gamma dy over the group
+        m2 = self._per_channel(s_dyx * gamma) / count  # mean of gamma dy xhat over the group
+        # dx = rstd (gamma dy - m1 - xhat m2), xhat = xc rstd
+        dx = dy3 * (rstd * gamma)[:, None, :]
+        dx -= xc * (rstd * rstd * m2)[:, None, :]
+        dx -= (rstd * m1)[:, None, :]
+        return self._out(dx.reshape(n, h, w, c))
+
+
+# --- pooling and up-sampling ------------------------------------------------------
+
+
+class AvgPool2d(_Spatial):
+    """Mean over non-overlapping ``factor`` x ``factor`` blocks (H and W divisible by factor)."""
+
+    def __init__(self, factor=2, channels_last=False):
+        self.factor, self.channels_last = _positive_int(factor, "factor"), bool(channels_last)
+
+    def specs(self):
+        return []
+
+    def forward(self, p, x):
+        x = self._in(x)
+        n, h, w, c = x.shape
+        f = self.factor
+        if h % f or w % f:
+            raise ValueError(f"AvgPool2d: H and W must be divisible by {f}, got {h}x{w}")
+        y = x.reshape(n, h // f, f, w // f, f, c).sum(axis=(2, 4))  # (N, H/f, W/f, C)
+        y *= 1.0 / (f * f)
+        return self._out(y), x.shape
+
+    def backward(self, p, g, cache, dy, need_dx=True):
+        if not need_dx:
+            return None
+        n, h, w, c = cache
+        f = self.factor
+        d = self._in(dy) * (1.0 / (f * f))  # (N, H/f, W/f, C)
+        dx = np.broadcast_to(d[:, :, None, :, None, :], (n, h // f, f, w // f, f, c)).reshape(n, h, w, c)
+        return self._out(dx)
+
+
+class Upsample2d(_Spatial):
+    """Nearest-neighbour up-sampling: each pixel becomes a ``factor`` x ``factor`` block."""
+
+    def __init__(self, factor=2, channels_last=False):
+        self.factor, self.channels_last = _positive_int(factor, "factor"), bool(channels_last)
+
+    def specs(self):
+        return []
+
+    def forward(self, p, x):
+        x = self._in(x)
+        n, h, w, c = x.shape
+        f = self.factor
+        y = np.broadcast_to(x[:, :, None, :, None, :], (n, h, f, w, f, c)).reshape(n, h * f, w * f, c)
+        return self._out(y), x.shape
+
+    def backward(self, p, g, cache, dy, need_dx=True):
+        if not need_dx:
+            return None
+        n, h, w, c = cache
+        f = self.factor
+        dx = self._in(dy).reshape(n, h, f, w, f, c).sum(axis=(2, 4))  # (N, H, W, C)
+        return self._out(dx)
+
+
+# --- residual block ------------------------------------------------------------------
+
+
+class ResBlock(_Spatial):
+    """DDPM's residual block with a conditioning embedding (Ho et al. 2020, appendix B).
+
+    .. math::
+
+        h &= \\mathrm{conv}_1(\\mathrm{SiLU}(\\mathrm{GN}_1(x))) + e\\,W_e + b_e \\\\
+        y &= \\mathrm{conv}_2(\\mathrm{SiLU}(\\mathrm{GN}_2(h))) + \\mathrm{skip}(x)
+
+    with 3x3 convolutions (padding 1), ``e`` the (N, emb_dim) embedding
+    (already passed through its nonlinearity by the caller) added to every
+    pixel, and ``skip`` the identity, or a 1x1 convolution when
+    ``c_in != c_out``.
+
+    Interface: ``forward(p, x, emb) -> (y, cache)`` and
+    ``backward(p, g, cache, dy, need_dx=True) -> (dx, demb)`` (``demb`` is
+    always returned, ``dx`` is None unless ``need_dx``).
+    """
+
+    def __init__(self, name, c_in, c_out, emb_dim, groups, channels_last=False):
+        self.name = name
+        self.c_in, self.c_out = _positive_int(c_in, "c_in"), _positive_int(c_out, "c_out")
+        self.emb_dim, self.groups = _positive_int(emb_dim, "emb_dim"), _positive_int(groups, "groups")
+        self.channels_last = bool(channels_last)
+        self.norm1 = GroupNorm(f"{name}.norm1", groups, c_in, channels_last=True)
+        self.conv1 = Conv2d(f"{name}.conv1", c_in, c_out, 3, padding=1, channels_last=True)
+        self.emb = Linear(f"{name}.emb", emb_dim, c_out)
+        self.norm2 = GroupNorm(f"{name}.norm2", groups, c_out, channels_last=True)
+        self.conv2 = Conv2d(f"{name}.conv2", c_out, c_out, 3, padding=1, channels_last=True)
+        self.skip = None if c_in == c_out else Conv2d(f"{name}.skip", c_in, c_out, 1, channels_last=True)
+        self.act = SiLU()
+
+    def specs(self):
+        layers = [self.norm1, self.conv1, self.emb, self.norm2, self.conv2] + ([self.skip] if self.skip else [])
+        return [s for layer in layers for s in layer.specs()]
+
+    def forward(self, p, x, emb):
+        x = self._in(x)
+        if getattr(emb, "shape", None) != (x.shape[0], self.emb_dim):
+            raise ValueError(f"{self.name}: emb must have shape ({x.shape[0]}, {self.emb_dim}), got {getattr(emb, 'shape', None)}")
+        h, c_n1 = self.norm1.forward(p, x)
+        h, c_a1 = self.act.forward(p, h)
+        h, c_c1 = self.conv1.forward(p, h)  # (N, H, W, C_out)
+        e, c_e = self.emb.forward(p, emb)  # (N, C_out)
+        h += e[:, None, None, :]
+        h, c_n2 = self.norm2.forward(p, h)
+        h, c_a2 = self.act.forward(p, h)
+        h, c_c2 = self.conv2.forward(p, h)
+        if self.skip is None:
+            h += x
+            c_s = None
+        else:
+            s, c_s = self.skip.forward(p, x)
+            h += s
+        return self._out(h), (c_n1, c_a1, c_c1, c_e, c_n2, c_a2, c_c2, c_s)
+
+    def backward(self, p, g, cache, dy, need_dx=True):
+        c_n1, c_a1, c_c1, c_e, c_n2, c_a2, c_c2, c_s = cache
+        dy = self._in(dy)
+        dh = self.conv2.backward(p, g, c_c2, dy)
+        dh = self.act.backward(p, g, c_a2, dh)
+        dh = self.norm2.backward(p, g, c_n2, dh)
+        demb = self.emb.backward(p, g, c_e, dh.sum(axis=(1, 2)))  # the projection was added at every pixel
+        dh = self.conv1.backward(p, g, c_c1, dh)
+        dh = self.act.backward(p, g, c_a1, dh)
+        dx = self.norm1.backward(p, g, c_n1, dh, need_dx=need_dx)
+        if self.skip is None:
+            if need_dx:
+                dx += dy
+        else:
+            ds = self.skip.backward(p, g, c_s, dy, need_dx=need_dx)
+            if need_dx:
+                dx += ds
+        return (self._out(dx) if need_dx else None), demb
