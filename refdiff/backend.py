@@ -33,6 +33,7 @@ __all__ = [
     "per_example",
     "check_finite",
     "to_numpy",
+    "keep_freed_memory",
 ]
 
 
@@ -200,3 +201,34 @@ def to_numpy(a):
         return np.from_dlpack(a)
     except (TypeError, AttributeError, BufferError, RuntimeError):
         return np.asarray(a)
+
+
+def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
+    """Ask glibc's allocator to recycle large freed blocks instead of returning them to the OS.
+
+    A training or sampling loop in NumPy allocates the same large temporaries
+    every step. By default glibc serves each from fresh ``mmap``-ed (or
+    trimmed and re-grown) memory, and every page of it is faulted in again:
+    measured here, 5600 page faults and about a third of the time of an MLP
+    training step at batch 4096. Raising ``M_MMAP_THRESHOLD`` and
+    ``M_TRIM_THRESHOLD`` to ``limit_bytes`` keeps freed blocks in the heap
+    for reuse. It changes the whole process, so refdiff never calls it on
+    its own: the command-line interface and the benchmarks do, and so may
+    an application that owns its process. Memory freed by large arrays is
+    then held by the process instead of being handed back.
+
+    Returns True if the allocator accepted the setting, False where it
+    cannot be applied (not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
+    limit = int(min(max(limit_bytes, 0), 2**31 - 1))
+    return bool(mallopt(M_MMAP_THRESHOLD, limit)) and bool(mallopt(M_TRIM_THRESHOLD, limit))

@@ -214,3 +214,16 @@ def test_device_and_to_numpy_round_trip(xp, float_dtype):
     if xp is np:
         assert backend.device_of(a) == "cpu"
     assert backend.to_numpy(3.0) == 3.0
+
+
+def test_keep_freed_memory_reports_whether_it_applied():
+    import subprocess
+    import sys
+
+    # In a child process: the setting is process-wide and must not leak into the suite.
+    code = "from refdiff.backend import keep_freed_memory; import numpy as np; ok = keep_freed_memory(); " \
+           "a = np.ones(1 << 22); del a; print(ok)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out in ("True", "False")
+    if sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc":
+        assert out == "True"

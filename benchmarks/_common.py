@@ -1,0 +1,163 @@
+"""Helpers shared by the benchmark scripts: timing, thread pinning, machine facts, JSON.
+
+Nothing here imports refdiff, NumPy or PyTorch at module level, so a worker
+process running under another interpreter (PyTorch's venv) can use it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Variables that set a BLAS / OpenMP / Numba pool size; all pinned to one value.
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+#: Set on some processors for old OpenBLAS builds; they slow a current NumPy.
+CORETYPE_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+#: Environment facts recorded with every result.
+RECORDED_VARS = THREAD_VARS + CORETYPE_VARS + (
+    "NUMBA_THREADING_LAYER",
+    "OMP_WAIT_POLICY",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "NVPL_BLAS_DEBUG_CPU_TYPE",
+)
+
+
+def child_env(threads: int, unset_coretype: bool = False, base=None) -> dict:
+    """The environment of a benchmark worker: thread pools pinned to ``threads``.
+
+    ``PYTHONPATH``/``PYTHONHOME``/``PYTHONSTARTUP`` are dropped (a worker finds
+    the checkout itself); ``NUMBA_THREADING_LAYER`` defaults to ``workqueue``
+    (OpenMP spin-waits collapse on two shared cores); ``unset_coretype``
+    removes ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` together.
+    """
+    env = dict(os.environ if base is None else base)
+    for k in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"):
+        env.pop(k, None)
+    for k in THREAD_VARS:
+        env[k] = str(int(threads))
+    env.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+    if unset_coretype:
+        for k in CORETYPE_VARS:
+            env.pop(k, None)
+    return env
+
+
+def recorded_env(env=None) -> dict:
+    """The values of :data:`RECORDED_VARS` in ``env`` (None where unset)."""
+    env = os.environ if env is None else env
+    return {k: env.get(k) for k in RECORDED_VARS}
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags(wanted=("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")) -> list:
+    """Which of ``wanted`` the first CPU lists in /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages, or None where the OS has none."""
+    try:
+        return list(os.getloadavg())
+    except (OSError, AttributeError):
+        return None
+
+
+def machine_info() -> dict:
+    """Facts about this machine that a result depends on (no per-library details)."""
+    return {
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_average": load_average(),
+        "python": platform.python_version(),
+        "executable": sys.executable,
+    }
+
+
+def blas_info() -> list:
+    """threadpoolctl's view of the loaded BLAS / OpenMP pools ([] without threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keep = ("user_api", "internal_api", "prefix", "version", "architecture", "threading_layer", "num_threads")
+    return [{k: d.get(k) for k in keep} for d in threadpool_info()]
+
+
+def time_calls(fn, warmup: int, repeat: int, max_seconds: float | None = None, min_repeat: int = 5) -> list:
+    """Seconds taken by each of ``repeat`` calls of ``fn()`` after ``warmup`` untimed calls.
+
+    Stops early once ``max_seconds`` of timed calls have passed, but never
+    before ``min_repeat`` samples.
+    """
+    for _ in range(warmup):
+        fn()
+    times, spent = [], 0.0
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        spent += dt
+        if max_seconds is not None and spent > max_seconds and i + 1 >= min_repeat:
+            break
+    return times
+
+
+def summary_ms(times) -> dict:
+    """min / median / max of ``times`` (seconds) in milliseconds, and the sample count."""
+    return {
+        "min_ms": min(times) * 1e3,
+        "median_ms": statistics.median(times) * 1e3,
+        "max_ms": max(times) * 1e3,
+        "samples": len(times),
+    }
+
+
+def write_json(path, payload) -> Path:
+    """Write ``payload`` as indented JSON to ``path`` atomically (temporary file + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
