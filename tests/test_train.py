@@ -287,3 +287,38 @@ def test_score_model_of_an_eps_network():
     np.testing.assert_allclose(s.vjp(x, 0.3, v), -net.vjp(p, x, 0.3, v) / vp.std(0.3), rtol=1e-13)
     with pytest.raises(TypeError, match="continuous"):
         EpsObjective(SCHED).score_model(net, p)
+
+
+@pytest.mark.parametrize("weighting", ["sigma2", "likelihood"])
+def test_dsm_training_learns_the_exact_score_of_a_gaussian(weighting):
+    vp = VPSDE()
+    target = Gaussian(np.array([1.0, -1.0]), np.diag([0.4, 0.8]))
+    obj = DSMObjective(vp, weighting)
+    net = small_net(obj)
+    res = train(net, target.sample(4000, rng=0), obj, steps=1500, batch_size=128, lr=3e-3, progress=False,
+                ema_decay=0.9)
+    errs = []
+    for t in (0.2, 0.6):
+        x_t = vp.sample_marginal(target.sample(2000, rng=1), t, rng=2)
+        exact = target.score(x_t, vp, t)
+        errs.append(np.mean((res.model()(x_t, t) - exact) ** 2) / np.mean(exact**2))
+    assert max(errs) < 0.05, errs
+
+
+def test_ncsn_training_then_annealed_langevin_reaches_the_target():
+    from refdiff.samplers import annealed_langevin
+
+    ve = VESDE(sigma_min=0.05, sigma_max=5.0)
+    target = Gaussian(np.array([2.0, 0.0]), np.diag([0.25, 0.25]))
+    obj = NCSNObjective(ve, levels=10)
+    net = MLP(2, width=32, depth=2, emb_dim=8, time_scale=obj.time_scale)
+    res = train(net, target.sample(4000, rng=0), obj, steps=1500, batch_size=128, lr=3e-3, progress=False,
+                ema_decay=0.9)
+    x, _ = annealed_langevin(res.model(), ve, (2000, 2), levels=10, n_steps_each=30, rng=1)
+    # Against the same sampler with the exact score (30 steps a level leave it
+    # about 14% wide of the target itself). 2000 samples: the mean's standard
+    # error is 0.013, the std's relative one 1.6%; a wrong score scale or sign
+    # misses by far more.
+    ref, _ = annealed_langevin(lambda y, t: target.score(y, ve, t), ve, (2000, 2), levels=10, n_steps_each=30, rng=1)
+    np.testing.assert_allclose(x.mean(0), ref.mean(0), atol=0.1)
+    np.testing.assert_allclose(x.std(0), ref.std(0), rtol=0.1)
