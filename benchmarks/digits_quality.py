@@ -49,12 +49,15 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from refdiff import nn, samplers
+    from refdiff.backend import keep_freed_memory
     from refdiff.data import load_digits, split
     from refdiff.guidance import classifier_free_guidance
     from refdiff.nn.classifier import per_class_accuracy, predict, train_classifier
     from refdiff.objectives import EpsObjective
     from refdiff.schedules import DiscreteSchedule, cosine_betas
     from refdiff.train import train
+
+    keep_freed_memory()  # this script owns its process: recycle the per-step temporaries
 
     images, labels = load_digits()
     x_tr, x_te, y_tr, y_te = split(images, labels, test_fraction=0.2, rng=args.seed)

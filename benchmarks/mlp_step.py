@@ -134,8 +134,6 @@ def phase_medians(samples):
 
 def _refdiff_setup(width, batch, dtype, seed, target_scale=1.0):
     sys.path.insert(0, str(REPO))
-    import numpy as np
-
     from refdiff.nn.mlp import MLP
     from refdiff.nn.optim import Adam
 

@@ -65,12 +65,15 @@ def score_error_by_time(score_fn, target, process, times, n, rng):
 def main(argv=None):
     args = parse_args(argv)
     from refdiff import nn, samplers
+    from refdiff.backend import keep_freed_memory
     from refdiff.likelihood import ode_log_likelihood
     from refdiff.metrics import mode_weight_error, mode_weights, sliced_wasserstein
     from refdiff.objectives import EpsObjective
     from refdiff.sde import VPSDE
     from refdiff.targets import ring_mixture
     from refdiff.train import train
+
+    keep_freed_memory()  # this script owns its process: recycle the per-step temporaries
 
     target = ring_mixture()
     vp = VPSDE()

@@ -34,6 +34,7 @@ __all__ = [
     "check_finite",
     "to_numpy",
     "keep_freed_memory",
+    "check_int",
 ]
 
 
@@ -144,6 +145,14 @@ def as_float_array(x, name: str, xp=None):
     if xp.isdtype(dtype, ("integral", "bool")):
         return xp.astype(x, xp.float64)
     raise TypeError(f"{name} must be a numeric array, got dtype {dtype}")
+
+
+def check_int(value, name: str, lo: int = 1) -> int:
+    """``value`` as a Python int >= ``lo``, or a ValueError naming ``name`` (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+        what = "a positive int" if lo == 1 else f"an int >= {lo}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
 
 
 def check_finite(x, name: str, xp=None):

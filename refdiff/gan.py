@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._progress import ProgressLine
-from .backend import as_rng
+from .backend import as_rng, check_int
 from .metrics import far_from_modes, mode_weights
 from .nn.classifier import DenseStack
 from .nn.layers import sigmoid
@@ -80,12 +80,6 @@ __all__ = [
 #: Middle word of the SeedSequence entropy ``[seed, tag, k]`` of each stream
 #: (fixed length, distinct non-zero tags: no two streams share a seed).
 _TAG_INIT, _TAG_STEP = 1, 2
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 # ----------------------------------------------------------------------- losses
@@ -143,10 +137,10 @@ class GAN:
     """
 
     def __init__(self, latent_dim: int = 2, width: int = 128, depth: int = 3, data_dim: int = 2, activation: str = "relu"):
-        self.latent_dim = _positive_int(latent_dim, "latent_dim")
-        self.width = _positive_int(width, "width")
-        self.depth = _positive_int(depth, "depth")
-        self.data_dim = _positive_int(data_dim, "data_dim")
+        self.latent_dim = check_int(latent_dim, "latent_dim")
+        self.width = check_int(width, "width")
+        self.depth = check_int(depth, "depth")
+        self.data_dim = check_int(data_dim, "data_dim")
         self.activation = activation
         self.generator = DenseStack("G", self.latent_dim, self.width, self.depth, self.data_dim, activation)
         self.discriminator = DenseStack("D", self.data_dim, self.width, self.depth, 1, activation)
@@ -326,8 +320,8 @@ def train_gan(
     RuntimeError
         If a loss becomes non-finite (naming the step).
     """
-    steps, batch_size = _positive_int(steps, "steps"), _positive_int(batch_size, "batch_size")
-    d_steps = _positive_int(d_steps, "d_steps")
+    steps, batch_size = check_int(steps, "steps"), check_int(batch_size, "batch_size")
+    d_steps = check_int(d_steps, "d_steps")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     dtype = np.dtype(dtype)

@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from ..backend import check_int
 from .._progress import ProgressLine
 from .layers import Linear, make_activation
 from .optim import Adam
@@ -51,12 +52,6 @@ __all__ = [
 #: Middle word of the SeedSequence entropy ``[seed, tag, k]`` of each random stream
 #: (fixed length and non-zero tags, so no two streams share a seed).
 _TAG_INIT, _TAG_STEP = 1, 2
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _seed(value):
@@ -94,8 +89,8 @@ class DenseStack:
     """
 
     def __init__(self, prefix: str, d_in: int, width: int, depth: int, d_out: int, activation: str = "relu"):
-        self.d_in, self.width = _positive_int(d_in, "d_in"), _positive_int(width, "width")
-        self.depth, self.d_out = _positive_int(depth, "depth"), _positive_int(d_out, "d_out")
+        self.d_in, self.width = check_int(d_in, "d_in"), check_int(width, "width")
+        self.depth, self.d_out = check_int(depth, "depth"), check_int(d_out, "d_out")
         self.activation = activation
         self.layers = []
         d = self.d_in
@@ -177,9 +172,9 @@ class Classifier:
 
     def __init__(self, input_shape, n_classes: int, width: int = 128, depth: int = 2, activation: str = "silu"):
         shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
-        self.input_shape = tuple(_positive_int(s, "input_shape") for s in shape)
+        self.input_shape = tuple(check_int(s, "input_shape") for s in shape)
         self.dim = math.prod(self.input_shape)
-        self.n_classes = _positive_int(n_classes, "n_classes")
+        self.n_classes = check_int(n_classes, "n_classes")
         if self.n_classes < 2:
             raise ValueError(f"n_classes must be >= 2, got {n_classes!r}")
         self.width, self.depth, self.activation = int(width), int(depth), activation
@@ -305,8 +300,8 @@ def train_classifier(
     if n_classes is None:
         y = _check_labels(labels, n, None)
         n_classes = max(int(y.max()) + 1, 2)
-    y = _check_labels(labels, n, _positive_int(n_classes, "n_classes"))
-    steps, batch_size = _positive_int(steps, "steps"), _positive_int(batch_size, "batch_size")
+    y = _check_labels(labels, n, check_int(n_classes, "n_classes"))
+    steps, batch_size = check_int(steps, "steps"), check_int(batch_size, "batch_size")
     if batch_size > n:
         raise ValueError(f"batch_size must be <= the number of examples ({n}), got {batch_size}")
     seed, lr, dtype = _seed(seed), _lr(lr), _float_dtype(dtype)
@@ -351,7 +346,7 @@ def per_class_accuracy(pred, labels, n_classes: int) -> np.ndarray:
     -------
     float64 array, shape (n_classes,)
     """
-    n_classes = _positive_int(n_classes, "n_classes")
+    n_classes = check_int(n_classes, "n_classes")
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")

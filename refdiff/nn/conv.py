@@ -51,16 +51,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..backend import check_int
 from .layers import Linear, SiLU
 from .params import ParamSpec
 
 __all__ = ["Conv2d", "GroupNorm", "AvgPool2d", "Upsample2d", "ResBlock", "im2col", "col2im", "patch_chunks"]
-
-
-def _positive_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _to_nhwc(x):
@@ -195,11 +190,11 @@ class Conv2d(_Spatial):
 
     def __init__(self, name, c_in, c_out, kernel_size, stride=1, padding=0, bias=True, zero_init=False, channels_last=False):
         self.name = name
-        self.c_in = _positive_int(c_in, "c_in")
-        self.c_out = _positive_int(c_out, "c_out")
-        self.k = _positive_int(kernel_size, "kernel_size")
-        self.stride = _positive_int(stride, "stride")
-        self.padding = _positive_int(padding, "padding", minimum=0)
+        self.c_in = check_int(c_in, "c_in")
+        self.c_out = check_int(c_out, "c_out")
+        self.k = check_int(kernel_size, "kernel_size")
+        self.stride = check_int(stride, "stride")
+        self.padding = check_int(padding, "padding", lo=0)
         self.bias, self.zero_init, self.channels_last = bool(bias), bool(zero_init), bool(channels_last)
         self.W, self.b = f"{name}.W", f"{name}.b"
 
@@ -287,8 +282,8 @@ class GroupNorm(_Spatial):
 
     def __init__(self, name, groups, channels, eps=1e-5, channels_last=False):
         self.name = name
-        self.groups = _positive_int(groups, "groups")
-        self.channels = _positive_int(channels, "channels")
+        self.groups = check_int(groups, "groups")
+        self.channels = check_int(channels, "channels")
         if self.channels % self.groups:
             raise ValueError(f"{name}: channels ({channels}) must be divisible by groups ({groups})")
         if not eps > 0:
@@ -349,7 +344,7 @@ class AvgPool2d(_Spatial):
     """Mean over non-overlapping ``factor`` x ``factor`` blocks (H and W divisible by factor)."""
 
     def __init__(self, factor=2, channels_last=False):
-        self.factor, self.channels_last = _positive_int(factor, "factor"), bool(channels_last)
+        self.factor, self.channels_last = check_int(factor, "factor"), bool(channels_last)
 
     def specs(self):
         return []
@@ -378,7 +373,7 @@ class Upsample2d(_Spatial):
     """Nearest-neighbour up-sampling: each pixel becomes a ``factor`` x ``factor`` block."""
 
     def __init__(self, factor=2, channels_last=False):
-        self.factor, self.channels_last = _positive_int(factor, "factor"), bool(channels_last)
+        self.factor, self.channels_last = check_int(factor, "factor"), bool(channels_last)
 
     def specs(self):
         return []
@@ -422,8 +417,8 @@ class ResBlock(_Spatial):
 
     def __init__(self, name, c_in, c_out, emb_dim, groups, channels_last=False):
         self.name = name
-        self.c_in, self.c_out = _positive_int(c_in, "c_in"), _positive_int(c_out, "c_out")
-        self.emb_dim, self.groups = _positive_int(emb_dim, "emb_dim"), _positive_int(groups, "groups")
+        self.c_in, self.c_out = check_int(c_in, "c_in"), check_int(c_out, "c_out")
+        self.emb_dim, self.groups = check_int(emb_dim, "emb_dim"), check_int(groups, "groups")
         self.channels_last = bool(channels_last)
         self.norm1 = GroupNorm(f"{name}.norm1", groups, c_in, channels_last=True)
         self.conv1 = Conv2d(f"{name}.conv1", c_in, c_out, 3, padding=1, channels_last=True)

@@ -23,7 +23,7 @@ import numpy as np
 from ..backend import as_rng
 from .params import Layout, Params
 
-__all__ = ["GradCheck", "relative_error", "check_layer", "check_network"]
+__all__ = ["GradCheck", "relative_error", "numerical_gradient", "check_layer", "check_network"]
 
 
 def relative_error(a, b) -> float:
@@ -58,11 +58,20 @@ def _entries(size, max_entries, gen):
     return np.sort(gen.choice(size, max_entries, replace=False))
 
 
-def _compare(loss, analytic, target, entries, h):
-    """Central differences of ``loss()`` in the flat entries of ``target`` (mutated, then restored)."""
+def numerical_gradient(loss, target, entries=None, h: float = 1e-6) -> np.ndarray:
+    """Central differences of the scalar ``loss()`` in the flat ``entries`` of ``target`` (all by default).
+
+    ``target`` is an array that ``loss`` reads (a parameter view, an input);
+    each entry is moved by :math:`\\pm h` in place and restored. Returns the
+    derivatives in the order of ``entries``, or shaped like ``target`` when
+    all entries are taken.
+    """
     flat = target.reshape(-1)
-    numeric = np.empty(len(entries))
-    for j, i in enumerate(entries):
+    if not np.shares_memory(flat, target):
+        raise ValueError("target must be contiguous: its entries are perturbed in place")
+    idx = np.arange(flat.size) if entries is None else entries
+    numeric = np.empty(len(idx))
+    for j, i in enumerate(idx):
         old = flat[i]
         flat[i] = old + h
         up = loss()
@@ -70,6 +79,11 @@ def _compare(loss, analytic, target, entries, h):
         down = loss()
         flat[i] = old
         numeric[j] = (up - down) / (2.0 * h)
+    return numeric.reshape(target.shape) if entries is None else numeric
+
+
+def _compare(loss, analytic, target, entries, h):
+    numeric = numerical_gradient(loss, target, entries, h)
     return relative_error(analytic.reshape(-1)[entries], numeric)
 
 

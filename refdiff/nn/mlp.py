@@ -19,16 +19,11 @@ import math
 
 import numpy as np
 
+from ..backend import check_int
 from .layers import ClassEmbedding, Linear, make_activation
 from .network import Network
 
 __all__ = ["MLP"]
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 class MLP(Network):
@@ -56,17 +51,17 @@ class MLP(Network):
 
     def __init__(self, data_shape=2, width=128, depth=3, emb_dim=32, time_scale=1.0, n_classes=None, activation="silu"):
         shape = (data_shape,) if isinstance(data_shape, (int, np.integer)) else tuple(data_shape)
-        self.data_shape = tuple(_positive_int(s, "data_shape") for s in shape)
+        self.data_shape = tuple(check_int(s, "data_shape") for s in shape)
         self.dim = math.prod(self.data_shape)
-        self.width = _positive_int(width, "width")
-        self.depth = _positive_int(depth, "depth")
-        self.emb_dim = _positive_int(emb_dim, "emb_dim")
+        self.width = check_int(width, "width")
+        self.depth = check_int(depth, "depth")
+        self.emb_dim = check_int(emb_dim, "emb_dim")
         if self.emb_dim % 2:
             raise ValueError(f"emb_dim must be even, got {emb_dim}")
         if not (isinstance(time_scale, (int, float)) and math.isfinite(time_scale) and time_scale > 0):
             raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
         self.time_scale = float(time_scale)
-        self.n_classes = None if n_classes is None else _positive_int(n_classes, "n_classes")
+        self.n_classes = None if n_classes is None else check_int(n_classes, "n_classes")
         self.activation = activation
         self.act = make_activation(activation)
         self.inp = Linear("in", self.dim + self.emb_dim, self.width)

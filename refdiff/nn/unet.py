@@ -25,17 +25,12 @@ import math
 
 import numpy as np
 
+from ..backend import check_int
 from .conv import AvgPool2d, Conv2d, GroupNorm, ResBlock, Upsample2d
 from .layers import ClassEmbedding, Linear, SiLU
 from .network import Network
 
 __all__ = ["UNet"]
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 class UNet(Network):
@@ -76,19 +71,19 @@ class UNet(Network):
         shape = tuple(image_shape) if isinstance(image_shape, (tuple, list)) else None
         if shape is None or len(shape) != 3:
             raise ValueError(f"image_shape must be (C, H, W), got {image_shape!r}")
-        self.data_shape = tuple(_positive_int(s, "image_shape") for s in shape)
-        self.channels = _positive_int(channels, "channels")
+        self.data_shape = tuple(check_int(s, "image_shape") for s in shape)
+        self.channels = check_int(channels, "channels")
         if isinstance(channel_mult, (int, np.integer)) or len(channel_mult) < 1:
             raise ValueError(f"channel_mult must be a non-empty sequence of positive ints, got {channel_mult!r}")
-        self.channel_mult = tuple(_positive_int(m, "channel_mult") for m in channel_mult)
-        self.emb_dim = _positive_int(emb_dim, "emb_dim")
+        self.channel_mult = tuple(check_int(m, "channel_mult") for m in channel_mult)
+        self.emb_dim = check_int(emb_dim, "emb_dim")
         if self.emb_dim % 2:
             raise ValueError(f"emb_dim must be even, got {emb_dim}")
         if not (isinstance(time_scale, (int, float)) and math.isfinite(time_scale) and time_scale > 0):
             raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
         self.time_scale = float(time_scale)
-        self.n_classes = None if n_classes is None else _positive_int(n_classes, "n_classes")
-        self.groups = _positive_int(groups, "groups")
+        self.n_classes = None if n_classes is None else check_int(n_classes, "n_classes")
+        self.groups = check_int(groups, "groups")
         c_img, height, width = self.data_shape
         levels = len(self.channel_mult)
         div = 2 ** (levels - 1)
