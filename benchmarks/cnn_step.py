@@ -50,7 +50,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (the benchmarks folder, first on sys.path)
+
+REPO = _common.REPO
 
 # --- the PyTorch twin (only the worker imports torch) ------------------------------
 
@@ -214,6 +217,11 @@ def offsets_shapes(offsets, shapes):
 def run_worker(args):
     import numpy as np
 
+    sys.path.insert(0, str(REPO))
+    from refdiff.backend import keep_freed_memory
+
+    keep_freed_memory()  # both sides alike, as in mlp_step.py
+
     with np.load(args.data, allow_pickle=False) as f:
         data = {k: f[k] for k in f.files}
     result = (worker_refdiff if args.worker == "refdiff" else worker_torch)(data, args)
@@ -224,23 +232,6 @@ def run_worker(args):
 # --- parent ------------------------------------------------------------------------
 
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
-def thread_env(threads):
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
-    for var in THREAD_VARS:
-        env[var] = str(threads)
-    return env
-
-
-def load_average():
-    try:
-        return list(os.getloadavg())
-    except OSError:  # not available on this platform
-        return None
-
-
 def spawn(python, side, data_path, args, tmp, warmup, repeat):
     """Run one worker in a fresh process; its loss, gradient and step times."""
     grad_path = Path(tmp) / f"grad_{side}.npy"
@@ -248,7 +239,7 @@ def spawn(python, side, data_path, args, tmp, warmup, repeat):
         python, __file__, "--worker", side, "--data", str(data_path), "--out", str(grad_path),
         "--threads", str(args.threads), "--warmup", str(warmup), "--repeat", str(repeat),
     ]
-    done = subprocess.run(command, env=thread_env(args.threads), capture_output=True, text=True)
+    done = subprocess.run(command, env=_common.child_env(args.threads), capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{side} worker failed:\n{done.stderr}")
     import numpy as np
@@ -320,7 +311,7 @@ def main(argv=None):
     if args.torch_python and not have_torch:
         raise SystemExit(f"--torch-python {args.torch_python} cannot import torch")
 
-    load_before = load_average()
+    load_before = _common.load_average()
     with tempfile.TemporaryDirectory() as tmp:
         data_path = Path(tmp) / "data.npz"
         arrays = dict(
@@ -365,9 +356,9 @@ def main(argv=None):
             "processor": platform.processor(),
             "cpus": os.cpu_count(),
             "load_average_before": load_before,
-            "load_average_after": load_average(),
+            "load_average_after": _common.load_average(),
         },
-        "environment": {var: thread_env(args.threads)[var] for var in THREAD_VARS},
+        "environment": _common.recorded_env(_common.child_env(args.threads)),
         "versions": {"python": platform.python_version(), **ours["versions"]},
         "refdiff": {"loss": ours["loss"], **stats(runs["refdiff"])},
         "check": check,
