@@ -48,7 +48,15 @@ from .forward import q_sample
 from .schedules import DiscreteSchedule
 from .sde import SDE, VESDE
 
-__all__ = ["Batch", "EpsObjective", "DSMObjective", "NCSNObjective", "ScaledModel", "objective_from_config"]
+__all__ = [
+    "Batch",
+    "EpsObjective",
+    "DSMObjective",
+    "NCSNObjective",
+    "ScaledModel",
+    "objective_from_config",
+    "process_from_config",
+]
 
 
 @dataclass
@@ -213,11 +221,22 @@ class NCSNObjective(DSMObjective):
 def _describe_process(process) -> dict:
     if isinstance(process, DiscreteSchedule):
         return {"kind": "discrete", "log_alpha_bar": [float(v) for v in process.log_alpha_bar]}
-    return {"kind": type(process).__name__, "repr": repr(process)}
+    return process.config()
 
 
-def objective_from_config(config: dict, process):
-    """Rebuild an objective from :meth:`config` and the process it names (checked against ``process``)."""
+def process_from_config(config: dict):
+    """The process an objective's ``config()["process"]`` describes (a DiscreteSchedule or an SDE)."""
+    if isinstance(config, dict) and config.get("kind") == "discrete":
+        return DiscreteSchedule.from_log_alpha_bar(np.asarray(config["log_alpha_bar"], dtype=np.float64))
+    from .sde import sde_from_config
+
+    return sde_from_config(config)
+
+
+def objective_from_config(config: dict, process=None):
+    """Rebuild an objective from :meth:`config`; ``process`` (default: the one described) must match it."""
+    if process is None:
+        process = process_from_config(config.get("process"))
     if _describe_process(process) != config.get("process"):
         raise ValueError("the stored objective was trained on another process than the one given")
     name = config.get("objective")

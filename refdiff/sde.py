@@ -44,7 +44,7 @@ import numpy as np
 
 from .backend import as_float_array, namespace, per_example, standard_normal, to_numpy
 
-__all__ = ["SDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE"]
+__all__ = ["SDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE", "sde_from_config"]
 
 
 def _positive(name, value):
@@ -273,6 +273,10 @@ class VPSDE(_VPFamily):
     def __repr__(self):
         return f"{type(self).__name__}(beta_min={self.beta_min}, beta_max={self.beta_max})"
 
+    def config(self) -> dict:
+        """Constructor arguments plus ``kind``: :func:`sde_from_config` rebuilds the process."""
+        return {"kind": type(self).__name__, "beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min}
+
     def beta(self, t):
         t = self.check_time(t)
         return self.beta_min + t * (self.beta_max - self.beta_min)
@@ -389,6 +393,10 @@ class CosineVPSDE(_VPFamily):
     def __repr__(self):
         return f"CosineVPSDE(s={self.s}, t_max={self.t_max})"
 
+    def config(self) -> dict:
+        """Constructor arguments plus ``kind``: :func:`sde_from_config` rebuilds the process."""
+        return {"kind": "CosineVPSDE", "s": self.s, "t_min": self.t_min, "t_max": self.t_max}
+
     def _angles(self, t):
         """(a_t, a_t - a_0, pi/2 - a_t), each formed directly so that none cancels near t = 0 or t = 1."""
         t = self.check_time(t)
@@ -474,6 +482,10 @@ class VESDE(SDE):
     def __repr__(self):
         return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
 
+    def config(self) -> dict:
+        """Constructor arguments plus ``kind``: :func:`sde_from_config` rebuilds the process."""
+        return {"kind": "VESDE", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "t_min": self.t_min}
+
     def sigma(self, t):
         r"""Noise level :math:`\sigma(t)` (float64)."""
         return self.sigma_min * np.exp(self.check_time(t) * self._L)
@@ -521,3 +533,13 @@ def _check_inverse_time(t) -> np.ndarray:
             f"lam lies outside the range of log_snr on [0, 1] (it maps to t in [{np.min(t)}, {np.max(t)}])"
         )
     return np.clip(t, 0.0, 1.0)
+
+
+def sde_from_config(config: dict) -> SDE:
+    """Rebuild a process from its :meth:`config` (as stored in checkpoints)."""
+    kinds = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "CosineVPSDE": CosineVPSDE, "VESDE": VESDE}
+    if not isinstance(config, dict) or config.get("kind") not in kinds:
+        got = config.get("kind") if isinstance(config, dict) else config
+        raise ValueError(f"process kind must be one of {sorted(kinds)}, got {got!r}")
+    args = {k: v for k, v in config.items() if k != "kind"}
+    return kinds[config["kind"]](**args)

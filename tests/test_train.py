@@ -322,3 +322,26 @@ def test_ncsn_training_then_annealed_langevin_reaches_the_target():
     ref, _ = annealed_langevin(lambda y, t: target.score(y, ve, t), ve, (2000, 2), levels=10, n_steps_each=30, rng=1)
     np.testing.assert_allclose(x.mean(0), ref.mean(0), atol=0.1)
     np.testing.assert_allclose(x.std(0), ref.std(0), rtol=0.1)
+
+
+def test_processes_round_trip_through_their_description():
+    import json
+
+    from refdiff.objectives import process_from_config
+    from refdiff.schedules import cosine_betas, rescale_zero_terminal_snr
+    from refdiff.sde import CosineVPSDE, SubVPSDE
+
+    for process in (VPSDE(beta_max=12.0, t_min=1e-4), SubVPSDE(), CosineVPSDE(t_max=0.99), VESDE(sigma_max=10.0),
+                    SCHED, DiscreteSchedule(rescale_zero_terminal_snr(cosine_betas(50)))):
+        obj = EpsObjective(process)
+        stored = json.loads(json.dumps(obj.config()))  # what a checkpoint holds
+        again = objective_from_config(stored)
+        assert again.config() == obj.config()
+        if isinstance(process, DiscreteSchedule):
+            np.testing.assert_array_equal(again.process.alpha_bar, process.alpha_bar)
+        else:
+            assert again.process.config() == process.config()
+            np.testing.assert_array_equal(again.process.variance(np.linspace(0.01, 0.9, 5)),
+                                          process.variance(np.linspace(0.01, 0.9, 5)))
+    with pytest.raises(ValueError, match="process kind"):
+        process_from_config({"kind": "EDM"})
