@@ -1,4 +1,4 @@
-"""Command-line interface: ``refdiff verify`` (more sub-commands arrive with the samplers and networks).
+"""Command-line interface: ``refdiff verify``, ``train``, ``sample`` and ``likelihood``.
 
 Heavy modules (SciPy, the catalogue) are imported inside the sub-command that
 needs them, so ``refdiff --help`` stays fast. Exit status: 0 on success, 1
@@ -14,6 +14,7 @@ import sys
 import tempfile
 
 from ._version import __version__
+from .cli_models import UsageError, add_likelihood, add_sample, add_train
 
 EPILOG_VERIFY = """examples:
   refdiff verify                     run the whole equation catalogue
@@ -109,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="ID", help="entry numbers to run (default: all)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     p.set_defaults(func=cmd_verify)
+    add_train(sub)
+    add_sample(sub)
+    add_likelihood(sub)
     return parser
 
 
@@ -118,7 +122,11 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"refdiff {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

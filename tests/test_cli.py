@@ -54,3 +54,111 @@ def test_bad_arguments_exit_2_without_traceback(args, message):
 def test_no_command_prints_help_and_exits_2():
     out = run()
     assert out.returncode == 2 and "usage" in out.stdout
+
+
+# --- train / sample / likelihood ------------------------------------------------------
+
+
+def test_cli_names_match_the_library():
+    from refdiff import cli_models
+    from refdiff.data import DATASETS_2D, IMAGE_DATASETS
+    from refdiff.samplers import DIFFUSION_SAMPLERS
+    from refdiff.targets import TARGETS
+
+    assert set(cli_models.DATA_NAMES) == set(DATASETS_2D) | set(IMAGE_DATASETS)
+    assert set(cli_models.TARGET_NAMES) == set(TARGETS)
+    assert set(cli_models.SAMPLER_NAMES) == set(DIFFUSION_SAMPLERS)
+
+
+@pytest.fixture(scope="module")
+def ring_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    path = folder / "ring.npz"
+    out = run("train", "--data", "ring8", "--steps", "60", "--out", str(path), "--width", "16", "--depth", "2",
+              "--checkpoint-every", "30", "--n-data", "2000", "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    assert "seed 3" in out.stdout and f"wrote {path}" in out.stdout
+    return path
+
+
+def test_train_resume_continues_from_the_stored_step(ring_checkpoint, tmp_path):
+    import shutil
+
+    from refdiff.nn import load_checkpoint
+
+    copy = tmp_path / "ring.npz"
+    shutil.copy(ring_checkpoint, copy)
+    out = run("train", "--data", "ring8", "--steps", "80", "--out", str(copy), "--width", "16", "--depth", "2",
+              "--checkpoint-every", "30", "--n-data", "2000", "--seed", "3", "--resume")
+    assert out.returncode == 0, out.stderr
+    assert "from step 60" in out.stdout
+    assert load_checkpoint(copy).step == 80
+
+
+def test_sample_from_a_checkpoint_and_from_a_target(ring_checkpoint, tmp_path):
+    import numpy as np
+
+    x_path = tmp_path / "x.npy"
+    out = run("sample", "--checkpoint", str(ring_checkpoint), "--sampler", "dpm_solver_pp", "--steps", "10",
+              "--n", "50", "--out", str(x_path), "--seed", "5")
+    assert out.returncode == 0, out.stderr
+    x = np.load(x_path)
+    assert x.shape == (50, 2) and np.all(np.isfinite(x)) and "seed 5" in out.stdout
+    spec = tmp_path / "mix.json"
+    spec.write_text(json.dumps({"weights": [0.5, 0.5], "means": [[-2.0, 0.0], [2.0, 0.0]], "covs": [0.1, 0.1]}))
+    y_path = tmp_path / "y.npy"
+    out = run("sample", "--target", str(spec), "--sampler", "ode_heun", "--steps", "30", "--n", "400",
+              "--out", str(y_path))
+    assert out.returncode == 0, out.stderr
+    y = np.load(y_path)
+    assert y.shape == (400, 2) and abs(np.mean(y[:, 0] > 0) - 0.5) < 0.1
+    assert "largest mode-weight error" in out.stdout
+    assert not list(tmp_path.glob(".refdiff-*"))
+
+
+def test_likelihood_of_a_checkpoint(ring_checkpoint, tmp_path):
+    import numpy as np
+
+    data = tmp_path / "pts.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((5, 2)))
+    ll = tmp_path / "ll.npy"
+    out = run("likelihood", "--checkpoint", str(ring_checkpoint), "--data", str(data), "--rtol", "1e-3", "--out", str(ll))
+    assert out.returncode == 0, out.stderr
+    assert "mean log-likelihood" in out.stdout and np.load(ll).shape == (5,)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("train", "--data", "nosuch", "--steps", "5", "--out", "x.npz"), "invalid choice"),
+        (("train", "--data", "ring8", "--steps", "0", "--out", "x.npz"), "--steps must be >= 1"),
+        (("train", "--data", "ring8", "--steps", "5", "--out", "/nonexistent-folder/x.npz"), "does not exist"),
+        (("train", "--data", "ring8", "--steps", "5", "--out", "x.npz", "--objective", "ncsn", "--process", "vp"),
+         "ncsn trains a VE"),
+        (("train", "--data", "ring8", "--steps", "5", "--out", "x.npz", "--conditional"), "image data"),
+        (("sample", "--target", "nope", "--sampler", "ddim", "--out", "x.npy"), "--target must be one of"),
+        (("sample", "--target", "ring8", "--sampler", "ode_heun", "--clip-x0", "-1", "1", "--out", "x.npy"),
+         "applies to the ddpm and ddim"),
+        (("sample", "--checkpoint", "missing.npz", "--sampler", "ddim", "--out", "x.npy"), "does not exist"),
+        (("sample", "--sampler", "ddim", "--out", "x.npy"), "one of the arguments --target --checkpoint is required"),
+        (("likelihood", "--checkpoint", "missing.npz", "--data", "x.npy"), "does not exist"),
+    ],
+)
+def test_model_commands_reject_bad_arguments(args, message, tmp_path):
+    out = run(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_sample_refuses_a_label_for_an_unconditional_checkpoint(ring_checkpoint, tmp_path):
+    out = run("sample", "--checkpoint", str(ring_checkpoint), "--sampler", "ddim", "--label", "2",
+              "--out", str(tmp_path / "x.npy"))
+    assert out.returncode == 2 and "unconditional" in out.stderr
+
+
+def test_sample_refuses_a_foreign_file(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not a checkpoint")
+    out = run("sample", "--checkpoint", str(bad), "--sampler", "ddim", "--out", str(tmp_path / "x.npy"))
+    assert out.returncode == 2 and "not a readable refdiff checkpoint" in out.stderr
