@@ -27,7 +27,9 @@ extras = {
     # The 8x8 handwritten digits (refdiff.data.load_digits) ship inside scikit-learn.
     "images": ["scikit-learn>=1.3"],
     # setuptools builds the wheel offline (no build isolation) in the packaging test.
-    "test": ["pytest>=7", "hypothesis>=6.80", "array-api-strict>=2.0", "setuptools>=70.1", "scikit-learn>=1.3"],
+    # matplotlib and scikit-learn let the suite cover the figures and the digits too.
+    "test": ["pytest>=7", "hypothesis>=6.80", "array-api-strict>=2.0", "setuptools>=70.1", "scikit-learn>=1.3",
+             "matplotlib>=3.7"],
 }
 extras["dev"] = sorted(set(extras["fast"] + extras["plot"] + extras["images"] + extras["test"]))
 

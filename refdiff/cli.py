@@ -1,4 +1,4 @@
-"""Command-line interface: ``refdiff verify``, ``train``, ``sample`` and ``likelihood``.
+"""Command-line interface: ``refdiff verify``, ``demo``, ``train``, ``sample`` and ``likelihood``.
 
 Heavy modules (SciPy, the catalogue) are imported inside the sub-command that
 needs them, so ``refdiff --help`` stays fast. Exit status: 0 on success, 1
@@ -11,10 +11,9 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 from ._version import __version__
-from .cli_models import UsageError, add_likelihood, add_sample, add_train
+from .cli_models import UsageError, add_demo, add_likelihood, add_sample, add_train
 
 EPILOG_VERIFY = """examples:
   refdiff verify                     run the whole equation catalogue
@@ -24,18 +23,14 @@ EPILOG_VERIFY = """examples:
 
 
 def _write_json_atomic(path: str, payload) -> None:
-    """Write JSON to ``path`` through a temporary file in the same folder, then rename: never half-written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".refdiff-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON to ``path`` atomically: never half-written."""
+    from ._atomic import atomic_write
+
+    def write(fh):
+        json.dump(payload, fh, indent=2)
+        fh.write("\n")
+
+    atomic_write(path, write, suffix=".json", binary=False)
 
 
 def _format_table(checks) -> str:
@@ -110,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="ID", help="entry numbers to run (default: all)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     p.set_defaults(func=cmd_verify)
+    add_demo(sub)
     add_train(sub)
     add_sample(sub)
     add_likelihood(sub)

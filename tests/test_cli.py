@@ -162,3 +162,19 @@ def test_sample_refuses_a_foreign_file(tmp_path):
     bad.write_text("not a checkpoint")
     out = run("sample", "--checkpoint", str(bad), "--sampler", "ddim", "--out", str(tmp_path / "x.npy"))
     assert out.returncode == 2 and "not a readable refdiff checkpoint" in out.stderr
+
+
+def test_demo_writes_its_figures_and_table(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = run("demo", "--out", str(tmp_path / "demo"), "--steps", "50", "--n", "200", "--seed", "4")
+    assert out.returncode == 0, out.stderr
+    for name in ("forward_process", "score_field", "loss", "samples", "trajectories", "error_vs_nfe", "score_error"):
+        assert (tmp_path / "demo" / f"{name}.png").stat().st_size > 1000
+    assert "seed 4" in out.stdout and "euler_maruyama" in out.stdout and "dpm_solver_pp" in out.stdout
+
+
+def test_demo_bad_arguments(tmp_path):
+    out = run("demo", "--out", "/nonexistent-folder/sub/demo")
+    assert out.returncode == 2 and "does not exist" in out.stderr
+    out = run("demo", "--steps", "0", cwd=tmp_path)
+    assert out.returncode == 2 and "--steps must be >= 1" in out.stderr

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._atomic import atomic_write
 from .network import Network
 from .params import Params
 
@@ -113,20 +113,7 @@ def save_checkpoint(
     for name, a in (arrays or {}).items():
         entries[f"x.{name}"] = np.asarray(a)
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".refdiff-ckpt-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **entries)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda fh: np.savez(fh, **entries), suffix=".npz")
 
 
 def _read(path):
