@@ -33,7 +33,7 @@ def test_quick_start_is_install_then_test():
     commands = quick_start_commands()
     assert len(commands) == 2, commands
     install, test = commands
-    assert "pip install -e" in install and "refdiff verify" in install
+    assert "pip install -e" in install and "refdiff demo" in install  # the main job
     assert test.startswith("python -m pytest")
 
 
