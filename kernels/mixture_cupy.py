@@ -1,0 +1,95 @@
+r"""CuPy twins of :meth:`refdiff.analytic.GaussianMixture.score` and ``log_prob`` (kernels/mixture_score.cu).
+
+Reference twin: ``GaussianMixture._stream`` in refdiff/analytic.py. Same
+arguments and semantics, on CuPy arrays:
+
+    mixture_score(mixture, x, process=None, t=None)     -> (N, D), x's dtype
+    mixture_log_prob(mixture, x, process=None, t=None)  -> (N,),   x's dtype
+
+One thread per particle evaluates every component in x's dtype (float32 or
+float64; other float dtypes are computed in float64 and cast back) with an
+online log-sum-exp; per-component data (log weights, means, eigenvalues and
+eigenvectors of :math:`\Sigma_k`) and :math:`\gamma_t,\sigma_t^2` are computed
+in float64 on the host and cast once. The module is compiled once per process
+(``cupy.RawModule`` with ``name_expressions``), on first use; importing this
+file imports no CuPy. Scalars are passed as ``np.int64`` to the kernel's
+``long long`` parameters (CuPy does not check kernel argument types).
+
+Requires a ``gpu-cuda12`` or ``gpu-cuda13`` extra (``pip install "refdiff[gpu-cuda12]"``).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["mixture_score", "mixture_log_prob", "NAME_EXPRESSIONS"]
+
+SOURCE = Path(__file__).with_name("mixture_score.cu")
+NAME_EXPRESSIONS = ("mixture_score<float>", "mixture_score<double>")
+_THREADS = 128
+_KIND = {"isotropic": 0, "diagonal": 1, "full": 2}
+
+
+@functools.cache
+def _module():
+    import cupy
+
+    return cupy.RawModule(code=SOURCE.read_text(), options=("-std=c++17",), name_expressions=NAME_EXPRESSIONS)
+
+
+def _kernel(dtype):
+    name = "mixture_score<float>" if dtype == np.float32 else "mixture_score<double>"
+    return _module().get_function(name)
+
+
+def _evaluate(mixture, x, process, t, want_score):
+    import cupy
+
+    from refdiff.analytic import _check_points, _process_coefs
+    from refdiff.backend import per_example
+
+    x = _check_points(x, mixture.dim)
+    if not isinstance(x, cupy.ndarray):
+        raise TypeError(f"the cupy twin takes CuPy arrays, got {type(x).__module__}.{type(x).__qualname__}")
+    dtype = x.dtype
+    kdtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
+    xk = cupy.ascontiguousarray(x, dtype=kdtype)
+    gamma, var = _process_coefs(process, t)
+    per_example(gamma, x, "t")  # shape check of a per-example t
+    N, D = xk.shape
+    active = mixture._active
+    K = active.shape[0]
+    lam = np.broadcast_to(mixture._lam[active].reshape(K, -1), (K, D))
+    U = mixture._U[active] if mixture.kind == "full" else np.zeros((1,))
+
+    def dev(a):  # host float64 -> device, kernel dtype, C-contiguous
+        return cupy.asarray(np.ascontiguousarray(a, dtype=np.float64).astype(kdtype))
+
+    n_t = gamma.shape[0] if gamma.ndim else 1
+    g = dev(np.reshape(gamma, (n_t,)))
+    v = dev(np.broadcast_to(var, (n_t,)))
+    score = cupy.empty((N, D) if want_score else (1, D), dtype=kdtype)  # never read when not wanted
+    logp = cupy.empty((N,), dtype=kdtype)
+    if N:
+        args = (
+            xk, g, v, np.int64(n_t),
+            dev(np.log(mixture.weights[active])), dev(mixture.means[active]), dev(lam), dev(U),
+            np.int64(_KIND[mixture.kind]), np.int64(N), np.int64(K), np.int64(D), np.int64(bool(want_score)),
+            score, logp,
+        )  # fmt: skip
+        _kernel(kdtype)(((N + _THREADS - 1) // _THREADS,), (_THREADS,), args)
+    out = score if want_score else logp
+    return out.astype(dtype, copy=False)
+
+
+def mixture_score(mixture, x, process=None, t=None):
+    r"""CuPy twin of :meth:`GaussianMixture.score <refdiff.analytic.GaussianMixture.score>`: :math:`\nabla_x\log p_t(x)`, (N, D)."""
+    return _evaluate(mixture, x, process, t, True)
+
+
+def mixture_log_prob(mixture, x, process=None, t=None):
+    r"""CuPy twin of :meth:`GaussianMixture.log_prob <refdiff.analytic.GaussianMixture.log_prob>`: :math:`\log p_t(x)`, (N,)."""
+    return _evaluate(mixture, x, process, t, False)

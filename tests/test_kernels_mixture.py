@@ -1,0 +1,241 @@
+"""The mixture score / log-density twins (refdiff.kernels.mixture_numba, mixture_cupy) against the reference.
+
+One test body runs every backend (numpy reference, numba, cupy on a GPU) on
+awkward sizes (1, primes, not multiples of the kernels' block of 64), every
+covariance kind, float32 and float64, and times from the data (no process)
+through t near 0 and t = 1 to one t per row; the oracle is a slow plain loop
+over components with a dense solve and slogdet per component (no eigen
+decomposition, no shared code with refdiff.analytic).
+"""
+
+import functools
+import importlib.util
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refdiff import analytic
+from refdiff.analytic import GaussianMixture
+from refdiff.sde import VPSDE
+
+KINDS = ("isotropic", "diagonal", "full")
+# (N, K, D): every N in (1, 2, 7, 31, 1000, 1031), K in (1, 3, 8), D in (1, 2, 3, 16) at least once
+SIZES = [(1, 1, 1), (2, 3, 2), (7, 8, 3), (31, 8, 16), (1000, 3, 1), (1031, 8, 2), (1031, 1, 16)]
+TIMES = ["data", "t=1e-4", "t=0.5", "t=1", "per-row"]
+TOL = {"float64": dict(rtol=1e-10, atol=1e-10), "float32": dict(rtol=2e-4, atol=2e-4)}
+PROCESS = VPSDE()
+CU_SOURCE = Path(analytic.__file__).resolve().parent.parent / "kernels" / "mixture_score.cu"
+
+gpu_backend = pytest.param("cupy", marks=pytest.mark.gpu)
+BACKENDS = ["numpy", "numba", gpu_backend]
+
+
+def make_mixture(kind, K, D, seed=0):
+    """Means ~ 2 N(0, I), covariances with eigenvalues >= 0.2; component 1 has weight 0 when K >= 3."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((K, D, D))
+    full = A @ A.transpose(0, 2, 1) / D + 0.2 * np.eye(D)
+    covs = {"full": full, "diagonal": np.diagonal(full, axis1=1, axis2=2).copy(), "isotropic": full[:, 0, 0].copy()}[kind]
+    w = rng.random(K) + 0.1
+    if K >= 3:
+        w[1] = 0.0
+    return GaussianMixture(w / w.sum(), 2.0 * rng.standard_normal((K, D)), covs)
+
+
+def process_and_t(times, N, seed=1):
+    if times == "data":
+        return None, None
+    if times == "per-row":
+        return PROCESS, np.random.default_rng(seed).uniform(1e-4, 1.0, size=N)
+    return PROCESS, float(times[2:])
+
+
+def oracle(gm, x, process, t):
+    """float64 (log p_t(x), score) by a plain loop over components: dense C_k, solve and slogdet per row."""
+    N, D = x.shape
+    if process is None:
+        gamma, var = np.ones(N), np.zeros(N)
+    else:
+        gamma = np.broadcast_to(np.asarray(process.mean_coef(t), dtype=np.float64), (N,))
+        var = np.broadcast_to(np.asarray(process.variance(t), dtype=np.float64), (N,))
+    covs = gm.full_covs()
+    logits, grads = [], []
+    for k in range(gm.n_components):
+        if gm.weights[k] == 0:
+            continue
+        C = gamma[:, None, None] ** 2 * covs[k] + var[:, None, None] * np.eye(D)  # (N, D, D)
+        z = x - gamma[:, None] * gm.means[k]  # (N, D)
+        sol = np.linalg.solve(C, z[:, :, None])[:, :, 0]  # C^{-1} z
+        logdet = np.linalg.slogdet(C)[1]
+        logits.append(math.log(gm.weights[k]) - 0.5 * (D * math.log(2 * math.pi) + logdet + np.sum(z * sol, axis=1)))
+        grads.append(-sol)
+    L = np.stack(logits)  # (K, N)
+    m = L.max(axis=0)
+    logp = m + np.log(np.exp(L - m).sum(axis=0))
+    r = np.exp(L - logp)
+    return logp, np.einsum("kn,knd->nd", r, np.stack(grads))
+
+
+@functools.cache
+def case(kind, N, K, D, times):
+    gm = make_mixture(kind, K, D, seed=N + 10 * K + 100 * D)
+    x = 3.0 * np.random.default_rng(N * D).standard_normal((N, D))
+    process, t = process_and_t(times, N)
+    x32 = x.astype(np.float32)
+    expected = {"float64": oracle(gm, x, process, t), "float32": oracle(gm, x32.astype(np.float64), process, t)}
+    return gm, {"float64": x, "float32": x32}, process, t, expected
+
+
+def on_backend(backend, a):
+    if backend == "cupy":
+        import cupy
+
+        return cupy.asarray(a)
+    return a
+
+
+def to_host(a):
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def check(got, want, dtype_name, what):
+    tol = TOL[dtype_name]
+    scale = max(1.0, float(np.max(np.abs(want))))  # atol relative to the result's size
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol["rtol"], atol=tol["atol"] * scale, err_msg=what)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    if request.param == "numba":
+        pytest.importorskip("numba", reason="numba is not installed (pip install 'refdiff[fast]')")
+    return request.param
+
+
+@pytest.mark.parametrize("times", TIMES)
+@pytest.mark.parametrize("N,K,D", SIZES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_twin_matches_oracle(backend, dtype_name, kind, N, K, D, times):
+    gm, xs, process, t, expected = case(kind, N, K, D, times)
+    x = on_backend(backend, xs[dtype_name])
+    score = gm.score(x, process, t, backend=backend)
+    logp = gm.log_prob(x, process, t, backend=backend)
+    assert type(score) is type(x) and score.dtype == x.dtype and score.shape == (N, D)
+    assert type(logp) is type(x) and logp.dtype == x.dtype and logp.shape == (N,)
+    check(to_host(logp), expected[dtype_name][0], dtype_name, "log_prob")
+    check(to_host(score), expected[dtype_name][1], dtype_name, "score")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_far_point_stays_finite(backend, dtype_name, kind):
+    """Every logit is about -1e7, so exp underflows for all of them; the log-sum-exp must stay finite and exact."""
+    gm = make_mixture(kind, K=3, D=3)
+    x64 = np.array([[1e3, -2e3, 5e2], [0.0, 0.0, 3e3], [0.1, 0.2, 0.3]])
+    x = on_backend(backend, x64.astype(dtype_name))
+    for process, t in ((None, None), (PROCESS, 0.5), (PROCESS, np.array([1e-4, 0.3, 1.0]))):
+        logp, score = gm.log_prob(x, process, t, backend=backend), gm.score(x, process, t, backend=backend)
+        want_logp, want_score = oracle(gm, to_host(x).astype(np.float64), process, t)
+        assert np.all(np.isfinite(to_host(logp))) and np.all(np.isfinite(to_host(score)))
+        assert want_logp.min() < -1e5  # the case is the one described
+        check(to_host(logp), want_logp, dtype_name, "log_prob")
+        check(to_host(score), want_score, dtype_name, "score")
+
+
+def test_backends_agree_at_float64_precision():
+    """The numba twin and the reference agree far tighter than the oracle test asks (same formulas)."""
+    pytest.importorskip("numba")
+    gm = make_mixture("full", K=8, D=5)
+    x = np.random.default_rng(3).standard_normal((200, 5)) * 2
+    for t in (0.3, np.linspace(0.01, 1.0, 200)):
+        a, b = gm.score(x, PROCESS, t, backend="numpy"), gm.score(x, PROCESS, t, backend="numba")
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max())
+        np.testing.assert_allclose(gm.log_prob(x, PROCESS, t, backend="numba"), gm.log_prob(x, PROCESS, t, backend="numpy"), rtol=1e-13)
+
+
+def test_score_point_function():
+    """mixture_score_point, the per-point function fused samplers call, on its own."""
+    mn = pytest.importorskip("refdiff.kernels.mixture_numba", exc_type=ImportError)
+    for kind in KINDS:
+        gm = make_mixture(kind, K=3, D=4)
+        log_w, mu, lam, U, code = mn.mixture_arrays(gm)
+        x = np.random.default_rng(5).standard_normal((3, 4))
+        want_logp, want_score = oracle(gm, x, PROCESS, 0.4)
+        g, v = float(PROCESS.mean_coef(0.4)), float(PROCESS.variance(0.4))
+        out, work = np.empty(4), np.empty(4)
+        for n in range(3):
+            logp = mn.mixture_score_point(x[n], g, v, log_w, mu, lam, U, code, out, work)
+            np.testing.assert_allclose(logp, want_logp[n], rtol=1e-12)
+            np.testing.assert_allclose(out, want_score[n], rtol=1e-10, atol=1e-12)
+
+
+def test_empty_input():
+    gm = make_mixture("diagonal", K=3, D=2)
+    for backend in ("numpy",) + (("numba",) if importlib.util.find_spec("numba") else ()):
+        assert gm.score(np.zeros((0, 2)), backend=backend).shape == (0, 2)
+        assert gm.log_prob(np.zeros((0, 2), np.float32), backend=backend).dtype == np.float32
+
+
+def test_array_api_strict_runs_the_reference():
+    xps = pytest.importorskip("array_api_strict")
+    gm = make_mixture("full", K=3, D=2)
+    x = np.random.default_rng(6).standard_normal((5, 2))
+    for backend in ("auto", "numpy"):
+        got = gm.score(xps.asarray(x), PROCESS, 0.5, backend=backend)
+        np.testing.assert_allclose(np.asarray(got), oracle(gm, x, PROCESS, 0.5)[1], rtol=1e-12, atol=1e-13)
+
+
+# --- dispatch ---------------------------------------------------------------
+
+
+def test_auto_dispatch(monkeypatch):
+    x = np.zeros((10, 2))
+    assert analytic._pick_backend("auto", x, 10) == "numpy"
+    has_numba = importlib.util.find_spec("numba") is not None
+    assert analytic._pick_backend("auto", x, analytic.NUMBA_MIN_WORK) == ("numba" if has_numba else "numpy")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert analytic._pick_backend("auto", x, 10**9) == "numpy"
+
+
+def test_bad_backend_raises():
+    gm = make_mixture("isotropic", K=2, D=2)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        gm.score(np.zeros((1, 2)), backend="jax")
+    with pytest.raises(TypeError, match="CuPy arrays"):
+        gm.score(np.zeros((1, 2)), backend="cupy")
+
+
+@pytest.mark.parametrize("backend,extra", [("numba", "refdiff[fast]"), ("cupy", "refdiff[gpu-cuda12]")])
+def test_missing_package_names_the_extra(monkeypatch, backend, extra):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == backend else real(name, *a))
+    with pytest.raises(ImportError, match=extra.replace("[", r"\[").replace("]", r"\]")):
+        analytic._kernel_module(backend)
+
+
+# --- CUDA source --------------------------------------------------------------
+
+
+def test_cuda_source_compiles_with_nvcc(tmp_path):
+    """Compile kernels/mixture_score.cu with every template instance CuPy asks for (no GPU needed)."""
+    nvcc = shutil.which("nvcc") or ("/usr/local/bin/nvcc" if os.path.exists("/usr/local/bin/nvcc") else None)
+    if nvcc is None:
+        pytest.skip("nvcc is not on PATH (install the CUDA toolkit to compile-check the .cu sources)")
+    from refdiff.kernels import mixture_cupy  # imports no cupy at module level
+
+    # Taking each kernel's address instantiates the templates named in NAME_EXPRESSIONS.
+    refs = ", ".join(f"(const void*)&{name}" for name in mixture_cupy.NAME_EXPRESSIONS)
+    src = tmp_path / "mixture_score_check.cu"
+    src.write_text(CU_SOURCE.read_text() + f"\nconst void* refdiff_instances[] = {{{refs}}};\n")
+    proc = subprocess.run(
+        [nvcc, "-std=c++17", "-Werror", "all-warnings", "-c", str(src), "-o", str(tmp_path / "out.o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
