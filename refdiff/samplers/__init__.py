@@ -35,8 +35,15 @@ sampler                    kind                        NFE           source
 =========================  ==========================  ============  =========================================
 
 (+1 NFE where ``final_denoise`` applies Tweedie's formula at the last time.)
+
+:mod:`refdiff.samplers.fused` writes ULA, annealed Langevin, Euler-Maruyama,
+DDPM and PF-ODE Euler/Heun for an analytic mixture as a table of per-step
+coefficients, ``x <- a x + b s + b_prev s_prev + c z``, and runs it
+(``run_table``); the fused Numba and CUDA twins in :mod:`refdiff.kernels` run
+the same table with the same counter-based noise.
 """
 
+from . import fused
 from ._common import ModelCall, SampleResult
 from .ancestral import ddim, ddpm
 from .dpm import dpm_solver, dpm_solver_pp
@@ -82,5 +89,6 @@ __all__ = [
     "langevin",
     "mala",
     "ula_stationary_variance",
+    "fused",
     *DIFFUSION_SAMPLERS,
 ]

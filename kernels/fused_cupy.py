@@ -1,0 +1,77 @@
+"""CuPy launcher of ``fused_sampler.cu``: twin of :func:`refdiff.samplers.fused.run_table` on a GPU.
+
+Reference twin: ``refdiff/samplers/fused.py`` (``run_table``, same arguments;
+the result is a CuPy array on the current device). One thread per particle
+runs every table row in registers. The start (a drawn ``prior_std * z`` or the
+given ``x_T``) and the table constants are made on the host in float64 and
+copied once; the .cu is compiled once per process (``cupy.RawModule`` with
+``name_expressions``), specialised for float/double and a register bound
+``MAXD`` >= D (4, 16 or 64; larger D is refused). Scalars are passed as
+NumPy scalars of the kernel's exact types (CuPy does not check them).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from refdiff.samplers.fused import score_constants, start_state
+
+__all__ = ["run_table", "SOURCE", "MAXDS", "name_expression"]
+
+SOURCE = Path(__file__).with_name("fused_sampler.cu")
+#: Register bounds the kernel is instantiated for.
+MAXDS = (4, 16, 64)
+_BLOCK = 128
+
+
+def name_expression(dtype, maxd: int) -> str:
+    """The template instance for a state dtype and register bound, e.g. ``fused_run<float, 4>``."""
+    return f"fused_run<{'float' if np.dtype(dtype) == np.float32 else 'double'}, {int(maxd)}>"
+
+
+@functools.cache
+def _module():
+    try:
+        import cupy
+    except ImportError as exc:
+        raise ImportError("refdiff.kernels.fused_cupy needs cupy: pip install 'refdiff[gpu-cuda12]' (or gpu-cuda13)") from exc
+    names = [name_expression(dt, m) for dt in (np.float32, np.float64) for m in MAXDS]
+    mod = cupy.RawModule(code=SOURCE.read_text(), options=("--std=c++17",), name_expressions=names)
+    mod.compile()
+    return mod
+
+
+def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None):
+    """Run ``table`` on ``mixture``'s exact score on the GPU; returns a CuPy array (N, D)."""
+    import cupy
+
+    if not isinstance(x_T, (tuple, list)) and hasattr(x_T, "__cuda_array_interface__"):
+        x_T = cupy.asnumpy(x_T)
+    x, noise, first = start_state(table, mixture, x_T, rng, seed, offset, dtype)
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"the state dtype must be float32 or float64, got {x.dtype}")
+    N, D = x.shape
+    maxd = next((m for m in MAXDS if m >= D), None)
+    if maxd is None:
+        raise ValueError(f"fused_cupy supports D <= {MAXDS[-1]}, got D = {D}")
+    const = score_constants(table, mixture)
+    full = const["U"] is not None
+    U = const["U"] if full else np.zeros((1, 1, 1))
+    coefs = np.stack([table.a, table.b, table.b_prev, table.c], axis=1)  # (R, 4)
+    dev = {k: cupy.asarray(np.ascontiguousarray(v)) for k, v in
+           (("coefs", coefs), ("draws", table.draw), ("means", const["means"]), ("inv_c", const["inv_c"]),
+            ("log_norm", const["log_norm"]), ("U", U))}  # fmt: skip
+    x_d = cupy.asarray(np.ascontiguousarray(x))
+    K = const["log_norm"].shape[1]
+    kernel = _module().get_function(name_expression(x.dtype, maxd))
+    grid = ((N + _BLOCK - 1) // _BLOCK,)
+    args = (x_d, dev["coefs"], dev["draws"], np.int64(first), np.uint32(noise.seed & 0xFFFFFFFF),
+            np.uint32(noise.seed >> 32), np.uint64(noise.offset), dev["means"], dev["inv_c"], dev["log_norm"],
+            dev["U"], np.int32(full), np.int64(N), np.int32(D), np.int32(K), np.int32(table.n_rows))  # fmt: skip
+    kernel(grid, (_BLOCK,), args)
+    if not bool(cupy.all(cupy.isfinite(x_d))):
+        raise ValueError("the state became non-finite (the step size is too large for this target)")
+    return x_d

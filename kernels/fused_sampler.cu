@@ -1,0 +1,129 @@
+// Fused sampler loop for analytic Gaussian-mixture targets: one thread per particle.
+//
+// Reference twin: refdiff/samplers/fused.py (run_table); launcher: kernels/fused_cupy.py.
+// Self-contained (no #include): compiled by CuPy's RawModule (NVRTC) with
+// name_expressions "fused_run<float, MAXD>" / "fused_run<double, MAXD>", and by
+// nvcc in the test suite. Each thread keeps its particle's state, score and
+// previous score in registers (MAXD >= D, a compile-time bound) and runs every
+// table row: score of the diffused mixture (constants from score_constants),
+// Philox4x32-10 + Box-Muller normals per the contract of refdiff/noise.py,
+// then x <- a x + b s + b_prev s_prev + c z. The state and the score are in T;
+// the normals are computed in double, as the contract requires, then cast.
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+#define TWO_PI_D 6.283185307179586
+#define TWO_M32_D 2.3283064365386963e-10
+
+__device__ __forceinline__ void philox4x32_10(u32 c[4], u32 k0, u32 k1) {
+    for (int r = 0; r < 10; ++r) {
+        if (r > 0) {  // Weyl key schedule between rounds
+            k0 += PHILOX_W0;
+            k1 += PHILOX_W1;
+        }
+        u32 hi0 = __umulhi(PHILOX_M0, c[0]), lo0 = PHILOX_M0 * c[0];
+        u32 hi1 = __umulhi(PHILOX_M1, c[2]), lo1 = PHILOX_M1 * c[2];
+        u32 n0 = hi1 ^ c[1] ^ k0, n2 = hi0 ^ c[3] ^ k1;
+        c[0] = n0;
+        c[1] = lo1;
+        c[2] = n2;
+        c[3] = lo0;
+    }
+}
+
+// Box-Muller on one word pair, in double, in the contract's order of operations.
+__device__ __forceinline__ void box_muller(u32 w_r, u32 w_t, double* z0, double* z1) {
+    double u_r = ((double)w_r + 0.5) * TWO_M32_D;
+    double u_t = ((double)w_t + 0.5) * TWO_M32_D;
+    double r = sqrt(-2.0 * log(u_r));
+    double theta = TWO_PI_D * u_t;
+    *z0 = r * cos(theta);
+    *z1 = r * sin(theta);
+}
+
+__device__ __forceinline__ float exp_t(float v) { return expf(v); }
+__device__ __forceinline__ double exp_t(double v) { return exp(v); }
+
+// coefs (R, 4) = a, b, b_prev, c; draws (R,) int64 (-1: none); means, inv_c (R, K, D);
+// log_norm (R, K); U (K, D, D) eigenvectors when full != 0. x (N, D) in T, in place.
+template <typename T, int MAXD>
+__global__ void fused_run(T* x, const double* coefs, const long long* draws, long long first, u32 key0,
+                          u32 key1, u64 offset, const double* means, const double* inv_c,
+                          const double* log_norm, const double* U, int full, long long N, int D, int K, int R) {
+    long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= N) return;
+    T xs[MAXD], s[MAXD], sp[MAXD], acc[MAXD], y[MAXD];
+    double z[MAXD + 3];
+    for (int j = 0; j < D; ++j) {
+        xs[j] = x[p * D + j];
+        s[j] = T(0);
+        sp[j] = T(0);
+    }
+    u64 particle = offset + (u64)p;
+    for (int i = 0; i < R; ++i) {
+        T a = (T)coefs[4 * i], b = (T)coefs[4 * i + 1], bp = (T)coefs[4 * i + 2], c = (T)coefs[4 * i + 3];
+        if (coefs[4 * i + 1] != 0.0) {
+            // exact mixture score: streaming log-sum-exp over the components
+            T m = T(0), total = T(0);
+            for (int j = 0; j < D; ++j) acc[j] = T(0);
+            for (int k = 0; k < K; ++k) {
+                const double* mu = means + ((long long)i * K + k) * D;
+                const double* ic = inv_c + ((long long)i * K + k) * D;
+                T quad = T(0);
+                for (int a2 = 0; a2 < D; ++a2) {
+                    T ya;
+                    if (full) {
+                        ya = T(0);
+                        for (int j = 0; j < D; ++j) ya += (T)U[((long long)k * D + j) * D + a2] * (xs[j] - (T)mu[j]);
+                    } else {
+                        ya = xs[a2] - (T)mu[a2];
+                    }
+                    T qa = ya * (T)ic[a2];
+                    quad += ya * qa;
+                    y[a2] = qa;  // q_k = C_k^{-1} y_k in eigen coordinates
+                }
+                T logit = (T)log_norm[(long long)i * K + k] - T(0.5) * quad;
+                T m_new = (k == 0 || logit > m) ? logit : m;
+                T scale = (k == 0) ? T(0) : exp_t(m - m_new);
+                T w = exp_t(logit - m_new);
+                total = total * scale + w;
+                for (int j = 0; j < D; ++j) {
+                    T g;
+                    if (full) {
+                        g = T(0);
+                        for (int a2 = 0; a2 < D; ++a2) g += (T)U[((long long)k * D + j) * D + a2] * y[a2];
+                    } else {
+                        g = y[j];
+                    }
+                    acc[j] = acc[j] * scale - w * g;
+                }
+                m = m_new;
+            }
+            for (int j = 0; j < D; ++j) s[j] = acc[j] / total;
+        }
+        long long d = draws[i];
+        if (d >= 0) {
+            u32 k_draw = (u32)(first + d);
+            for (int jb = 0; 4 * jb < D; ++jb) {
+                u32 ctr[4] = {(u32)jb, k_draw, (u32)(particle & 0xFFFFFFFFull), (u32)(particle >> 32)};
+                philox4x32_10(ctr, key0, key1);
+                box_muller(ctr[0], ctr[1], &z[4 * jb], &z[4 * jb + 1]);
+                if (4 * jb + 2 < D) box_muller(ctr[2], ctr[3], &z[4 * jb + 2], &z[4 * jb + 3]);
+            }
+        }
+        for (int j = 0; j < D; ++j) {
+            T v = a * xs[j] + b * s[j];
+            if (coefs[4 * i + 2] != 0.0) v += bp * sp[j];
+            if (d >= 0) v += c * (T)z[j];
+            xs[j] = v;
+        }
+        if (coefs[4 * i + 1] != 0.0)
+            for (int j = 0; j < D; ++j) sp[j] = s[j];
+    }
+    for (int j = 0; j < D; ++j) x[p * D + j] = xs[j];
+}

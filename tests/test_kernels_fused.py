@@ -1,0 +1,255 @@
+"""Fused sampler tables (refdiff.samplers.fused) and their Numba and CUDA twins (refdiff.kernels.fused_*).
+
+* every table run by the NumPy reference reproduces the sampler it came from
+  (same rng -> same samples to 1e-12 in float64), on VP, sub-VP and VE
+  processes, for isotropic, diagonal and full covariances;
+* the DDPM and Euler-Maruyama tables on a Gaussian target match the exact
+  discrete-time law of the iteration (the recursion for mean and variance);
+* the Numba twin: Philox words bit for bit, normals to 1e-14, the same
+  trajectory as the reference (float64 to 1e-10, float32 to float32 rounding),
+  batch invariance (N = 1 vs N = 1031), every table kind and size 1 / primes;
+* the CUDA source compiles with nvcc; the CuPy launcher agrees on a GPU.
+Sizes are small so the file also runs under NUMBA_DISABLE_JIT=1.
+"""
+
+import importlib.util
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from refdiff.analytic import Gaussian, GaussianMixture
+from refdiff.noise import counter_normals, philox4x32
+from refdiff.samplers import annealed_langevin, ddpm, euler_maruyama, langevin, ode_euler, ode_heun
+from refdiff.samplers import fused as F
+from refdiff.schedules import DiscreteSchedule, linear_betas
+from refdiff.sde import VESDE, VPSDE, SubVPSDE
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed (pip install 'refdiff[fast]')")
+
+
+def _mixtures():
+    rng = np.random.default_rng(5)
+    w = np.array([0.2, 0.5, 0.3])
+    means = 2.0 * rng.standard_normal((3, 3))
+    q = np.linalg.qr(rng.standard_normal((3, 3, 3)))[0]
+    full = np.einsum("kij,kj,klj->kil", q, rng.uniform(0.1, 0.6, (3, 3)), q)
+    return {
+        "isotropic": GaussianMixture(w, means, np.array([0.1, 0.3, 0.2])),
+        "diagonal": GaussianMixture(w, means, rng.uniform(0.1, 0.5, (3, 3))),
+        "full": GaussianMixture(w, means, full),
+    }
+
+
+MIXTURES = _mixtures()
+PROCESSES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(sigma_max=10.0)}
+
+
+def _tables(process):
+    """(name, table, the existing sampler run as a function of (mixture, x_T, rng))."""
+
+    def model(m):
+        return lambda x, t: m.score(x, process, t)
+
+    return [
+        ("euler_maruyama", F.euler_maruyama_table(process, steps=12),
+         lambda m, x, r: euler_maruyama(model(m), process, x, steps=12, rng=r).x),
+        ("ddpm", F.ddpm_table(process, steps=12),
+         lambda m, x, r: ddpm(model(m), process, x, prediction="score", steps=12, rng=r).x),
+        ("annealed_langevin", F.annealed_langevin_table(process, levels=3, n_steps_each=3),
+         lambda m, x, r: annealed_langevin(model(m), process, x, levels=3, n_steps_each=3, rng=r).x),
+        ("ode_euler", F.ode_euler_table(process, steps=10),
+         lambda m, x, r: ode_euler(model(m), process, x, steps=10, rng=r).x),
+        ("ode_heun", F.ode_heun_table(process, steps=6),
+         lambda m, x, r: ode_heun(model(m), process, x, steps=6, rng=r).x),
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the reference tables
+@pytest.mark.parametrize("cov", list(MIXTURES))
+@pytest.mark.parametrize("proc", list(PROCESSES))
+def test_table_reproduces_its_sampler(proc, cov):
+    m = MIXTURES[cov]
+    for name, table, sampler in _tables(PROCESSES[proc]):
+        for x_T in ((5, 3), np.random.default_rng(1).standard_normal((5, 3))):  # drawn start, given start
+            want = sampler(m, x_T, 11)
+            got = F.run_table(table, m, x_T, rng=11)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_langevin_and_discrete_ddpm_tables_reproduce_their_samplers():
+    m = MIXTURES["full"]
+    want = langevin(m.score, (4, 3), step_size=0.01, n_steps=25, rng=2).x
+    np.testing.assert_array_equal(F.run_table(F.langevin_table(step_size=0.01, n_steps=25), m, (4, 3), rng=2), want)
+    sched = DiscreteSchedule(linear_betas(50))
+    for steps in (None, 7):
+        want = ddpm(lambda x, t: m.score(x, sched, t), sched, (4, 3), prediction="score", steps=steps, rng=3).x
+        got = F.run_table(F.ddpm_table(sched, steps=steps), m, (4, 3), rng=3)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_table_rows_and_validation():
+    t = F.ode_heun_table(VPSDE(), steps=4)
+    assert t.n_rows == 9 and t.nfe == 9 and t.n_draws == 0  # 2 rows per step + the final denoise
+    assert np.all(t.b_prev[1:-1:2] != 0) and np.all(t.b_prev[0::2] == 0)
+    e = F.euler_maruyama_table(VPSDE(), steps=5, final_denoise=False)
+    assert e.n_draws == 5 and list(e.draw) == [0, 1, 2, 3, 4]
+    d = F.ddpm_table(DiscreteSchedule(linear_betas(10)))
+    assert d.draw[-1] == -1 and d.c[-1] == 0 and d.n_draws == 9  # Algorithm 2: z = 0 at t = 1
+    with pytest.raises(ValueError, match="b_prev"):
+        F.FusedTable("x", [0, 0], [1, 1], [0, 1], [0, 1], [0, 0], [1, 1], [0, 0], [-1, -1])
+    with pytest.raises(ValueError, match="draw"):
+        F.FusedTable("x", [0], [1], [1], [0], [1.0], [1], [0], [-1])
+    with pytest.raises(ValueError, match="shape"):
+        F.run_table(e, MIXTURES["full"], (3, 2), seed=0)
+
+
+def _gaussian_law(table, mu, var, m0, v0):
+    """Mean and variance after the table's rows for x ~ N(m0, v0) on N(mu, var) (1-D, per dimension)."""
+    for i in range(table.n_rows):
+        g, s2, a, b, c = table.gamma[i], table.sigma2[i], table.a[i], table.b[i], table.c[i]
+        C = g * g * var + s2  # s(x) = -(x - g mu) / C
+        k = a - b / C
+        m0, v0 = k * m0 + b * g * mu / C, k * k * v0 + c * c
+    return m0, v0
+
+
+@pytest.mark.parametrize("kind", ["euler_maruyama", "ddpm"])
+def test_stochastic_tables_match_the_exact_gaussian_law(kind):
+    """The iteration is linear on a Gaussian target: its law after R rows is known exactly.
+
+    30 000 samples: the mean is checked at 5 standard errors, the variance at
+    5 standard errors of a sample variance (false-failure rate below 1e-6).
+    """
+    mu, var = np.array([1.0, -2.0]), np.array([0.3, 0.05])
+    target = Gaussian(mu, var)
+    vp = VPSDE()
+    table = F.euler_maruyama_table(vp, steps=20) if kind == "euler_maruyama" else F.ddpm_table(vp, steps=20)
+    x = F.run_table(table, target, (30_000, 2), seed=123)
+    m_exact, v_exact = _gaussian_law(table, mu, var, 0.0, table.prior_std**2)
+    n = x.shape[0]
+    assert np.all(np.abs(x.mean(0) - m_exact) < 5 * np.sqrt(v_exact / n))
+    assert np.all(np.abs(x.var(0) - v_exact) < 5 * v_exact * np.sqrt(2.0 / n))
+
+
+def test_reference_is_batch_invariant_and_chunks():
+    m, table = MIXTURES["diagonal"], F.euler_maruyama_table(VPSDE(), steps=8)
+    whole = F.run_table(table, m, (13, 3), seed=2**63 + 7)
+    part = F.run_table(table, m, (6, 3), seed=2**63 + 7, offset=7)
+    np.testing.assert_array_equal(part, whole[7:])
+
+
+# --------------------------------------------------------------------------- the Numba twin
+@pytest.fixture(scope="module")
+def FN():
+    if not HAVE_NUMBA:
+        pytest.skip("numba is not installed (pip install 'refdiff[fast]')")
+    from refdiff.kernels import fused_numba
+
+    return fused_numba
+
+
+@needs_numba
+def test_numba_philox_words_bit_for_bit_and_normals(FN):
+    rng = np.random.default_rng(0)
+    counters = rng.integers(0, 2**32, size=(37, 4), dtype=np.uint64)
+    counters[0] = 0
+    counters[1] = 2**32 - 1
+    for key in ((0, 0), (2**32 - 1, 2**32 - 1), (123456789, 987654321)):
+        np.testing.assert_array_equal(FN.philox4x32_10(counters, key), philox4x32(counters, list(key)))
+    particles = np.array([0, 1, 2**32 - 1, 2**32, 2**63 + 11, 2**64 - 1], dtype=np.uint64)
+    for seed, draw, dim in ((0, 0, 1), (2**64 - 1, 2**32 - 1, 7), (42, 5, 9)):
+        want = counter_normals(seed, particles, draw, dim)
+        np.testing.assert_allclose(FN.normals(seed, particles, draw, dim), want, rtol=1e-14, atol=1e-14)
+
+
+@needs_numba
+@pytest.mark.parametrize("cov", list(MIXTURES))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_numba_twin_matches_reference(FN, cov, dtype):
+    m = MIXTURES[cov]
+    tables = [t for _, t, _ in _tables(VPSDE())] + [F.langevin_table(step_size=0.005, n_steps=10)]
+    tables.append(F.euler_maruyama_table(VESDE(sigma_max=10.0), steps=10))
+    rtol = 1e-10 if dtype == np.float64 else 2e-4
+    for n in (1, 7):
+        for table in tables:
+            want = F.run_table(table, m, (n, 3), seed=99, dtype=dtype)
+            got = FN.run_table(table, m, (n, 3), seed=99, dtype=dtype)
+            assert got.dtype == dtype and got.shape == (n, 3)
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol, err_msg=table.kind)
+    x_T = np.random.default_rng(3).standard_normal((5, 3)).astype(dtype)  # a given start: draws from 0
+    table = F.ddpm_table(VPSDE(), steps=9)
+    np.testing.assert_allclose(FN.run_table(table, m, x_T, rng=4), F.run_table(table, m, x_T, rng=4), rtol=rtol, atol=rtol)
+
+
+@needs_numba
+def test_numba_path_does_not_depend_on_batch_size(FN):
+    m = MIXTURES["full"]
+    table = F.ddpm_table(VPSDE(), steps=3)
+    big = FN.run_table(table, m, (1031, 3), seed=5)
+    for p in (0, 500, 1030):
+        one = FN.run_table(table, m, (1, 3), seed=5, offset=p)
+        np.testing.assert_array_equal(one[0], big[p])
+    np.testing.assert_allclose(big[:3], F.run_table(table, m, (3, 3), seed=5), rtol=1e-10, atol=1e-10)
+
+
+@needs_numba
+def test_numba_sizes_one_and_primes(FN):
+    table = F.euler_maruyama_table(VPSDE(), steps=5)
+    for D in (1, 2, 5):
+        rng = np.random.default_rng(D)
+        for kind, covs in (("iso", np.array([0.2, 0.4])), ("diag", rng.uniform(0.1, 0.5, (2, D))),
+                           ("full", np.stack([np.eye(D) * 0.3, np.eye(D) * 0.2]))):  # fmt: skip
+            m = GaussianMixture([0.4, 0.6], rng.standard_normal((2, D)), covs)
+            for n in (1, 13):
+                want = F.run_table(table, m, (n, D), seed=8)
+                np.testing.assert_allclose(FN.run_table(table, m, (n, D), seed=8), want, rtol=1e-10, atol=1e-10, err_msg=kind)
+
+
+# --------------------------------------------------------------------------- the CUDA twin
+def _instantiated_source(tmp_path):
+    from refdiff.kernels import fused_cupy
+
+    sig = "(T*, const double*, const long long*, long long, u32, u32, u64, const double*, const double*, const double*, const double*, int, long long, int, int, int);"
+    lines = [fused_cupy.SOURCE.read_text()]
+    for t in ("float", "double"):
+        for maxd in fused_cupy.MAXDS:
+            lines.append(f"template __global__ void fused_run<{t}, {maxd}>{sig.replace('T*', t + '*')}")
+    path = tmp_path / "fused_sampler_instances.cu"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cuda_source_compiles_with_nvcc(tmp_path):
+    nvcc = shutil.which("nvcc") or (shutil.which("/usr/local/bin/nvcc"))
+    if nvcc is None:
+        pytest.skip("nvcc is not installed: cannot compile-check kernels/fused_sampler.cu")
+    src = _instantiated_source(tmp_path)
+    proc = subprocess.run([nvcc, "--std=c++17", "-c", "-o", str(tmp_path / "out.o"), str(src)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cov", list(MIXTURES))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cupy_twin_matches_reference(cov, dtype):
+    import cupy
+
+    from refdiff.kernels import fused_cupy
+
+    m = MIXTURES[cov]
+    tables = [t for _, t, _ in _tables(VPSDE())] + [F.langevin_table(step_size=0.005, n_steps=10)]
+    rtol = 1e-10 if dtype == np.float64 else 2e-4
+    for n in (1, 131):
+        for table in tables:
+            want = F.run_table(table, m, (n, 3), seed=99, dtype=dtype)
+            got = cupy.asnumpy(fused_cupy.run_table(table, m, (n, 3), seed=99, dtype=dtype))
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol, err_msg=table.kind)
+    table = F.ddpm_table(VPSDE(), steps=6)
+    big = cupy.asnumpy(fused_cupy.run_table(table, m, (1031, 3), seed=5))
+    one = cupy.asnumpy(fused_cupy.run_table(table, m, (1, 3), seed=5, offset=1030))
+    np.testing.assert_allclose(one[0], big[1030], rtol=1e-12, atol=1e-12)
