@@ -38,6 +38,12 @@ it active at a large gradient norm: ``clip_grad_norm_`` scales by
 parameter by up to about ``lr * 1e-6 / (4 norm)`` after one step (7e-11 at a
 norm of 2.8), so the active check keeps the norm large.
 
+refdiff is timed on each backend of ``--refdiff-backend`` (default ``numpy
+numba``: ``MLP(..., backend=b)`` and ``Adam(..., backend=b)``, see
+:mod:`refdiff.nn.fused`), each in its own worker; the float64 check compares
+every further backend with the first to ``--tol`` as well, and the headline
+ratio uses the fastest backend (every backend's ratio is in the JSON).
+
 Reported per configuration: min / median / max ms per step, the ratio
 torch_median / refdiff_median (> 1 means refdiff is faster), achieved
 GFLOP/s, the time the step's matrix products alone take in each library (the
@@ -49,7 +55,8 @@ Usage::
 
     .venv/bin/python benchmarks/mlp_step.py [--quick] [--threads 2] [--rounds 2]
         [--widths 128 512] [--batches 256 4096] [--torch-python PATH]
-        [--coretype auto|keep|unset|both] [--json PATH] [--plot PNG]
+        [--coretype auto|keep|unset|both] [--refdiff-backend numpy numba]
+        [--json PATH] [--plot PNG]
 """
 
 from __future__ import annotations
@@ -132,15 +139,16 @@ def phase_medians(samples):
 # refdiff worker
 
 
-def _refdiff_setup(width, batch, dtype, seed, target_scale=1.0):
+def _refdiff_setup(width, batch, dtype, seed, target_scale=1.0, backend="numpy"):
     sys.path.insert(0, str(REPO))
     from refdiff.nn.mlp import MLP
     from refdiff.nn.optim import Adam
 
-    net = MLP(data_shape=DATA_DIM, width=width, depth=DEPTH, emb_dim=EMB_DIM, time_scale=1.0, activation="silu")
+    net = MLP(data_shape=DATA_DIM, width=width, depth=DEPTH, emb_dim=EMB_DIM, time_scale=1.0, activation="silu",
+              backend=backend)
     params = net.init(seed, dtype=dtype)
     grads = params.zeros_like()
-    opt = Adam(params, lr=LR)
+    opt = Adam(params, lr=LR, backend=backend)
     x, t, target = make_batch(seed, batch, target_scale)
     return net, params, grads, opt, x.astype(dtype), t, target.astype(dtype)
 
@@ -201,11 +209,24 @@ def _numpy_gemm_floor(width, batch, dtype, warmup, repeat, max_seconds):
     return _common.time_calls(run, warmup, repeat, max_seconds)
 
 
+def _numba_info(backend):
+    """Numba's version, threading layer and thread count when the worker used it."""
+    if backend == "numpy":
+        return {}
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        layer = None
+    return {"numba": numba.__version__, "numba_threading_layer": layer, "numba_threads": numba.get_num_threads()}
+
+
 def refdiff_check(spec):
     import numpy as np
 
     net, params, grads, opt, x, t, target = _refdiff_setup(spec["width"], spec["batch"], np.float64, spec["seed"],
-                                                           spec["target_scale"])
+                                                           spec["target_scale"], spec.get("backend", "numpy"))
     step, _ = _refdiff_step_fn(net, params, grads, opt, x, t, target)
     names = [s.name for s in params.layout.specs]
     shapes = [list(s.shape) for s in params.layout.specs]
@@ -224,7 +245,7 @@ def refdiff_time(spec):
     import numpy as np
 
     dtype = np.dtype(spec["dtype"])
-    setup = _refdiff_setup(spec["width"], spec["batch"], dtype, spec["seed"])
+    setup = _refdiff_setup(spec["width"], spec["batch"], dtype, spec["seed"], backend=spec.get("backend", "numpy"))
     step, phases = _refdiff_step_fn(*setup)
     times = _common.time_calls(step, spec["warmup"], spec["repeat"], spec["max_seconds"])
     phase = phase_medians([phases() for _ in range(spec["phase_repeat"])])
@@ -233,7 +254,7 @@ def refdiff_time(spec):
         "times_s": times,
         "phases_ms": phase,
         "gemm_floor_s": floor,
-        "versions": {"numpy": np.__version__},
+        "versions": {"numpy": np.__version__, **_numba_info(spec.get("backend", "numpy"))},
         "blas": _common.blas_info(),
         "n_params": int(setup[1].flat.size),
     }
@@ -467,17 +488,31 @@ def run_worker(python, framework, spec, env):
 def check_correctness(args, torch_python, env, widths):
     """One float64 step in both libraries from the same weights; SystemExit(2) on a mismatch."""
     report, failures, tmp = [], [], tempfile.mkdtemp(prefix="mlp_step_check_")
+    import numpy as np
+
     for width, scale in [(w, s) for w in widths for s in args.check_target_scales]:
         npz = os.path.join(tmp, f"check_{width}.npz")
         spec = {"task": "check", "width": width, "batch": min(args.batches), "seed": args.seed,
-                "steps": args.check_steps, "target_scale": scale, "npz": npz, "threads": args.threads}
+                "steps": args.check_steps, "target_scale": scale, "npz": npz, "threads": args.threads,
+                "backend": args.refdiff_backend[0]}
         info = run_worker(sys.executable, "refdiff", spec, env)
-        import numpy as np
-
         ref = np.load(npz)
         entry = {"width": width, "batch": spec["batch"], "steps": spec["steps"], "target_scale": scale, "tol": args.tol,
+                 "refdiff_backend": spec["backend"],
                  "refdiff_losses": ref["losses"].tolist(), "refdiff_grad_norms": ref["norms"].tolist(),
-                 "clipping_active": bool(np.any(ref["norms"] > CLIP))}
+                 "clipping_active": bool(np.any(ref["norms"] > CLIP)), "other_backends": {}}
+        for backend in args.refdiff_backend[1:]:
+            # the other backends against the first: refdiff's twins agree to rounding
+            other_npz = os.path.join(tmp, f"check_{width}_{backend}.npz")
+            run_worker(sys.executable, "refdiff", {**spec, "npz": other_npz, "backend": backend}, env)
+            other = np.load(other_npz)
+            worst = max(float(np.max(np.abs(other["final"] - ref["final"]))),
+                        float(np.max(np.abs(other["losses"] - ref["losses"]) / np.maximum(1, np.abs(ref["losses"])))))
+            entry["other_backends"][backend] = {"max_diff": worst, "ok": bool(worst <= args.tol)}
+            if worst > args.tol:
+                failures.append(f"width {width}, target scale {scale:g}, refdiff backend {backend} vs "
+                                f"{spec['backend']}: max |diff| {worst:.3e} > {args.tol:g}")
+            os.unlink(other_npz)
         if torch_python:
             tres = run_worker(torch_python, "torch", {**spec, **info}, env)
             entry["torch"] = tres["variants"]
@@ -499,9 +534,10 @@ def time_config(args, torch_python, env, width, batch, torch_variants):
     spec = {"task": "time", "width": width, "batch": batch, "dtype": args.dtype, "seed": args.seed,
             "threads": args.threads, "warmup": args.warmup, "repeat": args.repeat, "max_seconds": args.max_seconds,
             "phase_repeat": args.phase_repeat, "variants": torch_variants}
-    ref_runs, torch_runs = [], []
+    ref_runs, torch_runs = {b: [] for b in args.refdiff_backend}, []
     for _ in range(args.rounds):
-        ref_runs.append(run_worker(sys.executable, "refdiff", spec, env))
+        for backend in args.refdiff_backend:
+            ref_runs[backend].append(run_worker(sys.executable, "refdiff", {**spec, "backend": backend}, env))
         if torch_python and torch_variants:
             torch_runs.append(run_worker(torch_python, "torch", spec, env))
     flops = step_flops(width, batch)
@@ -511,10 +547,18 @@ def time_config(args, torch_python, env, width, batch, torch_variants):
         s["gflops_at_median"] = flops / (s["median_ms"] * 1e-3) / 1e9
         return s
 
-    entry = {"width": width, "batch": batch, "n_params": ref_runs[0]["n_params"], "gflop_per_step": flops / 1e9}
-    entry["refdiff"] = stats([x for r in ref_runs for x in r["times_s"]])
-    entry["refdiff"]["phases_ms"] = ref_runs[-1]["phases_ms"]
-    entry["refdiff"]["gemm_floor"] = _common.summary_ms([x for r in ref_runs for x in r["gemm_floor_s"]])
+    first = ref_runs[args.refdiff_backend[0]]
+    entry = {"width": width, "batch": batch, "n_params": first[0]["n_params"], "gflop_per_step": flops / 1e9,
+             "refdiff_backends": {}}
+    for backend, runs in ref_runs.items():
+        s = stats([x for r in runs for x in r["times_s"]])
+        s["phases_ms"] = runs[-1]["phases_ms"]
+        s["gemm_floor"] = _common.summary_ms([x for r in runs for x in r["gemm_floor_s"]])
+        s["versions"] = runs[-1]["versions"]
+        entry["refdiff_backends"][backend] = s
+    # "refdiff" is the fastest backend by median (the one a user would pick)
+    entry["refdiff_best"] = min(entry["refdiff_backends"], key=lambda b: entry["refdiff_backends"][b]["median_ms"])
+    entry["refdiff"] = entry["refdiff_backends"][entry["refdiff_best"]]
     if torch_runs:
         entry["torch"] = {}
         for variant in torch_variants:
@@ -526,26 +570,32 @@ def time_config(args, torch_python, env, width, batch, torch_variants):
         entry["torch_gemm_floor"] = _common.summary_ms([x for r in torch_runs for x in r["gemm_floor_s"]])
         entry["ratio_median"] = entry["torch"][best]["median_ms"] / entry["refdiff"]["median_ms"]
         entry["ratio_min"] = min(s["min_ms"] for s in entry["torch"].values()) / entry["refdiff"]["min_ms"]
-    return entry, ref_runs[-1], (torch_runs[-1] if torch_runs else None)
+        entry["ratio_median_by_backend"] = {b: entry["torch"][best]["median_ms"] / s["median_ms"]
+                                            for b, s in entry["refdiff_backends"].items()}
+    return entry, first[-1], (torch_runs[-1] if torch_runs else None)
 
 
 def print_table(label, configs):
     print(f"\n== {label}")
-    head = f"{'config':<16}{'refdiff ms (min/med/max)':>28}{'torch ms (min/med/max)':>28}  {'best adam':<9}"
+    head = f"{'config':<16}{'backend':<8}{'refdiff ms (min/med/max)':>28}{'torch ms (min/med/max)':>28}  {'best adam':<9}"
     print(head + f"{'ratio med':>10}{'ratio min':>10}")
     for c in configs:
-        r = c["refdiff"]
-        line = f"W{c['width']:<4} N{c['batch']:<9}{r['min_ms']:>10.3f}{r['median_ms']:>9.3f}{r['max_ms']:>9.3f}"
-        if "torch" in c:
-            t = c["torch"][c["torch_best"]]
-            line += f"{t['min_ms']:>10.3f}{t['median_ms']:>9.3f}{t['max_ms']:>9.3f}  {c['torch_best']:<9}"
-            line += f"{c['ratio_median']:>10.2f}{c['ratio_min']:>10.2f}"
-        print(line)
+        for backend, r in c["refdiff_backends"].items():
+            line = (f"W{c['width']:<4} N{c['batch']:<9}{backend:<8}"
+                    f"{r['min_ms']:>10.3f}{r['median_ms']:>9.3f}{r['max_ms']:>9.3f}")
+            if "torch" in c:
+                t = c["torch"][c["torch_best"]]
+                line += f"{t['min_ms']:>10.3f}{t['median_ms']:>9.3f}{t['max_ms']:>9.3f}  {c['torch_best']:<9}"
+                line += f"{t['median_ms'] / r['median_ms']:>10.2f}"
+                line += f"{min(s['min_ms'] for s in c['torch'].values()) / r['min_ms']:>10.2f}"
+            print(line)
     for c in configs:
-        ph = " ".join(f"{k}={v:.3f}" for k, v in c["refdiff"]["phases_ms"].items())
-        fl = c["refdiff"]["gemm_floor"]["median_ms"]
         tf = c.get("torch_gemm_floor", {}).get("median_ms", float("nan"))
-        print(f"  W{c['width']} N{c['batch']}: refdiff phases (median ms) {ph}; GEMM floor numpy {fl:.3f} / torch {tf:.3f}")
+        for backend, r in c["refdiff_backends"].items():
+            ph = " ".join(f"{k}={v:.3f}" for k, v in r["phases_ms"].items())
+            fl = r["gemm_floor"]["median_ms"]
+            print(f"  W{c['width']} N{c['batch']} {backend}: refdiff phases (median ms) {ph}; "
+                  f"GEMM floor numpy {fl:.3f} / torch {tf:.3f}")
 
 
 def plot(path, runs):
@@ -560,7 +610,7 @@ def plot(path, runs):
         cfgs = run["configs"]
         pos = np.arange(len(cfgs))
         labels = [f"W{c['width']}\nN{c['batch']}" for c in cfgs]
-        series = [("refdiff", [c["refdiff"] for c in cfgs])]
+        series = [(f"refdiff {b}", [c["refdiff_backends"][b] for c in cfgs]) for b in cfgs[0]["refdiff_backends"]]
         if all("torch" in c for c in cfgs):
             series.append(("torch (best Adam)", [c["torch"][c["torch_best"]] for c in cfgs]))
         wbar = 0.8 / len(series)
@@ -600,6 +650,9 @@ def main(argv=None):
     parser.add_argument("--phase-repeat", type=int, default=None, help="steps timed phase by phase (default 15; --quick 5)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refdiff-backend", nargs="+", choices=["numpy", "numba", "auto"], default=None,
+                        help="refdiff backends to time (MLP and Adam); the ratio uses the fastest "
+                             "(default: numpy numba, or numpy alone without Numba)")
     parser.add_argument("--torch-python", default=None,
                         help=f"interpreter with PyTorch (default {DEFAULT_TORCH_PYTHON} if it exists; 'none' skips)")
     parser.add_argument("--torch-adam", nargs="+", default=["for-loop", "foreach", "fused"],
@@ -617,6 +670,11 @@ def main(argv=None):
     if args.worker:
         return worker_main(args.worker, args.spec)
 
+    if args.refdiff_backend is None:
+        import importlib.util
+
+        args.refdiff_backend = ["numpy"] + (["numba"] if importlib.util.find_spec("numba") else [])
+    args.refdiff_backend = list(dict.fromkeys(args.refdiff_backend))
     quick = args.quick
     args.warmup = args.warmup if args.warmup is not None else (3 if quick else 10)
     args.repeat = args.repeat if args.repeat is not None else (15 if quick else 60)
@@ -651,13 +709,15 @@ def main(argv=None):
                  "malloc": "both workers call refdiff.backend.keep_freed_memory()",
                  "torch_zero_grad": "set_to_none=True", "refdiff_zero_grad": "grads.flat.fill(0)"},
         "settings": {k: getattr(args, k) for k in ("widths", "batches", "dtype", "threads", "warmup", "repeat",
+                                                   "refdiff_backend",
                                                    "rounds", "max_seconds", "phase_repeat", "quick", "seed",
                                                    "check_steps", "check_target_scales", "tol")},
         "machine": {**_common.machine_info(), "environment": _common.recorded_env()},
         "torch_python": torch_python,
         "goal": {"ratio_at_least": GOAL_RATIO, "definition": "torch_median / refdiff_median, every config"},
         "ratio_definitions": {
-            "ratio_median": "median ms of the fastest torch Adam (by median) / median ms of refdiff",
+            "ratio_median": "median ms of the fastest torch Adam (by median) / median ms of refdiff's fastest "
+                            "backend (refdiff_best; every backend in ratio_median_by_backend)",
             "ratio_min": "fastest torch sample (any Adam) / fastest refdiff sample",
         },
         "runs": [],
@@ -674,7 +734,9 @@ def main(argv=None):
                             if r["available"] else "unavailable") for v, r in tv.items())
             print(f"check ({label}) W{c['width']} N{c['batch']} float64, {c['steps']} step(s), "
                   f"|grad| {c['refdiff_grad_norms'][0]:.3g}, clipping "
-                  f"{'active' if c['clipping_active'] else 'INACTIVE'}: {summary or 'torch skipped'}")
+                  f"{'active' if c['clipping_active'] else 'INACTIVE'}: {summary or 'torch skipped'}"
+                  + "".join(f"; refdiff {b} vs {c['refdiff_backend']}: max|diff| {r['max_diff']:.1e}"
+                            for b, r in c["other_backends"].items()))
         if failures:
             payload["check_failures"] = failures
             _common.write_json(args.json, {**payload, "check": check})
@@ -693,7 +755,8 @@ def main(argv=None):
                 run["refdiff_worker"] = {k: rinfo[k] for k in ("versions", "blas", "env")}
                 if tinfo:
                     run["torch_worker"] = {k: tinfo[k] for k in tinfo if k not in ("variants", "gemm_floor_s")}
-                print(f"  W{width} N{batch}: refdiff {entry['refdiff']['median_ms']:.3f} ms"
+                print(f"  W{width} N{batch}: refdiff "
+                      + ", ".join(f"{b} {r['median_ms']:.3f}" for b, r in entry["refdiff_backends"].items()) + " ms"
                       + (f", torch {entry['torch'][entry['torch_best']]['median_ms']:.3f} ms ({entry['torch_best']}),"
                          f" ratio {entry['ratio_median']:.2f}" if "torch" in entry else ""), flush=True)
         run["load_average_after"] = _common.load_average()

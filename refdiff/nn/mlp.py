@@ -11,6 +11,17 @@ the class embedding (null row for "no class"), :math:`\phi` the activation
 (SiLU by default). Data of any trailing shape are flattened to D features.
 The residual hidden layers keep deeper networks trainable with Adam's default
 step; ``benchmarks/mlp_step.py`` builds the same network in PyTorch.
+
+Backends. With the SiLU activation the bias add, the activation and the
+residual add of each layer run as the fused steps of :mod:`refdiff.nn.fused`
+(the same arithmetic as :class:`~refdiff.nn.layers.Linear` followed by
+:class:`~refdiff.nn.layers.SiLU`), on the backend named by the attribute
+``backend``: ``"numpy"`` (default), ``"numba"`` (their Numba twins, the
+``fast`` extra) or ``"auto"`` (Numba when installed and N * width >=
+:data:`refdiff.nn.fused.AUTO_MIN_SIZE`). The backend is a run-time choice,
+not part of the architecture: :meth:`MLP.config` leaves it out, so it does not
+change checkpoints, and it may be changed on a live network
+(``net.backend = "numba"``). ReLU and GELU networks always run on NumPy.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import math
 import numpy as np
 
 from ..backend import check_int
+from . import fused
 from .layers import ClassEmbedding, Linear, make_activation
 from .network import Network
 
@@ -45,11 +57,15 @@ class MLP(Network):
     n_classes : int or None
         Number of classes for a conditional network (adds a null class).
     activation : {"silu", "relu", "gelu"}
+    backend : {"numpy", "numba", "auto"}
+        Where the elementwise work of a SiLU network runs (see the module
+        docstring); not stored in :meth:`config` or checkpoints.
     """
 
     kind = "mlp"
 
-    def __init__(self, data_shape=2, width=128, depth=3, emb_dim=32, time_scale=1.0, n_classes=None, activation="silu"):
+    def __init__(self, data_shape=2, width=128, depth=3, emb_dim=32, time_scale=1.0, n_classes=None, activation="silu",
+                 backend="numpy"):
         shape = (data_shape,) if isinstance(data_shape, (int, np.integer)) else tuple(data_shape)
         self.data_shape = tuple(check_int(s, "data_shape") for s in shape)
         self.dim = math.prod(self.data_shape)
@@ -68,6 +84,20 @@ class MLP(Network):
         self.hidden = [Linear(f"h{l}", self.width, self.width) for l in range(1, self.depth)]
         self.out = Linear("out", self.width, self.dim)
         self.cls = None if self.n_classes is None else ClassEmbedding("cls", self.n_classes, self.width)
+        self.backend = backend
+
+    @property
+    def backend(self) -> str:
+        """``"numpy"``, ``"numba"`` or ``"auto"``: where a SiLU network's elementwise work runs."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value):
+        fused.check_backend(value)
+        if value == "numba" and self.activation != "silu":
+            raise ValueError(f'backend="numba" needs activation="silu" (fused twins exist for it only), '
+                             f"got activation={self.activation!r}")
+        self._backend = value
 
     def config(self) -> dict:
         return {
@@ -88,6 +118,9 @@ class MLP(Network):
         x, t, y = self.inputs(p, x, t, y)
         n = x.shape[0]
         z = np.concatenate([x.reshape(n, self.dim), self.time_features(t, p.dtype)], axis=1)  # (N, D + E)
+        if self.activation == "silu":
+            ops = fused.elementwise(self.backend, n * self.width)
+            return self._forward_fused(ops, p, z, y, x.shape)
         a, c_in = self.inp.forward(p, z)  # (N, W)
         if self.cls is not None:
             a += self.cls.forward(p, y)[0]
@@ -99,12 +132,32 @@ class MLP(Network):
             h = h + r
             caches.append((c_lin, c_act))
         out, c_out = self.out.forward(p, h)  # (N, D)
-        return out.reshape(x.shape), (x.shape, y, caches, c_out)
+        return out.reshape(x.shape), (x.shape, y, caches, c_out, None)
+
+    def _forward_fused(self, ops, p, z, y, shape):
+        """Linear + bias + SiLU (+ residual) per layer with ``ops`` (refdiff.nn.fused or its Numba twin)."""
+        a = z @ p[self.inp.W]  # (N, W)
+        b = p[self.inp.b]
+        if self.cls is not None:
+            a += b  # (z W + b) + E_y, the order of the layer path
+            a += self.cls.forward(p, y)[0]
+            b = None
+        h, s = ops.bias_silu_forward(a, b)
+        caches = [(z, a, s)]  # (layer input, pre-activation, sigmoid)
+        for layer in self.hidden:
+            a = h @ p[layer.W]  # (N, W)
+            h_next, s = ops.bias_silu_forward(a, p[layer.b], residual=h)
+            caches.append((h, a, s))
+            h = h_next
+        out, c_out = self.out.forward(p, h)  # (N, D)
+        return out.reshape(shape), (shape, y, caches, c_out, ops)
 
     def backward(self, p, g, cache, dout, need_dx=False):
-        shape, y, caches, c_out = cache
+        shape, y, caches, c_out, ops = cache
         n = shape[0]
-        dh = self.out.backward(p, g, c_out, dout.reshape(n, self.dim))
+        dh = self.out.backward(p, g, c_out, dout.reshape(n, self.dim))  # (N, W)
+        if ops is not None:
+            return self._backward_fused(ops, p, g, caches, dh, y, shape, need_dx)
         for layer, (c_lin, c_act) in zip(reversed(self.hidden), reversed(caches[1:])):
             da = self.act.backward(p, g, c_act, dh)
             dh += layer.backward(p, g, c_lin, da)  # residual: the skip passes dh through
@@ -114,3 +167,21 @@ class MLP(Network):
             self.cls.backward(p, g, y, da)
         dz = self.inp.backward(p, g, c_in, da, need_dx=need_dx)
         return None if dz is None else dz[:, : self.dim].reshape(shape)
+
+    def _backward_fused(self, ops, p, g, caches, dh, y, shape, need_dx):
+        dx = None  # gradient of the layer above with respect to its input, not yet added into dh
+        for layer, (h_in, a, s) in zip(reversed(self.hidden), reversed(caches[1:])):
+            # dh += dx (the residual passes dh through), then da through bias + SiLU
+            da = ops.bias_silu_backward(dh, a, s, None if g is None else g[layer.b], dh_add=dx)
+            if g is not None:
+                g[layer.W] += h_in.T @ da  # (W, W)
+            dx = da @ p[layer.W].T  # (N, W)
+        z, a, s = caches[0]
+        da = ops.bias_silu_backward(dh, a, s, None if g is None else g[self.inp.b], dh_add=dx)
+        if g is not None:
+            if self.cls is not None:
+                self.cls.backward(p, g, y, da)
+            g[self.inp.W] += z.T @ da  # (D + E, W)
+        if not need_dx:
+            return None
+        return (da @ p[self.inp.W].T)[:, : self.dim].reshape(shape)  # (N, D + E) -> the data columns

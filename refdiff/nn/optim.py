@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 
+from . import fused
 from .params import Params
 
 __all__ = ["Adam", "clip_grad_norm", "warmup_lr", "ema_update"]
@@ -64,9 +65,15 @@ class Adam:
     eps : float
     weight_decay : float
         Decoupled weight decay :math:`\\lambda` (AdamW); 0 gives Adam.
+    backend : {"numpy", "numba", "auto"}
+        Where the update runs: :func:`refdiff.nn.fused.adam_update` (NumPy,
+        several whole-buffer passes), its Numba twin (one pass on every core,
+        the same bits; the ``fast`` extra), or "auto" (Numba when installed and
+        the buffer holds at least :data:`refdiff.nn.fused.AUTO_MIN_SIZE`
+        values). A run-time choice: not part of :meth:`hyper` or the state.
     """
 
-    def __init__(self, params: Params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: Params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, backend="numpy"):
         self.lr = _finite_number(lr, "lr", lo=0.0, lo_open=True)
         b1, b2 = betas
         self.beta1 = _finite_number(b1, "betas[0]", lo=0.0, hi=1.0, hi_open=True)
@@ -77,6 +84,7 @@ class Adam:
         self.v = np.zeros_like(params.flat)
         self._tmp = np.empty_like(params.flat)
         self.step_count = 0
+        self.backend = fused.check_backend(backend)
 
     def step(self, params: Params, grads: Params, lr=None) -> None:
         """One update of ``params.flat`` in place from ``grads.flat``."""
@@ -85,26 +93,8 @@ class Adam:
             raise ValueError(f"params and grads must have {m.shape[0]} entries, got {theta.shape[0]} and {g.shape[0]}")
         lr = self.lr if lr is None else lr
         self.step_count += 1
-        k = self.step_count
-        # m += (1 - b1)(g - m) is b1 m + (1 - b1) g in two passes, no new array
-        np.subtract(g, m, out=tmp)
-        tmp *= 1.0 - self.beta1
-        m += tmp
-        np.multiply(g, g, out=tmp)
-        tmp -= v
-        tmp *= 1.0 - self.beta2
-        v += tmp
-        if self.weight_decay:
-            theta *= 1.0 - lr * self.weight_decay
-        bc1 = 1.0 - self.beta1**k
-        bc2 = 1.0 - self.beta2**k
-        # theta -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)  (PyTorch's form of eps)
-        np.sqrt(v, out=tmp)
-        tmp *= 1.0 / math.sqrt(bc2)
-        tmp += self.eps
-        np.divide(m, tmp, out=tmp)
-        tmp *= lr / bc1
-        theta -= tmp
+        ops = fused.elementwise(self.backend, theta.shape[0])
+        ops.adam_update(theta, g, m, v, lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.step_count, tmp)
 
     def state(self) -> dict:
         """``{"m", "v", "step"}`` (arrays are the live buffers, not copies)."""

@@ -1,0 +1,191 @@
+"""kernels/mlp_numba.py against its reference twins in refdiff/nn/fused.py, and the MLP step on both backends."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from refdiff.nn import MLP, Adam, check_network, clip_grad_norm
+from refdiff.nn import fused
+from refdiff.train import regression_loss
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason='numba is not installed (pip install "refdiff[fast]")')
+BACKENDS = ["numpy", pytest.param("numba", marks=needs_numba)]
+DTYPES = [np.float32, np.float64]
+# db is summed in another order by the twin: a few ulp of the sum's magnitude times sqrt(N)
+RTOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def ops_of(backend):
+    if backend == "numpy":
+        return fused
+    from refdiff.kernels import mlp_numba
+
+    return mlp_numba
+
+
+def _inputs(n, w, dtype, seed=0):
+    gen = np.random.default_rng([seed, n, w])
+    draw = lambda *shape: (3 * gen.standard_normal(shape)).astype(dtype)  # noqa: E731
+    return draw(n, w), draw(w), draw(n, w), draw(n, w), draw(n, w)  # a, b, residual, dh, dh_add
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("w", [1, 5, 128])
+@pytest.mark.parametrize("n", [1, 7, 257, 1031])
+def test_bias_silu_twin_matches_reference(backend, dtype, w, n):
+    ops = ops_of(backend)
+    a, b, r, dh, dh_add = _inputs(n, w, dtype)
+    a[0, 0] = 200.0  # saturated sigmoid: tanh(100) = 1
+    a[-1, -1] = -200.0
+    for bias, residual in [(b, r), (None, None)]:
+        a_ref, a_twin = a.copy(), a.copy()
+        h_ref, s_ref = fused.bias_silu_forward(a_ref, bias, residual)
+        h, s = ops.bias_silu_forward(a_twin, bias, residual)
+        for got, want in [(a_twin, a_ref), (s, s_ref), (h, h_ref)]:
+            assert got.dtype == dtype and got.shape == (n, w)
+            np.testing.assert_array_equal(got, want)  # the same operations in the same dtype: the same bits
+    for add in [None, dh_add]:
+        db_ref, db = np.full(w, 0.5, dtype), np.full(w, 0.5, dtype)
+        dh_ref, dh_twin = dh.copy(), dh.copy()
+        da_ref = fused.bias_silu_backward(dh_ref, a_ref, s_ref, db_ref, add)
+        da = ops.bias_silu_backward(dh_twin, a_ref, s_ref, db, add)
+        assert da.dtype == dtype and db.dtype == dtype
+        np.testing.assert_array_equal(da, da_ref)
+        np.testing.assert_array_equal(dh_twin, dh_ref)
+        scale = np.abs(da_ref).sum(axis=0) + 0.5
+        np.testing.assert_array_less(np.abs(db - db_ref), RTOL[dtype] * scale)
+        assert ops.bias_silu_backward(dh.copy(), a_ref, s_ref).shape == (n, w)  # db=None
+
+
+def test_fused_reference_is_the_layer_formula():
+    """h = r + a sigma(a) and the SiLU derivative, in float64 against scipy-free closed forms."""
+    a, b, r, dh, _ = _inputs(9, 4, np.float64)
+    a0 = a + b
+    h, s = fused.bias_silu_forward(a.copy(), b, r)
+    sig = 1.0 / (1.0 + np.exp(-a0))
+    np.testing.assert_allclose(s, sig, rtol=1e-14, atol=1e-15)  # 1/2 + tanh/2 cancels where sigma ~ 0
+    np.testing.assert_allclose(h, r + a0 * sig, rtol=1e-13, atol=1e-13)
+    db = np.zeros(4)
+    da = fused.bias_silu_backward(dh, a0, s, db)
+    np.testing.assert_allclose(da, dh * sig * (1 + a0 * (1 - sig)), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(db, da.sum(axis=0), rtol=1e-13)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [1, 7, 1031, 20011])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adam_twin_matches_reference(backend, dtype, size, weight_decay):
+    ops = ops_of(backend)
+    gen = np.random.default_rng(size)
+    theta = gen.standard_normal(size).astype(dtype)
+    m = (0.1 * gen.standard_normal(size)).astype(dtype)
+    v = (0.1 * gen.standard_normal(size) ** 2).astype(dtype)
+    state_ref, state = [x.copy() for x in (theta, m, v)], [x.copy() for x in (theta, m, v)]
+    for step in (1, 2, 3):
+        g = gen.standard_normal(size).astype(dtype)
+        g[0] = 0.0
+        fused.adam_update(*state_ref[:1], g, *state_ref[1:], 1e-3, 0.9, 0.999, 1e-8, weight_decay, step)
+        ops.adam_update(state[0], g, state[1], state[2], 1e-3, 0.9, 0.999, 1e-8, weight_decay, step)
+        for got, want in zip(state, state_ref):
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, want)
+
+
+def test_fused_numpy_mlp_is_the_layer_path_bit_for_bit():
+    """The default backend computes exactly what Linear + SiLU layers compute."""
+    for n_classes in (None, 3):
+        net = MLP(data_shape=3, width=16, depth=3, emb_dim=8, n_classes=n_classes)
+        layers = MLP(data_shape=3, width=16, depth=3, emb_dim=8, n_classes=n_classes)
+        layers.activation = "silu (layer path)"  # any name but "silu" takes the Linear + SiLU layer path
+        p = net.init(0, np.float32)
+        gen = np.random.default_rng(1)
+        x, t = gen.standard_normal((11, 3)).astype(np.float32), gen.integers(1, 1000, 11)
+        y = None if n_classes is None else gen.integers(0, 4, 11)
+        results = []
+        for model in (net, layers):
+            out, cache = model.forward(p, x, t, y)
+            g = p.zeros_like()
+            dx = model.backward(p, g, cache, np.cos(out), need_dx=True)
+            results.append((out, g.flat, dx))
+        for got, want in zip(*results):
+            np.testing.assert_array_equal(got, want)
+
+
+def _train(backend, dtype, n_classes=None, steps=4, n=257, width=32):
+    net = MLP(data_shape=2, width=width, depth=3, emb_dim=8, n_classes=n_classes, backend=backend)
+    p = net.init(0, dtype)
+    g = p.zeros_like()
+    opt = Adam(p, lr=1e-2, weight_decay=0.01, backend=backend)
+    gen = np.random.default_rng(2)
+    x, t, target = gen.standard_normal((n, 2)), gen.integers(1, 1000, n), gen.standard_normal((n, 2))
+    y = None if n_classes is None else gen.integers(0, n_classes + 1, n)
+    losses = []
+    for _ in range(steps):
+        out, cache = net.forward(p, x.astype(dtype), t, y)
+        loss, dout = regression_loss(out, target.astype(dtype))
+        g.flat.fill(0)
+        net.backward(p, g, cache, dout)
+        clip_grad_norm(g, 1.0)
+        opt.step(p, g)
+        losses.append(loss)
+    return np.array(losses), p.flat
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_classes", [None, 3])
+def test_mlp_training_step_numba_matches_numpy(dtype, n_classes):
+    losses_ref, p_ref = _train("numpy", dtype, n_classes)
+    losses, p = _train("numba", dtype, n_classes)
+    # only the bias gradients are summed in another order: rounding-level differences
+    tol = {np.float32: 1e-4, np.float64: 1e-11}[dtype]
+    np.testing.assert_allclose(losses, losses_ref, rtol=tol)
+    np.testing.assert_allclose(p, p_ref, rtol=0, atol=tol * np.abs(p_ref).max())
+
+
+@needs_numba
+def test_mlp_gradcheck_numba_float64():
+    net = MLP(data_shape=2, width=8, depth=3, emb_dim=4, n_classes=2, backend="numba")
+    gen = np.random.default_rng(3)
+    res = check_network(net, gen.standard_normal((5, 2)), gen.integers(1, 100, 5), y=np.array([0, 1, 2, 0, 1]))
+    assert res.passed(1e-6), res
+
+
+def test_backend_is_not_part_of_the_architecture():
+    a, b = MLP(width=8, backend="auto"), MLP(width=8)
+    assert a.config() == b.config() and a.backend == "auto" and b.backend == "numpy"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        MLP(width=8, backend="cupy")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Adam(b.init(0), backend="torch")
+    assert "backend" not in Adam(b.init(0), backend="auto").hyper()
+
+
+@needs_numba
+def test_numba_backend_needs_silu():
+    with pytest.raises(ValueError, match="silu"):
+        MLP(width=8, activation="gelu", backend="numba")
+    MLP(width=8, activation="gelu", backend="auto")  # auto falls back to NumPy
+
+
+def test_missing_numba_names_the_extra(monkeypatch):
+    monkeypatch.setattr(fused, "numba_available", lambda: False)
+    with pytest.raises(ImportError, match=r'pip install "refdiff\[fast\]"'):
+        MLP(width=8, backend="numba")
+    with pytest.raises(ImportError, match=r'refdiff\[fast\]'):
+        Adam(MLP(width=8).init(0), backend="numba")
+    assert fused.elementwise("auto", 10**9) is fused  # auto falls back quietly
+
+
+@needs_numba
+def test_auto_picks_by_size():
+    from refdiff.kernels import mlp_numba
+
+    assert fused.elementwise("auto", fused.AUTO_MIN_SIZE - 1) is fused
+    assert fused.elementwise("auto", fused.AUTO_MIN_SIZE) is mlp_numba
+    assert fused.elementwise("numba", 1) is mlp_numba
+    assert fused.elementwise("numpy", 10**9) is fused
