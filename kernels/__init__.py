@@ -6,8 +6,24 @@ that compile and run them. Every kernel names its reference twin in
 ``refdiff/``, keeps that function's signature and semantics, and is tested
 against it; the reference is the specification.
 
-No kernel is filled in yet. Importing this package imports nothing heavy:
-Numba and CuPy are imported only inside the kernel modules that need them.
+=====================  ================================================  ===============================
+module                 twin of                                           notes
+=====================  ================================================  ===============================
+``mixture_numba``      ``GaussianMixture.score`` / ``log_prob``          (K, block) logits, own exp;
+                       (``backend="numba"``)                             ``mixture_score_point`` per point
+``mixture_cupy`` +     the same (``backend="cupy"``)                     one thread per particle,
+``mixture_score.cu``                                                     online log-sum-exp
+``fused_numba``        ``refdiff.samplers.fused.run_table``              whole sampler loop per particle,
+                                                                         Philox noise as refdiff.noise
+``fused_cupy`` +       the same                                          D <= 64 (register bound)
+``fused_sampler.cu``
+=====================  ================================================  ===============================
+
+Importing this package imports nothing heavy: Numba and CuPy are imported
+only inside the kernel modules that need them (a Numba module without Numba
+raises ImportError naming the ``fast`` extra). The ``.cu`` sources are
+self-contained and compiled by the test suite with nvcc where it exists; the
+CuPy launchers run only on a CUDA device (tests marked ``gpu``).
 """
 
 __all__ = []

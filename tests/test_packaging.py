@@ -26,7 +26,11 @@ SOURCE_ROOTS = ((REPO / "refdiff", "refdiff"), (REPO / "kernels", "refdiff.kerne
 # Modules documented as needing an extra: {module name: extra}. Without the
 # extra, importing one must raise ImportError naming the extra; every other
 # module must import with the core dependencies alone.
-NEEDS_EXTRA = {}
+NEEDS_EXTRA = {
+    "refdiff.kernels.mixture_numba": "fast",
+    "refdiff.kernels.fused_numba": "fast",
+    "refdiff.kernels.mlp_numba": "fast",
+}
 
 # Optional or foreign packages that `import refdiff` must not need.
 BLOCKED = ("numba", "cupy", "matplotlib", "hypothesis", "pytest", "torch", "jax", "dask", "tqdm")
