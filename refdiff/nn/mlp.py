@@ -71,12 +71,7 @@ class MLP(Network):
         self.dim = math.prod(self.data_shape)
         self.width = check_int(width, "width")
         self.depth = check_int(depth, "depth")
-        self.emb_dim = check_int(emb_dim, "emb_dim")
-        if self.emb_dim % 2:
-            raise ValueError(f"emb_dim must be even, got {emb_dim}")
-        if not (isinstance(time_scale, (int, float)) and math.isfinite(time_scale) and time_scale > 0):
-            raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
-        self.time_scale = float(time_scale)
+        self._set_time_features(emb_dim, time_scale)
         self.n_classes = None if n_classes is None else check_int(n_classes, "n_classes")
         self.activation = activation
         self.act = make_activation(activation)

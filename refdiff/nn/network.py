@@ -21,6 +21,7 @@ callable every sampler takes.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -104,6 +105,18 @@ class Network:
                 f"labels must lie in 0..{self.n_classes} ({self.n_classes} = no class), got [{y.min()}, {y.max()}]"
             )
         return x, t, y.astype(np.int64, copy=False)
+
+    def _set_time_features(self, emb_dim, time_scale) -> None:
+        """Check and set ``emb_dim`` (even, >= 2) and ``time_scale`` (finite, > 0)."""
+        from ..backend import check_int
+
+        emb_dim = check_int(emb_dim, "emb_dim")
+        if emb_dim % 2:
+            raise ValueError(f"emb_dim must be even, got {emb_dim}")
+        if isinstance(time_scale, bool) or not (isinstance(time_scale, (int, float)) and math.isfinite(time_scale)
+                                                and time_scale > 0):
+            raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
+        self.emb_dim, self.time_scale = emb_dim, float(time_scale)
 
     def time_features(self, t, dtype):
         """Sinusoidal features of ``t * time_scale`` (N, emb_dim)."""

@@ -21,8 +21,6 @@ H and W must be divisible by ``2**(L-1)``. The default configuration for
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..backend import check_int
@@ -76,12 +74,7 @@ class UNet(Network):
         if isinstance(channel_mult, (int, np.integer)) or len(channel_mult) < 1:
             raise ValueError(f"channel_mult must be a non-empty sequence of positive ints, got {channel_mult!r}")
         self.channel_mult = tuple(check_int(m, "channel_mult") for m in channel_mult)
-        self.emb_dim = check_int(emb_dim, "emb_dim")
-        if self.emb_dim % 2:
-            raise ValueError(f"emb_dim must be even, got {emb_dim}")
-        if not (isinstance(time_scale, (int, float)) and math.isfinite(time_scale) and time_scale > 0):
-            raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
-        self.time_scale = float(time_scale)
+        self._set_time_features(emb_dim, time_scale)
         self.n_classes = None if n_classes is None else check_int(n_classes, "n_classes")
         self.groups = check_int(groups, "groups")
         c_img, height, width = self.data_shape
