@@ -13,7 +13,7 @@ import os
 import sys
 
 from ._version import __version__
-from .cli_models import UsageError, add_demo, add_likelihood, add_sample, add_train
+from .cli_models import UsageError, add_bench, add_demo, add_likelihood, add_sample, add_schedule, add_train
 
 EPILOG_VERIFY = """examples:
   refdiff verify                     run the whole equation catalogue
@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_sample(sub)
     add_likelihood(sub)
+    add_bench(sub)
+    add_schedule(sub)
     return parser
 
 

@@ -404,3 +404,248 @@ def cmd_likelihood(args):
         _save_npy_atomic(args.out, lp)
         print(f"wrote {args.out}")
     return 0
+
+
+# --- refdiff bench ---------------------------------------------------------------------------------
+
+__all__ += ["add_bench"]
+
+# refdiff.bench.BENCHMARKS, spelled out so that building the parser imports nothing; a test checks them.
+BENCH_NAMES = ("mixture_score", "fused_sampler", "cnn_step", "mlp_step")
+
+EPILOG_BENCH = """examples:
+  refdiff bench --quick                      every speed benchmark, short runs (a few minutes)
+  refdiff bench --only mlp_step cnn_step     two of them, full length
+  refdiff bench --quick --out /tmp/bench     JSON and logs in another folder
+"""
+
+
+def add_bench(sub):
+    p = sub.add_parser("bench", help="run the speed benchmarks of the source checkout and tabulate their ratios",
+                       description="Run the speed benchmarks of benchmarks/ (source checkout only) as subprocesses, "
+                                   "then print one table: refdiff's fastest backend against the NumPy reference and "
+                                   "the peer, with each goal. Ratios are other time / refdiff time (> 1: refdiff "
+                                   "faster). Missing peers (PyTorch, Numba) are reported as skipped.",
+                       epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="short runs: the scripts' --quick or fewer repeats")
+    p.add_argument("--only", nargs="+", choices=BENCH_NAMES, metavar="NAME",
+                   help=f"benchmarks to run (default: all of {', '.join(BENCH_NAMES)})")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="folder for each script's JSON and log and the combined bench.json (default: "
+                        "benchmarks/results, or benchmarks/results/quick with --quick)")
+    p.add_argument("--torch-python", metavar="PATH", default=None,
+                   help="interpreter with PyTorch (default /opt/torchenv/bin/python if it exists, else this one; "
+                        "'none' skips PyTorch)")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args):
+    import json
+    import platform
+    from pathlib import Path
+
+    from . import bench
+    from ._atomic import atomic_write
+    from ._version import __version__
+
+    try:
+        folder = bench.find_benchmarks()
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    if args.out:
+        out = Path(args.out)
+        if not out.parent.resolve().is_dir():
+            raise UsageError(f"--out: the folder above {args.out} does not exist: {out.parent.resolve()}")
+    else:
+        out = folder / "results" / ("quick" if args.quick else "")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out is a file, not a folder: {out}")
+    names = [n for n in bench.BENCHMARKS if n in (args.only or bench.BENCHMARKS)]
+    torch_python = torch_version = torch_reason = None
+    if any(n in bench.TORCH_PEER for n in names):
+        torch_python, torch_version, torch_reason = bench.find_torch_python(args.torch_python)
+        if torch_python is None and args.torch_python and args.torch_python.lower() != "none":
+            raise UsageError(f"--torch-python {args.torch_python}: {torch_reason}")
+    numba = bench.have_numba()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"refdiff bench: {len(names)} benchmark(s){' (quick)' if args.quick else ''} under {sys.executable}, "
+          f"{os.cpu_count()} CPUs; numba {'yes' if numba else 'no'}; torch "
+          + (f"{torch_version} ({torch_python})" if torch_python else f"skipped ({torch_reason})"
+             if torch_reason else "not needed"), flush=True)
+    results = []
+    for name in names:
+        json_path, log_path = out / f"{name}.json", out / f"{name}.log"
+        res = {"name": name, "status": "ok", "reason": None, "json": str(json_path), "log": str(log_path),
+               "command": None, "seconds": None, "peer_reason": torch_reason if name in bench.TORCH_PEER else None,
+               "rows": []}
+        results.append(res)
+        reason = bench.skip_reason(name, numba)
+        if reason:
+            res.update(status="skipped", reason=reason)
+            print(f"refdiff bench: {name} skipped ({reason})", file=sys.stderr, flush=True)
+            continue
+        res["command"] = cmd = bench.build_command(name, folder, json_path, args.quick, torch_python)
+        if json_path.exists():
+            json_path.unlink()  # never read a previous run's numbers
+        print(f"refdiff bench: running {name} (log {log_path}) ...", file=sys.stderr, flush=True)
+        rc, res["seconds"] = bench.run_one(name, cmd, log_path, cwd=folder.parent)
+        print(f"refdiff bench: {name} finished in {res['seconds']:.0f} s (exit status {rc})", file=sys.stderr, flush=True)
+        if rc:
+            res.update(status="failed", reason=f"exit status {rc}; see {log_path}")
+            continue
+        try:
+            with open(json_path, encoding="utf-8") as fh:
+                res["rows"] = bench.parse_result(name, json.load(fh))
+        except (OSError, ValueError) as exc:
+            res.update(status="failed", reason=f"{json_path}: {exc}")
+    print()
+    print(bench.format_table(results))
+    rows = [r for res in results for r in res["rows"]]
+    judged = [r for r in rows if r["met"] is not None]
+    combined = {
+        "benchmark": "bench", "refdiff_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": args.quick, "python": sys.executable, "numba": numba, "torch_python": torch_python,
+        "torch": torch_version, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "ratios": "other time / refdiff time (> 1: refdiff faster)", "results": results,
+    }
+    path = out / "bench.json"
+
+    def write(fh):
+        json.dump(combined, fh, indent=2)
+        fh.write("\n")
+
+    atomic_write(str(path), write, suffix=".json", binary=False)
+    failed = [res["name"] for res in results if res["status"] == "failed"]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if load is not None and load > (os.cpu_count() or 1):
+        print(f"\nwarning: load average {load:.1f} exceeds the {os.cpu_count()} CPUs; these timings are contended")
+    print(f"\n{sum(r['met'] for r in judged)} of {len(judged)} goals met (ratios: other time / refdiff time, > 1: "
+          f"refdiff faster); wrote {path}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+# --- refdiff schedule -------------------------------------------------------------------------
+
+__all__ += ["add_schedule"]
+
+EPILOG_SCHEDULE = """examples:
+  refdiff schedule --from-config scheduler/scheduler_config.json
+  refdiff schedule --from-config scheduler_config.json --steps 25 --json report.json
+
+diffusers' 0-based index i is refdiff's t = i + 1 (alphas_cumprod[i] == alpha_bar[t]).
+exit status: 0 all checks pass (warnings allowed), 1 a check fails, 2 bad arguments or config.
+"""
+
+
+
+def add_schedule(sub):
+    p = sub.add_parser("schedule", help="read a diffusers scheduler_config.json as a refdiff schedule and check it",
+                       description="Rebuild the betas of a diffusers scheduler config (without diffusers) as "
+                                   "refdiff's float64 schedule, print its ends, terminal SNR and inference "
+                                   "timesteps in both numberings, and check it.", epilog=EPILOG_SCHEDULE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from-config", required=True, metavar="FILE.json", dest="config",
+                   help="a diffusers scheduler config (scheduler_config.json)")
+    p.add_argument("--steps", type=int, default=50, help="inference steps whose timesteps are shown (default 50)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the report as JSON to OUT")
+    p.set_defaults(func=cmd_schedule)
+
+
+def _g(v, fmt=".6g"):
+    return "n/a" if v is None else format(v, fmt)
+
+
+def _print_schedule_report(path, r):
+    info, s, ts = r["info"], r["summary"], r["timesteps"]
+    dflt = info["defaulted"]
+
+    def note(key):
+        return f" (not in the config; default {dflt[key]!r})" if key in dflt else ""
+
+    cls = info["class_name"] or "no _class_name"
+    version = f", diffusers {info['diffusers_version']}" if info["diffusers_version"] else ""
+    print(f"refdiff schedule: {path} ({cls}{version})")
+    if info["beta_schedule"] == "trained_betas":
+        kind = "trained_betas"
+    elif info["beta_start"] is None:
+        kind = info["beta_schedule"]
+    else:
+        kind = f"{info['beta_schedule']}, beta_start {info['beta_start']:g}, beta_end {info['beta_end']:g}"
+    print(f"  schedule      {kind}, T = {s['T']} (float64; diffusers stores float32)")
+    print(f"  zero SNR      rescale_betas_zero_snr {str(info['rescale_betas_zero_snr']).lower()}")
+    print(f"  prediction    {info['prediction_type']} -> refdiff \"{info['prediction']}\"{note('prediction_type')}")
+    print(f"  betas         beta_1 = {_g(s['beta_1'])}, beta_T = {_g(s['beta_T'])}  "
+          f"(refdiff betas[1..T] = diffusers betas[0..T-1])")
+    if "alpha_bar_T" in s:
+        print(f"  alpha_bar     alpha_bar_1 = {_g(s['alpha_bar_1'])}, alpha_bar_T = {_g(s['alpha_bar_T'])}  "
+              f"(diffusers alphas_cumprod[0], [T-1]; float32 differs by {s['float32_alpha_bar_rel_diff']:.1e} rel.)")
+        log_snr_T = "-inf" if s["log_snr_T"] is None else f"{s['log_snr_T']:.4g}"
+        print(f"  terminal SNR  SNR_T = {_g(s['snr_T'], '.4g')}, log-SNR_T = {log_snr_T}, "
+              f"sqrt(alpha_bar_T) = {_g(s['sqrt_alpha_bar_T'], '.4g')}; log-SNR_1 = {_g(s['log_snr_1'], '.4g')}")
+    if ts["spacing"] == "leading":
+        offset = f", steps_offset {ts['steps_offset']}{note('steps_offset')}"
+    else:
+        offset = f", steps_offset {ts['steps_offset']} (used by leading spacing only)" if ts["steps_offset"] else ""
+    print(f"  timesteps     {ts['steps']} steps, {ts['spacing']} spacing{note('timestep_spacing')}{offset}")
+    for label, key in (("diffusers (0-based)", "diffusers"), ("refdiff t (1-based)", "refdiff_t")):
+        print(f"    {label}  {_steps_line(ts[key])}")
+    for text in info["notes"]:
+        print(f"  note: {text}")
+    if "clip_sample" in dflt:
+        print(f"  note: clip_sample not in the config; {info['class_name']} defaults to true")
+    if info["ignored_keys"]:
+        print(f"  ignored (sampler settings, not the schedule): {', '.join(info['ignored_keys'])}")
+    print("checks")
+    for c in r["checks"]:
+        print(f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']}: {c['message']}")
+    if r["warnings"]:
+        print("warnings")
+        for w in r["warnings"]:
+            print(f"  warn  {w['name']}: {w['message']}")
+    n_fail = sum(not c["passed"] for c in r["checks"])
+    print(f"\n{len(r['checks']) - n_fail} checks passed, {n_fail} failed, {len(r['warnings'])} warnings")
+
+
+def _steps_line(ts, head=10, tail=4):
+    if len(ts) <= head + tail + 1:
+        return " ".join(map(str, ts))
+    return " ".join(map(str, ts[:head])) + f" ... ({len(ts) - head - tail} more) ... " + " ".join(map(str, ts[-tail:]))
+
+
+def cmd_schedule(args):
+    import json
+
+    from ._version import __version__
+    from .scheduler_config import betas_from_config, schedule_report
+
+    if args.json:
+        _out_path(args.json, "--json")
+    try:
+        with open(args.config, encoding="utf-8") as fh:
+            config = json.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"--from-config file does not exist: {args.config}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--from-config {args.config}: cannot read it ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--from-config {args.config}: not JSON ({exc})") from None
+    try:
+        T = betas_from_config(config)[0].shape[0] - 1
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{args.config}: {exc}") from None
+    if not 1 <= args.steps <= T:
+        raise UsageError(f"--steps must lie in 1..T={T} (num_train_timesteps), got {args.steps}")
+    report = schedule_report(config, steps=args.steps)
+    _print_schedule_report(args.config, report)
+    if args.json:
+        from ._atomic import atomic_write
+
+        payload = {"refdiff_version": __version__, "config": os.path.abspath(args.config), **report}
+
+        def write(fh):
+            json.dump(payload, fh, indent=2, allow_nan=False)
+            fh.write("\n")
+
+        atomic_write(args.json, write, suffix=".json", binary=False)
+        print(f"wrote {args.json}")
+    return 0 if report["passed"] else 1

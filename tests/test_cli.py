@@ -178,3 +178,64 @@ def test_demo_bad_arguments(tmp_path):
     assert out.returncode == 2 and "does not exist" in out.stderr
     out = run("demo", "--steps", "0", cwd=tmp_path)
     assert out.returncode == 2 and "--steps must be >= 1" in out.stderr
+
+
+# --- schedule --------------------------------------------------------------------------------
+
+SD_SCHEDULER = {
+    "_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
+    "steps_offset": 1, "trained_betas": None, "clip_sample": False, "my_key": 1,
+}
+
+
+def test_schedule_from_a_diffusers_config(tmp_path):
+    config, report = tmp_path / "scheduler_config.json", tmp_path / "report.json"
+    config.write_text(json.dumps(SD_SCHEDULER))
+    out = run("schedule", "--from-config", str(config), "--steps", "10", "--json", str(report))
+    assert out.returncode == 0, out.stdout + out.stderr
+    for text in ("scaled_linear", "T = 1000", "refdiff \"eps\"", "diffusers (0-based)  901 801",
+                 "refdiff t (1-based)  902 802", "warn  terminal_snr", "warn  leading_spacing", "my_key", "0 failed",
+                 f"wrote {report}"):
+        assert text in out.stdout, text
+    r = json.loads(report.read_text())
+    assert r["passed"] and r["summary"]["T"] == 1000 and r["info"]["prediction"] == "eps"
+    assert r["timesteps"]["diffusers"] == list(range(901, 0, -100))
+    assert r["timesteps"]["refdiff_t"] == [t + 1 for t in r["timesteps"]["diffusers"]]
+    assert not list(tmp_path.glob(".refdiff-*"))
+
+
+def test_schedule_failing_check_exits_1(tmp_path):
+    config = tmp_path / "zero_snr.json"
+    config.write_text(json.dumps({**SD_SCHEDULER, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
+                                  "prediction_type": "v_prediction"}))
+    out = run("schedule", "--from-config", str(config), "--steps", "61")  # trailing overshoots to -1
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAIL  timesteps" in out.stdout and "log-SNR_T = -inf" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "content, args, message",
+    [
+        (None, ("--steps", "10"), "does not exist"),
+        ("{not json", (), "not JSON"),
+        (json.dumps({k: v for k, v in SD_SCHEDULER.items() if k != "beta_schedule"}), (),
+         "missing required key 'beta_schedule'"),
+        (json.dumps({**SD_SCHEDULER, "prediction_type": "eps"}), (), "prediction_type must be one of"),
+        (json.dumps(SD_SCHEDULER), ("--steps", "0"), "--steps must lie in 1..T=1000"),
+        (json.dumps(SD_SCHEDULER), ("--json", "/nonexistent-folder/r.json"), "does not exist"),
+    ],
+)
+def test_schedule_bad_arguments_exit_2(tmp_path, content, args, message):
+    config = tmp_path / "scheduler_config.json"
+    if content is not None:
+        config.write_text(content)
+    out = run("schedule", "--from-config", str(config), *args)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_schedule_needs_from_config():
+    out = run("schedule")
+    assert out.returncode == 2 and "--from-config" in out.stderr

@@ -1,0 +1,280 @@
+"""refdiff bench: command lines, the parsers of each script's JSON, the missing-checkout error, one quick run."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from refdiff import bench, cli
+from refdiff.cli_models import BENCH_NAMES
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- hand-made payloads, shaped like each script's JSON (only the keys the parsers need, plus a few others) ---
+
+
+def mlp_payload(with_torch=True):
+    def cfg(width, batch, numpy_ms, numba_ms, torch_ms):
+        backends = {"numpy": {"median_ms": numpy_ms, "min_ms": numpy_ms * 0.9},
+                    "numba": {"median_ms": numba_ms, "min_ms": numba_ms * 0.9}}
+        best = min(backends, key=lambda b: backends[b]["median_ms"])
+        c = {"width": width, "batch": batch, "refdiff_backends": backends, "refdiff_best": best,
+             "refdiff": backends[best]}
+        if with_torch:
+            c["torch"] = {"for-loop": {"median_ms": torch_ms * 2}, "fused": {"median_ms": torch_ms}}
+            c["torch_best"] = "fused"
+            c["ratio_median"] = torch_ms / backends[best]["median_ms"]
+            c["ratio_min"] = 99.0  # a decoy: the table uses medians
+        return c
+
+    return {"benchmark": "mlp_step", "goal": {"ratio_at_least": 1.2, "definition": "..."},
+            "runs": [{"openblas_coretype": None, "coretype_unset": False, "dtype": "float32", "goal_met": False,
+                      "configs": [cfg(128, 256, 1.0, 2.0, 1.5), cfg(512, 4096, 80.0, 40.0, 44.0)]}]}
+
+
+def cnn_payload(with_torch=True):
+    p = {"benchmark": "cnn_step", "batch": 256, "dtype": "float32",
+         "model": {"kind": "unet", "config": {"image_shape": [1, 8, 8], "channels": 32, "channel_mult": [1, 2]}},
+         "refdiff": {"min_ms": 190.0, "median_ms": 200.0, "max_ms": 210.0}}
+    if with_torch:
+        p["torch"] = {"min_ms": 70.0, "median_ms": 80.0, "max_ms": 90.0}
+        p["ratio_median"] = 2.5  # refdiff / torch in the script's own convention
+    return p
+
+
+def mixture_payload():
+    return {"benchmark": "mixture_score", "dtype": "float32", "torch": "2.x", "rows": [
+        {"N": 100000, "D": 2, "K": 8, "numpy": {"median_ms": 6.0, "min_ms": 5.0}, "numba": {"median_ms": 3.0, "min_ms": 1.0},
+         "torch": {"median_ms": 12.0, "min_ms": 11.0}, "speedup_numba_vs_numpy": 2.0},
+        {"N": 10000, "D": 64, "K": 128, "numpy": {"median_ms": 360.0}, "numba": {"median_ms": 12.0},
+         "torch": {"median_ms": 6.0}},
+    ], "crossover": []}
+
+
+def fused_payload(ok=True):
+    return {"benchmark": "fused_sampler", "sizes": {"n": 100000, "steps": 1000, "ref_steps": 100, "dtype": "float64"},
+            "jax_whole_loop_s": 3.0, "check": {"max_abs_diff": 1e-14 if ok else 1.0, "tol": 1e-10, "ok": ok},
+            "numba": {"min_ms": 900.0, "median_ms": 950.0}, "numpy_reference_measured": {"min_ms": 1400.0, "rows": 100},
+            "numpy_reference_extrapolated_ms": 14000.0, "speedup_vs_reference": 14000.0 / 900.0,
+            "speedup_vs_jax_whole_loop": 3000.0 / 900.0, "goal_met": True, "rows": 1001}
+
+
+# --- names, folder, command lines ---------------------------------------------------------------------
+
+
+def test_cli_names_match_the_module():
+    assert tuple(BENCH_NAMES) == bench.BENCHMARKS
+    assert set(bench.QUICK_ARGS) == set(bench.BENCHMARKS) == set(bench.PARSERS)
+
+
+def test_scripts_found_in_this_checkout():
+    folder = bench.find_benchmarks()
+    assert folder == REPO / "benchmarks"
+
+
+def test_missing_benchmarks_folder(tmp_path):
+    pkg = tmp_path / "site-packages" / "refdiff"
+    pkg.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="source checkout"):
+        bench.find_benchmarks(pkg / "__init__.py")
+
+
+def test_missing_benchmarks_folder_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    fake = tmp_path / "refdiff" / "__init__.py"
+    real = bench.find_benchmarks
+    monkeypatch.setattr(bench, "find_benchmarks", lambda package_file=None: real(fake))
+    assert cli.main(["bench", "--quick", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("refdiff bench: error: the benchmark scripts live in the source checkout")
+    assert "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_benchmark_rejected(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--only", "ring_quality"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_build_command_quick_and_full(tmp_path):
+    folder, out = tmp_path / "benchmarks", tmp_path / "r" / "mlp_step.json"
+    cmd = bench.build_command("mlp_step", folder, out, quick=True, torch_python="/t/python", python="py")
+    assert cmd == ["py", str(folder / "mlp_step.py"), "--quick", "--torch-python", "/t/python", "--json", str(out)]
+    full = bench.build_command("mlp_step", folder, out, quick=False, torch_python=None, python="py")
+    assert full == ["py", str(folder / "mlp_step.py"), "--torch-python", "none", "--json", str(out)]
+    cnn = bench.build_command("cnn_step", folder, out, quick=True, python="py")
+    assert cnn[2:] == ["--warmup", "1", "--repeat", "5", "--rounds", "1", "--json", str(out)]
+    assert "--torch-python" in bench.build_command("cnn_step", folder, out, torch_python="/t/python")
+    mix = bench.build_command("mixture_score", folder, out, quick=True, torch_python=None)
+    assert mix[0] == sys.executable and mix[2:] == ["--repeat", "5", "--torch-python", "", "--json", str(out)]
+    fused = bench.build_command("fused_sampler", folder, out, quick=True, torch_python="/t/python")
+    assert "--torch-python" not in fused and fused[-2:] == ["--json", str(out)] and "--ref-steps" in fused
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        bench.build_command("ring_quality", folder, out)
+
+
+def test_quick_options_are_accepted_by_the_scripts():
+    """Every option bench passes exists in the script's own parser (read from its source, nothing run)."""
+    for name, opts in bench.QUICK_ARGS.items():
+        source = (REPO / "benchmarks" / f"{name}.py").read_text()
+        for opt in [o for o in opts if o.startswith("--")] + ["--json"]:
+            assert f'"{opt}"' in source, (name, opt)
+        if name in bench.TORCH_PEER:
+            assert '"--torch-python"' in source
+
+
+def test_skips():
+    assert bench.skip_reason("fused_sampler", numba_available=False).startswith("numba is not installed")
+    assert bench.skip_reason("mixture_score", numba_available=False)
+    assert bench.skip_reason("mlp_step", numba_available=False) is None
+    assert bench.skip_reason("fused_sampler", numba_available=True) is None
+    assert bench.find_torch_python("none")[0] is None
+    python, version, reason = bench.find_torch_python("/no/such/python")
+    assert python is None and version is None and "/no/such/python" in reason
+
+
+# --- parsers ----------------------------------------------------------------------------------------------
+
+
+def test_parse_mlp_step():
+    rows = bench.parse_result("mlp_step", mlp_payload())
+    assert [r["size"] for r in rows] == ["W128 N256 float32", "W512 N4096 float32"]
+    a, b = rows
+    assert a["backend"] == "numpy" and a["refdiff_ms"] == 1.0 and a["reference_ms"] == 1.0
+    assert a["peer"] == "torch (fused Adam)" and a["peer_ms"] == 1.5
+    assert a["vs_peer"] == pytest.approx(1.5) and a["vs_reference"] == pytest.approx(1.0)
+    assert a["goal"] == "vs peer >= 1.2" and a["met"] is True
+    assert b["backend"] == "numba" and b["vs_reference"] == pytest.approx(2.0)
+    assert b["vs_peer"] == pytest.approx(1.1) and b["met"] is False
+    no_torch = bench.parse_result("mlp_step", mlp_payload(with_torch=False))
+    assert all(r["peer"] is None and r["vs_peer"] is None and r["met"] is None for r in no_torch)
+
+
+def test_parse_mlp_step_two_coretype_runs():
+    p = mlp_payload()
+    p["runs"].append({**p["runs"][0], "openblas_coretype": None, "coretype_unset": True})
+    p["runs"][0]["openblas_coretype"] = "Haswell"
+    sizes = [r["size"] for r in bench.parse_result("mlp_step", p)]
+    assert sizes[0].endswith("coretype set") and sizes[-1].endswith("coretype unset") and len(sizes) == 4
+
+
+def test_parse_cnn_step():
+    (row,) = bench.parse_result("cnn_step", cnn_payload())
+    assert row["size"] == "U-Net 1x8x8 ch 32x1,2 B256"
+    assert row["refdiff_ms"] == 200.0 and row["peer_ms"] == 80.0
+    assert row["vs_peer"] == pytest.approx(0.4)  # torch / refdiff, not the script's refdiff / torch
+    assert row["met"] is False and row["goal"] == "vs peer >= 0.5 (within 2x)"  # 200 ms vs 80 ms: 2.5x
+    (alone,) = bench.parse_result("cnn_step", cnn_payload(with_torch=False))
+    assert alone["peer"] is None and alone["met"] is None
+
+
+def test_parse_mixture_score():
+    a, b = bench.parse_result("mixture_score", mixture_payload())
+    assert a["size"] == "N=100000 D=2 K=8 float32" and a["backend"] == "numba"
+    assert a["refdiff_ms"] == 3.0 and a["reference_ms"] == 6.0 and a["peer_ms"] == 12.0  # medians, not minima
+    assert a["vs_reference"] == pytest.approx(2.0) and a["vs_peer"] == pytest.approx(4.0)
+    # the goal is the recorded JAX jit time, not the torch peer: 3.0 ms > 1.78 ms
+    assert a["goal"] == "<= JAX jit 1.78 ms (recorded)" and a["met"] is False
+    assert b["vs_reference"] == pytest.approx(30.0) and b["vs_peer"] == pytest.approx(0.5) and b["met"] is False
+    p = mixture_payload()
+    del p["rows"][0]["torch"]
+    p["rows"][0]["numba"]["median_ms"] = 1.5
+    fast = bench.parse_result("mixture_score", p)[0]
+    assert fast["peer"] is None and fast["met"] is True
+    p["rows"][0]["N"] = 7  # a size with no recorded goal
+    assert bench.parse_result("mixture_score", p)[0]["met"] is None
+
+
+def test_parse_fused_sampler():
+    (row,) = bench.parse_result("fused_sampler", fused_payload())
+    assert row["size"] == "n=100000 steps=1000 float64" and row["backend"] == "numba"
+    assert row["refdiff_ms"] == 900.0 and row["reference_ms"] == 14000.0 and row["peer_ms"] == 3000.0
+    assert row["vs_peer"] == pytest.approx(3000 / 900) and row["met"] is True and row["goal"] == "vs peer >= 3"
+    (bad,) = bench.parse_result("fused_sampler", fused_payload(ok=False))
+    assert bad["refdiff_ms"] is None and "check failed" in bad["note"]
+
+
+def test_parse_wrong_shape_names_the_key():
+    with pytest.raises(ValueError, match="cnn_step.*refdiff"):
+        bench.parse_result("cnn_step", {k: v for k, v in cnn_payload().items() if k != "refdiff"})
+    with pytest.raises(ValueError, match="mlp_step"):
+        bench.parse_result("mlp_step", mixture_payload())
+
+
+def test_format_table():
+    results = [
+        {"name": "mixture_score", "status": "ok", "reason": None, "rows": bench.parse_result("mixture_score", mixture_payload())},
+        {"name": "cnn_step", "status": "ok", "reason": None, "peer_reason": "torch is not importable",
+         "rows": bench.parse_result("cnn_step", cnn_payload(with_torch=False))},
+        {"name": "fused_sampler", "status": "skipped", "reason": "numba is not installed", "rows": []},
+    ]
+    text = bench.format_table(results)
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["benchmark", "size", "refdiff"]
+    assert any("4.00x" in ln and "met" in ln for ln in lines)
+    assert any("0.50x" in ln and "NOT met" in ln for ln in lines)
+    assert any(ln.startswith("cnn_step") and "skipped (torch is not importable)" in ln and "n/a" in ln for ln in lines)
+    assert any(ln.startswith("fused_sampler") and "skipped (numba is not installed)" in ln for ln in lines)
+
+
+# --- one real run ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # 15-20 s with numba installed (it compiles and times the twin)
+def test_bench_quick_subprocess(tmp_path):
+    """The fastest benchmark end to end (about 15 s on 2 cores, PyTorch included when it is there)."""
+    name = bench.BENCHMARKS[0]
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "refdiff", "bench", "--only", name, "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    combined = json.loads((tmp_path / "bench.json").read_text())
+    (res,) = combined["results"]
+    assert res["name"] == name
+    if res["status"] == "skipped":  # no Numba in this environment
+        assert f"{name}  skipped" in out.stdout
+        return
+    assert res["status"] == "ok" and len(res["rows"]) == 3
+    assert (tmp_path / f"{name}.json").exists() and (tmp_path / f"{name}.log").exists()
+    assert all(r["refdiff_ms"] > 0 and r["vs_reference"] > 0 for r in res["rows"])
+    assert "goals met" in out.stdout and name in out.stdout
+    print(f"{name} --quick through refdiff bench: {time.perf_counter() - t0:.0f} s")
+
+
+def test_cmd_bench_skips_and_fake_runs(tmp_path, monkeypatch, capsys):
+    """The command around the scripts: a skipped benchmark, a missing peer, a failure; the scripts faked."""
+    payloads = {"cnn_step": cnn_payload(with_torch=False), "mlp_step": mlp_payload(with_torch=False)}
+    seen = {}
+
+    def fake_run(name, cmd, log_path, cwd=None, timeout=None):
+        seen[name] = cmd
+        Path(log_path).write_text("fake\n")
+        if name == "mlp_step":
+            return 3, 0.1
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps(payloads[name]))
+        return 0, 0.1
+
+    monkeypatch.setattr(bench, "run_one", fake_run)
+    monkeypatch.setattr(bench, "have_numba", lambda: False)
+    monkeypatch.setattr(bench, "find_torch_python", lambda requested=None: (None, None, "no torch here"))
+    out = tmp_path / "out"
+    assert cli.main(["bench", "--quick", "--out", str(out)]) == 1  # mlp_step "failed"
+    text = capsys.readouterr().out
+    assert set(seen) == {"cnn_step", "mlp_step"}  # the two Numba benchmarks never started
+    assert "--quick" in seen["mlp_step"] and seen["mlp_step"][seen["mlp_step"].index("--torch-python") + 1] == "none"
+    assert "fused_sampler  skipped (numba is not installed" in text
+    assert "skipped (no torch here)" in text and "FAILED: mlp_step" in text
+    combined = json.loads((out / "bench.json").read_text())
+    status = {r["name"]: r["status"] for r in combined["results"]}
+    assert status == {"mixture_score": "skipped", "fused_sampler": "skipped", "cnn_step": "ok", "mlp_step": "failed"}
+    assert combined["quick"] is True and combined["torch"] is None
+
+
+def test_cmd_bench_explicit_torch_python_must_work(tmp_path, capsys):
+    assert cli.main(["bench", "--only", "cnn_step", "--torch-python", "/no/such/python", "--out", str(tmp_path)]) == 2
+    assert "--torch-python /no/such/python" in capsys.readouterr().err
