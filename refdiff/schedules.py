@@ -226,8 +226,10 @@ def spaced_timesteps(T: int, n: int, spacing: str = "trailing") -> np.ndarray:
     these minus 1. A sampler walks them from last to first.
 
     ``"linspace"``
-        ``round(linspace(1, T, n))``: reaches t = T and t = 1 for n >= 2
-        (n = 1 gives ``[1]``, as diffusers' 0-based ``[0]``).
+        ``1 + round(linspace(0, T - 1, n))`` (diffusers' formula, shifted):
+        reaches t = T and t = 1 for n >= 2 (n = 1 gives ``[1]``). Rounding
+        the 0-based grid is not the same as rounding ``linspace(1, T, n)``:
+        NumPy rounds halves to even, so T = 1000, n = 3 gives 501, not 500.
     ``"leading"``
         ``1 + k * (T // n)`` for k = 0..n-1 (diffusers' ``"leading"`` with
         ``steps_offset=0``): starts at t = 1 and does **not** reach t = T
@@ -247,7 +249,7 @@ def spaced_timesteps(T: int, n: int, spacing: str = "trailing") -> np.ndarray:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= T:
         raise ValueError(f"n must be an int in 1..T={T}, got {n!r}")
     if spacing == "linspace":
-        steps = np.round(np.linspace(1, T, n)).astype(np.int64)
+        steps = 1 + np.round(np.linspace(0, T - 1, n)).astype(np.int64)
     elif spacing == "leading":
         steps = 1 + np.arange(n, dtype=np.int64) * (T // n)
     elif spacing == "trailing":

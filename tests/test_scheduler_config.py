@@ -311,3 +311,13 @@ def test_not_a_dict_and_bad_steps():
             schedule_report(cfg(), steps=steps)
     with pytest.raises(ValueError, match="spacing must be one of"):
         diffusers_timesteps(1000, 10, "uniform")
+
+
+def test_refdiff_spacing_is_diffusers_plus_one_for_every_n():
+    """refdiff.schedules.spaced_timesteps equals the diffusers copy here, shifted to 1-based t."""
+    from refdiff.schedules import spaced_timesteps
+
+    T = 1000
+    for n in range(1, T + 1):
+        d = np.sort(np.asarray(diffusers_timesteps(T, n, "linspace", 0)))
+        np.testing.assert_array_equal(spaced_timesteps(T, n, "linspace"), d + 1, err_msg=f"n={n}")
