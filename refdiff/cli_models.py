@@ -10,6 +10,7 @@ the command that needs them. Each command prints the seed it ran with.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -252,6 +253,9 @@ def add_sample(sub):
     p.add_argument("--label", type=int, default=None, help="class to sample (class-conditional checkpoints)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale gamma (default 1)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--backend", choices=("auto", "numpy", "numba", "cupy"), default="auto",
+                   help="where the model runs: the mixture score's (analytic targets) or the MLP's elementwise "
+                        "work (checkpoints; numpy or numba); auto picks the fastest installed")
     p.add_argument("--clip-x0", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                    help="clip the predicted x0 to [LO, HI] (ddpm and ddim; e.g. -1 1 for pixel data)")
     p.add_argument("--seed", type=int, default=0)
@@ -288,6 +292,13 @@ def _checkpoint_model(args):
     ck, objective = _load_checkpoint(args.checkpoint)
     params = ck.params if args.no_ema or ck.ema is None else ck.ema
     net = ck.network
+    if args.backend != "auto":
+        if not hasattr(net, "backend") or args.backend == "cupy":
+            raise UsageError(f"--backend {args.backend}: a {net.kind} checkpoint runs on numpy (an MLP also on numba)")
+        try:
+            net.backend = args.backend
+        except (ValueError, ImportError) as exc:
+            raise UsageError(str(exc)) from None
     if net.n_classes is None:
         if args.label is not None:
             raise UsageError(f"{args.checkpoint} is unconditional; --label needs a class-conditional checkpoint")
@@ -315,6 +326,11 @@ def cmd_sample(args):
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     _out_path(args.out)
+    needs = {"numba": ("numba", "fast"), "cupy": ("cupy", "gpu-cuda12")}.get(args.backend)
+    if needs and importlib.util.find_spec(needs[0]) is None:
+        raise UsageError(f'--backend {args.backend} needs {needs[0]}: pip install "refdiff[{needs[1]}]"')
+    if args.backend == "cupy":
+        raise UsageError("--backend cupy: refdiff sample draws on the host; run the CuPy twins from Python on CuPy arrays")
     target = None
     if args.checkpoint:
         model, prediction, process, shape = _checkpoint_model(args)
@@ -323,7 +339,7 @@ def cmd_sample(args):
         prediction, shape = "score", (args.n, target.dim)
 
         def model(x, t):
-            return target.score(x, process, t)
+            return target.score(x, process, t, backend=args.backend)
 
     fn = DIFFUSION_SAMPLERS[args.sampler]
     kw = {} if args.steps is None else ({"levels": args.steps} if args.sampler == "annealed_langevin" else {"steps": args.steps})

@@ -239,3 +239,20 @@ def test_schedule_bad_arguments_exit_2(tmp_path, content, args, message):
 def test_schedule_needs_from_config():
     out = run("schedule")
     assert out.returncode == 2 and "--from-config" in out.stderr
+
+
+def test_sample_backend_choice(tmp_path):
+    import importlib.util
+
+    import numpy as np
+
+    ref, twin = tmp_path / "ref.npy", tmp_path / "twin.npy"
+    base = ("sample", "--target", "ring8", "--sampler", "ode_euler", "--steps", "20", "--n", "64")
+    out = run(*base, "--backend", "numpy", "--out", str(ref))
+    assert out.returncode == 0, out.stderr
+    out = run(*base, "--backend", "numba", "--out", str(twin))
+    if importlib.util.find_spec("numba") is None:
+        assert out.returncode == 2 and "refdiff[fast]" in out.stderr
+    else:
+        assert out.returncode == 0, out.stderr
+        np.testing.assert_allclose(np.load(twin), np.load(ref), rtol=1e-9, atol=1e-9)
