@@ -1,0 +1,107 @@
+"""The branch-free exp / log / sin-cos of the Numba fused kernel (refdiff.kernels.fused_numba) against NumPy.
+
+The kernel's Box-Muller normals must match :mod:`refdiff.noise` to 1e-14 and
+its softmax weights drive float64 trajectories that must match the reference
+to 1e-10, so each function is checked in ulps on millions of points over the
+whole range it is used on, edges included: ``_log`` on every kind of uniform
+``(w + 0.5) 2**-32`` (2**-33 ... 1 - 2**-33), ``_sincos`` on theta = 2 pi u
+(quadrant boundaries and the exact quarter points included), ``_exp_weight``
+on [-708, 0] (and its clamp below). Under NUMBA_DISABLE_JIT=1 the sizes shrink
+(plain Python is slow) but the same assertions run.
+"""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("numba") is None:
+    pytest.skip("numba is not installed (pip install 'refdiff[fast]')", allow_module_level=True)
+
+import numba  # noqa: E402
+
+from refdiff.kernels import fused_numba as FN  # noqa: E402
+from refdiff.noise import TWO_PI, counter_normals  # noqa: E402
+
+JIT = not numba.config.DISABLE_JIT
+BIG = 4_000_000 if JIT else 2_000
+
+
+@numba.njit(error_model="numpy")
+def _apply(which, x, out0, out1):
+    for i in range(x.shape[0]):
+        if which == 0:
+            out0[i] = FN._exp_weight(x[i])
+        elif which == 1:
+            out0[i] = FN._log(x[i])
+        else:
+            s, c = FN._sincos(x[i])
+            out0[i] = s
+            out1[i] = c
+
+
+def _run(which, x):
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    out0, out1 = np.empty_like(x), np.empty_like(x)
+    _apply(which, x, out0, out1)
+    return out0, out1
+
+
+def _ulps(got, want):
+    """|got - want| in units of the last place of want (spacing of the smallest normal for want = 0)."""
+    scale = np.spacing(np.maximum(np.abs(want), np.finfo(np.float64).tiny))
+    return np.abs(got - want) / scale
+
+
+def _uniforms(n, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.integers(0, 2**32, size=n, dtype=np.uint64)
+    edges = np.array([0, 1, 2, 3, 2**31 - 1, 2**31, 2**32 - 3, 2**32 - 2, 2**32 - 1], dtype=np.uint64)
+    quarters = np.arange(0, 2**32, 2**24, dtype=np.uint64)  # u near k/256: theta near multiples of pi/128
+    small = (np.uint64(1) << np.arange(32, dtype=np.uint64)) - np.uint64(1)  # u = (2**m - 0.5) 2**-32
+    w = np.concatenate([edges, quarters, quarters - np.uint64(1), small, w[: max(n - 1000, 0)]])
+    return (w.astype(np.float64) + 0.5) * 2.0**-32
+
+
+def test_log_on_every_uniform_within_one_ulp():
+    u = _uniforms(BIG, 0)
+    got, _ = _run(1, u)
+    assert np.max(_ulps(got, np.log(u))) <= 1.0
+    x = np.exp(np.random.default_rng(1).uniform(-700.0, 700.0, BIG // 4))  # the whole normal range
+    got, _ = _run(1, x)
+    assert np.max(_ulps(got, np.log(x))) <= 1.0
+    assert _run(1, np.array([1.0]))[0][0] == 0.0
+
+
+def test_sincos_on_two_pi_u_within_one_ulp():
+    u = np.concatenate([_uniforms(BIG, 2), [0.25, 0.5, 0.75, 0.125, 0.375, 0.625, 0.875]])
+    theta = TWO_PI * u
+    s, c = _run(2, theta)
+    assert np.max(_ulps(s, np.sin(theta))) <= 1.0  # relative: even next to the zeros of sin and cos
+    assert np.max(_ulps(c, np.cos(theta))) <= 1.0
+    theta = np.random.default_rng(3).uniform(0.0, 2 * np.pi, BIG)  # arbitrary doubles in [0, 2 pi)
+    theta[:3] = [0.0, np.nextafter(2 * np.pi, 0.0), np.pi / 4]
+    s, c = _run(2, theta)
+    assert np.max(_ulps(s, np.sin(theta))) <= 1.0
+    assert np.max(_ulps(c, np.cos(theta))) <= 1.0
+
+
+def test_exp_weight_within_two_ulp_and_clamped():
+    x = -np.random.default_rng(4).uniform(0.0, 708.0, BIG)
+    x[:6] = [0.0, -0.0, -1e-300, -5e-324, -708.0, -0.5 * np.log(2.0)]
+    got, _ = _run(0, x)
+    assert np.max(_ulps(got, np.exp(x))) <= 2.0
+    got, _ = _run(0, np.array([-708.0, -708.5, -745.0, -1e300, -np.inf, np.nan]))
+    assert np.all(got[1:5] == got[0]) and np.isnan(got[5])  # clamped to exp(-708): never subnormal, never 0
+    assert _ulps(got[:1], np.exp([-708.0]))[0] <= 2.0
+
+
+def test_kernel_normals_match_the_contract_on_many_particles():
+    """FN.normals (the kernel's Box-Muller) against refdiff.noise on many draws: 1e-14 as the contract says."""
+    n = 200_000 if JIT else 500
+    particles = np.random.default_rng(5).integers(0, 2**63, size=n, dtype=np.uint64)
+    for seed, draw, dim in ((0, 0, 4), (2**64 - 1, 2**32 - 1, 7), (12345, 17, 2)):
+        want = counter_normals(seed, particles, draw, dim)
+        got = FN.normals(seed, particles, draw, dim)
+        np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
+        assert np.max(_ulps(got, want)[np.abs(want) > 1e-3]) <= 4.0
