@@ -29,6 +29,17 @@ SAMPLER_NAMES = (
 )
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; every option with a real default shows it in --help."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        no_default = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if no_default or "%(default)" in text or not action.option_strings:
+            return text
+        return (text + " " if text else "") + "(default: %(default)s)"
+
+
 class UsageError(ValueError):
     """A bad argument or input file: one line on stderr, exit status 2."""
 
@@ -76,6 +87,24 @@ def _save_npy_atomic(path, array):
     atomic_write(path, lambda fh: np.save(fh, array), suffix=".npy")
 
 
+def _load_npy(path, what):
+    """A .npy array written by np.save (no pickles), or a UsageError saying what the file is instead."""
+    import numpy as np
+
+    if not os.path.exists(path):
+        raise UsageError(f"{what} file does not exist: {path}")
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise UsageError(f"{what} {path} is not a .npy array (write one with numpy.save)") from None
+    if not isinstance(a, np.ndarray):  # an .npz archive
+        a.close()
+        raise UsageError(f"{what} {path} is an .npz archive; pass a single array saved with numpy.save (.npy)")
+    if a.dtype.kind not in "fiu":
+        raise UsageError(f"{what} {path} must hold numbers, got dtype {a.dtype}")
+    return a
+
+
 def _process(name):
     from .schedules import DiscreteSchedule, linear_betas
     from .sde import CosineVPSDE, SubVPSDE, VESDE, VPSDE
@@ -107,9 +136,9 @@ def add_demo(sub):
                        description="Forward process, exact score field, a short MLP training run, samples from "
                                    "several samplers against the truth, error against NFE, learned vs exact "
                                    "score: PNG figures plus a printed summary.", epilog=EPILOG_DEMO,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=_Formatter)
     p.add_argument("--out", default="refdiff-demo", metavar="DIR", help="folder for the figures (created)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (printed in the output)")
     p.add_argument("--steps", type=int, default=8000, help="training steps (default 8000)")
     p.add_argument("--n", type=int, default=4000, help="samples per sampler (default 4000)")
     p.set_defaults(func=cmd_demo)
@@ -142,24 +171,25 @@ def add_train(sub):
     p = sub.add_parser("train", help="train a network on built-in data (MLP for 2-D sets, U-Net for images)",
                        description="Train an MLP (2-D sets) or a U-Net (digit images) with a diffusion objective "
                                    "and write a checkpoint.", epilog=EPILOG_TRAIN,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, choices=DATA_NAMES)
-    p.add_argument("--steps", type=int, required=True)
+                       formatter_class=_Formatter)
+    p.add_argument("--data", required=True, choices=DATA_NAMES, help="built-in data set")
+    p.add_argument("--steps", type=int, required=True, help="training steps (in total, when resuming)")
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write (.npz)")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
-    p.add_argument("--objective", choices=OBJECTIVES, default="eps")
+    p.add_argument("--objective", choices=OBJECTIVES, default="eps",
+                   help="eps prediction, weighted DSM or NCSN multi-scale DSM")
     p.add_argument("--process", choices=PROCESSES, default=None,
                    help="vp (default), subvp, cosine, ve (default for ncsn) or ddpm (discrete, 1000 steps)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 512 for 2-D, 128 for images)")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
     p.add_argument("--width", type=int, default=128, help="MLP width")
     p.add_argument("--depth", type=int, default=3, help="MLP hidden layers")
     p.add_argument("--channels", type=int, default=32, help="U-Net channels")
     p.add_argument("--conditional", action="store_true", help="class-conditional (images; label dropped 20%%)")
     p.add_argument("--n-data", type=int, default=100_000, help="2-D points (or generated glyph images) to train on")
-    p.add_argument("--checkpoint-every", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (printed in the output)")
     p.set_defaults(func=cmd_train)
 
 
@@ -240,15 +270,15 @@ def add_sample(sub):
     p = sub.add_parser("sample", help="draw samples from an analytic target or a trained checkpoint",
                        description="Sample with any refdiff sampler, from an exact Gaussian-mixture target "
                                    f"({', '.join(TARGET_NAMES)} or a JSON file) or a checkpoint.",
-                       epilog=EPILOG_SAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EPILOG_SAMPLE, formatter_class=_Formatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--target", metavar="NAME|FILE.json",
                      help="analytic target: a name, or JSON {\"weights\", \"means\", \"covs\"}")
     src.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint written by refdiff train")
-    p.add_argument("--sampler", required=True, choices=SAMPLER_NAMES)
+    p.add_argument("--sampler", required=True, choices=SAMPLER_NAMES, help="sampler (see README's sampler table)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
-    p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--out", required=True, metavar="FILE.npy")
+    p.add_argument("--n", type=int, default=1000, help="number of samples")
+    p.add_argument("--out", required=True, metavar="FILE.npy", help="where to write the samples")
     p.add_argument("--process", choices=PROCESSES, default="vp", help="process for an analytic target (default vp)")
     p.add_argument("--label", type=int, default=None, help="class to sample (class-conditional checkpoints)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale gamma (default 1)")
@@ -258,7 +288,7 @@ def add_sample(sub):
                         "work (checkpoints; numpy or numba); auto picks the fastest installed")
     p.add_argument("--clip-x0", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                    help="clip the predicted x0 to [LO, HI] (ddpm and ddim; e.g. -1 1 for pixel data)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (printed in the output)")
     p.set_defaults(func=cmd_sample)
 
 
@@ -346,6 +376,8 @@ def cmd_sample(args):
     if args.clip_x0 is not None:
         if args.sampler not in ("ddpm", "ddim"):
             raise UsageError(f"--clip-x0 applies to the ddpm and ddim samplers, not {args.sampler}")
+        if not args.clip_x0[0] < args.clip_x0[1]:
+            raise UsageError(f"--clip-x0 needs LO < HI, got {args.clip_x0[0]:g} {args.clip_x0[1]:g}")
         kw["clip_x0"] = tuple(args.clip_x0)
     keep_freed_memory()
     t0 = time.perf_counter()
@@ -376,10 +408,10 @@ def add_likelihood(sub):
                        description="Log-likelihood of each row of --data under the probability-flow ODE of a "
                                    "checkpoint trained on a continuous process (exact divergence through the "
                                    "network's VJP).", epilog=EPILOG_LIKELIHOOD,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+                       formatter_class=_Formatter)
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by refdiff train")
     p.add_argument("--data", required=True, metavar="FILE.npy", help="points (N, ...) as a .npy array")
-    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--rtol", type=float, default=1e-5, help="ODE solver tolerance (relative and absolute)")
     p.add_argument("--out", default=None, metavar="FILE.npy", help="also write the per-row log-likelihoods")
     p.add_argument("--seed", type=int, default=0, help="recorded for the report (the exact divergence draws nothing)")
     p.set_defaults(func=cmd_likelihood)
@@ -394,12 +426,7 @@ def cmd_likelihood(args):
     ck, objective = _load_checkpoint(args.checkpoint)
     if not isinstance(objective.process, SDE):
         raise UsageError(f"{args.checkpoint} was trained on a discrete schedule; the PF-ODE likelihood needs an SDE")
-    try:
-        x = np.load(args.data, allow_pickle=False)
-    except FileNotFoundError:
-        raise UsageError(f"--data file does not exist: {args.data}") from None
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"--data {args.data} is not a .npy array ({exc})") from None
+    x = _load_npy(args.data, "--data")
     if x.ndim < 1 or tuple(x.shape[1:]) != tuple(ck.network.data_shape) or x.shape[0] < 1:
         raise UsageError(f"--data must have shape (N, {', '.join(map(str, ck.network.data_shape))}), got {x.shape}")
     if args.out:
@@ -442,7 +469,7 @@ def add_bench(sub):
                                    "then print one table: refdiff's fastest backend against the NumPy reference and "
                                    "the peer, with each goal. Ratios are other time / refdiff time (> 1: refdiff "
                                    "faster). Missing peers (PyTorch, Numba) are reported as skipped.",
-                       epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EPILOG_BENCH, formatter_class=_Formatter)
     p.add_argument("--quick", action="store_true", help="short runs: the scripts' --quick or fewer repeats")
     p.add_argument("--only", nargs="+", choices=BENCH_NAMES, metavar="NAME",
                    help=f"benchmarks to run (default: all of {', '.join(BENCH_NAMES)})")
@@ -559,7 +586,7 @@ def add_schedule(sub):
                        description="Rebuild the betas of a diffusers scheduler config (without diffusers) as "
                                    "refdiff's float64 schedule, print its ends, terminal SNR and inference "
                                    "timesteps in both numberings, and check it.", epilog=EPILOG_SCHEDULE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=_Formatter)
     p.add_argument("--from-config", required=True, metavar="FILE.json", dest="config",
                    help="a diffusers scheduler config (scheduler_config.json)")
     p.add_argument("--steps", type=int, default=50, help="inference steps whose timesteps are shown (default 50)")

@@ -116,11 +116,11 @@ def trajectories(paths, mixture=None, *, lim=5.0, path=None, title="reverse-time
         ax.contour(xx, yy, mixture.log_prob(pts).reshape(xx.shape), levels=8, colors="0.7", linewidths=0.6)
     for i in range(paths.shape[1]):
         ax.plot(paths[:, i, 0], paths[:, i, 1], lw=0.7, alpha=0.8)
-        ax.plot(paths[-1, i, 0], paths[-1, i, 1], "k.", ms=3)
+        ax.plot(paths[-1, i, 0], paths[-1, i, 1], "k.", ms=3)  # where each path ends
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     save(fig, path)
     return fig
 
@@ -203,6 +203,7 @@ def loss_curve(losses, *, decay=0.99, path=None):
     ax.plot(ema, lw=1.5, label=f"moving average ({decay})")
     ax.set_yscale("log")
     ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
     ax.legend()
     save(fig, path)
     return fig

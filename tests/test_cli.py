@@ -256,3 +256,30 @@ def test_sample_backend_choice(tmp_path):
     else:
         assert out.returncode == 0, out.stderr
         np.testing.assert_allclose(np.load(twin), np.load(ref), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("likelihood", "--checkpoint", "{ck}", "--data", "{npz}"), "is an .npz archive"),
+        (("likelihood", "--checkpoint", "{npy}", "--data", "{npy}"), "not a readable refdiff checkpoint"),
+        (("likelihood", "--checkpoint", "{ck}", "--data", "{txt}"), "is not a .npy array"),
+        (("sample", "--checkpoint", "{ck}", "--sampler", "ddim", "--clip-x0", "1", "-1", "--out", "{out}"), "LO < HI"),
+    ],
+)
+def test_wrong_kinds_of_file_and_range_give_one_line(ring_checkpoint, tmp_path, args, message):
+    import numpy as np
+
+    files = {"ck": str(ring_checkpoint), "npz": str(tmp_path / "a.npz"), "npy": str(tmp_path / "a.npy"),
+             "txt": str(tmp_path / "a.txt"), "out": str(tmp_path / "x.npy")}
+    np.savez(files["npz"], x=np.zeros((3, 2)))
+    np.save(files["npy"], np.zeros((3, 2)))
+    (tmp_path / "a.txt").write_text("1 2\n3 4\n")
+    out = run(*(a.format(**files) for a in args))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr and "pickle" not in out.stderr
+
+
+def test_help_shows_defaults():
+    out = run("train", "--help")
+    assert "Adam learning rate (default: 0.002)" in out.stdout and "(default: 0)" in out.stdout

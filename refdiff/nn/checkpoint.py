@@ -117,6 +117,9 @@ def save_checkpoint(
 
 
 def _read(path):
+    # np.load would open a .npy (or a pickle) as something else entirely: insist on a zip archive first
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path!s} is not a readable refdiff checkpoint (truncated, or not an .npz file)")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
