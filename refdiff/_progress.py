@@ -36,11 +36,12 @@ class ProgressLine:
         now = time.perf_counter()
         if self._start_step is None:
             self._start_step, self._t0 = step, now
-        if not force and step < self.total and now - self._last < self.min_interval:
+        if not force and (self.total <= 0 or step < self.total) and now - self._last < self.min_interval:
             return
         self._last = now
         rate = (step - self._start_step) / max(now - self._t0, 1e-9)
-        parts = [f"{self.label} {step}/{self.total}".strip(), f"{rate:.1f} it/s"]
+        count = f"{step}/{self.total}" if self.total > 0 else f"{step}"  # total 0: not known ahead
+        parts = [f"{self.label} {count}".strip(), f"{rate:.1f} it/s"]
         parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items()]
         self.stream.write("\r" + "  ".join(parts) + "\x1b[K")
         self.stream.flush()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import os
 import sys
 import time
@@ -373,6 +374,8 @@ def cmd_sample(args):
 
     fn = DIFFUSION_SAMPLERS[args.sampler]
     kw = {} if args.steps is None else ({"levels": args.steps} if args.sampler == "annealed_langevin" else {"steps": args.steps})
+    if "steps" in kw and "steps" not in inspect.signature(fn).parameters:
+        raise UsageError(f"--steps does not apply to {args.sampler}: it chooses its own step sizes")
     if args.clip_x0 is not None:
         if args.sampler not in ("ddpm", "ddim"):
             raise UsageError(f"--clip-x0 applies to the ddpm and ddim samplers, not {args.sampler}")
@@ -380,11 +383,17 @@ def cmd_sample(args):
             raise UsageError(f"--clip-x0 needs LO < HI, got {args.clip_x0[0]:g} {args.clip_x0[1]:g}")
         kw["clip_x0"] = tuple(args.clip_x0)
     keep_freed_memory()
+    from ._progress import ProgressLine
+
+    bar = ProgressLine(0, f"{args.sampler} step")  # on a terminal only
     t0 = time.perf_counter()
     try:
-        x, nfe = fn(model, process, shape, prediction=prediction, rng=args.seed, **kw)
+        x, nfe = fn(model, process, shape, prediction=prediction, rng=args.seed,
+                    callback=lambda i, t, x: bar.update(i + 1), **kw)
     except TypeError as exc:  # e.g. a sampler that needs a continuous process given a discrete one
         raise UsageError(f"{args.sampler}: {exc}") from None
+    finally:
+        bar.close()
     seconds = time.perf_counter() - t0
     x = np.asarray(x)
     _save_npy_atomic(args.out, x)
@@ -433,12 +442,24 @@ def cmd_likelihood(args):
         _out_path(args.out)
     params = (ck.ema if ck.ema is not None else ck.params).astype(np.float64)
     score = objective.score_model(ck.network, params)
+    from ._progress import ProgressLine
+
+    bar = ProgressLine(0, "ODE evaluation")  # on a terminal only
+    calls = [0]
+
+    def score_fn(y, t):
+        calls[0] += 1
+        bar.update(calls[0])
+        return score(y, t)
+
     t0 = time.perf_counter()
     try:
-        res = ode_log_likelihood(objective.process, score, x.astype(np.float64), score_vjp=score.vjp,
+        res = ode_log_likelihood(objective.process, score_fn, x.astype(np.float64), score_vjp=score.vjp,
                                  rtol=args.rtol, atol=args.rtol)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    finally:
+        bar.close()
     lp = res.log_prob
     se = lp.std(ddof=1) / np.sqrt(lp.size) if lp.size > 1 else float("nan")
     print(f"refdiff likelihood: {lp.size} points, mean log-likelihood {lp.mean():.4f} nats (standard error {se:.4f}), "

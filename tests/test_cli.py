@@ -283,3 +283,15 @@ def test_wrong_kinds_of_file_and_range_give_one_line(ring_checkpoint, tmp_path, 
 def test_help_shows_defaults():
     out = run("train", "--help")
     assert "Adam learning rate (default: 0.002)" in out.stdout and "(default: 0)" in out.stdout
+
+
+def test_every_sampler_runs_from_the_command_line(tmp_path):
+    """Each sampler name the CLI offers runs on an analytic target (adaptive ones without --steps)."""
+    from refdiff import cli_models
+
+    for name in cli_models.SAMPLER_NAMES:
+        steps = () if name in ("ode_rk45", "sde_adaptive") else ("--steps", "3")
+        out = run("sample", "--target", "ring8", "--sampler", name, *steps, "--n", "4", "--out", str(tmp_path / "s.npy"))
+        assert out.returncode == 0, (name, out.stderr)
+    out = run("sample", "--target", "ring8", "--sampler", "ode_rk45", "--steps", "3", "--out", str(tmp_path / "s.npy"))
+    assert out.returncode == 2 and "chooses its own step sizes" in out.stderr

@@ -345,3 +345,17 @@ def test_processes_round_trip_through_their_description():
                                           process.variance(np.linspace(0.01, 0.9, 5)))
     with pytest.raises(ValueError, match="process kind"):
         process_from_config({"kind": "EDM"})
+
+
+def test_progress_line_without_a_known_total():
+    import io
+
+    from refdiff._progress import ProgressLine
+
+    buf = io.StringIO()
+    bar = ProgressLine(0, "ODE evaluation", enabled=True, stream=buf, min_interval=0.0)
+    for k in range(1, 4):
+        bar.update(k)
+    bar.close()
+    text = buf.getvalue()
+    assert "ODE evaluation 3 " in text and "/" not in text.split("it/s")[0] and text.endswith("\n")
