@@ -32,7 +32,7 @@ def run_demo(out: str, seed: int = 0, steps: int = 8000, n: int = 4000, progress
     """Run the demo, write its figures into ``out`` and return the summary (also printed through ``log``)."""
     from . import plot, samplers
     from .analytic import GaussianMixture
-    from .metrics import mode_weight_error, sliced_wasserstein
+    from .metrics import mode_weight_error, score_error_by_time, sliced_wasserstein
     from .nn import MLP
     from .objectives import EpsObjective
     from .sde import VPSDE
@@ -114,12 +114,8 @@ def run_demo(out: str, seed: int = 0, steps: int = 8000, n: int = 4000, progress
     plot.save(fig, fig_path("error_vs_nfe"))
 
     score = obj.score_model(net, res.ema)
-    score_rows = []
-    for i, t in enumerate((0.01, 0.03, 0.1, 0.3, 0.6, 1.0)):
-        x_t = vp.sample_marginal(exact_samples, t, rng=_seed(seed, 8, i))
-        s_true = target.score(x_t, vp, t)
-        e = np.sum((score(x_t, t) - s_true) ** 2, axis=1)
-        score_rows.append({"t": t, "rel_mse": float(e.mean() / np.mean(np.sum(s_true**2, axis=1)))})
+    score_rows = score_error_by_time(score, target, vp, (0.01, 0.03, 0.1, 0.3, 0.6, 1.0), exact_samples,
+                                     rng=_seed(seed, 8))
     plot.score_error_over_t(score_rows, path=fig_path("score_error"))
     plt.close("all")
 

@@ -61,6 +61,7 @@ __all__ = [
     "far_from_modes",
     "NoiseFloor",
     "noise_floor",
+    "score_error_by_time",
 ]
 
 #: Projections per chunk in :func:`sliced_wasserstein` are chosen so that the
@@ -557,3 +558,27 @@ def noise_floor(metric, sampler, n: int, rng=None, repeats: int = 5) -> NoiseFlo
         values[r] = float(metric(a, b))
     values.flags.writeable = False
     return NoiseFloor(float(values.mean()), float(values.std(ddof=1)), values, int(n))
+
+
+def score_error_by_time(score_fn, mixture, process, times, x0, rng=None) -> list:
+    r"""Error of a score model against a mixture's exact score, at each of ``times``.
+
+    At each t, :math:`x_t\sim q(x_t|x_0)` from the data ``x0`` (the same
+    ``x0`` for every t, fresh noise from ``rng`` per t), and
+
+    * ``rel_mse`` = :math:`E|s_\theta-s^*|^2/E|s^*|^2` (scale-free; 1 is no better than 0),
+    * ``rms`` = :math:`\sqrt{E|s_\theta-s^*|^2}`,
+
+    with ``sigma`` the process's noise std at t. Returns one dict per time.
+    """
+    x0 = _points(x0, "x0")
+    gens = np.random.SeedSequence(as_rng(rng).integers(2**63)).spawn(len(times))
+    rows = []
+    for t, g in zip(times, gens):
+        t = float(t)
+        x_t = process.sample_marginal(x0, t, rng=g)
+        exact = mixture.score(x_t, process, t)
+        err = np.sum((np.asarray(score_fn(x_t, t), dtype=np.float64) - exact) ** 2, axis=1)
+        rows.append({"t": t, "sigma": float(process.std(t)), "rel_mse": float(err.mean() / np.mean(np.sum(exact**2, axis=1))),
+                     "rms": float(np.sqrt(err.mean()))})
+    return rows

@@ -191,13 +191,11 @@ def score_error_over_t(rows, *, path=None):
 
 def loss_curve(losses, *, decay=0.99, path=None):
     """Per-step losses and their exponential moving average."""
+    from .train import moving_average
+
     plt = _plt()
     losses = np.asarray(losses, dtype=np.float64)
-    ema = np.empty_like(losses)
-    acc = losses[0] if losses.size else 0.0
-    for i, v in enumerate(losses):
-        acc = decay * acc + (1 - decay) * v
-        ema[i] = acc
+    ema = moving_average(losses, decay)
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     ax.plot(losses, lw=0.3, alpha=0.5, label="loss")
     ax.plot(ema, lw=1.5, label=f"moving average ({decay})")

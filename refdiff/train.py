@@ -40,7 +40,7 @@ from .nn.network import Network
 from .nn.optim import Adam, clip_grad_norm, ema_update, warmup_lr
 from .objectives import EpsObjective
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train", "regression_loss"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train", "regression_loss", "moving_average"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -120,14 +120,16 @@ class TrainResult:
     @property
     def ema_losses(self) -> np.ndarray:
         """Exponential moving average of the loss (decay 0.99), as printed in the progress line."""
-        return _smoothed(self.losses, 0.99)
+        return moving_average(self.losses, 0.99)
 
     @property
     def steps_per_second(self) -> float:
         return self.info.get("steps_run", 0) / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _smoothed(losses, decay):
+def moving_average(losses, decay: float = 0.99) -> np.ndarray:
+    """Exponential moving average of a loss history, starting at its first value (as the progress line shows)."""
+    losses = np.asarray(losses, dtype=np.float64)
     out = np.empty_like(losses)
     acc = None
     for i, v in enumerate(losses):

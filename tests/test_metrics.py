@@ -341,3 +341,16 @@ def test_bad_types_raise_type_error():
         mode_weights(_X, object())
     with pytest.raises(TypeError, match="x must be real"):
         mmd(_X + 0j, _X, 1.0)
+
+
+def test_score_error_by_time_is_zero_for_the_exact_score_and_scale_free():
+    from refdiff.metrics import score_error_by_time
+    from refdiff.sde import VPSDE
+    from refdiff.targets import ring_mixture
+
+    ring, vp = ring_mixture(), VPSDE()
+    x0 = ring.sample(500, rng=0)
+    exact = score_error_by_time(lambda x, t: ring.score(x, vp, t), ring, vp, (0.1, 0.5), x0, rng=1)
+    assert [r["rel_mse"] for r in exact] == [0.0, 0.0] and exact[1]["sigma"] == pytest.approx(float(vp.std(0.5)))
+    off = score_error_by_time(lambda x, t: 1.1 * ring.score(x, vp, t), ring, vp, (0.1, 0.5), x0, rng=1)
+    assert [r["rel_mse"] for r in off] == pytest.approx([0.01, 0.01], rel=1e-10)

@@ -359,3 +359,10 @@ def test_progress_line_without_a_known_total():
     bar.close()
     text = buf.getvalue()
     assert "ODE evaluation 3 " in text and "/" not in text.split("it/s")[0] and text.endswith("\n")
+
+
+def test_moving_average_matches_the_recurrence():
+    from refdiff.train import moving_average
+
+    out = moving_average([4.0, 0.0, 2.0], decay=0.5)
+    np.testing.assert_allclose(out, [4.0, 2.0, 2.0])
