@@ -120,9 +120,7 @@ def _load_checkpoint(path):
 
     try:
         ck = load_checkpoint(path)
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from None
-    except ValueError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # missing, truncated or foreign: one line
         raise UsageError(str(exc)) from None
     if not ck.train or "objective" not in ck.train:
         raise UsageError(f"{path} holds weights but no training objective (not written by refdiff train)")
