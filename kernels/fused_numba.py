@@ -28,12 +28,9 @@ NumPy's libm here, far inside the contract's 1e-14). The softmax weights
 use an FMA polynomial exp (2 ulp), so float64 trajectories agree with the
 reference to rounding (~1e-13 after 1000 steps), not bit for bit.
 
-The block score (``_score_block``) is two passes over the active components
-(logits, then softmax weights) on the constants of
-:func:`refdiff.samplers.fused.score_constants`; it covers isotropic,
-diagonal (U = identity, ``full=False``) and full covariances (eigen
-coordinates), with a D = 2 diagonal fast path (``_score_block_2d``, the
-same arithmetic in one loop per component and pass).
+The block score is ``mixture_numba._score_block`` (the same lane-block
+mixture score the scalar-t mixture twin runs), on the constants of
+:func:`refdiff.samplers.fused.score_constants`.
 
 Numba settings per DESIGN: ``cache=True, nogil=True, error_model="numpy"``,
 no fastmath (explicit ``llvm.fma`` calls only), no ``np.random``. Under
@@ -44,7 +41,6 @@ equivalents, so the plain-Python run computes the same numbers.
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 import numpy as np
 
@@ -54,6 +50,8 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError("refdiff.kernels.fused_numba needs numba: pip install 'refdiff[fast]'") from exc
 
+from refdiff.kernels._numba_math import _log, _sincos
+from refdiff.kernels.mixture_numba import _score_block
 from refdiff.samplers.fused import score_constants, start_state
 
 __all__ = ["run_table", "philox4x32_10", "normals"]
@@ -72,184 +70,6 @@ _S32 = np.uint64(32)
 _TWO_PI = 6.283185307179586  # the float64 nearest 2 pi, as refdiff.noise.TWO_PI
 _TWO_M32 = 2.0**-32
 
-
-# --------------------------------------------------------------------------- float64 <-> int64 bit casts
-if numba.config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1): the same bits through NumPy views
-
-    def _f2i(x):
-        return int(np.array(x, dtype=np.float64).view(np.int64))
-
-    def _i2f(i):
-        return float(np.array(int(i) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64).view(np.float64))  # int64 wrap-around
-
-    def _fma(a, b, c):
-        """a * b + c rounded once, as llvm.fma (exact rationals, one correctly rounded division)."""
-        if hasattr(math, "fma"):  # Python >= 3.13
-            return math.fma(float(a), float(b), float(c))
-        a, b, c = float(a), float(b), float(c)
-        if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)):
-            return a * b + c  # NaN / infinity: one rounding or two give the same
-        return float(Fraction(a) * Fraction(b) + Fraction(c))
-
-else:
-    from llvmlite import ir
-    from numba import types
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def _f2i(typingctx, x):
-        """The bits of a float64 as an int64 (an LLVM bitcast: free, and vectorisable)."""
-        if not isinstance(x, types.Float) or x.bitwidth != 64:
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.IntType(64))
-
-        return types.int64(types.float64), codegen
-
-    @intrinsic
-    def _i2f(typingctx, i):
-        """The float64 with the bits of an int64 (an LLVM bitcast)."""
-        if not isinstance(i, types.Integer) or i.bitwidth != 64:
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.DoubleType())
-
-        return types.float64(i), codegen
-
-    @intrinsic
-    def _fma(typingctx, a, b, c):
-        """a * b + c with one rounding (llvm.fma: an FMA instruction where the CPU has one, else libm fma)."""
-        if not all(isinstance(t, types.Float) and t.bitwidth == 64 for t in (a, b, c)):
-            return None
-
-        def codegen(context, builder, signature, args):
-            d = ir.DoubleType()
-            fn = builder.module.declare_intrinsic("llvm.fma", [d], ir.FunctionType(d, [d, d, d]))
-            return builder.call(fn, args)
-
-        return types.float64(types.float64, types.float64, types.float64), codegen
-
-
-# --------------------------------------------------------------------------- branch-free exp, log, sin/cos
-# Numba's math.exp/log/cos/sin are scalar libm calls here (no SVML), which stops LLVM from
-# vectorising the loops over lanes. These are the fdlibm/musl algorithms written without
-# branches (special cases that cannot occur here are not handled); against NumPy on 2e7
-# points each: _log and _sincos at most 1 ulp, _exp_weight at most 2 ulp
-# (tests/test_kernels_fused_math.py).
-_SHIFT = 6755399441055744.0  # 1.5 * 2**52: x + _SHIFT - _SHIFT rounds x to an integer (|x| < 2**51)
-_SHIFT_BITS = 0x4338000000000000  # its bits: the integer sits in the low bits
-_INVLN2 = 1.44269504088896338700e00
-_LN2_HI = 6.93147180369123816490e-01  # ln 2 to 33 bits: k * _LN2_HI is exact for |k| < 2**20
-_LN2_LO = 1.90821492927058770002e-10
-_E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9, _E10, _E11, _E12 = (1.0 / math.factorial(n) for n in range(2, 13))
-_EXP_MIN = -708.0  # exp(-708) ~ 3.3e-308 is still normal
-
-
-@njit(inline="always", **_OPTS)
-def _exp_weight(x):
-    """exp(x) for x <= 0 to 2 ulp, as a softmax weight: exp(max(x, -708)) (never subnormal), NaN for NaN.
-
-    Branch-free, vectorisable: x = k ln2 + r with |r| <= ln2/2 (Cody-Waite, two FMAs),
-    exp(r) by its Taylor polynomial of degree 12 in Horner form with FMAs (truncation
-    below 2e-16 relative), times 2**k built from its bits.
-    """
-    xc = _EXP_MIN if x < _EXP_MIN else x
-    t = _fma(xc, _INVLN2, _SHIFT)
-    k = _f2i(t) - _SHIFT_BITS  # k = round(x / ln 2), in [-1021, 0]
-    kf = t - _SHIFT
-    r = _fma(-kf, _LN2_HI, xc)  # exact
-    r = _fma(-kf, _LN2_LO, r)
-    p = _fma(_E12, r, _E11)
-    p = _fma(p, r, _E10)
-    p = _fma(p, r, _E9)
-    p = _fma(p, r, _E8)
-    p = _fma(p, r, _E7)
-    p = _fma(p, r, _E6)
-    p = _fma(p, r, _E5)
-    p = _fma(p, r, _E4)
-    p = _fma(p, r, _E3)
-    p = _fma(p, r, _E2)
-    p = _fma(p, r, 1.0)
-    p = _fma(p, r, 1.0)
-    return p * _i2f((k + 1023) << 52)
-
-
-_LG1 = 6.666666666666735130e-01  # fdlibm/musl log.c
-_LG2 = 3.999999999940941908e-01
-_LG3 = 2.857142874366239149e-01
-_LG4 = 2.222219843214978396e-01
-_LG5 = 1.818357216161805012e-01
-_LG6 = 1.531383769920937332e-01
-_LG7 = 1.479819860511658591e-01
-
-
-@njit(inline="always", **_OPTS)
-def _log(x):
-    """log(x) for finite normal x > 0 (musl log.c), branch-free."""
-    hx = _f2i(x)
-    # x = 2**k (1 + f) with 1 + f in [sqrt(2)/2, sqrt(2)): shift the high word by 1 - 0x3fe6a09e
-    hi = (hx >> 32) + (0x3FF00000 - 0x3FE6A09E)
-    k = (hi >> 20) - 0x3FF
-    hi = (hi & 0x000FFFFF) + 0x3FE6A09E
-    f = _i2f((hi << 32) | (hx & 0xFFFFFFFF)) - 1.0
-    hfsq = 0.5 * f * f
-    s = f / (2.0 + f)
-    z = s * s
-    w = z * z
-    t1 = w * (_LG2 + w * (_LG4 + w * _LG6))
-    t2 = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7)))
-    R = t2 + t1
-    dk = np.float64(k)
-    return s * (hfsq + R) + dk * _LN2_LO - hfsq + f + dk * _LN2_HI
-
-
-_INVPIO2 = 6.36619772367581382433e-01  # musl __rem_pio2.c
-_PIO2_1 = 1.57079632673412561417e00  # pi/2 to 33 bits
-_PIO2_2 = 6.07710050630396597660e-11  # the next 33 bits
-_PIO2_2T = 2.02226624879595063154e-21  # pi/2 - (_PIO2_1 + _PIO2_2)
-_S1 = -1.66666666666666324348e-01  # musl __sin.c
-_S2 = 8.33333333332248946124e-03
-_S3 = -1.98412698298579493134e-04
-_S4 = 2.75573137070700676789e-06
-_S5 = -2.50507602534068634195e-08
-_S6 = 1.58969099521155010221e-10
-_C1 = 4.16666666666666019037e-02  # musl __cos.c
-_C2 = -1.38888888888741095749e-03
-_C3 = 2.48015872894767294178e-05
-_C4 = -2.75573143513906633035e-07
-_C5 = 2.08757232129817482790e-09
-_C6 = -1.13596475577881948265e-11
-
-
-@njit(inline="always", **_OPTS)
-def _sincos(x):
-    """(sin x, cos x) for 0 <= x < 2**20, branch-free: a two-step Cody-Waite reduction by pi/2
-    (musl __rem_pio2, medium case; the reduced argument is exact to ~1e-30 here) and musl's
-    __sin/__cos kernels on [-pi/4, pi/4]."""
-    t = x * _INVPIO2 + _SHIFT
-    n = _f2i(t) - _SHIFT_BITS  # quadrant: round(x / (pi/2))
-    fn = t - _SHIFT
-    r0 = x - fn * _PIO2_1  # exact
-    w0 = fn * _PIO2_2  # exact
-    r1 = r0 - w0
-    w1 = fn * _PIO2_2T - ((r0 - r1) - w0)
-    y = r1 - w1
-    z = y * y
-    w = z * z
-    r = _S2 + z * (_S3 + z * _S4) + z * w * (_S5 + z * _S6)
-    sn = y + z * y * (_S1 + z * r)
-    r = z * (_C1 + z * (_C2 + z * _C3)) + w * w * (_C4 + z * (_C5 + z * _C6))
-    hz = 0.5 * z
-    v = 1.0 - hz
-    cs = v + (((1.0 - v) - hz) + z * r)
-    odd = (n & 1) != 0
-    s_out = cs if odd else sn
-    c_out = sn if odd else cs
-    s_out = -s_out if (n & 2) != 0 else s_out
-    c_out = -c_out if ((n + 1) & 2) != 0 else c_out
-    return s_out, c_out
 
 
 # --------------------------------------------------------------------------- the noise contract
@@ -327,111 +147,7 @@ def _normals_block(z, wr, wt, key0, key1, p_lo, p_hi, draw):
                     z[d, l] = z0
 
 
-# --------------------------------------------------------------------------- the score and the run
-@njit(inline="always", **_OPTS)
-def _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out):
-    """_score_block for D = 2 and diagonal covariances: the same arithmetic, one lane loop per component and pass."""
-    K, L = log_norm.shape[1], xs.shape[1]
-    x0, x1, o0, o1 = xs[0], xs[1], out[0], out[1]
-    for l in range(L):
-        m[l] = -np.inf
-    for k in range(K):
-        mu0, mu1, ic0, ic1, ln = means[i, k, 0], means[i, k, 1], inv_c[i, k, 0], inv_c[i, k, 1], log_norm[i, k]
-        lk = logit[k]
-        for l in range(L):
-            y0 = x0[l] - mu0
-            y1 = x1[l] - mu1
-            quad = y0 * (y0 * ic0)  # >= +0, so equal to the general path's 0.0 + y0 * q0
-            quad += y1 * (y1 * ic1)
-            lg = ln - 0.5 * quad
-            lk[l] = lg
-            m[l] = lg if lg > m[l] else m[l]
-    for l in range(L):
-        tot[l] = 0.0
-        o0[l] = 0.0
-        o1[l] = 0.0
-    for k in range(K):
-        mu0, mu1, ic0, ic1 = means[i, k, 0], means[i, k, 1], inv_c[i, k, 0], inv_c[i, k, 1]
-        lk = logit[k]
-        for l in range(L):
-            w = _exp_weight(lk[l] - m[l])
-            tot[l] += w
-            o0[l] -= w * ((x0[l] - mu0) * ic0)
-            o1[l] -= w * ((x1[l] - mu1) * ic1)
-    for l in range(L):
-        o0[l] /= tot[l]
-        o1[l] /= tot[l]
-
-
-@njit(inline="always", **_OPTS)
-def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, tot, acc, out):
-    """Exact mixture score at LANES points xs (D, LANES) for table row i, into ``out`` (D, LANES).
-
-    Pass 1 keeps each component's logit and q_k = C_k^{-1} y_k (eigen coordinates,
-    y_k = U_k^T (x - gamma mu_k)); pass 2 sums the softmax weights times -U_k q_k.
-    Every loop over lanes is innermost and element-wise (SIMD); per lane the
-    arithmetic and its order are those of one point alone.
-    """
-    K, D, L = log_norm.shape[1], xs.shape[0], xs.shape[1]
-    if D == 2 and not full:
-        _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out)
-        return
-    for l in range(L):
-        m[l] = -np.inf
-    for k in range(K):
-        for l in range(L):
-            quad[l] = 0.0
-        for a in range(D):
-            if full:
-                for l in range(L):
-                    ya[l] = 0.0
-                for j in range(D):
-                    u = U[k, j, a]
-                    mu = means[i, k, j]
-                    for l in range(L):
-                        ya[l] += u * (xs[j, l] - mu)
-            else:
-                mu = means[i, k, a]
-                for l in range(L):
-                    ya[l] = xs[a, l] - mu
-            ic = inv_c[i, k, a]
-            for l in range(L):
-                qa = ya[l] * ic
-                quad[l] += ya[l] * qa
-                q[k, a, l] = qa
-        ln = log_norm[i, k]
-        for l in range(L):
-            lg = ln - 0.5 * quad[l]
-            logit[k, l] = lg
-            m[l] = lg if lg > m[l] else m[l]
-    for l in range(L):
-        tot[l] = 0.0
-    for j in range(D):
-        for l in range(L):
-            out[j, l] = 0.0
-    for k in range(K):
-        for l in range(L):
-            w = _exp_weight(logit[k, l] - m[l])
-            logit[k, l] = w  # now the unnormalised weight
-            tot[l] += w
-        for j in range(D):
-            if full:
-                for l in range(L):
-                    acc[l] = 0.0
-                for a in range(D):
-                    u = U[k, j, a]
-                    for l in range(L):
-                        acc[l] += u * q[k, a, l]
-                for l in range(L):
-                    out[j, l] -= logit[k, l] * acc[l]
-            else:
-                for l in range(L):
-                    out[j, l] -= logit[k, l] * q[k, j, l]
-    for j in range(D):
-        for l in range(L):
-            out[j, l] /= tot[l]
-
-
+# --------------------------------------------------------------------------- the run
 @njit(parallel=True, **_OPTS)
 def _run(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, full, lanes):
     """Run every row for every particle, in place on x (N, D); coefs (R, 4) = a, b, b_prev, c.

@@ -15,34 +15,51 @@ and :math:`z_k=x-\gamma_t\mu_k`,
     \log p_t(x)=\mathrm{LSE}_k\,\ell_k,\qquad
     \nabla\log p_t(x)=-\textstyle\sum_k\mathrm{softmax}(\ell)_k\,C_k^{-1}z_k .
 
-Every quantity is formed from the difference :math:`z_k` (never from the
-cancelling :math:`|x|^2-2x\cdot\mu+|\mu|^2`). The scalar-t kernel forms the
-quadratic forms and the score in x's dtype, as the reference does (float32
-data: twice the SIMD lanes), from constants derived in float64; logits, the
-log-sum-exp and the softmax weights are float64. The per-point function works
-in float64 throughout.
+Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
 
-Two kernels:
-
-* scalar t (every particle at one noise level): per-component constants are
-  computed once per call on the host in float64 (``_constants``: the
-  whitening :math:`W_k=\mathrm{diag}(c_k^{-1/2})U_k^\top`, or
-  :math:`c_k^{-1/2}` per axis; the log-normaliser with :math:`\log w_k`;
-  :math:`\gamma_t\mu_k`). The kernel (``_score_blocked``) takes particles in
-  blocks of ``BLOCK``, transposes each block to (D, B) and holds its logits as
-  (K, B), so every inner loop runs over the B particles of a block: loads are
-  contiguous, there is no reduction over a short axis, and LLVM vectorises
-  the loops without reassociating a sum. Numba's ``math.exp`` is a scalar
-  libm call here (no SVML), which would floor the kernel at N*K calls; the
-  softmax uses ``_exp_nonpos`` instead, a branch-free Cody-Waite exp
-  (degree-12 polynomial, 2^n built from its bits, about 1 ulp) that
-  vectorises with the rest of the loop.
-* one t per particle (``_score_pointwise``): each particle calls
+* **lanes** (scalar t; full covariances, or K*D < :data:`GEMM_MIN_KD`):
+  ``_score_lanes`` takes particles in blocks of :data:`LANES`, transposed to
+  (D, LANES) float64, and runs ``_score_block`` on each: pass 1 holds the
+  logits as (K, LANES) from the differences :math:`z_k` (never from the
+  cancelling :math:`|x|^2-2x\cdot\mu+|\mu|^2`), pass 2 sums the softmax
+  weights times :math:`-C_k^{-1}z_k`. Every loop over lanes is innermost and
+  element-wise, so LLVM vectorises it; the lane count is a run-time value (a
+  constant trip count is unrolled instead), and the exp is ``_exp_weight``
+  from ``_numba_math`` (Numba's ``math.exp`` is a scalar libm call here). A
+  task of :data:`BLOCKS_PER_TASK` blocks shares one set of scratch arrays
+  (``prange`` over tasks). Arithmetic is float64 throughout; float32 results
+  are rounded once at the end (the reference forms float32 quadratic forms
+  in float32, so float32 agreement is to float32 rounding).
+* **gemm** (scalar t; isotropic or diagonal; K*D >= :data:`GEMM_MIN_KD`):
+  per block of points the quadratic forms
+  :math:`q_k=\sum_d s_{kd}(x_d-\gamma\mu_{kd})^2`, :math:`s_k=c_k^{-1}`, come
+  from a float64 BLAS product, :math:`-2\sum_d s_{kd}\gamma\mu_{kd}x_d`
+  (isotropic; plus :math:`s_k|x|^2`) or that plus :math:`\sum_d s_{kd}x_d^2`
+  (diagonal: the block augmented with its squares), plus
+  :math:`\sum_d s_{kd}\gamma^2\mu_{kd}^2`; the score is a second product,
+  :math:`\sum_k r_k s_k\odot\gamma\mu_k`, minus :math:`x\odot\sum_k r_k s_k`.
+  Both products are called from inside the ``prange`` task (Numba's
+  ``np.dot``), on blocks small enough that BLAS stays on the calling thread
+  (:data:`GEMM_BLOCK_WORK`); BLAS threads spinning beside Numba's halved the
+  speed of a host-side version. The expanded form cancels when a point is
+  much farther from the origin than from a component mean: its error bound
+  is about :math:`\gamma_{D+1}\,2(\max_d s_{kd}|x|^2+\sum_d s_{kd}\gamma^2\mu_{kd}^2)`
+  where the difference form's is :math:`\gamma_D\,q_k`
+  (:math:`\gamma_n\approx n\epsilon`), so a (particle, component) logit is
+  recomputed from the difference wherever the first bound exceeds
+  :data:`REFINE_KAPPA` times :math:`q_k+D` (:math:`D` is the typical
+  :math:`q_k` of a point under its own component): every logit that carries
+  weight is about as accurate as the reference's (tested on overlapping
+  components 1e4 from the origin, where the plain expanded form is off by
+  more than the float64 tolerance).
+* **pointwise** (one t per particle, any kind and dtype): each particle calls
   :func:`mixture_score_point`, which forms :math:`c_k` for its own t (one
   streaming pass, online log-sum-exp).
 
-``prange`` runs over particle blocks only (the outermost loop); there is no
-``fastmath`` and no random number inside a kernel.
+``prange`` runs over particle tasks only (the outermost loop); there is no
+``fastmath`` and no random number inside a kernel. Softmax weights below the
+smallest normal number of the dtype are flushed to 0 before a GEMM
+(subnormal operands slow BLAS down by orders of magnitude).
 
 Per-point device function
 -------------------------
@@ -72,6 +89,10 @@ returns  float64               log p_t(x)
 releases the GIL with its caller (``nogil``); it costs O(K D) (O(K D^2) for
 full covariances) plus K logs and K exps per call.
 
+A lane-block kernel (the fused sampler) calls ``_score_block`` instead: the
+score of LANES points at once, in the layout of
+:func:`refdiff.samplers.fused.score_constants`.
+
 Requires the ``fast`` extra (``pip install "refdiff[fast]"``).
 """
 
@@ -82,173 +103,286 @@ import math
 import numpy as np
 
 try:
-    import numba
     from numba import njit, prange
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-__all__ = ["mixture_score", "mixture_log_prob", "mixture_score_point", "mixture_arrays", "BLOCK"]
+from refdiff.kernels._numba_math import _exp_weight, _log
 
-#: Particles per block of the scalar-t kernel (one block's (K, B) logits stay in L1/L2).
-BLOCK = 64
+__all__ = ["mixture_score", "mixture_log_prob", "mixture_score_point", "mixture_arrays", "LANES", "GEMM_MIN_KD"]
+
+#: Particles per block of the lane kernels: every per-particle loop runs over these lanes (SIMD).
+LANES = 64
+#: Blocks that share one set of scratch arrays (one ``prange`` task): allocation stays off the per-block path.
+BLOCKS_PER_TASK = 8
+#: Scalar t, isotropic/diagonal: K * D at or above this takes the GEMM path.
+GEMM_MIN_KD = 128
+#: GEMM path: K * E * lanes of one block's GEMM at most. OpenBLAS runs a GEMM of m n k <= 2^18 on the
+#: calling thread; a larger one inside ``prange`` starts its own threads and was measured 100x slower.
+GEMM_BLOCK_WORK = 2**18
+#: GEMM path: a logit is recomputed from the difference where the expanded form's error bound
+#: exceeds this multiple of the difference form's (see the module docstring).
+REFINE_KAPPA = 4.0
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _ISOTROPIC, _DIAGONAL, _FULL = 0, 1, 2
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
-
-# --------------------------------------------------------------------------- vectorisable exp
-_LOG2E = 1.4426950408889634
-_LN2_HI = 6.93147180369123816490e-01  # ln 2 split in two (fdlibm): n * _LN2_HI is exact for |n| < 2^11
-_LN2_LO = 1.90821492927058770002e-10
-_EXP_MIN = -708.0  # exp(-708) is still a normal float64; below it the result is returned as 0
-
-if numba.config.DISABLE_JIT:  # plain Python: the bit cast below has no Python implementation
-
-    def _exp_nonpos(v):
-        return math.exp(v)
-
-else:
-    from llvmlite import ir
-    from numba.core import types
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def _bits_as_float64(typingctx, bits):
-        """Reinterpret an int64 as the float64 with the same bits (LLVM bitcast; vectorises)."""
-        if not isinstance(bits, types.Integer):
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.DoubleType())
-
-        return types.float64(types.int64), codegen
-
-    @njit(inline="always", **_JIT)
-    def _exp_nonpos(v):
-        """exp(v) for v <= 0 without a libm call: v = n ln2 + r, |r| <= ln2/2, exp(r) by Taylor to r^12 (error < 2.5e-16)."""
-        u = max(v, _EXP_MIN)
-        n = np.int64(u * _LOG2E + 1024.5) - 1024  # floor(u / ln2 + 1/2), the operand is positive
-        nf = np.float64(n)
-        r = (u - nf * _LN2_HI) - nf * _LN2_LO
-        p = 1.0 / 479001600.0
-        p = p * r + 1.0 / 39916800.0
-        p = p * r + 1.0 / 3628800.0
-        p = p * r + 1.0 / 362880.0
-        p = p * r + 1.0 / 40320.0
-        p = p * r + 1.0 / 5040.0
-        p = p * r + 1.0 / 720.0
-        p = p * r + 1.0 / 120.0
-        p = p * r + 1.0 / 24.0
-        p = p * r + 1.0 / 6.0
-        p = p * r + 0.5
-        p = p * r + 1.0
-        p = p * r + 1.0
-        e = p * _bits_as_float64((n + 1023) << 52)  # p * 2^n, n in [-1021, 0]
-        return e if v >= _EXP_MIN else 0.0
+_TINY = float(np.finfo(np.float64).tiny)
 
 
-# --------------------------------------------------------------------------- scalar t: blocked kernel
+# --------------------------------------------------------------------------- lanes: the block score
+@njit(inline="always", **_JIT)
+def _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out):
+    """_score_block for D = 2 and diagonal covariances: the same arithmetic, one lane loop per component and pass."""
+    K, L = log_norm.shape[1], xs.shape[1]
+    x0, x1, o0, o1 = xs[0], xs[1], out[0], out[1]
+    for l in range(L):
+        m[l] = -np.inf
+    for k in range(K):
+        mu0, mu1, ic0, ic1, ln = means[i, k, 0], means[i, k, 1], inv_c[i, k, 0], inv_c[i, k, 1], log_norm[i, k]
+        lk = logit[k]
+        for l in range(L):
+            y0 = x0[l] - mu0
+            y1 = x1[l] - mu1
+            quad = y0 * (y0 * ic0)  # >= +0, so equal to the general path's 0.0 + y0 * q0
+            quad += y1 * (y1 * ic1)
+            lg = ln - 0.5 * quad
+            lk[l] = lg
+            m[l] = lg if lg > m[l] else m[l]
+    for l in range(L):
+        tot[l] = 0.0
+        o0[l] = 0.0
+        o1[l] = 0.0
+    for k in range(K):
+        mu0, mu1, ic0, ic1 = means[i, k, 0], means[i, k, 1], inv_c[i, k, 0], inv_c[i, k, 1]
+        lk = logit[k]
+        for l in range(L):
+            w = _exp_weight(lk[l] - m[l])
+            tot[l] += w
+            o0[l] -= w * ((x0[l] - mu0) * ic0)
+            o1[l] -= w * ((x1[l] - mu1) * ic1)
+    for l in range(L):
+        o0[l] /= tot[l]
+        o1[l] /= tot[l]
+
+
+@njit(inline="always", **_JIT)
+def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, tot, acc, out):
+    """Exact mixture score at LANES points xs (D, LANES) for table row i, into ``out`` (D, LANES).
+
+    Pass 1 keeps each component's logit and q_k = C_k^{-1} y_k (eigen coordinates,
+    y_k = U_k^T (x - gamma mu_k)); pass 2 sums the softmax weights times -U_k q_k.
+    Every loop over lanes is innermost and element-wise (SIMD); per lane the
+    arithmetic and its order are those of one point alone.
+    """
+    K, D, L = log_norm.shape[1], xs.shape[0], xs.shape[1]
+    if D == 2 and not full:
+        _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out)
+        return
+    for l in range(L):
+        m[l] = -np.inf
+    for k in range(K):
+        for l in range(L):
+            quad[l] = 0.0
+        for a in range(D):
+            if full:
+                for l in range(L):
+                    ya[l] = 0.0
+                for j in range(D):
+                    u = U[k, j, a]
+                    mu = means[i, k, j]
+                    for l in range(L):
+                        ya[l] += u * (xs[j, l] - mu)
+            else:
+                mu = means[i, k, a]
+                for l in range(L):
+                    ya[l] = xs[a, l] - mu
+            ic = inv_c[i, k, a]
+            for l in range(L):
+                qa = ya[l] * ic
+                quad[l] += ya[l] * qa
+                q[k, a, l] = qa
+        ln = log_norm[i, k]
+        for l in range(L):
+            lg = ln - 0.5 * quad[l]
+            logit[k, l] = lg
+            m[l] = lg if lg > m[l] else m[l]
+    for l in range(L):
+        tot[l] = 0.0
+    for j in range(D):
+        for l in range(L):
+            out[j, l] = 0.0
+    for k in range(K):
+        for l in range(L):
+            w = _exp_weight(logit[k, l] - m[l])
+            logit[k, l] = w  # now the unnormalised weight
+            tot[l] += w
+        for j in range(D):
+            if full:
+                for l in range(L):
+                    acc[l] = 0.0
+                for a in range(D):
+                    u = U[k, j, a]
+                    for l in range(L):
+                        acc[l] += u * q[k, a, l]
+                for l in range(L):
+                    out[j, l] -= logit[k, l] * acc[l]
+            else:
+                for l in range(L):
+                    out[j, l] -= logit[k, l] * q[k, j, l]
+    for j in range(D):
+        for l in range(L):
+            out[j, l] /= tot[l]
+
+
+
 @njit(parallel=True, **_JIT)
-def _score_blocked(x, gmu, scale, W, const, full, want_score, tiny, score, logp):
-    """Scalar-t twin of ``_stream``: logits (K, B) per block of B particles, then the softmax-weighted score.
+def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, logp):
+    """Scalar-t twin of ``_stream``: ``_score_block`` on blocks of ``lanes`` particles (see the module docstring).
 
-    x (N, D); gmu (K, D) = gamma mu_k; scale (K, D) = c_k^{-1/2} (kinds 0, 1);
-    W (K, D, D) whitening diag(c_k^{-1/2}) U_k^T (kind 2, ``full``); const (K,)
-    = log w_k - (D log 2pi + log det C_k) / 2. Writes score (N, D) if
-    ``want_score`` and logp (N,). Softmax weights below ``tiny`` (the
-    smallest normal number of x's dtype) count as 0, and a component whose
-    weights are all 0 in a block is skipped there (in high dimension the
-    posterior is nearly one-hot, so most are).
+    x (N, D) float32/float64; means, inv_c (1, K, D), log_norm (1, K), U as
+    :func:`refdiff.samplers.fused.score_constants` gives them for one row.
+    Writes logp (N,) and, if ``want_score``, score (N, D).
     """
     N, D = x.shape
-    K = gmu.shape[0]
-    B = BLOCK
-    n_blocks = (N + B - 1) // B
-    for ib in prange(n_blocks):
-        lo = ib * B
-        nb = min(B, N - lo)
-        xt = np.empty((D, B), x.dtype)  # the block, transposed
-        z = np.empty((D, B), x.dtype)  # x - gamma mu_k
-        y = np.empty((D, B), x.dtype)  # whitened z
-        quad = np.empty(B, x.dtype)
-        L = np.empty((K, B))  # logits, then exp(logit - max), float64
-        m = np.full(B, -np.inf)
-        total = np.zeros(B)
-        r = np.empty(B, x.dtype)
-        for d in range(D):
-            for b in range(nb):
-                xt[d, b] = x[lo + b, d]
-        # pass 1: logits l_k = const_k - |W_k z_k|^2 / 2, held as (K, B)
-        for k in range(K):
-            quad[:nb] = 0.0
-            if full:
-                for d in range(D):
-                    for b in range(nb):
-                        z[d, b] = xt[d, b] - gmu[k, d]
-                for e in range(D):
-                    y[e, :nb] = 0.0
-                    for d in range(D):
-                        w = W[k, e, d]
-                        for b in range(nb):
-                            y[e, b] += w * z[d, b]
-                    for b in range(nb):
-                        quad[b] += y[e, b] * y[e, b]
-            else:
-                for d in range(D):
-                    g, s = gmu[k, d], scale[k, d]
-                    for b in range(nb):
-                        yy = (xt[d, b] - g) * s
-                        quad[b] += yy * yy
-            for b in range(nb):
-                L[k, b] = const[k] - 0.5 * np.float64(quad[b])
-                m[b] = max(m[b], L[k, b])
-        # log-sum-exp down the K axis
-        for k in range(K):
-            for b in range(nb):
-                e_kb = _exp_nonpos(L[k, b] - m[b])
-                L[k, b] = e_kb
-                total[b] += e_kb
-        for b in range(nb):
-            logp[lo + b] = m[b] + math.log(total[b])
-        if not want_score:
-            continue
-        # pass 2: score = -sum_k r_k C_k^{-1} z_k with r_k the softmax weight
-        acc = np.zeros((D, B), x.dtype)  # the score block, transposed
-        for k in range(K):
-            r_max = 0.0
-            for b in range(nb):
-                w = L[k, b] / total[b]  # softmax weight r_k
-                w = w if w >= tiny else 0.0  # flush weights below the dtype's normal range (subnormals are slow)
-                r[b] = w
-                r_max = max(r_max, w)
-            if r_max == 0.0:  # component k adds exactly nothing to this block
+    K = log_norm.shape[1]
+    L = lanes  # a run-time value, so that LLVM's loop vectorizer (not full unrolling) takes the lane loops
+    n_blocks = (N + L - 1) // L
+    n_tasks = (n_blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
+    for task in prange(n_tasks):
+        xs = np.zeros((D, L))
+        out = np.zeros((D, L))
+        logit = np.zeros((K, L))
+        q = np.zeros((K, D, L))
+        ya = np.zeros(L)
+        quad = np.zeros(L)
+        m = np.zeros(L)
+        tot = np.zeros(L)
+        acc = np.zeros(L)
+        for blk in range(task * BLOCKS_PER_TASK, min(n_blocks, (task + 1) * BLOCKS_PER_TASK)):
+            p0 = np.uint64(blk * L)  # unsigned offsets: no negative-index wrap-around test in the copy loops
+            n_lanes = min(L, N - blk * L)
+            for l in range(n_lanes):
+                for j in range(D):
+                    xs[j, l] = x[p0 + np.uint64(l), j]
+            _score_block(xs, 0, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, tot, acc, out)
+            for l in range(n_lanes):
+                logp[p0 + np.uint64(l)] = m[l] + _log(tot[l])
+            if want_score:
+                for l in range(n_lanes):
+                    for j in range(D):
+                        score[p0 + np.uint64(l), j] = out[j, l]
+
+
+# --------------------------------------------------------------------------- gemm: BLAS quadratic forms
+@njit(parallel=True, **_JIT)
+def _score_gemm(x, M1, M2T, s_iso, gmu, s, q2, s_max, const, kappa, want_score, lanes, score, logp):
+    """The GEMM path: per block of ``lanes`` points, G = M1 @ [x; x^2] and S = M2T @ r by BLAS (float64).
+
+    x (N, D); M1 (K, E) with E = D (isotropic, ``s_iso``: rows -2 s_k gmu_k;
+    the kernel adds s_k |x|^2) or 2 D (diagonal: [-2 s_k * gmu_k, s_k], the
+    points augmented with their squares); M2T (E, K) = [s_k * gmu_k, s_k]^T
+    (diagonal) or (s_k gmu_k)^T; gmu (K, D) gamma mu_k; s (K, D) 1/c_k;
+    q2 (K,) = sum_d s_kd gmu_kd^2; s_max (K,) = max_d s_kd; const (K,) the
+    log-normalisers. Writes logp (N,) and, if ``want_score``, score (N, D).
+    ``lanes`` keeps each GEMM small enough that BLAS runs it on the calling
+    thread (``prange`` is the only parallel layer).
+    """
+    N, D = x.shape
+    K, E = M1.shape
+    L = lanes
+    n_blocks = (N + L - 1) // L
+    n_tasks = (n_blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
+    for task in prange(n_tasks):
+        xs = np.zeros((E, L))  # the block, transposed (and its squares below, diagonal)
+        logit = np.zeros((K, L))
+        S = np.zeros((E, L))
+        x2 = np.zeros(L)
+        m = np.zeros(L)
+        tot = np.zeros(L)
+        ws = np.zeros(L)
+        for blk in range(task * BLOCKS_PER_TASK, min(n_blocks, (task + 1) * BLOCKS_PER_TASK)):
+            p0 = np.uint64(blk * L)
+            n_lanes = min(L, N - blk * L)
+            for l in range(n_lanes):
+                for j in range(D):
+                    xs[j, l] = x[p0 + np.uint64(l), j]
+            for l in range(L):
+                x2[l] = 0.0
+                m[l] = -np.inf
+                tot[l] = 0.0
+                ws[l] = 0.0
+            for j in range(D):
+                for l in range(L):
+                    x2[l] += xs[j, l] * xs[j, l]
+            if not s_iso:
+                for j in range(D):
+                    for l in range(L):
+                        xs[D + j, l] = xs[j, l] * xs[j, l]
+            np.dot(M1, xs, logit)
+            suspect = 0  # pairs whose expanded-form bound is above kappa times the difference form's
+            for k in range(K):
+                ck, qk, bk = const[k], q2[k], 2.0 * s_max[k]
+                sk = s[k, 0] if s_iso else 0.0
+                for l in range(L):
+                    qf = logit[k, l] + sk * x2[l] + qk  # the quadratic form z' C^-1 z
+                    suspect += np.int64(bk * x2[l] + 2.0 * qk > kappa * (qf + D))
+                    logit[k, l] = ck - 0.5 * qf
+            if suspect:
+                for k in range(K):
+                    ck, qk, bk = const[k], q2[k], 2.0 * s_max[k]
+                    for l in range(n_lanes):
+                        qf = 2.0 * (ck - logit[k, l])
+                        if bk * x2[l] + 2.0 * qk > kappa * (qf + D):
+                            qf = 0.0
+                            for j in range(D):
+                                zj = xs[j, l] - gmu[k, j]
+                                qf += zj * (zj * s[k, j])
+                            logit[k, l] = ck - 0.5 * qf
+            for k in range(K):
+                for l in range(L):
+                    lg = logit[k, l]
+                    m[l] = lg if lg > m[l] else m[l]
+            for k in range(K):
+                for l in range(L):
+                    w = _exp_weight(logit[k, l] - m[l])
+                    logit[k, l] = w
+                    tot[l] += w
+            for l in range(n_lanes):
+                logp[p0 + np.uint64(l)] = m[l] + _log(tot[l])
+            if not want_score:
                 continue
-            if full:
-                for d in range(D):
-                    for b in range(nb):
-                        z[d, b] = xt[d, b] - gmu[k, d]
-                for e in range(D):
-                    y[e, :nb] = 0.0
-                    for d in range(D):
-                        w = W[k, e, d]
-                        for b in range(nb):
-                            y[e, b] += w * z[d, b]
-                    for b in range(nb):
-                        y[e, b] *= r[b]
-                for e in range(D):  # acc -= W_k^T (r_k y_k)
-                    for d in range(D):
-                        w = W[k, e, d]
-                        for b in range(nb):
-                            acc[d, b] -= w * y[e, b]
-            else:
-                for d in range(D):
-                    g, s = gmu[k, d], scale[k, d]
-                    s2 = s * s
-                    for b in range(nb):
-                        acc[d, b] -= r[b] * ((xt[d, b] - g) * s2)
-        for d in range(D):
-            for b in range(nb):
-                score[lo + b, d] = acc[d, b]
+            for l in range(L):
+                tot[l] = 1.0 / tot[l]
+            for k in range(K):
+                sk = s[k, 0]
+                for l in range(L):
+                    r = logit[k, l] * tot[l]
+                    r = r if r >= _TINY else 0.0  # subnormal operands would slow BLAS down
+                    logit[k, l] = r
+                    ws[l] += r * sk
+            np.dot(M2T, logit, S)  # sum_k r_k s_k gmu_k and (diagonal) sum_k r_k s_k
+            for l in range(n_lanes):
+                for j in range(D):
+                    c = ws[l] if s_iso else S[D + j, l]
+                    score[p0 + np.uint64(l), j] = S[j, l] - xs[j, l] * c
+
+
+def _gemm_operands(gmu, s):
+    """(M1, M2T, isotropic, q2, s_max) of :func:`_score_gemm`, float64."""
+    isotropic = bool(np.all(s == s[:, :1]))
+    a = s * gmu  # (K, D)
+    if isotropic:
+        M1, M2 = -2.0 * a, a
+    else:
+        M1, M2 = np.concatenate([-2.0 * a, s], axis=1), np.concatenate([a, s], axis=1)
+    return np.ascontiguousarray(M1), np.ascontiguousarray(M2.T), isotropic, np.sum(a * gmu, axis=1), s.max(axis=1)
+
+
+def gemm_lanes(K, E):
+    """Points per GEMM block: K * E * lanes stays at or below :data:`GEMM_BLOCK_WORK` (0 when even 8 lanes exceed it)."""
+    lanes = (GEMM_BLOCK_WORK // (K * E)) // 8 * 8
+    return min(lanes, 256) if lanes >= 8 else 0
 
 
 # --------------------------------------------------------------------------- one t per particle
@@ -312,7 +446,7 @@ def mixture_score_point(x, g, v, log_w, mu, lam, U, kind, out, work):
 def _score_pointwise(x, gamma, var, log_w, mu, lam, U, kind, want_score, score, logp):
     """One t per particle: gamma, var (N,) float64; calls :func:`mixture_score_point` per particle."""
     N, D = x.shape
-    B = BLOCK
+    B = LANES
     n_blocks = (N + B - 1) // B
     for ib in prange(n_blocks):
         out = np.empty(D)
@@ -341,17 +475,17 @@ def mixture_arrays(mixture):
     )
 
 
-def _constants(log_w, mu, lam, U, kind, g, v):
-    """Per-component float64 constants of the scalar-t kernel: (gmu, scale, W, const)."""
-    K, D = mu.shape
-    c = g * g * lam + v  # (K, D) eigenvalues of C_k
-    const = log_w - 0.5 * (D * _LOG_2PI + np.sum(np.log(c), axis=1))
-    scale = 1.0 / np.sqrt(c)
-    W = (np.swapaxes(U, 1, 2) * scale[:, :, None]) if kind == _FULL else np.zeros((1, 1, 1))
-    return np.ascontiguousarray(g * mu), scale, np.ascontiguousarray(W), const
+def choose_path(kind, dtype, K, D, per_example_t):
+    """Which kernel evaluates a call: "pointwise", "gemm" or "lanes" (see the module docstring)."""
+    if per_example_t:
+        return "pointwise"
+    if kind != _FULL and K * D >= GEMM_MIN_KD and gemm_lanes(K, D if kind == _ISOTROPIC else 2 * D):
+        return "gemm"
+    return "lanes"
 
 
-def _evaluate(mixture, x, process, t, want_score):
+def _evaluate(mixture, x, process, t, want_score, path=None):
+    """Shared body of the twins; ``path`` ("lanes", "gemm", "pointwise") overrides the choice (tests)."""
     from refdiff.analytic import _check_points, _process_coefs
     from refdiff.backend import per_example
 
@@ -364,18 +498,31 @@ def _evaluate(mixture, x, process, t, want_score):
     per_example(gamma, x, "t")  # shape check of a per-example t
     N, D = xk.shape
     log_w, mu, lam, U, kind = mixture_arrays(mixture)
+    K = log_w.shape[0]
+    default = choose_path(kind, xk.dtype, K, D, gamma.ndim > 0)
+    path = default if path is None else path
+    if path not in ("lanes", "gemm", "pointwise") or (path == "gemm" and kind == _FULL) or ((path == "pointwise") != (gamma.ndim > 0)):
+        raise ValueError(f"path {path!r} does not apply to this mixture and t")
     score = np.empty((N, D) if want_score else (0, D), dtype=xk.dtype)
     logp = np.empty(N, dtype=xk.dtype)
     if N:
-        if gamma.ndim == 0:
-            gmu, scale, W, const = _constants(log_w, mu, lam, U, kind, float(gamma), float(var))
-            gmu, scale, W = (a.astype(xk.dtype) for a in (gmu, scale, W))  # the quadratic forms run in x's dtype
-            _score_blocked(xk, gmu, scale, W, const, kind == _FULL, want_score, float(np.finfo(xk.dtype).tiny), score, logp)
-        else:
+        if path == "pointwise":
             g = np.ascontiguousarray(gamma, dtype=np.float64)
             v = np.ascontiguousarray(np.broadcast_to(var, g.shape), dtype=np.float64)
             _score_pointwise(xk, g, v, log_w, mu, lam, U, kind, want_score, score, logp)
-    return (score if want_score else logp).astype(dtype, copy=False)
+        else:
+            g, v = float(gamma), float(var)
+            c = g * g * lam + v  # (K, D) eigenvalues of C_k
+            const = log_w - 0.5 * (D * _LOG_2PI + np.sum(np.log(c), axis=1))
+            gmu = np.ascontiguousarray(g * mu)
+            if path == "gemm":
+                M1, M2T, isotropic, q2, s_max = _gemm_operands(gmu, 1.0 / c)
+                lanes = gemm_lanes(K, M1.shape[1])
+                _score_gemm(xk, M1, M2T, isotropic, gmu, 1.0 / c, q2, s_max, const, REFINE_KAPPA, want_score, lanes, score, logp)
+            else:
+                lanes = min(LANES, N)
+                _score_lanes(xk, gmu[None], (1.0 / c)[None], const[None], U, kind == _FULL, want_score, lanes, score, logp)
+    return score.astype(dtype, copy=False) if want_score else logp.astype(dtype, copy=False)
 
 
 def mixture_score(mixture, x, process=None, t=None):

@@ -20,6 +20,7 @@ if importlib.util.find_spec("numba") is None:
 
 import numba  # noqa: E402
 
+from refdiff.kernels import _numba_math as NM  # noqa: E402
 from refdiff.kernels import fused_numba as FN  # noqa: E402
 from refdiff.noise import TWO_PI, counter_normals  # noqa: E402
 
@@ -31,11 +32,11 @@ BIG = 4_000_000 if JIT else 2_000
 def _apply(which, x, out0, out1):
     for i in range(x.shape[0]):
         if which == 0:
-            out0[i] = FN._exp_weight(x[i])
+            out0[i] = NM._exp_weight(x[i])
         elif which == 1:
-            out0[i] = FN._log(x[i])
+            out0[i] = NM._log(x[i])
         else:
-            s, c = FN._sincos(x[i])
+            s, c = NM._sincos(x[i])
             out0[i] = s
             out1[i] = c
 

@@ -147,6 +147,66 @@ def test_far_point_stays_finite(backend, dtype_name, kind):
         check(to_host(score), want_score, dtype_name, "score")
 
 
+@pytest.fixture
+def numba_twin():
+    return pytest.importorskip("refdiff.kernels.mixture_numba", exc_type=ImportError)
+
+
+@pytest.mark.parametrize("path", ["lanes", "gemm"])
+@pytest.mark.parametrize("times", ["data", "t=1e-4", "t=0.5", "t=1"])
+@pytest.mark.parametrize("N,K,D", SIZES + [(257, 40, 7)])
+@pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_every_numba_path_matches_oracle(numba_twin, path, dtype_name, kind, N, K, D, times):
+    """Both scalar-t kernels of the numba twin, forced, whatever K * D the automatic choice would take."""
+    gm, xs, process, t, expected = case(kind, N, K, D, times)
+    score = numba_twin._evaluate(gm, xs[dtype_name], process, t, True, path=path)
+    logp = numba_twin._evaluate(gm, xs[dtype_name], process, t, False, path=path)
+    assert score.dtype == logp.dtype == np.dtype(dtype_name)
+    check(logp, expected[dtype_name][0], dtype_name, "log_prob")
+    check(score, expected[dtype_name][1], dtype_name, "score")
+
+
+def far_cluster_case(D=24, K=16, N=512, offset=1e4, spread=0.3, seed=7):
+    """Overlapping components (means 0.3 N(0, I) apart) far from the origin, points drawn from the mixture.
+
+    |x|^2 ~ offset^2 D while x'C^-1 x ~ D: at offset 1e4 the expanded form of
+    the logits misses the float64 score by about 1e-6; the difference form
+    holds it to 1e-12.
+    """
+    rng = np.random.default_rng(seed)
+    means = offset + spread * rng.standard_normal((K, D))
+    gm = GaussianMixture(np.full(K, 1.0 / K), means, rng.uniform(0.05, 0.2, K))
+    x = gm.sample(N, rng=rng)
+    return gm, x, oracle(gm, x, None, None)
+
+
+@pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
+def test_gemm_path_refines_where_the_expanded_form_cancels(numba_twin, monkeypatch, kind):
+    """Near means far from the origin |x|^2 - 2 x.mu + |mu|^2 loses the digits that matter; the refined logits don't."""
+    gm, x, (want_logp, want_score) = far_cluster_case()
+    if kind == "diagonal":
+        gm = GaussianMixture(gm.weights, gm.means, np.repeat(gm.covs[:, None], gm.dim, axis=1))
+    assert gm.kind == kind and numba_twin.choose_path(0 if kind == "isotropic" else 1, np.float64, 16, 24, False) == "gemm"
+    check(numba_twin._evaluate(gm, x, None, None, True), want_score, "float64", "score")
+    check(numba_twin._evaluate(gm, x, None, None, False), want_logp, "float64", "log_prob")
+    monkeypatch.setattr(numba_twin, "REFINE_KAPPA", np.inf)  # never refine: the case must be one that needs it
+    with pytest.raises(AssertionError):
+        check(numba_twin._evaluate(gm, x, None, None, True), want_score, "float64", "score")
+
+
+def test_path_choice(numba_twin):
+    choose = numba_twin.choose_path
+    assert choose(0, np.float32, 32, 16, True) == "pointwise"
+    assert choose(0, np.float32, 8, 2, False) == "lanes"
+    assert choose(1, np.float32, 32, 16, False) == "gemm"
+    assert choose(2, np.float32, 32, 16, False) == "lanes"  # full covariances: no GEMM form
+    assert choose(0, np.float64, 8, 4, False) == "lanes"  # K * D below GEMM_MIN_KD
+    assert choose(0, np.float64, 4096, 128, False) == "lanes"  # a block of 8 points would be too big a GEMM
+    with pytest.raises(ValueError, match="path"):
+        numba_twin._evaluate(make_mixture("full", 3, 2), np.zeros((4, 2)), None, None, True, path="gemm")
+
+
 def test_backends_agree_at_float64_precision():
     """The numba twin and the reference agree far tighter than the oracle test asks (same formulas)."""
     pytest.importorskip("numba")

@@ -27,6 +27,7 @@ SOURCE_ROOTS = ((REPO / "refdiff", "refdiff"), (REPO / "kernels", "refdiff.kerne
 # extra, importing one must raise ImportError naming the extra; every other
 # module must import with the core dependencies alone.
 NEEDS_EXTRA = {
+    "refdiff.kernels._numba_math": "fast",
     "refdiff.kernels.mixture_numba": "fast",
     "refdiff.kernels.fused_numba": "fast",
     "refdiff.kernels.mlp_numba": "fast",

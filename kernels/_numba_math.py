@@ -1,0 +1,207 @@
+r"""Branch-free float64 math for Numba lane loops: bit casts, FMA, exp, log, sin/cos.
+
+Numba's ``math.exp/log/cos/sin`` are scalar libm calls here (no SVML), which
+stops LLVM from vectorising a loop over particle lanes. These are the
+fdlibm/musl algorithms written without branches (special cases that cannot
+occur in the kernels are not handled); against NumPy on 2e7 points each:
+``_log`` and ``_sincos`` at most 1 ulp, ``_exp_weight`` at most 2 ulp
+(tests/test_kernels_fused_math.py). Used by ``fused_numba`` and
+``mixture_numba``. Under ``NUMBA_DISABLE_JIT=1`` the bit casts and the FMA
+have plain-Python equivalents, so the kernels compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+
+try:
+    import numba
+    from numba import njit
+except ImportError as exc:  # the `fast` extra is not installed
+    raise ImportError('refdiff.kernels._numba_math needs numba: pip install "refdiff[fast]"') from exc
+
+__all__ = []
+
+_OPTS = dict(cache=True, nogil=True, error_model="numpy")
+
+
+# --------------------------------------------------------------------------- float64 <-> int64 bit casts
+if numba.config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1): the same bits through NumPy views
+
+    def _f2i(x):
+        return int(np.array(x, dtype=np.float64).view(np.int64))
+
+    def _i2f(i):
+        return float(np.array(int(i) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64).view(np.float64))  # int64 wrap-around
+
+    def _fma(a, b, c):
+        """a * b + c rounded once, as llvm.fma (exact rationals, one correctly rounded division)."""
+        if hasattr(math, "fma"):  # Python >= 3.13
+            return math.fma(float(a), float(b), float(c))
+        a, b, c = float(a), float(b), float(c)
+        if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)):
+            return a * b + c  # NaN / infinity: one rounding or two give the same
+        return float(Fraction(a) * Fraction(b) + Fraction(c))
+
+else:
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _f2i(typingctx, x):
+        """The bits of a float64 as an int64 (an LLVM bitcast: free, and vectorisable)."""
+        if not isinstance(x, types.Float) or x.bitwidth != 64:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.IntType(64))
+
+        return types.int64(types.float64), codegen
+
+    @intrinsic
+    def _i2f(typingctx, i):
+        """The float64 with the bits of an int64 (an LLVM bitcast)."""
+        if not isinstance(i, types.Integer) or i.bitwidth != 64:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.DoubleType())
+
+        return types.float64(i), codegen
+
+    @intrinsic
+    def _fma(typingctx, a, b, c):
+        """a * b + c with one rounding (llvm.fma: an FMA instruction where the CPU has one, else libm fma)."""
+        if not all(isinstance(t, types.Float) and t.bitwidth == 64 for t in (a, b, c)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            d = ir.DoubleType()
+            fn = builder.module.declare_intrinsic("llvm.fma", [d], ir.FunctionType(d, [d, d, d]))
+            return builder.call(fn, args)
+
+        return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+# --------------------------------------------------------------------------- branch-free exp, log, sin/cos
+# Numba's math.exp/log/cos/sin are scalar libm calls here (no SVML), which stops LLVM from
+# vectorising the loops over lanes. These are the fdlibm/musl algorithms written without
+# branches (special cases that cannot occur here are not handled); against NumPy on 2e7
+# points each: _log and _sincos at most 1 ulp, _exp_weight at most 2 ulp
+# (tests/test_kernels_fused_math.py).
+_SHIFT = 6755399441055744.0  # 1.5 * 2**52: x + _SHIFT - _SHIFT rounds x to an integer (|x| < 2**51)
+_SHIFT_BITS = 0x4338000000000000  # its bits: the integer sits in the low bits
+_INVLN2 = 1.44269504088896338700e00
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 to 33 bits: k * _LN2_HI is exact for |k| < 2**20
+_LN2_LO = 1.90821492927058770002e-10
+_E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9, _E10, _E11, _E12 = (1.0 / math.factorial(n) for n in range(2, 13))
+_EXP_MIN = -708.0  # exp(-708) ~ 3.3e-308 is still normal
+
+
+@njit(inline="always", **_OPTS)
+def _exp_weight(x):
+    """exp(x) for x <= 0 to 2 ulp, as a softmax weight: exp(max(x, -708)) (never subnormal), NaN for NaN.
+
+    Branch-free, vectorisable: x = k ln2 + r with |r| <= ln2/2 (Cody-Waite, two FMAs),
+    exp(r) by its Taylor polynomial of degree 12 in Horner form with FMAs (truncation
+    below 2e-16 relative), times 2**k built from its bits.
+    """
+    xc = _EXP_MIN if x < _EXP_MIN else x
+    t = _fma(xc, _INVLN2, _SHIFT)
+    k = _f2i(t) - _SHIFT_BITS  # k = round(x / ln 2), in [-1021, 0]
+    kf = t - _SHIFT
+    r = _fma(-kf, _LN2_HI, xc)  # exact
+    r = _fma(-kf, _LN2_LO, r)
+    p = _fma(_E12, r, _E11)
+    p = _fma(p, r, _E10)
+    p = _fma(p, r, _E9)
+    p = _fma(p, r, _E8)
+    p = _fma(p, r, _E7)
+    p = _fma(p, r, _E6)
+    p = _fma(p, r, _E5)
+    p = _fma(p, r, _E4)
+    p = _fma(p, r, _E3)
+    p = _fma(p, r, _E2)
+    p = _fma(p, r, 1.0)
+    p = _fma(p, r, 1.0)
+    return p * _i2f((k + 1023) << 52)
+
+
+_LG1 = 6.666666666666735130e-01  # fdlibm/musl log.c
+_LG2 = 3.999999999940941908e-01
+_LG3 = 2.857142874366239149e-01
+_LG4 = 2.222219843214978396e-01
+_LG5 = 1.818357216161805012e-01
+_LG6 = 1.531383769920937332e-01
+_LG7 = 1.479819860511658591e-01
+
+
+@njit(inline="always", **_OPTS)
+def _log(x):
+    """log(x) for finite normal x > 0 (musl log.c), branch-free."""
+    hx = _f2i(x)
+    # x = 2**k (1 + f) with 1 + f in [sqrt(2)/2, sqrt(2)): shift the high word by 1 - 0x3fe6a09e
+    hi = (hx >> 32) + (0x3FF00000 - 0x3FE6A09E)
+    k = (hi >> 20) - 0x3FF
+    hi = (hi & 0x000FFFFF) + 0x3FE6A09E
+    f = _i2f((hi << 32) | (hx & 0xFFFFFFFF)) - 1.0
+    hfsq = 0.5 * f * f
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * (_LG2 + w * (_LG4 + w * _LG6))
+    t2 = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7)))
+    R = t2 + t1
+    dk = np.float64(k)
+    return s * (hfsq + R) + dk * _LN2_LO - hfsq + f + dk * _LN2_HI
+
+
+_INVPIO2 = 6.36619772367581382433e-01  # musl __rem_pio2.c
+_PIO2_1 = 1.57079632673412561417e00  # pi/2 to 33 bits
+_PIO2_2 = 6.07710050630396597660e-11  # the next 33 bits
+_PIO2_2T = 2.02226624879595063154e-21  # pi/2 - (_PIO2_1 + _PIO2_2)
+_S1 = -1.66666666666666324348e-01  # musl __sin.c
+_S2 = 8.33333333332248946124e-03
+_S3 = -1.98412698298579493134e-04
+_S4 = 2.75573137070700676789e-06
+_S5 = -2.50507602534068634195e-08
+_S6 = 1.58969099521155010221e-10
+_C1 = 4.16666666666666019037e-02  # musl __cos.c
+_C2 = -1.38888888888741095749e-03
+_C3 = 2.48015872894767294178e-05
+_C4 = -2.75573143513906633035e-07
+_C5 = 2.08757232129817482790e-09
+_C6 = -1.13596475577881948265e-11
+
+
+@njit(inline="always", **_OPTS)
+def _sincos(x):
+    """(sin x, cos x) for 0 <= x < 2**20, branch-free: a two-step Cody-Waite reduction by pi/2
+    (musl __rem_pio2, medium case; the reduced argument is exact to ~1e-30 here) and musl's
+    __sin/__cos kernels on [-pi/4, pi/4]."""
+    t = x * _INVPIO2 + _SHIFT
+    n = _f2i(t) - _SHIFT_BITS  # quadrant: round(x / (pi/2))
+    fn = t - _SHIFT
+    r0 = x - fn * _PIO2_1  # exact
+    w0 = fn * _PIO2_2  # exact
+    r1 = r0 - w0
+    w1 = fn * _PIO2_2T - ((r0 - r1) - w0)
+    y = r1 - w1
+    z = y * y
+    w = z * z
+    r = _S2 + z * (_S3 + z * _S4) + z * w * (_S5 + z * _S6)
+    sn = y + z * y * (_S1 + z * r)
+    r = z * (_C1 + z * (_C2 + z * _C3)) + w * w * (_C4 + z * (_C5 + z * _C6))
+    hz = 0.5 * z
+    v = 1.0 - hz
+    cs = v + (((1.0 - v) - hz) + z * r)
+    odd = (n & 1) != 0
+    s_out = cs if odd else sn
+    c_out = sn if odd else cs
+    s_out = -s_out if (n & 2) != 0 else s_out
+    c_out = -c_out if ((n + 1) & 2) != 0 else c_out
+    return s_out, c_out
