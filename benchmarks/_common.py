@@ -53,6 +53,18 @@ def child_env(threads: int, unset_coretype: bool = False, base=None) -> dict:
     return env
 
 
+def jax_env(env, threads):
+    """``env`` plus what pins JAX's CPU client to ``threads``.
+
+    XLA:CPU sizes its intra-op pool from ``PJRT_NPROC`` (else every core);
+    ``OMP_NUM_THREADS`` and friends do not reach it, and XLA_FLAGS has no
+    thread-count flag. ``--xla_cpu_multi_thread_eigen=true`` (the default) is
+    written out so the record says the Eigen pool was on.
+    """
+    flags = " ".join(f for f in (env.get("XLA_FLAGS"), "--xla_cpu_multi_thread_eigen=true") if f)
+    return dict(env, PJRT_NPROC=str(int(threads)), XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+
+
 def recorded_env(env=None) -> dict:
     """The values of :data:`RECORDED_VARS` in ``env`` (None where unset)."""
     env = os.environ if env is None else env

@@ -1,4 +1,4 @@
-"""Time the exact mixture score: refdiff's reference (NumPy, (K, N) layout) vs its Numba twin vs PyTorch eager.
+"""Time the exact mixture score: refdiff's reference (NumPy, (K, N) layout) vs its Numba twin vs PyTorch and JAX.
 
 The problem: an isotropic Gaussian mixture (K components in D dimensions,
 means 3 N(0, I), variances U(0.1, 0.5)) diffused by the VP SDE to t = 0.5,
@@ -7,18 +7,34 @@ its score at N float32 points. Sizes (N, D, K) default to the issue's
 
 Before timing, each backend's score is checked against the float64
 reference (max error relative to the largest score entry below 1e-4); the
-script stops with exit status 2 otherwise. PyTorch runs in its own
-interpreter (``--torch-python``, default /opt/torchenv/bin/python when it
-exists) with the same pinned thread count; it computes the score the way a
-PyTorch user would (``torch.cdist``, ``softmax``, a matrix product), is given
-the same points and mixture, and is checked the same way. ``--crossover``
+script stops with exit status 2 otherwise. The peers run in the same
+invocation, one after the other, each in its own interpreter with the same
+pinned thread count, given the same points and mixture (``problem_np``: they
+cannot import refdiff), and are checked the same way:
+
+* PyTorch (``--torch-python``, default /opt/torchenv/bin/python when it
+  exists): the score the way a PyTorch user would write it (``torch.cdist``,
+  ``softmax``, a matrix product), eager and through ``torch.compile``
+  (``--no-torch-compile`` leaves the second out; a compile that fails, e.g.
+  without a C++ compiler, is recorded as skipped with its reason). The JSON
+  has each size's compile time, which Inductor's on-disk cache shortens on
+  a rerun (some 20 s per size cold on 2 cores, 0.1-3 s warm).
+* JAX (``--jax-python``, default /opt/jaxenv/bin/python when it exists):
+  ``jax.jit`` of the expanded-distance form, ``jax.nn.softmax`` and a matrix
+  product, ``block_until_ready`` inside the timed call. XLA's CPU thread pool
+  is sized by ``PJRT_NPROC`` (set to ``--threads``; XLA_FLAGS has no thread
+  count option, and a bare ``intra_op_parallelism_threads=N`` there is
+  silently ignored); the JSON records what was set.
+
+A peer whose interpreter is not given is reported as skipped. ``--crossover``
 also times both refdiff backends at small N (the size at which Numba starts
 to pay sets ``refdiff.analytic.NUMBA_MIN_WORK``).
 
 Usage::
 
     .venv/bin/python benchmarks/mixture_score.py [--threads 2] [--repeat 30]
-        [--sizes 100000,2,8 ...] [--crossover] [--torch-python PATH] [--json PATH]
+        [--sizes 100000,2,8 ...] [--crossover] [--torch-python PATH] [--no-torch-compile]
+        [--jax-python PATH] [--json PATH]
 """
 
 from __future__ import annotations
@@ -32,10 +48,14 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, child_env, machine_info, recorded_env, summary_ms, time_calls, write_json  # noqa: E402
+from _common import REPO, child_env, jax_env, machine_info, recorded_env, summary_ms, time_calls, write_json  # noqa: E402
 
 DEFAULT_SIZES = ["100000,2,8", "100000,16,32", "10000,64,128"]
 TORCH_PYTHON = "/opt/torchenv/bin/python"
+JAX_PYTHON = "/opt/jaxenv/bin/python"
+
+#: The timed variants of each peer worker, as the row keys and score file names.
+PEER_VARIANTS = {"torch": ("torch", "torch_compile"), "jax": ("jax",)}
 
 
 def problem(N, D, K, seed=0):
@@ -88,30 +108,82 @@ def refdiff_worker(sizes, repeat, crossover):
     return {"rows": out, "crossover": cross}
 
 
-def torch_worker(sizes, repeat, threads):
+def peer_arrays(N, D, K):
+    """float32 peer inputs: points, scaled means gamma mu_k, c_k = gamma^2 v_k + sigma^2, log normalisers."""
     import numpy as np
+
+    means, variances, x, g, v = problem_np(N, D, K)
+    c = g * g * variances + v  # (K,)
+    const = np.log(1.0 / K) - 0.5 * D * np.log(2 * np.pi * c)
+    return x, (g * means).astype(np.float32), c.astype(np.float32), const.astype(np.float32)
+
+
+def _save_score(variant, N, D, K, got):
+    import numpy as np
+
+    np.save(os.environ["REFDIFF_BENCH_OUT"] + f".{variant}.{N}_{D}_{K}.npy", np.asarray(got))
+
+
+def torch_worker(sizes, repeat, threads, compile_too):
+    import time
+
     import torch
 
     torch.set_num_threads(threads)
+
+    def score(X, GMU, C, CONST):
+        logits = CONST - 0.5 * torch.cdist(X, GMU).square() / C  # (N, K)
+        rc = torch.softmax(logits, dim=1) / C  # r_k / c_k
+        return rc @ GMU - rc.sum(1, keepdim=True) * X
+
+    # torch.compile (Inductor) needs a C++ compiler on CPU; where it fails the eager numbers still stand
+    compiled = {"status": "ok", "backend": "inductor", "dynamic": False} if compile_too else {"status": "off"}
     out = []
     for N, D, K in sizes:
-        means, variances, x, g, v = problem_np(N, D, K)
-        c = g * g * variances + v  # (K,)
-        const = np.log(1.0 / K) - 0.5 * D * np.log(2 * np.pi * c)
-        X, GMU = torch.from_numpy(x), torch.from_numpy((g * means).astype(np.float32))
-        C, CONST = torch.from_numpy(c.astype(np.float32)), torch.from_numpy(const.astype(np.float32))
-
-        def score():
-            logits = CONST - 0.5 * torch.cdist(X, GMU).square() / C  # (N, K)
-            rc = torch.softmax(logits, dim=1) / C  # r_k / c_k
-            return rc @ GMU - rc.sum(1, keepdim=True) * X
-
+        args = [torch.from_numpy(a) for a in peer_arrays(N, D, K)]
+        row = {"N": N, "D": D, "K": K}
         with torch.inference_mode():
-            got = score().numpy()
-            times = time_calls(score, 2, repeat, max_seconds=20)
-        out.append({"N": N, "D": D, "K": K, "torch": summary_ms(times)})
-        np.save(os.environ["REFDIFF_BENCH_OUT"] + f".{N}_{D}_{K}.npy", got)
-    return {"rows": out, "torch": torch.__version__}
+            _save_score("torch", N, D, K, score(*args).numpy())
+            row["torch"] = summary_ms(time_calls(lambda: score(*args), 2, repeat, max_seconds=20))
+            if compiled["status"] == "ok":
+                try:
+                    torch._dynamo.reset()  # one compile per size, timed on its own
+                    fn = torch.compile(score, dynamic=False)
+                    t0 = time.perf_counter()
+                    got = fn(*args).numpy()
+                    compile_s = time.perf_counter() - t0
+                except Exception as exc:  # any backend failure: skipped, with its reason
+                    first = (str(exc).strip().splitlines() or [""])[0][:300]
+                    compiled = {"status": "skipped", "reason": f"{type(exc).__name__}: {first}"}
+                else:
+                    _save_score("torch_compile", N, D, K, got)
+                    times = time_calls(lambda: fn(*args), 2, repeat, max_seconds=20)
+                    row["torch_compile"] = dict(summary_ms(times), compile_s=compile_s)
+        out.append(row)
+    return {"rows": out, "torch": torch.__version__, "torch_compile": compiled}
+
+
+def jax_worker(sizes, repeat):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    @jax.jit
+    def score(x, gmu, c, const):
+        # |x - gamma mu_k|^2 expanded, so the (N, K) distances are one matrix product, as a JAX user writes it
+        d2 = jnp.sum(x * x, axis=1, keepdims=True) - 2.0 * (x @ gmu.T) + jnp.sum(gmu * gmu, axis=1)
+        rc = jax.nn.softmax(const - 0.5 * d2 / c, axis=1) / c  # r_k / c_k
+        return rc @ gmu - rc.sum(axis=1, keepdims=True) * x
+
+    out = []
+    for N, D, K in sizes:
+        args = [jnp.asarray(a) for a in peer_arrays(N, D, K)]  # on the device before timing
+        got = np.asarray(score(*args))  # the first call compiles
+        # dispatch is asynchronous: without block_until_ready only the launch would be timed
+        times = time_calls(lambda: score(*args).block_until_ready(), 2, repeat, max_seconds=20)
+        _save_score("jax", N, D, K, got)
+        out.append({"N": N, "D": D, "K": K, "jax": summary_ms(times)})
+    return {"rows": out, "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
 
 
 def problem_np(N, D, K, seed=0):
@@ -127,6 +199,39 @@ def problem_np(N, D, K, seed=0):
     return means, variances, x, float(np.exp(log_gamma)), float(-np.expm1(2 * log_gamma))
 
 
+def run_peer(kind, python, args, env, rows, reference):
+    """Run peer worker ``kind`` under ``python`` and check its scores; its JSON, or None after printing why not.
+
+    Each timed variant's score lands in ``rows`` (with its error against the
+    float64 ``reference(N, D, K)``); an error of 1e-4 or more is a failure.
+    """
+    import numpy as np
+
+    common = ["--threads", str(args.threads), "--repeat", str(args.repeat), "--sizes", *args.sizes]
+    extra = ["--no-torch-compile"] if kind == "torch" and not args.torch_compile else []
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = str(Path(tmp) / "score")
+        cmd = [python, __file__, "--worker", kind, *common, *extra]
+        run = subprocess.run(cmd, env=dict(env, REFDIFF_BENCH_OUT=prefix), capture_output=True, text=True)
+        if run.returncode:
+            sys.stderr.write(run.stderr)
+            print(f"the {kind} worker ({python}) failed with status {run.returncode}", file=sys.stderr)
+            return None
+        res = json.loads(run.stdout.strip().splitlines()[-1])
+        for row, prow in zip(rows, res["rows"]):
+            N, D, K = row["N"], row["D"], row["K"]
+            want = reference(N, D, K)
+            for variant in (v for v in PEER_VARIANTS[kind] if v in prow):
+                got = np.load(f"{prefix}.{variant}.{N}_{D}_{K}.npy")
+                err = float(np.abs(got - want).max() / np.abs(want).max())
+                if not err < 1e-4:
+                    print(f"{variant} score differs from the float64 reference at {(N, D, K)}: {err:.3g}",
+                          file=sys.stderr)  # fmt: skip
+                    return None
+                row[variant] = dict(prow[variant], rel_err=err)
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -134,15 +239,21 @@ def main(argv=None):
     ap.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES)
     ap.add_argument("--crossover", action="store_true")
     ap.add_argument("--torch-python", default=TORCH_PYTHON if os.path.exists(TORCH_PYTHON) else None)
+    ap.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
+                    help="time PyTorch eager only (a cold torch.compile takes some 20 s per size on 2 cores)")
+    ap.add_argument("--jax-python", default=JAX_PYTHON if os.path.exists(JAX_PYTHON) else None)
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "mixture_score.json"))
-    ap.add_argument("--worker", choices=("refdiff", "torch"))
+    ap.add_argument("--worker", choices=("refdiff", "torch", "jax"))
     args = ap.parse_args(argv)
     sizes = [tuple(int(s) for s in spec.split(",")) for spec in args.sizes]
     if args.worker == "refdiff":
         print(json.dumps(refdiff_worker(sizes, args.repeat, args.crossover)))
         return 0
     if args.worker == "torch":
-        print(json.dumps(torch_worker(sizes, args.repeat, args.threads)))
+        print(json.dumps(torch_worker(sizes, args.repeat, args.threads, args.torch_compile)))
+        return 0
+    if args.worker == "jax":
+        print(json.dumps(jax_worker(sizes, args.repeat)))
         return 0
 
     env = child_env(args.threads)
@@ -155,36 +266,42 @@ def main(argv=None):
         sys.stderr.write(run.stderr)
         return 2
     result = json.loads(run.stdout)
-    torch_info = None
-    if args.torch_python:
-        import numpy as np
+    refs = {}
 
-        with tempfile.TemporaryDirectory() as tmp:
-            tenv = dict(env, REFDIFF_BENCH_OUT=str(Path(tmp) / "score"))
-            trun = subprocess.run([args.torch_python, __file__, "--worker", "torch", *common], env=tenv, capture_output=True, text=True)
-            if trun.returncode:
-                sys.stderr.write(trun.stderr)
-                return 2
-            tres = json.loads(trun.stdout)
-            torch_info = tres["torch"]
+    def reference(N, D, K):
+        if (N, D, K) not in refs:
+            import numpy as np
+
             from refdiff.analytic import GaussianMixture
             from refdiff.sde import VPSDE
 
-            for row, trow in zip(result["rows"], tres["rows"]):
-                N, D, K = row["N"], row["D"], row["K"]
-                means, variances, x, _, _ = problem(N, D, K)
-                want = GaussianMixture(np.full(K, 1.0 / K), means, variances).score(x.astype(np.float64), VPSDE(), 0.5, backend="numpy")
-                got = np.load(Path(tmp) / f"score.{N}_{D}_{K}.npy")
-                err = float(np.abs(got - want).max() / np.abs(want).max())
-                if not err < 1e-4:
-                    print(f"torch score differs from the float64 reference at {(N, D, K)}: {err:.3g}", file=sys.stderr)
-                    return 2
-                row["torch"] = dict(trow["torch"], rel_err=err)
+            means, variances, x, _, _ = problem(N, D, K)
+            gm = GaussianMixture(np.full(K, 1.0 / K), means, variances)
+            refs[N, D, K] = gm.score(x.astype(np.float64), VPSDE(), 0.5, backend="numpy")
+        return refs[N, D, K]
+
+    # the peers run after refdiff, one at a time, so no two frameworks share the cores
+    torch_info, torch_compile = None, {"status": "skipped", "reason": "no --torch-python"}
+    if args.torch_python:
+        tres = run_peer("torch", args.torch_python, args, env, result["rows"], reference)
+        if tres is None:
+            return 2
+        torch_info, torch_compile = tres["torch"], tres["torch_compile"]
+    jax_info = {"status": "skipped", "reason": "no --jax-python"}
+    if args.jax_python:
+        jenv = jax_env(env, args.threads)
+        jres = run_peer("jax", args.jax_python, args, jenv, result["rows"], reference)
+        if jres is None:
+            return 2
+        jax_info = {"status": "ok", "version": jres["jax"], "devices": jres["devices"],
+                    "env": {k: jenv[k] for k in ("PJRT_NPROC", "XLA_FLAGS", "JAX_PLATFORMS")},
+                    "form": "jax.jit: expanded distances (one matmul), jax.nn.softmax, matmul"}  # fmt: skip
     for row in result["rows"]:
-        ref = row["numpy"]["median_ms"]
-        row["speedup_numba_vs_numpy"] = ref / row["numba"]["median_ms"]
-        if "torch" in row:
-            row["speedup_numba_vs_torch"] = row["torch"]["median_ms"] / row["numba"]["median_ms"]
+        numba = row["numba"]["median_ms"]
+        row["speedup_numba_vs_numpy"] = row["numpy"]["median_ms"] / numba
+        for variant in ("torch", "torch_compile", "jax"):
+            if variant in row:
+                row[f"speedup_numba_vs_{variant}"] = row[variant]["median_ms"] / numba
     payload = {
         "benchmark": "mixture_score",
         "dtype": "float32",
@@ -193,14 +310,21 @@ def main(argv=None):
         "machine": machine_info(),
         "env": recorded_env(env),
         "torch": torch_info,
+        "torch_compile": torch_compile,
+        "jax": jax_info,
         **result,
     }
     path = write_json(args.json, payload)
-    print(f"{'N':>7} {'D':>3} {'K':>4} {'numpy ms':>9} {'numba ms':>9} {'torch ms':>9} {'numba/np':>8} {'vs torch':>8}")
+    cols = ("numpy", "numba", "torch", "torch_compile", "jax")
+    heads = ("numpy ms", "numba ms", "torch ms", "t.comp ms", "jax ms", "numba/np", "vs torch", "vs t.comp", "vs jax")
+    print(f"{'N':>7} {'D':>3} {'K':>4} " + " ".join(f"{h:>9}" for h in heads))
     for r in result["rows"]:
-        t = r.get("torch", {}).get("median_ms", float("nan"))
-        print(f"{r['N']:>7} {r['D']:>3} {r['K']:>4} {r['numpy']['median_ms']:9.2f} {r['numba']['median_ms']:9.2f} {t:9.2f} "
-              f"{r['speedup_numba_vs_numpy']:8.1f} {r.get('speedup_numba_vs_torch', float('nan')):8.2f}")  # fmt: skip
+        ms = [r[c]["median_ms"] if c in r else float("nan") for c in cols]
+        ratios = [r.get(f"speedup_numba_vs_{c}", float("nan")) for c in ("numpy", "torch", "torch_compile", "jax")]
+        print(f"{r['N']:>7} {r['D']:>3} {r['K']:>4} " + " ".join(f"{v:9.2f}" for v in ms + ratios))
+    for name, info in (("torch.compile", torch_compile), ("jax", jax_info)):
+        if info["status"] != "ok":
+            print(f"{name}: {info['status']}" + (f" ({info['reason']})" if info.get("reason") else ""))
     for r in result["crossover"]:
         print(f"crossover N={r['N']:>6} D={r['D']:>3} K={r['K']:>3} work={r['work']:>9}: numpy {r['numpy']:.3f} ms, numba {r['numba']:.3f} ms")
     print(f"wrote {path}")

@@ -111,7 +111,8 @@ def test_build_command_quick_and_full(tmp_path):
     assert cnn[2:] == ["--warmup", "1", "--repeat", "5", "--rounds", "1", "--json", str(out)]
     assert "--torch-python" in bench.build_command("cnn_step", folder, out, torch_python="/t/python")
     mix = bench.build_command("mixture_score", folder, out, quick=True, torch_python=None)
-    assert mix[0] == sys.executable and mix[2:] == ["--repeat", "5", "--torch-python", "", "--json", str(out)]
+    assert mix[0] == sys.executable
+    assert mix[2:] == ["--repeat", "5", "--no-torch-compile", "--torch-python", "", "--json", str(out)]
     fused = bench.build_command("fused_sampler", folder, out, quick=True, torch_python="/t/python")
     assert "--torch-python" not in fused and fused[-2:] == ["--json", str(out)] and "--ref-steps" in fused
     with pytest.raises(ValueError, match="unknown benchmark"):
@@ -190,13 +191,30 @@ def test_parse_mixture_score():
     assert bench.parse_result("mixture_score", p)[0]["met"] is None
 
 
+def test_parse_mixture_score_measured_jax_is_the_goal():
+    p = mixture_payload()
+    p["rows"][0]["jax"] = {"median_ms": 3.5, "min_ms": 3.4}  # slower than numba's 3.0 ms; the recorded 1.78 is not used
+    p["rows"][1]["jax"] = {"median_ms": 8.0}
+    a, b = bench.parse_result("mixture_score", p)
+    assert a["goal"] == "<= JAX jit 3.5 ms (measured)" and a["met"] is True
+    assert a["peer"] == "torch" and a["peer_ms"] == 12.0  # the peer column stays torch
+    assert b["goal"] == "<= JAX jit 8 ms (measured)" and b["met"] is False
+
+
 def test_parse_fused_sampler():
     (row,) = bench.parse_result("fused_sampler", fused_payload())
     assert row["size"] == "n=100000 steps=1000 float64" and row["backend"] == "numba"
     assert row["refdiff_ms"] == 900.0 and row["reference_ms"] == 14000.0 and row["peer_ms"] == 3000.0
     assert row["vs_peer"] == pytest.approx(3000 / 900) and row["met"] is True and row["goal"] == "vs peer >= 3"
+    assert row["peer"] == "JAX jit (recorded)"  # an older JSON without jax_whole_loop_source
     (bad,) = bench.parse_result("fused_sampler", fused_payload(ok=False))
     assert bad["refdiff_ms"] is None and "check failed" in bad["note"]
+    p = fused_payload()
+    p.update(jax_whole_loop_s=2.5, jax_whole_loop_source="measured", speedup_vs_jax_whole_loop=2500.0 / 900.0,
+             goal_met=False)
+    (measured,) = bench.parse_result("fused_sampler", p)
+    assert measured["peer"] == "JAX jit (measured)" and measured["peer_ms"] == 2500.0
+    assert measured["vs_peer"] == pytest.approx(2500 / 900) and measured["met"] is False
 
 
 def test_parse_wrong_shape_names_the_key():
