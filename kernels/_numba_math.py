@@ -46,6 +46,17 @@ if numba.config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1): the same bit
             return a * b + c  # NaN / infinity: one rounding or two give the same
         return float(Fraction(a) * Fraction(b) + Fraction(c))
 
+    def _f2i32(x):
+        return int(np.array(x, dtype=np.float32).view(np.int32))
+
+    def _i2f32(i):
+        return np.array(int(i) & 0xFFFFFFFF, dtype=np.uint32).view(np.float32)[()]
+
+    def _fma32(a, b, c):
+        """float32 a * b + c: the product is exact in float64, so this rounds twice (float64, then float32)
+        where llvm.fma.f32 rounds once; the two differ only on rare halfway cases (not bit-exact to JIT)."""
+        return np.float32(float(a) * float(b) + float(c))
+
 else:
     from llvmlite import ir
     from numba import types
@@ -85,6 +96,46 @@ else:
             return builder.call(fn, args)
 
         return types.float64(types.float64, types.float64, types.float64), codegen
+
+    @intrinsic
+    def _f2i32(typingctx, x):
+        """The bits of a float32 as an int32 (an LLVM bitcast)."""
+        if not isinstance(x, types.Float) or x.bitwidth != 32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.IntType(32))
+
+        return types.int32(types.float32), codegen
+
+    @intrinsic
+    def _i2f32(typingctx, i):
+        """The float32 with the bits of the low 32 bits of an integer (truncate, then an LLVM bitcast)."""
+        if not isinstance(i, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            v = args[0]
+            if i.bitwidth > 32:
+                v = builder.trunc(v, ir.IntType(32))
+            elif i.bitwidth < 32:
+                v = builder.sext(v, ir.IntType(32)) if i.signed else builder.zext(v, ir.IntType(32))
+            return builder.bitcast(v, ir.FloatType())
+
+        return types.float32(i), codegen
+
+    @intrinsic
+    def _fma32(typingctx, a, b, c):
+        """float32 a * b + c with one rounding (llvm.fma.f32)."""
+        if not all(isinstance(t, types.Float) and t.bitwidth == 32 for t in (a, b, c)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            f = ir.FloatType()
+            fn = builder.module.declare_intrinsic("llvm.fma", [f], ir.FunctionType(f, [f, f, f]))
+            return builder.call(fn, args)
+
+        return types.float32(types.float32, types.float32, types.float32), codegen
 
 
 # --------------------------------------------------------------------------- branch-free exp, log, sin/cos
@@ -129,6 +180,58 @@ def _exp_weight(x):
     p = _fma(p, r, 1.0)
     p = _fma(p, r, 1.0)
     return p * _i2f((k + 1023) << 52)
+
+
+_F32 = np.float32
+_SHIFT32 = _F32(12582912.0)  # 1.5 * 2**23: rounds a float32 below 2**22 in magnitude to an integer
+_SHIFT32_BITS = np.int32(0x4B400000)  # its bits (int32: the lane arithmetic stays 32-bit)
+_INVLN2_32 = _F32(_INVLN2)
+_LN2_HI32 = _F32(0.693359375)  # ln 2 to 9 bits (Cephes expf): k * _LN2_HI32 is exact for |k| < 2**15
+_LN2_LO32 = _F32(-2.12194440e-4)  # ln 2 - _LN2_HI32
+_F2, _F3, _F4, _F5, _F6, _F7 = (_F32(1.0 / math.factorial(n)) for n in range(2, 8))
+_ONE32 = _F32(1.0)
+_EXP_MIN32 = _F32(-87.0)  # exp(-87) ~ 1.6e-38 is still a normal float32
+
+
+@njit(inline="always", **_OPTS)
+def _exp_weight32(x):
+    """float32 exp(x) for float32 x <= 0 to 2 ulp, as a softmax weight: exp(max(x, -87)), never subnormal.
+
+    The float32 twin of :func:`_exp_weight`: Cody-Waite reduction with the
+    Cephes split of ln 2 (two FMAs), the Taylor polynomial of degree 7 (its
+    truncation, r^8/8! < 6e-9 for |r| <= ln2/2, is a tenth of an ulp), times
+    2**k from its bits. Every operation stays in float32, so a loop of them
+    vectorises over twice the lanes of the float64 exp, with a shorter polynomial.
+    """
+    xc = _EXP_MIN32 if x < _EXP_MIN32 else x
+    t = _fma32(xc, _INVLN2_32, _SHIFT32)
+    k = _f2i32(t) - _SHIFT32_BITS  # k = round(x / ln 2), in [-126, 0]
+    kf = t - _SHIFT32
+    r = _fma32(-kf, _LN2_HI32, xc)
+    r = _fma32(-kf, _LN2_LO32, r)
+    p = _fma32(_F7, r, _F6)
+    p = _fma32(p, r, _F5)
+    p = _fma32(p, r, _F4)
+    p = _fma32(p, r, _F3)
+    p = _fma32(p, r, _F2)
+    p = _fma32(p, r, _ONE32)
+    p = _fma32(p, r, _ONE32)
+    return p * _i2f32((k + np.int32(127)) << np.int32(23))
+
+
+def exp_weight(x):
+    """:func:`_exp_weight32` for a float32 ``x``, :func:`_exp_weight` otherwise (kernels generic in the dtype call this)."""
+    return _exp_weight32(x) if isinstance(x, np.float32) else _exp_weight(x)
+
+
+if not numba.config.DISABLE_JIT:
+    from numba.extending import overload
+
+    @overload(exp_weight, inline="always")
+    def _exp_weight_by_type(x):
+        if isinstance(x, types.Float):
+            return (lambda x: _exp_weight32(x)) if x.bitwidth == 32 else (lambda x: _exp_weight(x))
+        return None
 
 
 _LG1 = 6.666666666666735130e-01  # fdlibm/musl log.c

@@ -30,36 +30,38 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   (``prange`` over tasks). Arithmetic is float64 throughout; float32 results
   are rounded once at the end (the reference forms float32 quadratic forms
   in float32, so float32 agreement is to float32 rounding).
-* **gemm** (scalar t; isotropic or diagonal; K*D >= :data:`GEMM_MIN_KD`):
-  per block of points the quadratic forms
+* **gemm** (scalar t; isotropic or diagonal; D >= 3 and
+  K*D >= :data:`GEMM_MIN_KD`): per block of points the quadratic forms
   :math:`q_k=\sum_d s_{kd}(x_d-\gamma\mu_{kd})^2`, :math:`s_k=c_k^{-1}`, come
-  from a float64 BLAS product, :math:`-2\sum_d s_{kd}\gamma\mu_{kd}x_d`
+  from a BLAS product in x's dtype, :math:`-2\sum_d s_{kd}\gamma\mu_{kd}x_d`
   (isotropic; plus :math:`s_k|x|^2`) or that plus :math:`\sum_d s_{kd}x_d^2`
   (diagonal: the block augmented with its squares), plus
   :math:`\sum_d s_{kd}\gamma^2\mu_{kd}^2`; the score is a second product,
   :math:`\sum_k r_k s_k\odot\gamma\mu_k`, minus :math:`x\odot\sum_k r_k s_k`.
   Both products are called from inside the ``prange`` task (Numba's
-  ``np.dot``), on blocks small enough that BLAS stays on the calling thread
+  ``np.dot``), in slices small enough that BLAS stays on the calling thread
   (:data:`GEMM_BLOCK_WORK`); BLAS threads spinning beside Numba's halved the
   speed of a host-side version. The expanded form cancels when a point is
   much farther from the origin than from a component mean: its error bound
   is about :math:`\gamma_{D+1}\,2(\max_d s_{kd}|x|^2+\sum_d s_{kd}\gamma^2\mu_{kd}^2)`
   where the difference form's is :math:`\gamma_D\,q_k`
   (:math:`\gamma_n\approx n\epsilon`), so a (particle, component) logit is
-  recomputed from the difference wherever the first bound exceeds
-  :data:`REFINE_KAPPA` times :math:`q_k+D` (:math:`D` is the typical
+  recomputed from the difference, in float64, wherever the first bound
+  exceeds :data:`REFINE_KAPPA` times :math:`q_k+D` (:math:`D` is the typical
   :math:`q_k` of a point under its own component): every logit that carries
   weight is about as accurate as the reference's (tested on overlapping
-  components 1e4 from the origin, where the plain expanded form is off by
-  more than the float64 tolerance).
+  components far from the origin, where the plain expanded form misses the
+  dtype's tolerance: 40 away in float32, 1e4 in float64).
 * **pointwise** (one t per particle, any kind and dtype): each particle calls
   :func:`mixture_score_point`, which forms :math:`c_k` for its own t (one
   streaming pass, online log-sum-exp).
 
 ``prange`` runs over particle tasks only (the outermost loop); there is no
-``fastmath`` and no random number inside a kernel. Softmax weights below the
-smallest normal number of the dtype are flushed to 0 before a GEMM
-(subnormal operands slow BLAS down by orders of magnitude).
+``fastmath`` and no random number inside a kernel. The GEMM path works in
+x's dtype (float32 runs 8 SIMD lanes and the float32 exp ``_exp_weight32``),
+keeps its softmax weights unnormalised until the score (one division per
+point) and raises log-weights below ``log(tiny) + log K + 20`` to that floor,
+so no operand is subnormal (``_weight_floor``).
 
 Per-point device function
 -------------------------
@@ -107,7 +109,7 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_math import _exp_weight, _log
+from refdiff.kernels._numba_math import _exp_weight, _log, exp_weight
 
 __all__ = ["mixture_score", "mixture_log_prob", "mixture_score_point", "mixture_arrays", "LANES", "GEMM_MIN_KD"]
 
@@ -115,10 +117,12 @@ __all__ = ["mixture_score", "mixture_log_prob", "mixture_score_point", "mixture_
 LANES = 64
 #: Blocks that share one set of scratch arrays (one ``prange`` task): allocation stays off the per-block path.
 BLOCKS_PER_TASK = 8
-#: Scalar t, isotropic/diagonal: K * D at or above this takes the GEMM path.
-GEMM_MIN_KD = 128
-#: GEMM path: K * E * lanes of one block's GEMM at most. OpenBLAS runs a GEMM of m n k <= 2^18 on the
-#: calling thread; a larger one inside ``prange`` starts its own threads and was measured 100x slower.
+#: Scalar t, isotropic/diagonal, D >= 3: K * D at or above this takes the GEMM path (D = 2 has its own
+#: lane loop, faster than any GEMM).
+GEMM_MIN_KD = 32
+#: GEMM path: m * n * k of one BLAS call at most. OpenBLAS runs a GEMM of m n k <= 2^18 on the calling
+#: thread (about 180 GFLOP/s float32 per core at these shapes); a larger one inside ``prange`` starts its
+#: own threads and was measured 100x slower, so the products are issued in row slices below this.
 GEMM_BLOCK_WORK = 2**18
 #: GEMM path: a logit is recomputed from the difference where the expanded form's error bound
 #: exceeds this multiple of the difference form's (see the module docstring).
@@ -127,7 +131,6 @@ REFINE_KAPPA = 4.0
 _LOG_2PI = math.log(2.0 * math.pi)
 _ISOTROPIC, _DIAGONAL, _FULL = 0, 1, 2
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
-_TINY = float(np.finfo(np.float64).tiny)
 
 
 # --------------------------------------------------------------------------- lanes: the block score
@@ -276,32 +279,42 @@ def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, l
 
 # --------------------------------------------------------------------------- gemm: BLAS quadratic forms
 @njit(parallel=True, **_JIT)
-def _score_gemm(x, M1, M2T, s_iso, gmu, s, q2, s_max, const, kappa, want_score, lanes, score, logp):
-    """The GEMM path: per block of ``lanes`` points, G = M1 @ [x; x^2] and S = M2T @ r by BLAS (float64).
+def _score_gemm(x, M1, M2T, s_iso, gmu, s, kc, want_score, lanes, score, logp):
+    """The GEMM path: per block of ``lanes`` points, G = M1 @ [x; x^2] and S = M2T @ r by BLAS, in x's dtype.
 
     x (N, D); M1 (K, E) with E = D (isotropic, ``s_iso``: rows -2 s_k gmu_k;
     the kernel adds s_k |x|^2) or 2 D (diagonal: [-2 s_k * gmu_k, s_k], the
     points augmented with their squares); M2T (E, K) = [s_k * gmu_k, s_k]^T
-    (diagonal) or (s_k gmu_k)^T; gmu (K, D) gamma mu_k; s (K, D) 1/c_k;
-    q2 (K,) = sum_d s_kd gmu_kd^2; s_max (K,) = max_d s_kd; const (K,) the
-    log-normalisers. Writes logp (N,) and, if ``want_score``, score (N, D).
-    ``lanes`` keeps each GEMM small enough that BLAS runs it on the calling
-    thread (``prange`` is the only parallel layer).
+    (diagonal) or (s_k gmu_k)^T; gmu (K, D) float64 gamma mu_k; s (K, D)
+    float64 1/c_k (both for the exact recomputation). ``kc`` (5, K) in x's
+    dtype: the log-normalisers, q2_k = sum_d s_kd gmu_kd^2, 2 max_d s_kd,
+    s_k0, and in kc[4, :6] kappa, D, 1/2, 2, 1 (constants in x's dtype: a
+    Python float would promote float32 arithmetic to float64) and the floor
+    of the exp's argument (:func:`_weight_floor`).
+    Writes logp (N,) and, if ``want_score``, score (N, D). Every array of the
+    block is in x's dtype, so float32 runs twice the SIMD lanes and the short
+    float32 exp; ``lanes`` keeps each GEMM small enough that BLAS runs it on
+    the calling thread (``prange`` is the only parallel layer).
     """
     N, D = x.shape
     K, E = M1.shape
     L = lanes
+    const, q2, b2, s0 = kc[0], kc[1], kc[2], kc[3]
+    kappa, Dd, half, two, one, cut = kc[4, 0], kc[4, 1], kc[4, 2], kc[4, 3], kc[4, 4], kc[4, 5]
+    k_rows = max(1, GEMM_BLOCK_WORK // (E * L))  # rows of M1 per BLAS call
+    e_rows = max(1, GEMM_BLOCK_WORK // (K * L))  # rows of M2T per BLAS call
     n_blocks = (N + L - 1) // L
-    n_tasks = (n_blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
+    per_task = max(1, min(BLOCKS_PER_TASK, n_blocks // 16))  # at least 16 tasks where there are 16 blocks
+    n_tasks = (n_blocks + per_task - 1) // per_task
     for task in prange(n_tasks):
-        xs = np.zeros((E, L))  # the block, transposed (and its squares below, diagonal)
-        logit = np.zeros((K, L))
-        S = np.zeros((E, L))
-        x2 = np.zeros(L)
-        m = np.zeros(L)
-        tot = np.zeros(L)
-        ws = np.zeros(L)
-        for blk in range(task * BLOCKS_PER_TASK, min(n_blocks, (task + 1) * BLOCKS_PER_TASK)):
+        xs = np.zeros((E, L), x.dtype)  # the block, transposed (and its squares below, diagonal)
+        logit = np.zeros((K, L), x.dtype)
+        S = np.zeros((E, L), x.dtype)
+        x2 = np.zeros(L, x.dtype)
+        m = np.zeros(L, x.dtype)
+        tot = np.zeros(L, x.dtype)
+        ws = np.zeros(L, x.dtype)
+        for blk in range(task * per_task, min(n_blocks, (task + 1) * per_task)):
             p0 = np.uint64(blk * L)
             n_lanes = min(L, N - blk * L)
             for l in range(n_lanes):
@@ -319,70 +332,91 @@ def _score_gemm(x, M1, M2T, s_iso, gmu, s, q2, s_max, const, kappa, want_score, 
                 for j in range(D):
                     for l in range(L):
                         xs[D + j, l] = xs[j, l] * xs[j, l]
-            np.dot(M1, xs, logit)
+            for k0 in range(0, K, k_rows):
+                np.dot(M1[k0 : k0 + k_rows], xs, logit[k0 : k0 + k_rows])
             suspect = 0  # pairs whose expanded-form bound is above kappa times the difference form's
             for k in range(K):
-                ck, qk, bk = const[k], q2[k], 2.0 * s_max[k]
-                sk = s[k, 0] if s_iso else 0.0
+                ck, qk, bk, sk = const[k], q2[k], b2[k], s0[k]
+                sk = sk if s_iso else sk - sk  # the diagonal GEMM already holds sum_d s_kd x_d^2
                 for l in range(L):
                     qf = logit[k, l] + sk * x2[l] + qk  # the quadratic form z' C^-1 z
-                    suspect += np.int64(bk * x2[l] + 2.0 * qk > kappa * (qf + D))
-                    logit[k, l] = ck - 0.5 * qf
+                    suspect += np.int64(bk * x2[l] + (qk + qk) > kappa * (qf + Dd))
+                    lg = ck - half * qf
+                    logit[k, l] = lg
+                    m[l] = lg if lg > m[l] else m[l]
             if suspect:
                 for k in range(K):
-                    ck, qk, bk = const[k], q2[k], 2.0 * s_max[k]
+                    ck, qk, bk = const[k], q2[k], b2[k]
                     for l in range(n_lanes):
-                        qf = 2.0 * (ck - logit[k, l])
-                        if bk * x2[l] + 2.0 * qk > kappa * (qf + D):
-                            qf = 0.0
+                        qf = two * (ck - logit[k, l])
+                        if bk * x2[l] + (qk + qk) > kappa * (qf + Dd):
+                            exact = 0.0  # float64, from the difference
                             for j in range(D):
                                 zj = xs[j, l] - gmu[k, j]
-                                qf += zj * (zj * s[k, j])
-                            logit[k, l] = ck - 0.5 * qf
-            for k in range(K):
+                                exact += zj * (zj * s[k, j])
+                            logit[k, l] = const[k] - exact / 2
                 for l in range(L):
-                    lg = logit[k, l]
-                    m[l] = lg if lg > m[l] else m[l]
+                    m[l] = -np.inf
+                for k in range(K):
+                    for l in range(L):
+                        lg = logit[k, l]
+                        m[l] = lg if lg > m[l] else m[l]
+            # unnormalised weights w_k (at least exp(cut): no subnormal operand below), their sum and,
+            # isotropic, sum_k w_k s_k; the score divides by the sum once, after the product
             for k in range(K):
+                sk = s0[k]
                 for l in range(L):
-                    w = _exp_weight(logit[k, l] - m[l])
+                    dl = logit[k, l] - m[l]
+                    w = exp_weight(dl if dl > cut else cut)
                     logit[k, l] = w
                     tot[l] += w
+                    ws[l] += w * sk
             for l in range(n_lanes):
-                logp[p0 + np.uint64(l)] = m[l] + _log(tot[l])
+                logp[p0 + np.uint64(l)] = np.float64(m[l]) + _log(np.float64(tot[l]))
             if not want_score:
                 continue
+            for e0 in range(0, E, e_rows):  # sum_k w_k s_k gmu_k and (diagonal) sum_k w_k s_k
+                np.dot(M2T[e0 : e0 + e_rows], logit, S[e0 : e0 + e_rows])
             for l in range(L):
-                tot[l] = 1.0 / tot[l]
-            for k in range(K):
-                sk = s[k, 0]
-                for l in range(L):
-                    r = logit[k, l] * tot[l]
-                    r = r if r >= _TINY else 0.0  # subnormal operands would slow BLAS down
-                    logit[k, l] = r
-                    ws[l] += r * sk
-            np.dot(M2T, logit, S)  # sum_k r_k s_k gmu_k and (diagonal) sum_k r_k s_k
+                tot[l] = one / tot[l]
+            for j in range(D):
+                if s_iso:
+                    for l in range(L):
+                        S[j, l] = (S[j, l] - xs[j, l] * ws[l]) * tot[l]
+                else:
+                    for l in range(L):
+                        S[j, l] = (S[j, l] - xs[j, l] * S[D + j, l]) * tot[l]
             for l in range(n_lanes):
                 for j in range(D):
-                    c = ws[l] if s_iso else S[D + j, l]
-                    score[p0 + np.uint64(l), j] = S[j, l] - xs[j, l] * c
+                    score[p0 + np.uint64(l), j] = S[j, l]
 
 
-def _gemm_operands(gmu, s):
-    """(M1, M2T, isotropic, q2, s_max) of :func:`_score_gemm`, float64."""
+def _weight_floor(tiny, K):
+    """log-weight floor log(tiny) + log K + 20: every weight, its share of the sum and that times a moderate
+    factor stay normal numbers. A subnormal operand costs a microcode assist per SIMD instruction (the
+    D = 64, K = 128 score ran 1.5x slower without it); a weight raised to the floor is below 1e-26 of the
+    largest in float32 (1e-290 in float64), far under the dtype's rounding."""
+    return float(np.log(tiny) + np.log(K) + 20.0)
+
+
+def _gemm_operands(gmu, s, dtype, kappa):
+    """(M1, M2T, isotropic, kc) of :func:`_score_gemm` for the constants gmu, s = 1/c (K, D) and const."""
     isotropic = bool(np.all(s == s[:, :1]))
     a = s * gmu  # (K, D)
     if isotropic:
         M1, M2 = -2.0 * a, a
     else:
         M1, M2 = np.concatenate([-2.0 * a, s], axis=1), np.concatenate([a, s], axis=1)
-    return np.ascontiguousarray(M1), np.ascontiguousarray(M2.T), isotropic, np.sum(a * gmu, axis=1), s.max(axis=1)
+    K, D = gmu.shape
+    kc = np.zeros((5, max(K, 6)))  # row 4 holds six scalars
+    kc[1, :K], kc[2, :K], kc[3, :K] = np.sum(a * gmu, axis=1), 2.0 * s.max(axis=1), s[:, 0]
+    kc[4, :6] = kappa, D, 0.5, 2.0, 1.0, _weight_floor(np.finfo(dtype).tiny, K)
+    return (np.ascontiguousarray(M1, dtype=dtype), np.ascontiguousarray(M2.T, dtype=dtype), isotropic, kc)
 
 
 def gemm_lanes(K, E):
-    """Points per GEMM block: K * E * lanes stays at or below :data:`GEMM_BLOCK_WORK` (0 when even 8 lanes exceed it)."""
-    lanes = (GEMM_BLOCK_WORK // (K * E)) // 8 * 8
-    return min(lanes, 256) if lanes >= 8 else 0
+    """Points per block of the GEMM path: 128, fewer where one row of either product would exceed :data:`GEMM_BLOCK_WORK`."""
+    return max(8, min(128, GEMM_BLOCK_WORK // max(K, E) // 8 * 8))
 
 
 # --------------------------------------------------------------------------- one t per particle
@@ -479,7 +513,7 @@ def choose_path(kind, dtype, K, D, per_example_t):
     """Which kernel evaluates a call: "pointwise", "gemm" or "lanes" (see the module docstring)."""
     if per_example_t:
         return "pointwise"
-    if kind != _FULL and K * D >= GEMM_MIN_KD and gemm_lanes(K, D if kind == _ISOTROPIC else 2 * D):
+    if kind != _FULL and D >= 3 and K * D >= GEMM_MIN_KD and max(K, 2 * D) * 8 <= GEMM_BLOCK_WORK:
         return "gemm"
     return "lanes"
 
@@ -516,9 +550,10 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
             const = log_w - 0.5 * (D * _LOG_2PI + np.sum(np.log(c), axis=1))
             gmu = np.ascontiguousarray(g * mu)
             if path == "gemm":
-                M1, M2T, isotropic, q2, s_max = _gemm_operands(gmu, 1.0 / c)
+                M1, M2T, isotropic, kc = _gemm_operands(gmu, 1.0 / c, xk.dtype, REFINE_KAPPA)
+                kc[0, :K] = const
                 lanes = gemm_lanes(K, M1.shape[1])
-                _score_gemm(xk, M1, M2T, isotropic, gmu, 1.0 / c, q2, s_max, const, REFINE_KAPPA, want_score, lanes, score, logp)
+                _score_gemm(xk, M1, M2T, isotropic, gmu, 1.0 / c, kc.astype(xk.dtype), want_score, lanes, score, logp)
             else:
                 lanes = min(LANES, N)
                 _score_lanes(xk, gmu[None], (1.0 / c)[None], const[None], U, kind == _FULL, want_score, lanes, score, logp)

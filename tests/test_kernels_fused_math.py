@@ -97,6 +97,32 @@ def test_exp_weight_within_two_ulp_and_clamped():
     assert _ulps(got[:1], np.exp([-708.0]))[0] <= 2.0
 
 
+@numba.njit(error_model="numpy")
+def _exp_any(x, out):
+    for i in range(x.shape[0]):
+        out[i] = NM.exp_weight(x[i])
+
+
+def test_float32_exp_weight_within_two_ulp_and_clamped():
+    """_exp_weight32 (through the dtype-generic exp_weight) against exp in float64, rounded to float32."""
+    x = (-np.random.default_rng(5).uniform(0.0, 87.0, BIG)).astype(np.float32)
+    x[:5] = [0.0, -0.0, -1e-30, -87.0, -0.5 * np.log(2.0)]
+    got = np.empty_like(x)
+    _exp_any(x, got)
+    want = np.exp(x.astype(np.float64)).astype(np.float32)
+    assert got.dtype == np.float32
+    assert np.max(np.abs(got.astype(np.float64) - want) / np.spacing(want)) <= 2.0
+    edge = np.array([-87.0, -87.5, -100.0, -3e38, -np.inf, np.nan], dtype=np.float32)
+    got = np.empty_like(edge)
+    _exp_any(edge, got)
+    assert np.all(got[1:5] == got[0]) and np.isnan(got[5])  # clamped to exp(-87): a normal float32, never 0
+    assert got[0] >= np.finfo(np.float32).tiny
+    x64 = np.array([-1.0, -700.0])
+    got64 = np.empty_like(x64)
+    _exp_any(x64, got64)  # float64 input takes the float64 exp
+    assert np.max(_ulps(got64, np.exp(x64))) <= 2.0
+
+
 def test_kernel_normals_match_the_contract_on_many_particles():
     """FN.normals (the kernel's Box-Muller) against refdiff.noise on many draws: 1e-14 as the contract says."""
     n = 200_000 if JIT else 500
