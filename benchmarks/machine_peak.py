@@ -33,10 +33,10 @@ the thread pools pinned (``child_env``), best of a few repeats:
   and copy ``a = b`` counting 2 x 8 (the STREAM convention: write-allocate
   traffic not counted).
 * **exp throughput** (elements/s, in-cache inputs in [-30, 0]): the project's
-  own vectorisable float64 exps, imported (never copied):
-  ``refdiff.kernels._numba_math._exp_weight`` (the softmax weights of the
-  mixture score and the fused sampler; there is no float32 exp in the
-  project), in the same two builds as the FMA
+  own vectorisable exps, imported (never copied):
+  ``refdiff.kernels._numba_math._exp_weight`` (float64: the softmax weights
+  of the lane kernels and the fused sampler) and ``_exp_weight32`` (float32:
+  the mixture score's GEMM path), in the same two builds as the FMA
   kernel; for comparison ``numpy.exp`` float32 / float64 (one thread: NumPy
   ufuncs do not thread) and Numba's ``math.exp`` (a scalar libm call).
 
@@ -169,14 +169,15 @@ def _exp_kernel(exp):
     return exp_sweeps
 
 
-PROJECT_EXPS = {"_exp_weight": "refdiff.kernels._numba_math"}
+#: The project's vectorisable exps: name -> (module, dtype it takes).
+PROJECT_EXPS = {"_exp_weight": ("refdiff.kernels._numba_math", "float64"), "_exp_weight32": ("refdiff.kernels._numba_math", "float32")}
 
 
 def _project_exps(names=tuple(PROJECT_EXPS)) -> dict:
     """name -> (Numba scalar exp or None, import error or None) for the project's own exps."""
     found = {}
     for name in names:
-        module = PROJECT_EXPS[name]
+        module = PROJECT_EXPS[name][0]
         try:
             mod = __import__(module, fromlist=[name])
             found[name] = (getattr(mod, name), None)
@@ -288,18 +289,19 @@ def measure_exp(threads, quick=False) -> dict:
 
     exps = _project_exps()
     for name, (fn, error) in exps.items():
+        dtype = PROJECT_EXPS[name][1]
         if fn is None:
-            out["float64"][name] = {"error": error}
+            out[dtype][name] = {"error": error}
             continue
         kernel = _exp_kernel(fn)
         row = {}
         for T in _thread_counts(threads):
             numba.set_num_threads(T)
-            row[f"per_s_{T}t"], row[f"timing_{T}t"] = rate(kernel, T, np.float64)
+            row[f"per_s_{T}t"], row[f"timing_{T}t"] = rate(kernel, T, np.dtype(dtype).type)
         numba.set_num_threads(threads)
         row["per_s_per_core"] = row["per_s_1t"]
         row["per_s_all"] = max(row[f"per_s_{T}t"] for T in _thread_counts(threads))
-        out["float64"][name] = row
+        out[dtype][name] = row
 
     if not quick:
         @njit(inline="always")
@@ -416,8 +418,9 @@ def peak_rates(figures: dict, default_build_only: bool = False) -> dict:
     """The ``"peak"`` section: the best measured rate of each kind, with where it came from.
 
     ``flops_per_s[dtype]``: max of the FMA kernel (either build, all threads)
-    and the BLAS gemm; ``exp_per_s["float64"]``: max of the project's own
-    vectorised exps (either build, all threads); ``bytes_per_s``: the triad.
+    and the BLAS gemm; ``exp_per_s[dtype]``: max of the project's own
+    vectorised exps of that dtype (either build, all threads); ``bytes_per_s``:
+    the triad.
     ``default_build_only``: Numba's default build only, no BLAS (the
     ``"peak_numba_default"`` section: what a kernel compiled like the
     project's can reach).
@@ -432,14 +435,15 @@ def peak_rates(figures: dict, default_build_only: bool = False) -> dict:
             cands.append((figures["gemm"][dtype]["gflops_all"] * 1e9, f"BLAS {'s' if dtype == 'float32' else 'd'}gemm"))
         if cands:
             flops[dtype], src[f"flops_{dtype}"] = max(cands)
-    cands = [
-        (row["per_s_all"], f"{name} {exp}")
-        for name, b in builds
-        for exp, row in b.get("exp", {}).get("float64", {}).items()
-        if exp.startswith("_exp") and "per_s_all" in row
-    ]
-    if cands:
-        exps["float64"], src["exp_float64"] = max(cands)
+    for dtype in ("float32", "float64"):
+        cands = [
+            (row["per_s_all"], f"{name} {exp}")
+            for name, b in builds
+            for exp, row in b.get("exp", {}).get(dtype, {}).items()
+            if exp.startswith("_exp") and "per_s_all" in row
+        ]
+        if cands:
+            exps[dtype], src[f"exp_{dtype}"] = max(cands)
     mem = figures.get("memory", {})
     out = {"flops_per_s": flops, "exp_per_s": exps, "source": src}
     if "triad_gbs" in mem:
@@ -512,8 +516,9 @@ def mixture_score_floor(N, D, K, peaks, dtype_bytes=4, exp_dtype_bytes=8) -> dic
     so ``flops = N K (6 D + 2)`` in the data's dtype (``dtype_bytes``: 4 for
     float32, 8 for float64), against ``peaks["peak"]["flops_per_s"][dtype]``
     (FMA counted as 2 flops). ``exps = N K`` (one softmax weight per pair) in
-    the logits' dtype (``exp_dtype_bytes``; the Numba kernel's logits are
-    float64 for both data dtypes) against ``peaks["peak"]["exp_per_s"]``.
+    the logits' dtype (``exp_dtype_bytes``: 4 when the softmax may run in
+    float32, as for float32 data, which is the stricter floor where the
+    float32 exp is faster) against ``peaks["peak"]["exp_per_s"]``.
     ``bytes = 2 N D dtype_bytes`` (read x, write the score; the O(K D)
     mixture constants are left out) against ``peaks["peak"]["bytes_per_s"]``.
 

@@ -30,11 +30,17 @@ A peer whose interpreter is not given is reported as skipped. ``--crossover``
 also times both refdiff backends at small N (the size at which Numba starts
 to pay sets ``refdiff.analytic.NUMBA_MIN_WORK``).
 
+Each row also gets the machine's floor for that problem
+(``machine_peak.mixture_score_floor``: flops, exps and bytes against the
+peaks measured by benchmarks/machine_peak.py, whose JSON is reused when it is
+recent) and the fraction of it the Numba twin reaches, with the issue's bound
+(at least 40% at D <= 4); ``--no-floor`` leaves it out.
+
 Usage::
 
     .venv/bin/python benchmarks/mixture_score.py [--threads 2] [--repeat 30]
         [--sizes 100000,2,8 ...] [--crossover] [--torch-python PATH] [--no-torch-compile]
-        [--jax-python PATH] [--json PATH]
+        [--jax-python PATH] [--no-floor] [--json PATH]
 """
 
 from __future__ import annotations
@@ -243,6 +249,8 @@ def main(argv=None):
                     help="time PyTorch eager only (a cold torch.compile takes some 20 s per size on 2 cores)")
     ap.add_argument("--jax-python", default=JAX_PYTHON if os.path.exists(JAX_PYTHON) else None)
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "mixture_score.json"))
+    ap.add_argument("--no-floor", dest="floor", action="store_false",
+                    help="skip the machine floor (machine_peak.py: reuses its JSON when recent, else measures, ~30 s)")
     ap.add_argument("--worker", choices=("refdiff", "torch", "jax"))
     args = ap.parse_args(argv)
     sizes = [tuple(int(s) for s in spec.split(",")) for spec in args.sizes]
@@ -302,6 +310,16 @@ def main(argv=None):
         for variant in ("torch", "torch_compile", "jax"):
             if variant in row:
                 row[f"speedup_numba_vs_{variant}"] = row[variant]["median_ms"] / numba
+    floor_info = None
+    if args.floor:  # the issue's bound: at D <= 4, at least 40% of the machine's floor (flops, exps, bytes)
+        import machine_peak
+
+        peaks = machine_peak.load_or_measure_peaks(threads=args.threads)
+        floor_info = {"peak": peaks["peak"], "measured_at": peaks.get("measured_at"), "goal": machine_peak.GOAL_FRACTION}
+        exp_bytes = 4 if "float32" in peaks["peak"].get("exp_per_s", {}) else 8  # float32 data may use a float32 exp
+        for r in result["rows"]:
+            fl = machine_peak.mixture_score_floor(r["N"], r["D"], r["K"], peaks, dtype_bytes=4, exp_dtype_bytes=exp_bytes)
+            r["floor"] = dict(fl, achieved=machine_peak.achieved(fl, r["numba"]["median_ms"] / 1e3))
     payload = {
         "benchmark": "mixture_score",
         "dtype": "float32",
@@ -312,6 +330,7 @@ def main(argv=None):
         "torch": torch_info,
         "torch_compile": torch_compile,
         "jax": jax_info,
+        "floor": floor_info,
         **result,
     }
     path = write_json(args.json, payload)
@@ -322,6 +341,13 @@ def main(argv=None):
         ms = [r[c]["median_ms"] if c in r else float("nan") for c in cols]
         ratios = [r.get(f"speedup_numba_vs_{c}", float("nan")) for c in ("numpy", "torch", "torch_compile", "jax")]
         print(f"{r['N']:>7} {r['D']:>3} {r['K']:>4} " + " ".join(f"{v:9.2f}" for v in ms + ratios))
+    for r in result["rows"]:
+        if "floor" in r:
+            a = r["floor"]["achieved"]
+            goal = f"; goal >= {a['goal']:.0%} at D <= 4: {'met' if a['goal_met'] else 'not met'}" if r["D"] <= 4 else ""
+            print(f"floor N={r['N']} D={r['D']} K={r['K']}: {r['floor']['floor_s'] * 1e3:.3f} ms ({a['bound']}-bound); "
+                  f"numba at {a['floor_fraction']:.0%} of it ({a['gflops']:.1f} GFLOP/s, {a['gexp_per_s']:.2f} Gexp/s, "
+                  f"{a['gbs']:.1f} GB/s){goal}")
     for name, info in (("torch.compile", torch_compile), ("jax", jax_info)):
         if info["status"] != "ok":
             print(f"{name}: {info['status']}" + (f" ({info['reason']})" if info.get("reason") else ""))

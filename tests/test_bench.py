@@ -201,6 +201,18 @@ def test_parse_mixture_score_measured_jax_is_the_goal():
     assert b["goal"] == "<= JAX jit 8 ms (measured)" and b["met"] is False
 
 
+def test_parse_mixture_score_floor_joins_the_goal_at_small_d():
+    p = mixture_payload()
+    p["rows"][0]["jax"] = {"median_ms": 3.5}  # numba 3.0 ms beats it
+    p["rows"][0]["floor"] = {"achieved": {"goal": 0.4, "floor_fraction": 0.35, "goal_met": False}}
+    p["rows"][1]["floor"] = {"achieved": {"goal": 0.4, "floor_fraction": 0.1, "goal_met": False}}  # D = 16: no floor goal
+    a, b = bench.parse_result("mixture_score", p)
+    assert a["goal"] == "<= JAX jit 3.5 ms (measured); >= 40% of the machine floor (at 35%)" and a["met"] is False
+    p["rows"][0]["floor"]["achieved"].update(floor_fraction=0.5, goal_met=True)
+    assert bench.parse_result("mixture_score", p)[0]["met"] is True
+    assert "floor" not in b["goal"]
+
+
 def test_parse_fused_sampler():
     (row,) = bench.parse_result("fused_sampler", fused_payload())
     assert row["size"] == "n=100000 steps=1000 float64" and row["backend"] == "numba"

@@ -92,23 +92,25 @@ def test_achieved_against_the_floor():
 
 
 def test_peak_rates_takes_the_best_and_says_where():
-    def numba_figs(f32, f64, weight):
+    def numba_figs(f32, f64, weight, weight32):
         return {"fma": {"float32": {"gflops_all": f32}, "float64": {"gflops_all": f64}},
-                "exp": {"float64": {"_exp_weight": {"per_s_all": weight}, "numpy": {"per_s_per_core": 1e12}}}}  # fmt: skip
+                "exp": {"float64": {"_exp_weight": {"per_s_all": weight}, "numpy": {"per_s_per_core": 1e12}},
+                        "float32": {"_exp_weight32": {"per_s_all": weight32}, "numpy": {"per_s_per_core": 1e12}}}}  # fmt: skip
 
     figures = {
-        "numba": numba_figs(100.0, 50.0, 2e9),
-        "numba_zmm": numba_figs(200.0, 90.0, 3e9),
+        "numba": numba_figs(100.0, 50.0, 2e9, 5e9),
+        "numba_zmm": numba_figs(200.0, 90.0, 3e9, 4e9),
         "gemm": {"float32": {"gflops_all": 150.0}, "float64": {"gflops_all": 95.0}},
         "memory": {"triad_gbs": 30.0, "copy_gbs": 40.0},
     }
     p = machine_peak.peak_rates(figures)
     assert p["flops_per_s"] == {"float32": 200e9, "float64": 95e9}
     assert p["source"]["flops_float32"] == "numba_zmm FMA kernel" and p["source"]["flops_float64"] == "BLAS dgemm"
-    assert p["exp_per_s"] == {"float64": 3e9}  # the project's exps only, never NumPy's
+    assert p["exp_per_s"] == {"float32": 5e9, "float64": 3e9}  # the project's exps only, never NumPy's
+    assert p["source"]["exp_float32"] == "numba _exp_weight32"
     assert p["bytes_per_s"] == 30e9
     d = machine_peak.peak_rates(figures, default_build_only=True)
-    assert d["flops_per_s"] == {"float32": 100e9, "float64": 50e9} and d["exp_per_s"] == {"float64": 2e9}
+    assert d["flops_per_s"] == {"float32": 100e9, "float64": 50e9} and d["exp_per_s"] == {"float32": 5e9, "float64": 2e9}
     figures["numba_zmm"] = {"error": "no llvmlite"}
     assert machine_peak.peak_rates(figures)["flops_per_s"]["float32"] == 150e9
 
