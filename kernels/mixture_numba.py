@@ -17,19 +17,19 @@ and :math:`z_k=x-\gamma_t\mu_k`,
 
 Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
 
-* **lanes** (scalar t; full covariances, or K*D < :data:`GEMM_MIN_KD`):
+* **lanes** (scalar t; full covariances, D = 2, or K*D < :data:`GEMM_MIN_KD`):
   ``_score_lanes`` takes particles in blocks of :data:`LANES`, transposed to
-  (D, LANES) float64, and runs ``_score_block`` on each: pass 1 holds the
-  logits as (K, LANES) from the differences :math:`z_k` (never from the
-  cancelling :math:`|x|^2-2x\cdot\mu+|\mu|^2`), pass 2 sums the softmax
-  weights times :math:`-C_k^{-1}z_k`. Every loop over lanes is innermost and
-  element-wise, so LLVM vectorises it; the lane count is a run-time value (a
-  constant trip count is unrolled instead), and the exp is ``_exp_weight``
-  from ``_numba_math`` (Numba's ``math.exp`` is a scalar libm call here). A
-  task of :data:`BLOCKS_PER_TASK` blocks shares one set of scratch arrays
-  (``prange`` over tasks). Arithmetic is float64 throughout; float32 results
-  are rounded once at the end (the reference forms float32 quadratic forms
-  in float32, so float32 agreement is to float32 rounding).
+  (D, LANES), and runs ``_score_block`` on each: pass 1 holds the logits as
+  (K, LANES) from the differences :math:`z_k` (never from the cancelling
+  :math:`|x|^2-2x\cdot\mu+|\mu|^2`), pass 2 sums the softmax weights times
+  :math:`-C_k^{-1}z_k`. Every loop over lanes is innermost and element-wise,
+  so LLVM vectorises it; the lane count is a run-time value (a constant trip
+  count is unrolled instead), and the exp is ``exp_weight`` from
+  ``_numba_math`` (Numba's ``math.exp`` is a scalar libm call here). A task
+  of :data:`BLOCKS_PER_TASK` blocks shares one set of scratch arrays
+  (``prange`` over tasks). The block works in x's dtype, as the reference's
+  quadratic forms do (float32: twice the SIMD lanes and the float32 exp);
+  the log-sum-exp adds in float64.
 * **gemm** (scalar t; isotropic or diagonal; D >= 3 and
   K*D >= :data:`GEMM_MIN_KD`): per block of points the quadratic forms
   :math:`q_k=\sum_d s_{kd}(x_d-\gamma\mu_{kd})^2`, :math:`s_k=c_k^{-1}`, come
@@ -109,7 +109,7 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_math import _exp_weight, _log, exp_weight
+from refdiff.kernels._numba_math import _log, exp_weight
 
 __all__ = ["mixture_score", "mixture_log_prob", "mixture_score_point", "mixture_arrays", "LANES", "GEMM_MIN_KD"]
 
@@ -135,9 +135,19 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 # --------------------------------------------------------------------------- lanes: the block score
 @njit(inline="always", **_JIT)
+def _log_weight_floor(a):
+    """Floor of the lane kernels' log-weights (relative to the largest), in a's dtype: weights stay >= exp(floor),
+    so a weight times any field above 1e-13 is a normal number (a subnormal operand costs a microcode assist per
+    SIMD instruction). exp(-57) ~ 2e-25 for float32, exp(-678) ~ 1e-294 for float64: far below the dtype's
+    rounding of the largest weight, 1."""
+    return a.dtype.type(-57.0 if a.itemsize == 4 else -678.0)
+
+
+@njit(inline="always", **_JIT)
 def _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out):
     """_score_block for D = 2 and diagonal covariances: the same arithmetic, one lane loop per component and pass."""
     K, L = log_norm.shape[1], xs.shape[1]
+    half, floor = xs.dtype.type(0.5), _log_weight_floor(xs)
     x0, x1, o0, o1 = xs[0], xs[1], out[0], out[1]
     for l in range(L):
         m[l] = -np.inf
@@ -149,7 +159,7 @@ def _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out):
             y1 = x1[l] - mu1
             quad = y0 * (y0 * ic0)  # >= +0, so equal to the general path's 0.0 + y0 * q0
             quad += y1 * (y1 * ic1)
-            lg = ln - 0.5 * quad
+            lg = ln - half * quad
             lk[l] = lg
             m[l] = lg if lg > m[l] else m[l]
     for l in range(L):
@@ -160,7 +170,8 @@ def _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out):
         mu0, mu1, ic0, ic1 = means[i, k, 0], means[i, k, 1], inv_c[i, k, 0], inv_c[i, k, 1]
         lk = logit[k]
         for l in range(L):
-            w = _exp_weight(lk[l] - m[l])
+            d = lk[l] - m[l]
+            w = exp_weight(d if d > floor else floor)
             tot[l] += w
             o0[l] -= w * ((x0[l] - mu0) * ic0)
             o1[l] -= w * ((x1[l] - mu1) * ic1)
@@ -179,6 +190,7 @@ def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, 
     arithmetic and its order are those of one point alone.
     """
     K, D, L = log_norm.shape[1], xs.shape[0], xs.shape[1]
+    half, floor = xs.dtype.type(0.5), _log_weight_floor(xs)
     if D == 2 and not full:
         _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out)
         return
@@ -207,7 +219,7 @@ def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, 
                 q[k, a, l] = qa
         ln = log_norm[i, k]
         for l in range(L):
-            lg = ln - 0.5 * quad[l]
+            lg = ln - half * quad[l]
             logit[k, l] = lg
             m[l] = lg if lg > m[l] else m[l]
     for l in range(L):
@@ -217,7 +229,8 @@ def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, 
             out[j, l] = 0.0
     for k in range(K):
         for l in range(L):
-            w = _exp_weight(logit[k, l] - m[l])
+            d = logit[k, l] - m[l]
+            w = exp_weight(d if d > floor else floor)
             logit[k, l] = w  # now the unnormalised weight
             tot[l] += w
         for j in range(D):
@@ -244,8 +257,9 @@ def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, l
     """Scalar-t twin of ``_stream``: ``_score_block`` on blocks of ``lanes`` particles (see the module docstring).
 
     x (N, D) float32/float64; means, inv_c (1, K, D), log_norm (1, K), U as
-    :func:`refdiff.samplers.fused.score_constants` gives them for one row.
-    Writes logp (N,) and, if ``want_score``, score (N, D).
+    :func:`refdiff.samplers.fused.score_constants` gives them for one row, in
+    x's dtype (the block works in it: float32 runs twice the lanes and the
+    float32 exp). Writes logp (N,) and, if ``want_score``, score (N, D).
     """
     N, D = x.shape
     K = log_norm.shape[1]
@@ -253,15 +267,15 @@ def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, l
     n_blocks = (N + L - 1) // L
     n_tasks = (n_blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
     for task in prange(n_tasks):
-        xs = np.zeros((D, L))
-        out = np.zeros((D, L))
-        logit = np.zeros((K, L))
-        q = np.zeros((K, D, L))
-        ya = np.zeros(L)
-        quad = np.zeros(L)
-        m = np.zeros(L)
-        tot = np.zeros(L)
-        acc = np.zeros(L)
+        xs = np.zeros((D, L), x.dtype)
+        out = np.zeros((D, L), x.dtype)
+        logit = np.zeros((K, L), x.dtype)
+        q = np.zeros((K, D, L), x.dtype)
+        ya = np.zeros(L, x.dtype)
+        quad = np.zeros(L, x.dtype)
+        m = np.zeros(L, x.dtype)
+        tot = np.zeros(L, x.dtype)
+        acc = np.zeros(L, x.dtype)
         for blk in range(task * BLOCKS_PER_TASK, min(n_blocks, (task + 1) * BLOCKS_PER_TASK)):
             p0 = np.uint64(blk * L)  # unsigned offsets: no negative-index wrap-around test in the copy loops
             n_lanes = min(L, N - blk * L)
@@ -270,7 +284,7 @@ def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, l
                     xs[j, l] = x[p0 + np.uint64(l), j]
             _score_block(xs, 0, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, tot, acc, out)
             for l in range(n_lanes):
-                logp[p0 + np.uint64(l)] = m[l] + _log(tot[l])
+                logp[p0 + np.uint64(l)] = np.float64(m[l]) + _log(np.float64(tot[l]))
             if want_score:
                 for l in range(n_lanes):
                     for j in range(D):
@@ -556,7 +570,9 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
                 _score_gemm(xk, M1, M2T, isotropic, gmu, 1.0 / c, kc.astype(xk.dtype), want_score, lanes, score, logp)
             else:
                 lanes = min(LANES, N)
-                _score_lanes(xk, gmu[None], (1.0 / c)[None], const[None], U, kind == _FULL, want_score, lanes, score, logp)
+                dt = xk.dtype
+                _score_lanes(xk, gmu[None].astype(dt), (1.0 / c)[None].astype(dt), const[None].astype(dt), U.astype(dt),
+                             kind == _FULL, want_score, lanes, score, logp)
     return score.astype(dtype, copy=False) if want_score else logp.astype(dtype, copy=False)
 
 
