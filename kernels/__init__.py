@@ -9,8 +9,11 @@ against it; the reference is the specification.
 =====================  ================================================  ===============================
 module                 twin of                                           notes
 =====================  ================================================  ===============================
-``mixture_numba``      ``GaussianMixture.score`` / ``log_prob``          (K, block) logits, own exp;
-                       (``backend="numba"``)                             ``mixture_score_point`` per point
+``mixture_numba``      ``GaussianMixture.score`` / ``log_prob``          (K, block) logits in x's dtype;
+                       (``backend="numba"``)                             BLAS path at K*D >= 32, D >= 3;
+                                                                         ``mixture_score_point`` per point
+``_numba_math``        (no twin: shared by the Numba kernels)            branch-free exp (float32 and
+                                                                         float64), log, sin/cos
 ``mixture_cupy`` +     the same (``backend="cupy"``)                     one thread per particle,
 ``mixture_score.cu``                                                     online log-sum-exp
 ``fused_numba``        ``refdiff.samplers.fused.run_table``              whole sampler loop per particle,
