@@ -194,10 +194,10 @@ def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, 
     arithmetic and its order are those of one point alone.
     """
     K, D, L = log_norm.shape[1], xs.shape[0], xs.shape[1]
-    half, floor = xs.dtype.type(0.5), _log_weight_floor(xs)
     if D == 2 and not full:
         _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out)
         return
+    half, floor = xs.dtype.type(0.5), _log_weight_floor(xs)
     for l in range(L):
         m[l] = -np.inf
     for k in range(K):
@@ -253,7 +253,6 @@ def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, 
     for j in range(D):
         for l in range(L):
             out[j, l] /= tot[l]
-
 
 
 @njit(parallel=True, **_JIT)
