@@ -1,7 +1,8 @@
-"""Helpers shared by the benchmark scripts: timing, thread pinning, machine facts, JSON.
+"""Helpers shared by the benchmark scripts: timing, thread pinning, machine facts, JSON, bar plots.
 
-Nothing here imports refdiff, NumPy or PyTorch at module level, so a worker
-process running under another interpreter (PyTorch's venv) can use it too.
+Nothing here imports refdiff, NumPy, PyTorch or matplotlib at module level, so
+a worker process running under another interpreter (PyTorch's venv) can use
+it too.
 """
 
 from __future__ import annotations
@@ -172,4 +173,100 @@ def write_json(path, payload) -> Path:
         except OSError:
             pass
         raise
+    return path
+
+
+# --- plots ----------------------------------------------------------------------------------------
+# matplotlib is imported inside plot_bar_groups only: a worker under another interpreter, or a machine
+# without matplotlib, imports this module all the same.
+
+
+def plot_path(json_path) -> Path:
+    """Where a benchmark's plot goes: next to its JSON, same stem, ``.png``."""
+    return Path(json_path).with_suffix(".png")
+
+
+def bar(name, stats=None, value=None, scale=1.0):
+    """One bar of :func:`plot_bar_groups`: ``(name, median, low, high)``, or None where nothing was measured.
+
+    ``stats`` is a :func:`summary_ms` dict (the bar is its median, the whisker
+    its min-max range), ``value`` a single figure (no whisker); both are
+    multiplied by ``scale`` (e.g. 1e-3 for milliseconds to seconds).
+    """
+    if stats is not None:
+        return (name, stats["median_ms"] * scale, stats["min_ms"] * scale, stats["max_ms"] * scale)
+    if value is not None:
+        return (name, value * scale, None, None)
+    return None
+
+
+def bar_layout(groups, width=0.8) -> tuple:
+    """x positions of the bars of ``groups``: ``([(x, group index, name, median, low, high), ...], bar width)``.
+
+    ``groups`` is a list of dicts with ``"bars"``: a list of :func:`bar`
+    tuples (None entries dropped). Group g is centred on x = g; its bars sit
+    side by side in their order, each ``width / (most bars in any group)``
+    wide. Pure (no matplotlib), so the layout is testable.
+    """
+    kept = [[b for b in g["bars"] if b is not None] for g in groups]
+    w = width / max([len(k) for k in kept] + [1])
+    out = []
+    for gi, bars in enumerate(kept):
+        for j, (name, med, lo, hi) in enumerate(bars):
+            out.append((gi + (j - (len(bars) - 1) / 2) * w, gi, name, med, lo, hi))
+    return out, w
+
+
+def plot_bar_groups(path, groups, *, ylabel, title, log=True, value_fmt=None, marker_label="machine floor"):
+    """Draw grouped bars to the PNG ``path``; returns the path, or None (with a message) without matplotlib.
+
+    ``groups``: list of dicts with ``"label"`` (x tick), ``"bars"`` (see
+    :func:`bar`; a name keeps its colour across groups), optionally
+    ``"marker"`` (a value drawn as a dashed line across the group, labelled
+    ``marker_label``) and ``"note"`` (a line under the group's label). ``value_fmt``
+    (a function of the median) writes each bar's value above it.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed: no plot written ({path})")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars, w = bar_layout(groups)
+    names = list(dict.fromkeys(b[2] for b in bars))
+    colors = {n: f"C{i}" for i, n in enumerate(names)}
+    values = [v for b in bars for v in b[3:] if v is not None and v > 0]
+    values += [g["marker"] for g in groups if g.get("marker")]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(bars) + 1.0), 4.5))
+    labelled = set()
+    for x, _, name, med, lo, hi in bars:
+        err = None if lo is None else [[med - lo], [hi - med]]
+        ax.bar(x, med, w * 0.92, yerr=err, capsize=3, color=colors[name], label=None if name in labelled else name)
+        labelled.add(name)
+        if value_fmt is not None:
+            top = med if hi is None else hi
+            ax.text(x, top * (1.12 if log else 1.02), value_fmt(med), ha="center", va="bottom", fontsize=7)
+    for gi, g in enumerate(groups):
+        n_bars = max(1, sum(b is not None for b in g["bars"]))
+        half = n_bars * w / 2 + 0.04
+        if g.get("marker"):
+            ax.hlines(g["marker"], gi - half, gi + half, colors="k", linestyles="--", linewidth=1.2,
+                      label=None if marker_label in labelled else marker_label)
+            labelled.add(marker_label)
+    ticks = [g["label"] + (f"\n{g['note']}" if g.get("note") else "") for g in groups]
+    ax.set_xticks(range(len(groups)), ticks, fontsize=8)
+    if log:
+        ax.set_yscale("log")
+        if values:
+            ax.set_ylim(min(values) / 3, max(values) * 3)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(axis="y", which="major", alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
     return path

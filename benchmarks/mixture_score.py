@@ -36,11 +36,16 @@ peaks measured by benchmarks/machine_peak.py, whose JSON is reused when it is
 recent) and the fraction of it the Numba twin reaches, with the issue's bound
 (at least 40% at D <= 4); ``--no-floor`` leaves it out.
 
+Next to the JSON goes a plot (same stem, ``.png``; ``--no-plot`` leaves it
+out, and it is skipped with a message without matplotlib): per size, the
+median milliseconds (min-max whiskers, log scale) of every implementation
+that ran, and the machine floor as a dashed line across the group.
+
 Usage::
 
     .venv/bin/python benchmarks/mixture_score.py [--threads 2] [--repeat 30]
         [--sizes 100000,2,8 ...] [--crossover] [--torch-python PATH] [--no-torch-compile]
-        [--jax-python PATH] [--no-floor] [--json PATH]
+        [--jax-python PATH] [--no-floor] [--no-plot] [--json PATH]
 """
 
 from __future__ import annotations
@@ -54,7 +59,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, child_env, jax_env, machine_info, recorded_env, summary_ms, time_calls, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    REPO, bar, child_env, jax_env, machine_info, plot_bar_groups, plot_path, recorded_env, summary_ms, time_calls,
+    write_json,
+)
 
 DEFAULT_SIZES = ["100000,2,8", "100000,16,32", "10000,64,128"]
 TORCH_PYTHON = "/opt/torchenv/bin/python"
@@ -62,6 +70,10 @@ JAX_PYTHON = "/opt/jaxenv/bin/python"
 
 #: The timed variants of each peer worker, as the row keys and score file names.
 PEER_VARIANTS = {"torch": ("torch", "torch_compile"), "jax": ("jax",)}
+
+#: Every implementation a row may hold, in plot order, with its legend name.
+PLOT_NAMES = {"numpy": "numpy reference", "numba": "numba", "torch": "torch eager", "torch_compile": "torch.compile",
+              "jax": "jax jit"}
 
 
 def problem(N, D, K, seed=0):
@@ -238,6 +250,36 @@ def run_peer(kind, python, args, env, rows, reference):
     return res
 
 
+def plot_groups(rows) -> list:
+    """The plot's groups (``_common.plot_bar_groups``): one per size, a bar per implementation that ran, the floor.
+
+    Times in ms; the marker is the row's machine floor (``r["floor"]["floor_s"]``) where it was computed,
+    with the Numba twin's share of it as the group's note.
+    """
+    groups = []
+    for r in rows:
+        floor = r.get("floor")
+        note = None
+        if floor and "achieved" in floor:
+            note = f"numba at {floor['achieved']['floor_fraction']:.0%} of floor"
+        groups.append({
+            "label": f"N={r['N']}\nD={r['D']} K={r['K']}",
+            "bars": [bar(name, r[key]) for key, name in PLOT_NAMES.items() if key in r],
+            "marker": floor["floor_s"] * 1e3 if floor else None,
+            "note": note,
+        })  # fmt: skip
+    return groups
+
+
+def plot(path, payload):
+    """Draw ``payload``'s rows to the PNG ``path`` (None without matplotlib)."""
+    return plot_bar_groups(
+        path, plot_groups(payload["rows"]), ylabel="ms per score evaluation (median, min-max)",
+        title=f"Exact mixture score, {payload['dtype']}, {payload['threads']} threads "
+              f"(dashed: machine floor from machine_peak.py)",
+    )  # fmt: skip
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -251,6 +293,7 @@ def main(argv=None):
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "mixture_score.json"))
     ap.add_argument("--no-floor", dest="floor", action="store_false",
                     help="skip the machine floor (machine_peak.py: reuses its JSON when recent, else measures, ~30 s)")
+    ap.add_argument("--no-plot", dest="plot", action="store_false", help="write no PNG next to the JSON")
     ap.add_argument("--worker", choices=("refdiff", "torch", "jax"))
     args = ap.parse_args(argv)
     sizes = [tuple(int(s) for s in spec.split(",")) for spec in args.sizes]
@@ -354,6 +397,10 @@ def main(argv=None):
     for r in result["crossover"]:
         print(f"crossover N={r['N']:>6} D={r['D']:>3} K={r['K']:>3} work={r['work']:>9}: numpy {r['numpy']:.3f} ms, numba {r['numba']:.3f} ms")
     print(f"wrote {path}")
+    if args.plot:
+        png = plot(plot_path(path), payload)
+        if png is not None:
+            print(f"wrote {png}")
     return 0
 
 

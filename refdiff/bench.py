@@ -5,7 +5,8 @@ The scripts live in ``benchmarks/`` next to the package in a source checkout
 writes its own JSON, and is read back here into rows: refdiff's fastest
 backend against the NumPy reference and against the peer (PyTorch on the same
 CPU; for the fused sampler, JAX's whole-loop jit, measured when the script
-could run JAX, else its recorded time), with the goal and whether it is met.
+could run JAX, else its recorded time, and diffusers' DDPMScheduler loop for
+its DDPM row), with the goal and whether it is met.
 Every ratio is "other time / refdiff time", so > 1 means refdiff is faster,
 whatever convention the script itself prints.
 
@@ -210,9 +211,11 @@ def parse_mixture_score(payload) -> list:
 
 
 def parse_fused_sampler(payload) -> list:
-    """One row: the fused Numba loop against the NumPy loop (extrapolated) and JAX's whole-loop jit, minima.
+    """The fused Numba loop against the NumPy loop (extrapolated) and JAX's whole-loop jit, minima.
 
     JAX as the script measured it, or its recorded time (``jax_whole_loop_source``; older JSON: recorded).
+    A second row where the script ran its DDPM section (``ddpm_vs_diffusers``): the fused DDPM run against
+    diffusers' DDPMScheduler loop, minima, goal :data:`BEAT_PEER`.
     """
     s = payload["sizes"]
     size = f"n={s['n']} steps={s['steps']} {s['dtype']}"
@@ -221,10 +224,18 @@ def parse_fused_sampler(payload) -> list:
         return [_row("fused_sampler", size, None, "numba", note=f"check failed: max |diff| {check.get('max_abs_diff')}")]
     jax_ms = payload["jax_whole_loop_s"] * 1e3
     peer = f"JAX jit ({payload.get('jax_whole_loop_source', 'recorded')})"
-    return [_row("fused_sampler", size, payload["numba"]["min_ms"], "numba", payload["numpy_reference_extrapolated_ms"],
+    rows = [_row("fused_sampler", size, payload["numba"]["min_ms"], "numba", payload["numpy_reference_extrapolated_ms"],
                  peer, jax_ms, payload["speedup_vs_reference"], payload["speedup_vs_jax_whole_loop"],
                  "vs peer >= 3", bool(payload["goal_met"]),
                  f"reference timed on {payload['numpy_reference_measured']['rows']} steps, extrapolated; minima")]
+    ddpm = payload.get("ddpm_vs_diffusers")
+    if ddpm and ddpm.get("status") == "ok":  # skipped or failed: the script's own table says why
+        ours, theirs = ddpm["refdiff"]["numba"]["min_ms"], ddpm["diffusers"]["times"]["min_ms"]
+        vs_peer = _ratio(theirs, ours)
+        rows.append(_row("fused_sampler", f"DDPM n={s['n']} steps={ddpm['schedule']['steps']} {ddpm['refdiff']['dtype']}",
+                         ours, "numba", None, "diffusers DDPMScheduler (torch eager)", theirs, None, vs_peer,
+                         f"vs peer >= {BEAT_PEER:g}", _at_least(vs_peer, BEAT_PEER), "minima; diffusers in float32"))
+    return rows
 
 
 PARSERS = {"mlp_step": parse_mlp_step, "cnn_step": parse_cnn_step, "mixture_score": parse_mixture_score,

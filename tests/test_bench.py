@@ -252,6 +252,195 @@ def test_format_table():
     assert any(ln.startswith("fused_sampler") and "skipped (numba is not installed)" in ln for ln in lines)
 
 
+def fused_ddpm_section(status="ok"):
+    sec = {"what": "DDPM 1000 steps vs diffusers DDPMScheduler loop", "status": status,
+           "schedule": {"T": 1000, "steps": 1000, "spacing": "leading"},
+           "refdiff": {"numba": {"min_ms": 800.0, "median_ms": 850.0, "max_ms": 900.0}, "nfe": 1000, "dtype": "float64"}}
+    if status == "ok":
+        sec["diffusers"] = {"times": {"min_ms": 20000.0, "median_ms": 21000.0, "max_ms": 25000.0}}
+        sec.update(speedup_vs_diffusers=25.0, speedup_vs_diffusers_median=21000.0 / 850.0, reason=None)
+    else:
+        sec["reason"] = "no --torch-python"
+    return sec
+
+
+def test_parse_fused_sampler_ddpm_row():
+    p = dict(fused_payload(), ddpm_vs_diffusers=fused_ddpm_section())
+    em, ddpm = bench.parse_result("fused_sampler", p)
+    assert em["size"] == "n=100000 steps=1000 float64" and em["peer_ms"] == 3000.0  # the first row is unchanged
+    assert ddpm["size"] == "DDPM n=100000 steps=1000 float64" and ddpm["backend"] == "numba"
+    assert ddpm["refdiff_ms"] == 800.0 and ddpm["peer_ms"] == 20000.0 and ddpm["reference_ms"] is None
+    assert ddpm["peer"] == "diffusers DDPMScheduler (torch eager)" and ddpm["vs_peer"] == pytest.approx(25.0)
+    assert ddpm["goal"] == "vs peer >= 1" and ddpm["met"] is True
+    p["ddpm_vs_diffusers"]["diffusers"]["times"]["min_ms"] = 400.0  # diffusers faster: not met
+    assert bench.parse_result("fused_sampler", p)[1]["met"] is False
+    for section in (fused_ddpm_section("skipped"), fused_ddpm_section("failed")):  # no row: the script says why
+        assert len(bench.parse_result("fused_sampler", dict(fused_payload(), ddpm_vs_diffusers=section))) == 1
+    rows = bench.parse_result("fused_sampler", dict(fused_payload(), ddpm_vs_diffusers=fused_ddpm_section()))
+    text = bench.format_table([{"name": "fused_sampler", "status": "ok", "reason": None, "rows": rows}])
+    assert any("DDPM n=100000" in ln and "25.00x" in ln for ln in text.splitlines())
+
+
+# --- benchmark scripts: plots, achieved throughput, the DDPM table diffusers runs -------------------------
+
+BENCH_DIR = REPO / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    """The scripts' modules (their top level imports _common only: no NumPy, no matplotlib)."""
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        import _common
+        import fused_sampler
+        import mixture_score
+
+        yield _common, mixture_score, fused_sampler
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+
+def test_common_stays_light():
+    """Workers under other interpreters import _common and the scripts: no NumPy or matplotlib at module level."""
+    code = (f"import sys; sys.path.insert(0, {str(BENCH_DIR)!r}); import _common, fused_sampler, mixture_score; "
+            "heavy = [m for m in ('numpy', 'matplotlib', 'refdiff') if m in sys.modules]; assert not heavy, heavy")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+
+
+def stats(median, lo=None, hi=None):
+    return {"min_ms": lo if lo is not None else median * 0.9, "median_ms": median,
+            "max_ms": hi if hi is not None else median * 1.2, "samples": 5}
+
+
+def test_bar_and_layout(scripts):
+    common = scripts[0]
+    assert common.plot_path("/r/fused_sampler.json") == Path("/r/fused_sampler.png")
+    assert common.bar("numba", stats(2.0, 1.5, 3.0)) == ("numba", 2.0, 1.5, 3.0)
+    assert common.bar("numba", stats(2000.0, 1500.0, 3000.0), scale=1e-3) == ("numba", 2.0, 1.5, 3.0)
+    assert common.bar("numpy", value=400.0, scale=1e-3) == ("numpy", 0.4, None, None)
+    assert common.bar("jax") is None
+    groups = [{"label": "a", "bars": [common.bar("x", value=1.0), None, common.bar("y", value=2.0)]},
+              {"label": "b", "bars": [common.bar("x", value=3.0), common.bar("y", value=4.0), common.bar("z", value=5.0)]}]
+    bars, width = common.bar_layout(groups)
+    assert width == pytest.approx(0.8 / 3)  # the widest group sets the width
+    assert [(b[1], b[2], b[3]) for b in bars] == [(0, "x", 1.0), (0, "y", 2.0), (1, "x", 3.0), (1, "y", 4.0),
+                                                  (1, "z", 5.0)]
+    xs = [b[0] for b in bars]
+    assert xs[:2] == pytest.approx([-width / 2, width / 2]) and xs[2:] == pytest.approx([1 - width, 1, 1 + width])
+
+
+def test_plot_bar_groups_writes_a_png(scripts, tmp_path):
+    pytest.importorskip("matplotlib")
+    common = scripts[0]
+    groups = [{"label": "N=10", "bars": [common.bar("numpy", stats(5.0)), common.bar("numba", stats(1.0))],
+               "marker": 0.3, "note": "numba at 30% of floor"},
+              {"label": "N=20", "bars": [common.bar("numba", stats(2.0))], "marker": None}]
+    out = common.plot_bar_groups(tmp_path / "sub" / "p.png", groups, ylabel="ms", title="t", value_fmt=lambda v: f"{v:.2g}")
+    assert out == tmp_path / "sub" / "p.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib(scripts, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    common = scripts[0]
+    assert common.plot_bar_groups(tmp_path / "p.png", [], ylabel="ms", title="t") is None
+    assert "matplotlib is not installed" in capsys.readouterr().out and not (tmp_path / "p.png").exists()
+
+
+def test_mixture_score_plot_groups(scripts):
+    mixture = scripts[1]
+    rows = [{"N": 100000, "D": 2, "K": 8, "numpy": stats(6.0), "numba": stats(1.0), "torch": stats(12.0),
+             "jax": stats(1.8), "floor": {"floor_s": 0.4e-3, "achieved": {"floor_fraction": 0.4}}},
+            {"N": 10000, "D": 64, "K": 128, "numpy": stats(300.0), "numba": stats(10.0), "torch_compile": stats(8.0)}]
+    a, b = mixture.plot_groups(rows)
+    assert [x[0] for x in a["bars"]] == ["numpy reference", "numba", "torch eager", "jax jit"]
+    assert a["marker"] == pytest.approx(0.4) and a["note"] == "numba at 40% of floor" and a["label"] == "N=100000\nD=2 K=8"
+    assert [x[0] for x in b["bars"]] == ["numpy reference", "numba", "torch.compile"]
+    assert b["marker"] is None and b["note"] is None
+    assert "--no-plot" in (BENCH_DIR / "mixture_score.py").read_text()
+
+
+def fused_full_payload(jax_ok=True, ddpm_status="ok"):
+    p = dict(fused_payload(), n_components=8, nfe=1001, numba=stats(900.0, 880.0, 950.0),
+             jax={"status": "ok", "times": stats(3000.0, 2900.0, 3100.0)} if jax_ok else {"status": "skipped"},
+             ddpm_vs_diffusers=fused_ddpm_section(ddpm_status))
+    return p
+
+
+def test_fused_sampler_achieved_rates(scripts):
+    fused = scripts[2]
+    r = fused.achieved_rates(100_000, 1001, 8, 0.5, exp_peak=2e9)
+    assert r["exps"] == 100_000 * 1001 * 8 and r["particle_steps"] == 100_000 * 1001
+    assert r["particle_steps_per_s"] == pytest.approx(2.002e8) and r["gexp_per_s"] == pytest.approx(1.6016)
+    assert r["exp_fraction"] == pytest.approx(1.6016e9 / 2e9)
+    assert "exp_fraction" not in fused.achieved_rates(10, 1, 8, 1.0)  # --no-floor: rates without the peak
+    runs = fused.throughput(fused_full_payload(), exp_peak=2e9)
+    assert list(runs) == ["numpy_reference", "numba", "jax", "ddpm_numba", "diffusers"]
+    assert runs["numba"]["seconds"] == pytest.approx(0.88)  # minima
+    assert runs["numpy_reference"]["seconds"] == pytest.approx(14.0)  # the extrapolated loop
+    assert runs["ddpm_numba"]["exps"] == 100_000 * 1000 * 8 and runs["diffusers"]["seconds"] == pytest.approx(20.0)
+    assert list(fused.throughput(fused_full_payload(jax_ok=False, ddpm_status="skipped"))) == [
+        "numpy_reference", "numba", "ddpm_numba"]
+    args = fused.parse_args(["--no-plot", "--no-floor", "--torch-python", ""])
+    assert args.plot is False and args.floor is False and not args.torch_python
+
+
+def test_fused_sampler_plot_groups(scripts):
+    fused = scripts[2]
+    em, ddpm = fused.plot_groups(dict(fused_full_payload(), speedup_vs_jax_whole_loop=3000 / 880))
+    assert [b[0] for b in em["bars"]] == ["numpy loop (extrapolated)", "fused numba", "jax jit (fori_loop)"]
+    assert em["bars"][0] == ("numpy loop (extrapolated)", 14.0, None, None)  # seconds
+    assert em["bars"][1][1:] == pytest.approx((0.9, 0.88, 0.95))
+    assert [b[0] for b in ddpm["bars"]] == ["fused numba", "diffusers DDPMScheduler (torch eager, f32)"]
+    assert "25.00x vs diffusers" in ddpm["note"]
+    no_peers = dict(fused_full_payload(jax_ok=False, ddpm_status="skipped"), speedup_vs_jax_whole_loop=3.3)
+    groups = fused.plot_groups(no_peers)
+    assert [b[0] for b in groups[0]["bars"]][-1] == "jax jit (recorded)"  # n=1e5, 1000 steps: the issue's figure
+    assert [b[0] for b in groups[1]["bars"]] == ["fused numba"] and groups[1]["note"] is None
+
+
+def test_fused_sampler_ddpm_table_is_diffusers_default(scripts):
+    """The refdiff table of the DDPM section is diffusers' DDPMScheduler default: timesteps, alpha-bar, beta-tilde.
+
+    diffusers' formulas (scheduling_ddpm.py, ``variance_type="fixed_small"``, ``timestep_spacing="leading"``)
+    written out in NumPy, so the test runs without diffusers.
+    """
+    np = pytest.importorskip("numpy")
+    fused = scripts[2]
+    for steps in (1000, 200):
+        schedule, table = fused.ddpm_schedule_table(steps)
+        betas = np.linspace(1e-4, 0.02, 1000)
+        ab = np.cumprod(1.0 - betas)
+        ts = np.arange(0, steps)[::-1] * (1000 // steps)  # diffusers' "leading" timesteps
+        assert table.n_rows == steps and np.array_equal(table.t.astype(int) - 1, ts)
+        prev = ts - 1000 // steps
+        ab_prev = np.where(prev >= 0, ab[np.maximum(prev, 0)], 1.0)
+        beta_t = 1.0 - ab[ts] / ab_prev
+        var = (1.0 - ab_prev) / (1.0 - ab[ts]) * beta_t  # fixed_small
+        noisy = ts > 0
+        assert np.array_equal(table.draw >= 0, noisy)
+        np.testing.assert_allclose(table.c[noisy], np.sqrt(var[noisy]), rtol=1e-9)
+        np.testing.assert_allclose(schedule.alpha_bar[1:], ab, rtol=1e-12)
+        # the mean: x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) with eps = -sqrt(1 - ab) s, then the posterior mean
+        c0 = np.sqrt(ab_prev) * beta_t / (1.0 - ab[ts])
+        cx = np.sqrt(1.0 - beta_t) * (1.0 - ab_prev) / (1.0 - ab[ts])
+        np.testing.assert_allclose(table.a, cx + c0 / np.sqrt(ab[ts]), rtol=1e-9)
+        np.testing.assert_allclose(table.b, c0 * (1.0 - ab[ts]) / np.sqrt(ab[ts]), rtol=1e-9)
+
+
+def test_compare_samples_names(scripts):
+    np = pytest.importorskip("numpy")
+    fused = scripts[2]
+    rng = np.random.default_rng(0)
+    modes = np.array([[4.0, 0.0], [-4.0, 0.0]])
+    x = modes[rng.integers(0, 2, 4000)] + 0.3 * rng.standard_normal((4000, 2))
+    y = modes[rng.integers(0, 2, 4000)] + 0.3 * rng.standard_normal((4000, 2))
+    out = fused.compare_samples(x, y, modes, names=("refdiff", "diffusers"))
+    assert out["ok"] and set(out["mode_weights"]) >= {"refdiff", "diffusers"} and out["n_diffusers"] == 4000
+    assert "numba" in fused.compare_samples(x, y, modes)["mean"]  # the JAX section's keys stay
+    assert not fused.compare_samples(x, y[y[:, 0] > 0], modes)["ok"]  # one mode lost
+
+
 # --- one real run ----------------------------------------------------------------------------------------
 
 
