@@ -19,6 +19,11 @@ give the same loss and the same gradient (relative error below 1e-4 in
 float32); the script stops if not. Then ``--rounds`` worker processes per
 side, alternating, each time ``--repeat`` steps after ``--warmup``.
 
+refdiff runs with ``--backend`` (default ``auto``: the fused GroupNorm + SiLU
+of :class:`~refdiff.nn.conv.GroupNormSiLU` on Numba when it is installed,
+``numpy`` for the pure NumPy reference); the convolutions are NumPy and BLAS
+on every backend.
+
 Reports min / median / max wall milliseconds per step (and the median process
 CPU time, all threads, which shows spin-waiting), the ratio refdiff / PyTorch
 of the medians and of the minima, and writes JSON (``--json``). The PyTorch
@@ -33,7 +38,7 @@ machine, or compare with ``--threads 1``.
 Usage::
 
     python benchmarks/cnn_step.py [--batch 256] [--channels 32] [--image 8]
-        [--threads 2] [--repeat 20] [--rounds 2] [--n-classes K]
+        [--threads 2] [--repeat 20] [--rounds 2] [--n-classes K] [--backend auto]
         [--torch-python /opt/torchenv/bin/python] [--json results.json]
 """
 
@@ -155,7 +160,7 @@ def worker_refdiff(data, args):
     from refdiff.nn.unet import UNet
 
     config = json.loads(str(data["config"]))
-    net = UNet(**config)
+    net = UNet(**config, backend=args.backend)
     p = Params(net.layout, data["flat"].copy())
     g = p.zeros_like()
     x, t, target = data["x"], data["t"], data["target"]
@@ -174,7 +179,15 @@ def worker_refdiff(data, args):
     loss = step()
     grad = g.flat.copy()
     times, cpu = timed(step, args.warmup, args.repeat)
-    return {"loss": loss, "grad": grad, "times": times, "cpu": cpu, "versions": {"numpy": np.__version__}}
+    versions = {"numpy": np.__version__}
+    if args.backend != "numpy":
+        try:
+            import numba
+
+            versions["numba"] = numba.__version__
+        except ImportError:  # "auto" without Numba runs NumPy
+            pass
+    return {"loss": loss, "grad": grad, "times": times, "cpu": cpu, "versions": versions}
 
 
 def worker_torch(data, args):
@@ -238,6 +251,7 @@ def spawn(python, side, data_path, args, tmp, warmup, repeat):
     command = [
         python, __file__, "--worker", side, "--data", str(data_path), "--out", str(grad_path),
         "--threads", str(args.threads), "--warmup", str(warmup), "--repeat", str(repeat),
+        "--backend", args.backend,
     ]
     done = subprocess.run(command, env=_common.child_env(args.threads), capture_output=True, text=True)
     if done.returncode:
@@ -268,6 +282,8 @@ def main(argv=None):
     parser.add_argument("--image", type=int, default=8, help="image height = width (default 8)")
     parser.add_argument("--n-classes", type=int, default=None, help="benchmark a class-conditional U-Net")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backend", choices=["numpy", "numba", "auto"], default="auto",
+                        help="refdiff U-Net backend (default auto: Numba for GroupNorm + SiLU when installed)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=20, help="timed steps per worker process (default 20)")
     parser.add_argument("--rounds", type=int, default=2, help="worker processes per side, alternating (default 2)")
@@ -350,6 +366,7 @@ def main(argv=None):
         "batch": n,
         "dtype": "float32",
         "threads": args.threads,
+        "backend": args.backend,
         "rounds": args.rounds,
         "machine": {
             "platform": platform.platform(),
@@ -364,7 +381,7 @@ def main(argv=None):
         "check": check,
     }
     print(f"U-Net {config['image_shape']} channels {config['channels']} x {config['channel_mult']}, "
-          f"{net.n_params} parameters, batch {n}, float32, {args.threads} threads, "
+          f"{net.n_params} parameters, batch {n}, float32, {args.threads} threads, backend {args.backend}, "
           f"{args.rounds} x {args.repeat} steps per side")
 
     def line(name, r):

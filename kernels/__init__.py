@@ -20,6 +20,10 @@ module                 twin of                                           notes
                                                                          Philox noise as refdiff.noise
 ``fused_cupy`` +       the same                                          D <= 64 (register bound)
 ``fused_sampler.cu``
+``mlp_numba``          ``refdiff.nn.fused`` (MLP bias + SiLU +           one pass per activation;
+                       residual, its backward; Adam)                     ``MLP(backend=)``, ``Adam(backend=)``
+``conv_numba``         ``refdiff.nn.conv.group_norm_silu_forward`` /     one pass per image;
+                       ``_backward`` (GroupNorm then SiLU)               ``UNet(backend=)``
 =====================  ================================================  ===============================
 
 Importing this package imports nothing heavy: Numba and CuPy are imported

@@ -216,7 +216,7 @@ def _training_setup(args):
         if args.conditional:
             raise UsageError("--conditional needs an image data set (digits or glyphs)")
         x = D.sample_2d(args.data, args.n_data, rng=np.random.SeedSequence([args.seed, 1]))
-        net = MLP(2, width=args.width, depth=args.depth, time_scale=objective.time_scale)
+        net = MLP(2, width=args.width, depth=args.depth, time_scale=objective.time_scale, backend="auto")
     else:
         n = None if args.data == "digits" else args.n_data
         try:
@@ -224,7 +224,7 @@ def _training_setup(args):
         except ImportError as exc:
             raise UsageError(str(exc)) from None
         net = UNet(image_shape=x.shape[1:], channels=args.channels, time_scale=objective.time_scale,
-                   n_classes=10 if args.conditional else None)
+                   n_classes=10 if args.conditional else None, backend="auto")
         if not args.conditional:
             labels = None
     return objective, net, x, labels
@@ -283,8 +283,9 @@ def add_sample(sub):
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale gamma (default 1)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--backend", choices=("auto", "numpy", "numba", "cupy"), default="auto",
-                   help="where the model runs: the mixture score's (analytic targets) or the MLP's elementwise "
-                        "work (checkpoints; numpy or numba); auto picks the fastest installed")
+                   help="where the model runs: the mixture score's (analytic targets), or the MLP's elementwise "
+                        "work and the U-Net's GroupNorm + SiLU (checkpoints; numpy or numba); auto picks the "
+                        "fastest installed")
     p.add_argument("--clip-x0", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                    help="clip the predicted x0 to [LO, HI] (ddpm and ddim; e.g. -1 1 for pixel data)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (printed in the output)")
@@ -321,13 +322,13 @@ def _checkpoint_model(args):
     ck, objective = _load_checkpoint(args.checkpoint)
     params = ck.params if args.no_ema or ck.ema is None else ck.ema
     net = ck.network
-    if args.backend != "auto":
-        if not hasattr(net, "backend") or args.backend == "cupy":
-            raise UsageError(f"--backend {args.backend}: a {net.kind} checkpoint runs on numpy (an MLP also on numba)")
+    if hasattr(net, "backend") and args.backend != "cupy":  # the MLP's elementwise work, the U-Net's GroupNorm + SiLU
         try:
             net.backend = args.backend
         except (ValueError, ImportError) as exc:
             raise UsageError(str(exc)) from None
+    elif args.backend != "auto":
+        raise UsageError(f"--backend {args.backend}: a {net.kind} checkpoint runs on numpy or numba")
     if net.n_classes is None:
         if args.label is not None:
             raise UsageError(f"{args.checkpoint} is unconditional; --label needs a class-conditional checkpoint")

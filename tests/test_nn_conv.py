@@ -310,6 +310,20 @@ def test_channels_last_is_the_transposed_layer(make, shape):
     np.testing.assert_allclose(gl.flat, g.flat, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("c_in,c_out,k,stride,padding,shape", CONV_CASES)
+def test_conv2d_weight_gradient_same_without_dx(c_in, c_out, k, stride, padding, shape, small_chunks):
+    """need_dx=False takes dW from the patches of x; with dx (stride 1), from those of dy: one answer."""
+    rng = np.random.default_rng(18)
+    layer = Conv2d("c", c_in, c_out, k, stride=stride, padding=padding)
+    p = random_params(layer, rng)
+    y, cache = layer.forward(p, rng.standard_normal(shape))
+    dy = rng.standard_normal(y.shape)
+    g_dx, g_no = p.zeros_like(), p.zeros_like()
+    assert layer.backward(p, g_dx, cache, dy).shape == shape
+    assert layer.backward(p, g_no, cache, dy, need_dx=False) is None
+    np.testing.assert_allclose(g_dx.flat, g_no.flat, rtol=1e-13, atol=1e-13)
+
+
 def test_need_dx_false_returns_none():
     rng = np.random.default_rng(17)
     layer = Conv2d("c", 2, 3, 3, padding=1)

@@ -28,6 +28,7 @@ SOURCE_ROOTS = ((REPO / "refdiff", "refdiff"), (REPO / "kernels", "refdiff.kerne
 # module must import with the core dependencies alone.
 NEEDS_EXTRA = {
     "refdiff.kernels._numba_math": "fast",
+    "refdiff.kernels.conv_numba": "fast",
     "refdiff.kernels.mixture_numba": "fast",
     "refdiff.kernels.fused_numba": "fast",
     "refdiff.kernels.mlp_numba": "fast",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import check_int
-from .conv import AvgPool2d, Conv2d, GroupNorm, ResBlock, Upsample2d
+from .conv import AvgPool2d, Conv2d, GroupNormSiLU, ResBlock, Upsample2d, check_backend
 from .layers import ClassEmbedding, Linear, SiLU
 from .network import Network
 
@@ -52,6 +52,12 @@ class UNet(Network):
         Number of classes of a conditional network (adds a null class).
     groups : int
         GroupNorm groups; must divide every level's channel count.
+    backend : {"numpy", "numba", "auto"}
+        Where each GroupNorm + SiLU pair runs (:class:`~refdiff.nn.conv.GroupNormSiLU`):
+        NumPy, its Numba twin (the ``fast`` extra) or Numba when installed
+        and the activations are large enough. A run-time choice like the
+        MLP's: not in :meth:`config` or checkpoints, and it may be changed on
+        a live network (``net.backend = "numba"``).
     """
 
     kind = "unet"
@@ -65,6 +71,7 @@ class UNet(Network):
         time_scale=1.0,
         n_classes=None,
         groups=8,
+        backend="numpy",
     ):
         shape = tuple(image_shape) if isinstance(image_shape, (tuple, list)) else None
         if shape is None or len(shape) != 3:
@@ -103,8 +110,21 @@ class UNet(Network):
             c = widths[l]
         self.pool = AvgPool2d(2, channels_last=True)
         self.upsample = Upsample2d(2, channels_last=True)
-        self.norm_out = GroupNorm("norm_out", self.groups, widths[0], channels_last=True)
+        self.norm_out = GroupNormSiLU("norm_out", self.groups, widths[0], channels_last=True)
         self.conv_out = Conv2d("conv_out", widths[0], c_img, 3, padding=1, zero_init=True, channels_last=True)
+        self.backend = backend
+
+    @property
+    def backend(self) -> str:
+        """``"numpy"``, ``"numba"`` or ``"auto"``: where the GroupNorm + SiLU pairs run."""
+        return self.norm_out.backend
+
+    @backend.setter
+    def backend(self, value):
+        check_backend(value)
+        for block in [*self.down, self.mid, *self.up.values()]:
+            block.backend = value
+        self.norm_out.backend = value
 
     def config(self) -> dict:
         return {
@@ -153,18 +173,16 @@ class UNet(Network):
             if l > 0:
                 h, c = self.upsample.forward(p, h)
                 caches.append(c)
-        h, c_no = self.norm_out.forward(p, h)
-        h, c_na = self.act.forward(p, h)
+        h, c_no = self.norm_out.forward(p, h)  # SiLU(GN(h))
         out, c_out = self.conv_out.forward(p, h)  # (N, H, W, C_img)
         out = np.ascontiguousarray(out.transpose(0, 3, 1, 2))
-        return out, (y, emb_caches, c_in, caches, (c_no, c_na, c_out))
+        return out, (y, emb_caches, c_in, caches, (c_no, c_out))
 
     def backward(self, p, g, cache, dout, need_dx=False):
-        y, (c_t0, c_ta, c_t1, c_ea), c_in, caches, (c_no, c_na, c_out) = cache
+        y, (c_t0, c_ta, c_t1, c_ea), c_in, caches, (c_no, c_out) = cache
         levels = len(self.channel_mult)
         caches = list(caches)
         dh = self.conv_out.backward(p, g, c_out, dout.transpose(0, 2, 3, 1))
-        dh = self.act.backward(p, g, c_na, dh)
         dh = self.norm_out.backward(p, g, c_no, dh)
         demb = 0
         dskips = [None] * levels

@@ -1,0 +1,221 @@
+"""Numba twins of the U-Net's fused GroupNorm + SiLU (:mod:`refdiff.nn.conv`).
+
+Reference twins, same names, arguments and argument order:
+
+* :func:`group_norm_silu_forward`  <- ``refdiff.nn.conv.group_norm_silu_forward``
+* :func:`group_norm_silu_backward` <- ``refdiff.nn.conv.group_norm_silu_backward``
+
+They differ from the reference only in the order of the sums (the group
+statistics, and dgamma/dbeta: per-image partial sums added image by image in
+order, so the result does not depend on the thread count); every elementwise
+operation is the reference's, in the same order and dtype.
+
+One ``prange`` iteration is one image: its (S, C) slice (at most a few tens
+of kB here) stays in L1/L2 while the kernel takes its channel sums, its group
+statistics and writes the outputs, instead of NumPy's five to eight passes
+over the whole batch. These passes are memory-bound, so the cache holds as
+little as it can: x (kept by the caller anyway), the (N, C) mean and rstd,
+the output h and the sigmoid s; the centred x is recomputed, not stored. The sigmoid is :math:`\\tfrac12 + \\tfrac12\\tanh(z/2)`
+with NumPy's SIMD ``np.tanh`` run between two fused passes (Numba's
+``math.tanh`` is a scalar libm call), as :mod:`refdiff.kernels.mlp_numba`
+does. Constants are passed in the array's dtype so float32 stays float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from numba import njit, prange
+except ImportError as exc:  # the `fast` extra is not installed
+    raise ImportError('refdiff.kernels.conv_numba needs numba: pip install "refdiff[fast]"') from exc
+
+__all__ = ["group_norm_silu_forward", "group_norm_silu_backward"]
+
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
+
+
+@njit(inline="always", **_JIT)
+def _group_mean(sums, out, groups, count):
+    """out[j] <- (sum of ``sums`` over channel j's group) / count, for each of the C channels."""
+    c = sums.shape[0]
+    cg = c // groups
+    for k in range(groups):
+        t = sums[k * cg]
+        for j in range(k * cg + 1, (k + 1) * cg):
+            t += sums[j]
+        t = t / count
+        for j in range(k * cg, (k + 1) * cg):
+            out[j] = t
+
+
+@njit(inline="always", **_JIT)
+def _image_stats(x, i, gamma, groups, eps, count, one, mu, rstd, a):
+    """Image i of x (n, hw, c): its group means into mu, 1/sqrt(var + eps) into rstd[i] and rstd * gamma into a."""
+    hw, c = x.shape[1], x.shape[2]
+    acc = np.zeros(c, dtype=x.dtype)
+    for q in range(hw):
+        for j in range(c):
+            acc[j] += x[i, q, j]
+    _group_mean(acc, mu, groups, count)
+    acc[:] = 0
+    for q in range(hw):
+        for j in range(c):
+            d = x[i, q, j] - mu[j]
+            acc[j] += d * d
+    var = np.empty(c, dtype=x.dtype)
+    _group_mean(acc, var, groups, count)
+    for j in range(c):
+        r = one / np.sqrt(var[j] + eps)
+        rstd[i, j] = r
+        a[j] = r * gamma[j]
+
+
+@njit(parallel=True, **_JIT)
+def _gn_forward(x, gamma, beta, groups, eps, count, half, one, h, s, mean, rstd):
+    """Per image: mean, variance, rstd; h <- z, s <- z/2 with z = (x - mean) (rstd gamma) + beta."""
+    n, hw, c = x.shape
+    for i in prange(n):
+        mu, a = mean[i], np.empty(c, dtype=x.dtype)
+        _image_stats(x, i, gamma, groups, eps, count, one, mu, rstd, a)
+        for q in range(hw):
+            for j in range(c):
+                z = (x[i, q, j] - mu[j]) * a[j] + beta[j]
+                h[i, q, j] = z
+                s[i, q, j] = z * half
+
+
+# float32 tanh as a clamped odd/even rational function (the [13/6] minimax
+# form Eigen uses for float): at most 6 ulp from tanh, and only multiplies, adds,
+# one division and selects, so the loop vectorises (np.tanh needs a pass of its own).
+_T_CLAMP = np.float32(7.90531110763549805)
+_T_TINY = np.float32(0.0004)
+_T_A1, _T_A3, _T_A5 = np.float32(4.89352455891786e-03), np.float32(6.37261928875436e-04), np.float32(1.48572235717979e-05)
+_T_A7, _T_A9 = np.float32(5.12229709037114e-08), np.float32(-8.60467152213735e-11)
+_T_A11, _T_A13 = np.float32(2.00018790482477e-13), np.float32(-2.76076847742355e-16)
+_T_B0, _T_B2 = np.float32(4.89352518554385e-03), np.float32(2.26843463243900e-03)
+_T_B4, _T_B6 = np.float32(1.18534705686654e-04), np.float32(1.19825839466702e-06)
+
+
+@njit(inline="always", **_JIT)
+def _tanh32(u):
+    """tanh(u) for a float32 u, within 6 ulp (see above)."""
+    t = min(max(u, -_T_CLAMP), _T_CLAMP)
+    t2 = t * t
+    p = ((((((t2 * _T_A13 + _T_A11) * t2 + _T_A9) * t2 + _T_A7) * t2 + _T_A5) * t2 + _T_A3) * t2 + _T_A1) * t
+    q = ((t2 * _T_B6 + _T_B4) * t2 + _T_B2) * t2 + _T_B0
+    return u if abs(u) < _T_TINY else p / q
+
+
+@njit(parallel=True, **_JIT)
+def _gn_silu_forward32(x, gamma, beta, groups, eps, count, h, s, mean, rstd):
+    """float32, one pass per image: statistics, then z, s = sigma(z) = (1 + tanh(z/2))/2 and h = z s."""
+    n, hw, c = x.shape
+    half, one = np.float32(0.5), np.float32(1.0)
+    for i in prange(n):
+        mu, a = mean[i], np.empty(c, dtype=np.float32)
+        _image_stats(x, i, gamma, groups, eps, count, one, mu, rstd, a)
+        for q in range(hw):
+            for j in range(c):
+                z = (x[i, q, j] - mu[j]) * a[j] + beta[j]
+                t = _tanh32(z * half) * half + half
+                s[i, q, j] = t
+                h[i, q, j] = z * t
+
+
+@njit(parallel=True, **_JIT)
+def _silu_finish(h, s, half):
+    """s holds tanh(z/2): s <- tanh/2 + 1/2 = sigma(z); h <- z s."""
+    n, hw, c = h.shape
+    for i in prange(n):
+        for q in range(hw):
+            for j in range(c):
+                t = s[i, q, j] * half + half
+                s[i, q, j] = t
+                h[i, q, j] = h[i, q, j] * t
+
+
+def group_norm_silu_forward(x, gamma, beta, groups, eps):
+    """Twin of :func:`refdiff.nn.conv.group_norm_silu_forward`: ``(h, s, mu, rstd)``."""
+    n, hw, c = x.shape
+    dt = np.result_type(x.dtype, gamma.dtype)
+    kind = dt.type
+    h = np.empty((n, hw, c), dtype=dt)
+    s = np.empty_like(h)
+    mu = np.empty((n, c), dtype=dt)
+    rstd = np.empty((n, c), dtype=dt)
+    if dt == np.float32 and x.dtype == np.float32 and gamma.dtype == np.float32 and beta.dtype == np.float32:
+        _gn_silu_forward32(x, gamma, beta, int(groups), kind(eps), kind(hw * (c // groups)), h, s, mu, rstd)
+        return h, s, mu, rstd
+    _gn_forward(x, gamma, beta, int(groups), kind(eps), kind(hw * (c // groups)), kind(0.5), kind(1.0), h, s, mu, rstd)
+    np.tanh(s, out=s)  # (processing a few images at a time, in cache, measured no faster)
+    _silu_finish(h, s, kind(0.5))
+    return h, s, mu, rstd
+
+
+@njit(parallel=True, **_JIT)
+def _gn_silu_backward(dh, x, h, s, mu, rstd, gamma, groups, count, one, need_dx, dx, part_dyx, part_dy):
+    """Per image: dz = dh (h + s (1 - h)); channel sums of dz and dz xhat; dx from the group means."""
+    n, hw, c = dh.shape
+    for i in prange(n):
+        sdy = np.zeros(c, dtype=dh.dtype)
+        sdyx = np.zeros(c, dtype=dh.dtype)
+        for q in range(hw):
+            for j in range(c):
+                hv = h[i, q, j]
+                dz = ((one - hv) * s[i, q, j] + hv) * dh[i, q, j]
+                sdy[j] += dz
+                sdyx[j] += dz * (x[i, q, j] - mu[i, j])
+        for j in range(c):
+            sdyx[j] = sdyx[j] * rstd[i, j]
+            part_dy[i, j] = sdy[j]
+            part_dyx[i, j] = sdyx[j]
+        if need_dx:
+            m1 = np.empty(c, dtype=dh.dtype)
+            m2 = np.empty(c, dtype=dh.dtype)
+            for j in range(c):
+                sdy[j] = sdy[j] * gamma[j]
+                sdyx[j] = sdyx[j] * gamma[j]
+            _group_mean(sdy, m1, groups, count)
+            _group_mean(sdyx, m2, groups, count)
+            a = np.empty(c, dtype=dh.dtype)
+            b = np.empty(c, dtype=dh.dtype)
+            d = np.empty(c, dtype=dh.dtype)
+            for j in range(c):
+                r = rstd[i, j]
+                a[j] = r * gamma[j]
+                b[j] = r * r * m2[j]
+                d[j] = r * m1[j]
+            for q in range(hw):
+                for j in range(c):
+                    hv = h[i, q, j]
+                    dz = ((one - hv) * s[i, q, j] + hv) * dh[i, q, j]
+                    dx[i, q, j] = (dz * a[j] - (x[i, q, j] - mu[i, j]) * b[j]) - d[j]
+
+
+@njit(**_JIT)
+def _add_rows(out, parts):
+    """out += sum of the rows of parts, row by row in order."""
+    total = parts[0].copy()
+    for k in range(1, parts.shape[0]):
+        for j in range(parts.shape[1]):
+            total[j] += parts[k, j]
+    for j in range(out.shape[0]):
+        out[j] += total[j]
+
+
+def group_norm_silu_backward(dh, x, h, s, mu, rstd, gamma, groups, dgamma=None, dbeta=None, need_dx=True):
+    """Twin of :func:`refdiff.nn.conv.group_norm_silu_backward`: the input gradient or None."""
+    n, hw, c = h.shape
+    dt = h.dtype
+    kind = dt.type
+    dx = np.empty((n, hw, c), dtype=dt) if need_dx else np.empty((0, 0, 0), dtype=dt)
+    part_dyx = np.empty((n, c), dtype=dt)
+    part_dy = np.empty((n, c), dtype=dt)
+    _gn_silu_backward(dh, x, h, s, mu, rstd, gamma, int(groups), kind(hw * (c // groups)), kind(1.0), bool(need_dx),
+                      dx, part_dyx, part_dy)
+    if dgamma is not None:
+        _add_rows(dgamma, part_dyx)
+    if dbeta is not None:
+        _add_rows(dbeta, part_dy)
+    return dx if need_dx else None

@@ -1,0 +1,167 @@
+"""kernels/conv_numba.py against its reference twins in refdiff/nn/conv.py, and the U-Net on both backends."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from refdiff.nn import conv
+from refdiff.nn.conv import GroupNorm, GroupNormSiLU
+from refdiff.nn.gradcheck import check_layer
+from refdiff.nn.layers import SiLU
+from refdiff.nn.params import Layout, Params
+from refdiff.nn.unet import UNet
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason='numba is not installed (pip install "refdiff[fast]")')
+BACKENDS = ["numpy", pytest.param("numba", marks=needs_numba)]
+DTYPES = [np.float32, np.float64]
+# the twin sums in another order: a few ulp of each sum's magnitude
+RTOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def ops_of(backend):
+    if backend == "numpy":
+        return conv
+    from refdiff.kernels import conv_numba
+
+    return conv_numba
+
+
+def _close(got, want, dtype, scale=None):
+    """|got - want| <= RTOL * scale elementwise (scale defaults to max |want| + 1)."""
+    scale = np.max(np.abs(want)) + 1.0 if scale is None else scale
+    assert got.dtype == want.dtype == dtype and got.shape == want.shape
+    np.testing.assert_array_less(np.abs(got.astype(np.float64) - want), RTOL[dtype] * scale)
+
+
+def _inputs(n, s, c, dtype, seed=0):
+    gen = np.random.default_rng([seed, n, s, c])
+    x = (2 * gen.standard_normal((n, s, c)) + 0.7).astype(dtype)
+    gamma = (1 + 0.5 * gen.standard_normal(c)).astype(dtype)
+    beta = gen.standard_normal(c).astype(dtype)
+    dh = gen.standard_normal((n, s, c)).astype(dtype)
+    return x, gamma, beta, dh
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,s,c,groups", [(1, 1, 2, 1), (3, 7, 6, 3), (2, 16, 12, 4), (5, 9, 96, 8), (17, 64, 5, 5), (4, 3, 30, 1)])
+def test_group_norm_silu_twin_matches_reference(backend, dtype, n, s, c, groups):
+    ops = ops_of(backend)
+    x, gamma, beta, dh = _inputs(n, s, c, dtype)
+    x[0, 0, 0] = 300.0  # a saturated sigmoid and a large group variance
+    ref = conv.group_norm_silu_forward(x, gamma, beta, groups, 1e-5)
+    got = ops.group_norm_silu_forward(x, gamma, beta, groups, 1e-5)
+    for g_arr, w_arr in zip(got, ref):  # h, s, mu, rstd
+        _close(g_arr, w_arr, dtype)
+    for need_dx in (True, False):
+        dgamma_ref, dbeta_ref = np.full(c, 0.5, dtype), np.full(c, -0.25, dtype)
+        dgamma, dbeta = dgamma_ref.copy(), dbeta_ref.copy()
+        dx_ref = conv.group_norm_silu_backward(dh, x, *ref, gamma, groups, dgamma_ref, dbeta_ref, need_dx=need_dx)
+        dx = ops.group_norm_silu_backward(dh, x, *ref, gamma, groups, dgamma, dbeta, need_dx=need_dx)
+        if need_dx:
+            _close(dx, dx_ref, dtype)
+        else:
+            assert dx is None and dx_ref is None
+        scale = n * s * (np.max(np.abs(dh)) + 1.0)
+        _close(dgamma, dgamma_ref, dtype, scale)
+        _close(dbeta, dbeta_ref, dtype, scale)
+    # without parameter gradients
+    dx = ops.group_norm_silu_backward(dh, x, *ref, gamma, groups)
+    assert dx.shape == x.shape and dx.dtype == dtype
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_group_norm_silu_twin_leaves_inputs_alone(backend):
+    ops = ops_of(backend)
+    x, gamma, beta, dh = _inputs(3, 5, 4, np.float32)
+    before = [a.copy() for a in (x, gamma, beta, dh)]
+    h, s, mu, rstd = ops.group_norm_silu_forward(x, gamma, beta, 2, 1e-5)
+    cache = [a.copy() for a in (h, s, mu, rstd)]
+    ops.group_norm_silu_backward(dh, x, h, s, mu, rstd, gamma, 2, np.zeros(4, np.float32), np.zeros(4, np.float32))
+    for a, b in zip((x, gamma, beta, dh, h, s, mu, rstd), before + cache):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_group_norm_silu_reference_is_group_norm_then_silu():
+    """The fused reference is GroupNorm followed by SiLU, layer for layer (float64)."""
+    gen = np.random.default_rng(4)
+    gn, act = GroupNorm("gn", 3, 6, channels_last=True), SiLU()
+    fused_layer = GroupNormSiLU("gn", 3, 6, channels_last=True)
+    gn_layout = Layout(tuple(fused_layer.specs()))
+    p = Params(gn_layout, gen.standard_normal(12))
+    x = gen.standard_normal((4, 3, 5, 6))
+    dy = gen.standard_normal(x.shape)
+    z, c_gn = gn.forward(p, x)
+    h, c_act = act.forward(p, z)
+    g_ref = Params(gn_layout, np.zeros(12))
+    dx_ref = gn.backward(p, g_ref, c_gn, act.backward(p, None, c_act, dy))
+    h2, cache = fused_layer.forward(p, x)
+    g = Params(gn_layout, np.zeros(12))
+    dx = fused_layer.backward(p, g, cache, dy)
+    np.testing.assert_allclose(h2, h, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(g.flat, g_ref.flat, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_group_norm_silu_gradcheck(backend, channels_last):
+    layer = GroupNormSiLU("gn", 2, 6, channels_last=channels_last, backend=backend)
+    shape = (3, 4, 5, 6) if channels_last else (3, 6, 4, 5)
+    x = 2.0 * np.random.default_rng(5).standard_normal(shape) + 0.5
+    result = check_layer(layer, x, rng=6)
+    assert result.passed(1e-6), result.errors
+    assert set(result.errors) == {"gn.gamma", "gn.beta", "x"}
+
+
+def test_backend_is_checked_and_not_in_config():
+    with pytest.raises(ValueError, match="backend"):
+        UNet(backend="cuda")
+    net = UNet(backend="auto")
+    assert net.backend == "auto" and "backend" not in net.config()
+    assert all(b.backend == "auto" for b in [*net.down, net.mid, *net.up.values()])
+    net.backend = "numpy"
+    assert net.norm_out.backend == "numpy" and net.mid.norm2.backend == "numpy"
+    with pytest.raises(ValueError, match="backend"):
+        net.backend = "gpu"
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unet_backends_agree(dtype, monkeypatch):
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 3000)  # several images per patch chunk, a ragged last chunk
+    cfg = dict(image_shape=(2, 4, 4), channels=6, channel_mult=(1, 2), emb_dim=8, groups=3, n_classes=2)
+    ref, twin = UNet(**cfg, backend="numpy"), UNet(**cfg, backend="numba")
+    gen = np.random.default_rng(7)
+    p = Params(ref.layout, (0.3 * gen.standard_normal(ref.n_params)).astype(dtype))
+    x = gen.standard_normal((5, 2, 4, 4)).astype(dtype)
+    t, y = np.array([1.0, 3.0, 10.0, 50.0, 999.0]), np.array([0, 1, 2, 1, 0])
+    dout = gen.standard_normal(x.shape).astype(dtype)
+    results = []
+    for net in (ref, twin):
+        out, cache = net.forward(p, x, t, y)
+        g = p.zeros_like()
+        dx = net.backward(p, g, cache, dout, need_dx=True)
+        results.append((out, dx, g.flat))
+    for got, want in zip(results[1], results[0]):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=50 * RTOL[dtype], atol=50 * RTOL[dtype] * np.max(np.abs(want)))
+
+
+@needs_numba
+def test_float32_sigmoid_within_a_few_ulp():
+    """The float32 twin's rational tanh: sigma(z) within 2.5e-7 of the exact value (np.tanh's form: 6e-8)."""
+    z = np.concatenate([np.linspace(-30, 30, 200_001), 10.0 ** np.linspace(-9, 1.5, 5001), -(10.0 ** np.linspace(-9, 1.5, 5001))])
+    x = z.astype(np.float32).reshape(1, -1, 1)
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    from refdiff.kernels import conv_numba
+
+    # GroupNorm of one value per group normalises it to 0: use many values, then undo the normalisation
+    h, s, mu, rstd = conv_numba.group_norm_silu_forward(x, one, zero, 1, 1e-5)
+    zz = (x.astype(np.float64) - mu[0, 0]) * rstd[0, 0]  # the z the kernel saw, up to rounding of z itself
+    exact = 1.0 / (1.0 + np.exp(-zz))
+    slope = exact * (1 - exact) * np.abs(zz) * 2e-7  # allowance for the rounding of z
+    assert np.all(np.abs(s - exact) <= 2.5e-7 + slope)
+    assert np.all((s >= 0) & (s <= 1))
