@@ -652,10 +652,11 @@ def main(argv=None):
         print(json.dumps(worker(args)))
         return 0
     cmd = [sys.executable, os.path.abspath(__file__), "--worker"] + [a for a in (argv or sys.argv[1:]) if a != "--worker"]
-    env = _common.child_env(args.threads)
+    env = _common.child_env(args.threads)  # the peers'
     with tempfile.TemporaryDirectory() as tmp:
         prefix = os.path.join(tmp, "sample")
-        wenv = dict(env, REFDIFF_BENCH_OUT=prefix)  # where the worker leaves its samples for the peers' checks
+        # where the worker leaves its samples for the peers' checks
+        wenv = dict(_common.child_env(args.threads, numba_layer="omp"), REFDIFF_BENCH_OUT=prefix)
         proc = subprocess.run(cmd, cwd=_common.REPO, env=wenv, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr)
@@ -674,7 +675,8 @@ def main(argv=None):
         "what": "reverse-SDE Euler-Maruyama, VP SDE, 8-mode ring (K=8, D=2), noise included",
         "sizes": {"n": args.n, "steps": args.steps, "ref_steps": args.ref_steps, "dtype": args.dtype},
         "n_components": 8,
-        "machine": {**_common.machine_info(), "environment": _common.recorded_env(env)},
+        "machine": {**_common.machine_info(), "environment": _common.recorded_env(wenv),
+                    "peer_environment": _common.recorded_env(env)},
         **result,
         "jax": jax,
         "ddpm_vs_diffusers": diffusers,

@@ -307,11 +307,12 @@ def main(argv=None):
         print(json.dumps(jax_worker(sizes, args.repeat)))
         return 0
 
-    env = child_env(args.threads)
+    env = child_env(args.threads)  # the peers'
+    refdiff_env = child_env(args.threads, numba_layer="omp")
     common = ["--threads", str(args.threads), "--repeat", str(args.repeat), "--sizes", *args.sizes]
     run = subprocess.run(
         [sys.executable, __file__, "--worker", "refdiff", *common] + (["--crossover"] if args.crossover else []),
-        env=env, capture_output=True, text=True, cwd=REPO,
+        env=refdiff_env, capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     if run.returncode:
         sys.stderr.write(run.stderr)
@@ -369,7 +370,8 @@ def main(argv=None):
         "covariance": "isotropic",
         "threads": args.threads,
         "machine": machine_info(),
-        "env": recorded_env(env),
+        "env": recorded_env(refdiff_env),
+        "peer_env": recorded_env(env),
         "torch": torch_info,
         "torch_compile": torch_compile,
         "jax": jax_info,

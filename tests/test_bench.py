@@ -308,6 +308,19 @@ def test_common_stays_light():
     assert run.returncode == 0, run.stderr
 
 
+def test_child_env_pins_threads_and_picks_the_numba_layer(scripts):
+    common = scripts[0]
+    base = {"PYTHONPATH": "/x", "OMP_NUM_THREADS": "8", "HOME": "/h"}
+    env = common.child_env(2, base=base)
+    assert "PYTHONPATH" not in env and env["HOME"] == "/h"
+    assert all(env[k] == "2" for k in common.THREAD_VARS)
+    assert env["NUMBA_THREADING_LAYER"] == "workqueue" and "OMP_WAIT_POLICY" not in env
+    omp = common.child_env(2, base=base, numba_layer="omp")
+    assert omp["NUMBA_THREADING_LAYER"] == "omp" and omp["OMP_WAIT_POLICY"] == "PASSIVE"
+    mine = common.child_env(2, base=dict(base, NUMBA_THREADING_LAYER="tbb"), numba_layer="omp")
+    assert mine["NUMBA_THREADING_LAYER"] == "tbb" and "OMP_WAIT_POLICY" not in mine  # the caller's choice stands
+
+
 def stats(median, lo=None, hi=None):
     return {"min_ms": lo if lo is not None else median * 0.9, "median_ms": median,
             "max_ms": hi if hi is not None else median * 1.2, "samples": 5}
