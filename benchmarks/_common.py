@@ -72,6 +72,20 @@ def jax_env(env, threads):
     return dict(env, PJRT_NPROC=str(int(threads)), XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
 
 
+#: Environment variables naming the interpreters of the peers (each framework in its own virtualenv).
+PEER_PYTHON_VARS = {"torch": "REFDIFF_TORCH_PYTHON", "jax": "REFDIFF_JAX_PYTHON"}
+
+
+def peer_python(framework: str):
+    """The interpreter of a peer framework from ``$REFDIFF_TORCH_PYTHON`` / ``$REFDIFF_JAX_PYTHON``, or None.
+
+    None (the peer is reported as skipped) when the variable is unset or names
+    no file; the ``--torch-python`` / ``--jax-python`` options override it.
+    """
+    path = os.environ.get(PEER_PYTHON_VARS[framework], "")
+    return path if path and os.path.isfile(path) else None
+
+
 def recorded_env(env=None) -> dict:
     """The values of :data:`RECORDED_VARS` in ``env`` (None where unset)."""
     env = os.environ if env is None else env

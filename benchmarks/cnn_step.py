@@ -39,7 +39,7 @@ Usage::
 
     python benchmarks/cnn_step.py [--batch 256] [--channels 32] [--image 8]
         [--threads 2] [--repeat 20] [--rounds 2] [--n-classes K] [--backend auto]
-        [--torch-python /opt/torchenv/bin/python] [--json results.json]
+        [--torch-python PATH] [--json results.json]
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ the issue: the fused kernel at least 3x faster than JAX's whole-loop jit,
 i.e. fused time <= JAX time / 3.
 
 The JAX peer runs in the same invocation under ``--jax-python`` (default
-/opt/jaxenv/bin/python when it exists; without one it is reported as skipped
+``$REFDIFF_JAX_PYTHON``; without one it is reported as skipped
 and the goal uses the issue's recorded 3.0 s). It cannot import refdiff, so
 this process builds the table (a, b, c per row) and the per-row score
 constants (``fused.score_constants``: scaled means, inverse variances, log
@@ -30,7 +30,7 @@ errors), the mean and covariance entries within 5 standard errors.
 
 DDPM vs diffusers' ``DDPMScheduler`` (a second section, ``ddpm_vs_diffusers``
 in the JSON). The peer runs under ``--torch-python`` (default
-/opt/torchenv/bin/python when it exists; '' skips; a PyTorch without
+``$REFDIFF_TORCH_PYTHON``; '' skips; a PyTorch without
 diffusers is reported as skipped) and, like the JAX worker, cannot import
 refdiff. It is the loop a diffusers user writes: ``DDPMScheduler`` with 1000
 training steps and linear betas 1e-4..0.02, ``set_timesteps(--steps)``, then
@@ -103,8 +103,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
 JAX_WHOLE_LOOP_S = 3.0  # JAX whole-loop jit on this machine, from the issue (the goal's peer when JAX is not run)
-JAX_PYTHON = "/opt/jaxenv/bin/python"
-TORCH_PYTHON = "/opt/torchenv/bin/python"
 #: The DDPM section's schedule: diffusers' DDPMScheduler defaults (Ho et al. 2020), 1000 training steps.
 DDPM_T = 1000
 DDPM_BETAS = (1e-4, 0.02)
@@ -125,9 +123,9 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--jax-python", default=JAX_PYTHON if os.path.exists(JAX_PYTHON) else None,
+    ap.add_argument("--jax-python", default=_common.peer_python("jax"),
                     help="interpreter with jax (not refdiff); '' skips JAX")
-    ap.add_argument("--torch-python", default=TORCH_PYTHON if os.path.exists(TORCH_PYTHON) else None,
+    ap.add_argument("--torch-python", default=_common.peer_python("torch"),
                     help="interpreter with torch and diffusers (not refdiff) for the DDPMScheduler peer; '' skips it")
     ap.add_argument("--no-floor", dest="floor", action="store_false",
                     help="leave out the machine's exp peak (machine_peak.py: reuses its JSON when recent, else ~30 s)")

@@ -12,14 +12,14 @@ invocation, one after the other, each in its own interpreter with the same
 pinned thread count, given the same points and mixture (``problem_np``: they
 cannot import refdiff), and are checked the same way:
 
-* PyTorch (``--torch-python``, default /opt/torchenv/bin/python when it
-  exists): the score the way a PyTorch user would write it (``torch.cdist``,
+* PyTorch (``--torch-python``, default ``$REFDIFF_TORCH_PYTHON``): the
+  score the way a PyTorch user would write it (``torch.cdist``,
   ``softmax``, a matrix product), eager and through ``torch.compile``
   (``--no-torch-compile`` leaves the second out; a compile that fails, e.g.
   without a C++ compiler, is recorded as skipped with its reason). The JSON
   has each size's compile time, which Inductor's on-disk cache shortens on
   a rerun (some 20 s per size cold on 2 cores, 0.1-3 s warm).
-* JAX (``--jax-python``, default /opt/jaxenv/bin/python when it exists):
+* JAX (``--jax-python``, default ``$REFDIFF_JAX_PYTHON``):
   ``jax.jit`` of the expanded-distance form, ``jax.nn.softmax`` and a matrix
   product, ``block_until_ready`` inside the timed call. XLA's CPU thread pool
   is sized by ``PJRT_NPROC`` (set to ``--threads``; XLA_FLAGS has no thread
@@ -60,13 +60,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    REPO, bar, child_env, jax_env, machine_info, plot_bar_groups, plot_path, recorded_env, summary_ms, time_calls,
-    write_json,
+    REPO, bar, child_env, jax_env, machine_info, peer_python, plot_bar_groups, plot_path, recorded_env, summary_ms,
+    time_calls, write_json,
 )
 
 DEFAULT_SIZES = ["100000,2,8", "100000,16,32", "10000,64,128"]
-TORCH_PYTHON = "/opt/torchenv/bin/python"
-JAX_PYTHON = "/opt/jaxenv/bin/python"
 
 #: The timed variants of each peer worker, as the row keys and score file names.
 PEER_VARIANTS = {"torch": ("torch", "torch_compile"), "jax": ("jax",)}
@@ -286,10 +284,10 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES)
     ap.add_argument("--crossover", action="store_true")
-    ap.add_argument("--torch-python", default=TORCH_PYTHON if os.path.exists(TORCH_PYTHON) else None)
+    ap.add_argument("--torch-python", default=peer_python("torch"))
     ap.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
                     help="time PyTorch eager only (a cold torch.compile takes some 20 s per size on 2 cores)")
-    ap.add_argument("--jax-python", default=JAX_PYTHON if os.path.exists(JAX_PYTHON) else None)
+    ap.add_argument("--jax-python", default=peer_python("jax"))
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "mixture_score.json"))
     ap.add_argument("--no-floor", dest="floor", action="store_false",
                     help="skip the machine floor (machine_peak.py: reuses its JSON when recent, else measures, ~30 s)")

@@ -19,7 +19,7 @@ PyTorch's step barely changes with it, refdiff's gains up to a third).
 
 Each library runs in its own interpreter (this script re-launches itself with
 ``--worker``): refdiff under this Python, PyTorch under ``--torch-python``
-(default /opt/torchenv/bin/python if it exists; otherwise PyTorch is skipped).
+(default ``$REFDIFF_TORCH_PYTHON``; otherwise PyTorch is skipped).
 Both get the same pinned thread count (``--threads``, default 2) through
 OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS and ``torch.set_num_threads``. For each
 configuration the two workers alternate ``--rounds`` times and the samples are
@@ -75,7 +75,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (the benchmarks folder, first on sys.path)
 
 REPO = _common.REPO
-DEFAULT_TORCH_PYTHON = "/opt/torchenv/bin/python"
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "mlp_step.json"
 GOAL_RATIO = 1.2
 
@@ -654,7 +653,7 @@ def main(argv=None):
                         help="refdiff backends to time (MLP and Adam); the ratio uses the fastest "
                              "(default: numpy numba, or numpy alone without Numba)")
     parser.add_argument("--torch-python", default=None,
-                        help=f"interpreter with PyTorch (default {DEFAULT_TORCH_PYTHON} if it exists; 'none' skips)")
+                        help="interpreter with PyTorch (default $REFDIFF_TORCH_PYTHON; 'none' skips)")
     parser.add_argument("--torch-adam", nargs="+", default=["for-loop", "foreach", "fused"],
                         help="torch.optim.Adam implementations to time (those that pass the check)")
     parser.add_argument("--coretype", choices=["auto", "keep", "unset", "both"], default="auto",
@@ -684,9 +683,9 @@ def main(argv=None):
 
     torch_python = args.torch_python
     if torch_python is None:
-        torch_python = DEFAULT_TORCH_PYTHON if os.path.exists(DEFAULT_TORCH_PYTHON) else None
+        torch_python = _common.peer_python("torch")
         if torch_python is None:
-            print(f"PyTorch skipped: {DEFAULT_TORCH_PYTHON} does not exist (pass --torch-python)")
+            print("PyTorch skipped: set REFDIFF_TORCH_PYTHON or pass --torch-python")
     elif torch_python.lower() == "none":
         torch_python = None
 

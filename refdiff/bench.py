@@ -45,7 +45,8 @@ NEEDS_NUMBA = ("mixture_score", "fused_sampler")
 #: Benchmarks with PyTorch as the peer.
 TORCH_PEER = ("mlp_step", "cnn_step", "mixture_score")
 
-DEFAULT_TORCH_PYTHON = "/opt/torchenv/bin/python"
+#: Environment variable naming an interpreter with PyTorch (the peers run in their own virtualenvs).
+TORCH_PYTHON_VAR = "REFDIFF_TORCH_PYTHON"
 
 #: Goal on "peer time / refdiff time" where the script records none (DESIGN.md: twins beat every peer).
 BEAT_PEER = 1.0
@@ -69,14 +70,15 @@ def find_benchmarks(package_file=None) -> Path:
     return folder
 
 
-def find_torch_python(requested=None, default=DEFAULT_TORCH_PYTHON, timeout=120):
+def find_torch_python(requested=None, default=None, timeout=120):
     """``(interpreter, torch version, reason)``: an interpreter that imports torch, or None and why not.
 
-    ``requested`` is a path, ``"none"`` (skip PyTorch) or None (``default`` when
-    it exists, else this interpreter).
+    ``requested`` is a path, ``"none"`` (skip PyTorch) or None (``default``, else
+    ``$REFDIFF_TORCH_PYTHON``, when it names a file, else this interpreter).
     """
     if requested is not None and requested.lower() == "none":
         return None, None, "--torch-python none"
+    default = default or os.environ.get(TORCH_PYTHON_VAR, "")
     python = requested or (default if default and os.path.exists(default) else sys.executable)
     try:
         done = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
@@ -167,16 +169,18 @@ def parse_mlp_step(payload) -> list:
 
 
 def parse_cnn_step(payload) -> list:
-    """One row: the NumPy U-Net step (the reference; no twin yet) against PyTorch eager, medians."""
+    """One row: the U-Net step (its GroupNorm + SiLU on the recorded backend) against PyTorch eager, medians."""
     cfg = payload["model"]["config"]
     shape = "x".join(str(s) for s in cfg["image_shape"])
     size = f"U-Net {shape} ch {cfg['channels']}x{','.join(str(m) for m in cfg['channel_mult'])} B{payload['batch']}"
     ours = payload["refdiff"]["median_ms"]
+    backend = payload.get("backend", "numpy")  # older JSON: the NumPy-only U-Net
     torch = payload.get("torch")
     peer_ms = torch["median_ms"] if torch else None
     vs_peer = _ratio(peer_ms, ours)
-    return [_row("cnn_step", size, ours, "numpy", ours, "torch" if torch else None, peer_ms, 1.0, vs_peer,
-                 f"vs peer >= {CNN_WITHIN:g} (within 2x)", _at_least(vs_peer, CNN_WITHIN), "refdiff is the reference here")]
+    return [_row("cnn_step", size, ours, backend, ours if backend == "numpy" else None, "torch" if torch else None,
+                 peer_ms, 1.0 if backend == "numpy" else None, vs_peer, f"vs peer >= {CNN_WITHIN:g} (within 2x)",
+                 _at_least(vs_peer, CNN_WITHIN))]
 
 
 def parse_mixture_score(payload) -> list:

@@ -497,8 +497,8 @@ def add_bench(sub):
                    help="folder for each script's JSON and log and the combined bench.json (default: "
                         "benchmarks/results, or benchmarks/results/quick with --quick)")
     p.add_argument("--torch-python", metavar="PATH", default=None,
-                   help="interpreter with PyTorch (default /opt/torchenv/bin/python if it exists, else this one; "
-                        "'none' skips PyTorch)")
+                   help="interpreter with PyTorch (default $REFDIFF_TORCH_PYTHON, else this one; 'none' skips "
+                        "PyTorch); JAX comes from $REFDIFF_JAX_PYTHON")
     p.set_defaults(func=cmd_bench)
 
 

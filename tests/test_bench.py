@@ -170,8 +170,11 @@ def test_parse_cnn_step():
     assert row["refdiff_ms"] == 200.0 and row["peer_ms"] == 80.0
     assert row["vs_peer"] == pytest.approx(0.4)  # torch / refdiff, not the script's refdiff / torch
     assert row["met"] is False and row["goal"] == "vs peer >= 0.5 (within 2x)"  # 200 ms vs 80 ms: 2.5x
+    assert row["backend"] == "numpy" and row["reference_ms"] == 200.0  # an older JSON: the NumPy-only U-Net
     (alone,) = bench.parse_result("cnn_step", cnn_payload(with_torch=False))
     assert alone["peer"] is None and alone["met"] is None
+    (auto,) = bench.parse_result("cnn_step", dict(cnn_payload(), backend="auto"))
+    assert auto["backend"] == "auto" and auto["reference_ms"] is None  # the NumPy-only step was not timed
 
 
 def test_parse_mixture_score():
@@ -306,6 +309,18 @@ def test_common_stays_light():
             "heavy = [m for m in ('numpy', 'matplotlib', 'refdiff') if m in sys.modules]; assert not heavy, heavy")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stderr
+
+
+def test_peer_python_comes_from_the_environment(scripts, monkeypatch, tmp_path):
+    common = scripts[0]
+    python = tmp_path / "python"
+    python.write_text("")
+    monkeypatch.setenv("REFDIFF_JAX_PYTHON", str(python))
+    monkeypatch.setenv("REFDIFF_TORCH_PYTHON", str(tmp_path / "missing"))
+    assert common.peer_python("jax") == str(python)
+    assert common.peer_python("torch") is None  # names no file: the peer is skipped
+    monkeypatch.delenv("REFDIFF_JAX_PYTHON")
+    assert common.peer_python("jax") is None
 
 
 def test_child_env_pins_threads_and_picks_the_numba_layer(scripts):
