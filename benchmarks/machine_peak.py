@@ -97,6 +97,13 @@ def _kernels():
     """The FMA, triad and copy kernels (cached on disk by Numba)."""
     from numba import njit, prange
 
+    @njit(inline="always", fastmath={"contract"}, nogil=True)
+    def eight_fmas(x, m, c):
+        """x after 8 dependent multiply-adds (contracted to FMAs)."""
+        for _ in range(8):
+            x = x * m + c
+        return x
+
     @njit(parallel=True, fastmath={"contract"}, cache=True, nogil=True)
     def fma_sweeps(acc, m, c, sweeps):
         """acc (T, L): thread t runs ``sweeps`` sweeps of 8 dependent FMAs on each of its L lanes."""
@@ -105,31 +112,13 @@ def _kernels():
             a = acc[t]
             for _ in range(sweeps):
                 for j in range(L):
-                    x = a[j]
-                    x = x * m + c
-                    x = x * m + c
-                    x = x * m + c
-                    x = x * m + c
-                    x = x * m + c
-                    x = x * m + c
-                    x = x * m + c
-                    x = x * m + c
-                    a[j] = x
+                    a[j] = eight_fmas(a[j], m, c)
 
     @njit(fastmath={"contract"}, nogil=True)  # not cached: Numba gives no assembly for cached code
     def fma_lanes(a, m, c):
         """One thread's sweep, unthreaded: its assembly shows the vector register the loop got."""
         for j in range(a.shape[0]):
-            x = a[j]
-            x = x * m + c
-            x = x * m + c
-            x = x * m + c
-            x = x * m + c
-            x = x * m + c
-            x = x * m + c
-            x = x * m + c
-            x = x * m + c
-            a[j] = x
+            a[j] = eight_fmas(a[j], m, c)
 
     @njit(parallel=True, cache=True, nogil=True)
     def triad(a, b, c, s):
