@@ -59,9 +59,10 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 #: ``backend="auto"`` uses the Numba twin for NumPy input when N * K * D
 #: reaches this. Once compiled, the twin wins per call at every size measured
-#: (benchmarks/mixture_score.py --crossover, 2-core Xeon: 0.1 vs 0.4 ms at
-#: N=10, D=2, K=8); the threshold keeps small one-off calls from paying
-#: numba's import and cache load (about half a second, once per process).
+#: (benchmarks/mixture_score.py --crossover, 2-core Xeon: 0.31 vs 0.38 ms at
+#: N=10, D=2, K=8; 0.19 vs 1.3 ms at N=10, D=16, K=32); the threshold keeps
+#: small one-off calls from paying numba's import and cache load (about half
+#: a second, once per process).
 NUMBA_MIN_WORK = 20_000
 
 _BACKENDS = ("auto", "numpy", "numba", "cupy")
