@@ -422,8 +422,8 @@ def _weight_floor(tiny, K):
     return float(np.log(tiny) + np.log(K) + 20.0)
 
 
-def _gemm_operands(gmu, s, dtype, kappa):
-    """(M1, M2T, isotropic, kc) of :func:`_score_gemm` for the constants gmu, s = 1/c (K, D) and const."""
+def _gemm_operands(gmu, s, const, dtype, kappa):
+    """(M1, M2T, isotropic, kc) of :func:`_score_gemm`, in ``dtype``, from gmu, s = 1/c (K, D) and const (K,)."""
     isotropic = bool(np.all(s == s[:, :1]))
     a = s * gmu  # (K, D)
     if isotropic:
@@ -432,14 +432,17 @@ def _gemm_operands(gmu, s, dtype, kappa):
         M1, M2 = np.concatenate([-2.0 * a, s], axis=1), np.concatenate([a, s], axis=1)
     K, D = gmu.shape
     kc = np.zeros((5, max(K, 5)))  # row 4 holds five scalars
-    kc[1, :K], kc[2, :K], kc[3, :K] = np.sum(a * gmu, axis=1), 2.0 * s.max(axis=1), s[:, 0]
+    kc[0, :K], kc[1, :K], kc[2, :K], kc[3, :K] = const, np.sum(a * gmu, axis=1), 2.0 * s.max(axis=1), s[:, 0]
     kc[4, :5] = kappa, D, 0.5, 1.0, _weight_floor(np.finfo(dtype).tiny, K)
-    return np.ascontiguousarray(M1, dtype=dtype), np.ascontiguousarray(M2.T, dtype=dtype), isotropic, kc
+    M1, M2T, kc = (np.ascontiguousarray(m, dtype=dtype) for m in (M1, M2.T, kc))
+    return M1, M2T, isotropic, kc
 
 
 def gemm_lanes(K, E):
-    """Points per block of the GEMM path: 128, fewer where one row of either product would exceed :data:`GEMM_BLOCK_WORK`."""
-    return max(8, min(128, GEMM_BLOCK_WORK // max(K, E) // 8 * 8))
+    """Points per block of the GEMM path: 128, fewer where one row of either product would exceed
+    :data:`GEMM_BLOCK_WORK`; 0 where even 8 would (the path does not apply)."""
+    lanes = min(128, GEMM_BLOCK_WORK // max(K, E) // 8 * 8)
+    return lanes if lanes >= 8 else 0
 
 
 # --------------------------------------------------------------------------- one t per particle
@@ -536,7 +539,7 @@ def choose_path(kind, dtype, K, D, per_example_t):
     """Which kernel evaluates a call: "pointwise", "gemm" or "lanes" (see the module docstring)."""
     if per_example_t:
         return "pointwise"
-    if kind != _FULL and D >= 3 and K * D >= GEMM_MIN_KD and max(K, 2 * D) * 8 <= GEMM_BLOCK_WORK:
+    if kind != _FULL and D >= 3 and K * D >= GEMM_MIN_KD and gemm_lanes(K, D if kind == _ISOTROPIC else 2 * D):
         return "gemm"
     return "lanes"
 
@@ -573,10 +576,12 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
             const = log_w - 0.5 * (D * _LOG_2PI + np.sum(np.log(c), axis=1))
             gmu = np.ascontiguousarray(g * mu)
             if path == "gemm":
-                M1, M2T, isotropic, kc = _gemm_operands(gmu, 1.0 / c, xk.dtype, REFINE_KAPPA)
-                kc[0, :K] = const
+                s = 1.0 / c
+                M1, M2T, isotropic, kc = _gemm_operands(gmu, s, const, xk.dtype, REFINE_KAPPA)
                 lanes = gemm_lanes(K, M1.shape[1])
-                _score_gemm(xk, M1, M2T, isotropic, gmu, 1.0 / c, kc.astype(xk.dtype), want_score, lanes, score, logp)
+                if not lanes:
+                    raise ValueError(f'path "gemm" does not apply to K = {K}, D = {D}: one BLAS row would exceed GEMM_BLOCK_WORK')
+                _score_gemm(xk, M1, M2T, isotropic, gmu, s, kc, want_score, lanes, score, logp)
             else:
                 lanes = min(LANES, N)
                 dt = xk.dtype

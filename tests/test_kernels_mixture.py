@@ -203,6 +203,9 @@ def test_path_choice(numba_twin):
     assert choose(0, np.float64, 40_000, 4, False) == "lanes"  # one row of 8 points would be too big a GEMM
     with pytest.raises(ValueError, match="path"):
         numba_twin._evaluate(make_mixture("full", 3, 2), np.zeros((4, 2)), None, None, True, path="gemm")
+    assert numba_twin.gemm_lanes(32, 16) == 128 and numba_twin.gemm_lanes(40_000, 4) == 0
+    with pytest.raises(ValueError, match="GEMM_BLOCK_WORK"):  # forced where one BLAS row would be too big
+        numba_twin._evaluate(make_mixture("isotropic", 40_000, 4), np.zeros((2, 4)), None, None, True, path="gemm")
 
 
 def test_backends_agree_at_float64_precision():
