@@ -86,6 +86,21 @@ def peer_python(framework: str):
     return path if path and os.path.isfile(path) else None
 
 
+def run_worker(cmd, env, name):
+    """Run a worker process; ``(the JSON of its last stdout line, None)``, or ``(None, why it failed)``.
+
+    A failed worker's stderr is copied to this process's stderr.
+    """
+    import subprocess
+
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr)
+        tail = (proc.stderr.strip().splitlines() or [""])[-1][:300]
+        return None, f"the {name} worker exited with {proc.returncode}: {tail}"
+    return json.loads(proc.stdout.strip().splitlines()[-1]), None
+
+
 def recorded_env(env=None) -> dict:
     """The values of :data:`RECORDED_VARS` in ``env`` (None where unset)."""
     env = os.environ if env is None else env

@@ -341,14 +341,11 @@ def run_jax(args, env, tmp, prefix) -> dict:
     jenv = dict(_common.jax_env(env, args.threads), REFDIFF_BENCH_OUT=prefix)
     cmd = [args.jax_python, os.path.abspath(__file__), "--jax-worker", npz, "--n", str(args.n),
            "--steps", str(args.steps), "--dtype", args.dtype, "--repeat", str(args.repeat), "--seed", str(args.seed)]
-    proc = subprocess.run(cmd, env=jenv, capture_output=True, text=True)
+    res, failure = _common.run_worker(cmd, jenv, "JAX")
     info.update(python=args.jax_python, env={k: jenv[k] for k in ("PJRT_NPROC", "XLA_FLAGS", "JAX_PLATFORMS")},
                 form="jax.jit of a jax.lax.fori_loop over the rows, jax.random noise, expanded-distance score")
-    if proc.returncode:
-        sys.stderr.write(proc.stderr)
-        tail = (proc.stderr.strip().splitlines() or [""])[-1][:300]
-        return {**info, "status": "failed", "reason": f"the JAX worker exited with {proc.returncode}: {tail}"}
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if failure:
+        return {**info, "status": "failed", "reason": failure}
     check = compare_samples(np.load(prefix + ".numba.npy"), np.load(prefix + ".jax.npy"), mix.means)
     info.update(res, status="ok" if check["ok"] else "failed", check=check, reason=None)
     if not check["ok"]:
@@ -478,13 +475,10 @@ def run_diffusers(args, env, tmp, prefix, ddpm) -> dict:
     cmd = [args.torch_python, os.path.abspath(__file__), "--diffusers-worker", npz, "--n", str(args.n),
            "--steps", str(args.steps), "--repeat", str(args.repeat), "--seed", str(args.seed),
            "--threads", str(args.threads)]  # fmt: skip
-    proc = subprocess.run(cmd, env=dict(env, REFDIFF_BENCH_OUT=prefix), capture_output=True, text=True)
+    res, failure = _common.run_worker(cmd, dict(env, REFDIFF_BENCH_OUT=prefix), "diffusers")
     info.update(python=args.torch_python, form="DDPMScheduler.step per timestep, torch eager float32, exact ring eps")
-    if proc.returncode:
-        sys.stderr.write(proc.stderr)
-        tail = (proc.stderr.strip().splitlines() or [""])[-1][:300]
-        return {**info, "status": "failed", "reason": f"the diffusers worker exited with {proc.returncode}: {tail}"}
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if failure:
+        return {**info, "status": "failed", "reason": failure}
     if res["status"] != "ok":
         return {**info, **res}
     info["diffusers"] = {k: v for k, v in res.items() if k != "status"}

@@ -60,8 +60,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    REPO, bar, child_env, jax_env, machine_info, peer_python, plot_bar_groups, plot_path, recorded_env, summary_ms,
-    time_calls, write_json,
+    REPO, bar, child_env, jax_env, machine_info, peer_python, plot_bar_groups, plot_path, recorded_env, run_worker,
+    summary_ms, time_calls, write_json,
 )
 
 DEFAULT_SIZES = ["100000,2,8", "100000,16,32", "10000,64,128"]
@@ -228,12 +228,10 @@ def run_peer(kind, python, args, env, rows, reference):
     with tempfile.TemporaryDirectory() as tmp:
         prefix = str(Path(tmp) / "score")
         cmd = [python, __file__, "--worker", kind, *common, *extra]
-        run = subprocess.run(cmd, env=dict(env, REFDIFF_BENCH_OUT=prefix), capture_output=True, text=True)
-        if run.returncode:
-            sys.stderr.write(run.stderr)
-            print(f"the {kind} worker ({python}) failed with status {run.returncode}", file=sys.stderr)
+        res, failure = run_worker(cmd, dict(env, REFDIFF_BENCH_OUT=prefix), f"{kind} ({python})")
+        if failure:
+            print(failure, file=sys.stderr)
             return None
-        res = json.loads(run.stdout.strip().splitlines()[-1])
         for row, prow in zip(rows, res["rows"]):
             N, D, K = row["N"], row["D"], row["K"]
             want = reference(N, D, K)
