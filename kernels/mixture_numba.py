@@ -41,7 +41,13 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   Both products are called from inside the ``prange`` task (Numba's
   ``np.dot``), in slices small enough that BLAS stays on the calling thread
   (:data:`GEMM_BLOCK_WORK`); BLAS threads spinning beside Numba's halved the
-  speed of a host-side version. The expanded form cancels when a point is
+  speed of a host-side version. The block is as many points as keep the
+  first product one such call (:func:`gemm_lanes`), copied in transposed
+  (8 x 8 tiles) so that both products take C-ordered operands, and the
+  score comes out of the second product row by row, the layout it is
+  stored in. The kernel counts the points whose :math:`|x|^2` is not
+  finite as it reads them, which stands in for a separate finiteness pass
+  over x (one fewer read of the input). The expanded form cancels when a point is
   much farther from the origin than from a component mean: its error bound
   is about :math:`\gamma_{D+1}\,2(\max_d s_{kd}|x|^2+\sum_d s_{kd}\gamma^2\mu_{kd}^2)`
   where the difference form's is :math:`\gamma_D\,q_k`
@@ -125,8 +131,9 @@ BLOCKS_PER_TASK = 8
 #: lane loop, faster than any GEMM).
 GEMM_MIN_KD = 32
 #: GEMM path: m * n * k of one BLAS call at most. OpenBLAS runs a GEMM of m n k <= 2^18 on the calling
-#: thread (about 180 GFLOP/s float32 per core at these shapes); a larger one inside ``prange`` starts its
-#: own threads and was measured 100x slower, so the products are issued in row slices below this.
+#: thread (180-200 GFLOP/s float32 per core at these shapes, the core's peak; 128 x 64 x 128 in one call
+#: ran at 140); a larger one inside ``prange`` starts its own threads and was measured 100x slower, so
+#: the products are issued in slices below this.
 GEMM_BLOCK_WORK = 2**18
 #: GEMM path: a logit is recomputed from the difference where the expanded form's error bound
 #: exceeds this multiple of the difference form's (see the module docstring).
@@ -302,116 +309,161 @@ def _dot_rows(A, B, C, rows):
         np.dot(A[r0 : r0 + rows], B, C[r0 : r0 + rows])
 
 
-@njit(parallel=True, **_JIT)
-def _score_gemm(x, M1, M2T, s_iso, gmu, s, kc, want_score, lanes, score, logp):
-    """The GEMM path: per block of ``lanes`` points, G = M1 @ [x; x^2] and S = M2T @ w by BLAS, in x's dtype.
+@njit(inline="always", **_JIT)
+def _dot_tn(W, A, P, tmp, rows):
+    """P = W.T @ A by BLAS, summed over slices of ``rows`` rows of W and A (the inner dimension)."""
+    np.dot(W[0:rows].T, A[0:rows], P)
+    for r0 in range(rows, W.shape[0], rows):
+        np.dot(W[r0 : r0 + rows].T, A[r0 : r0 + rows], tmp)
+        P += tmp
 
-    x (N, D); M1 (K, E) with E = D (isotropic, ``s_iso``: rows -2 s_k gmu_k;
-    the kernel adds s_k |x|^2) or 2 D (diagonal: [-2 s_k * gmu_k, s_k], the
-    points augmented with their squares); M2T (E2, K) = [s_k gmu_k, s_k]^T
-    with one s_k column (isotropic, E2 = D + 1) or D (diagonal, E2 = 2 D);
-    gmu (K, D) float64 gamma mu_k; s (K, D) float64 1/c_k (both for the exact
-    recomputation). ``kc`` (5, >= max(K, 5)) in x's dtype: the
-    log-normalisers, q2_k = sum_d s_kd gmu_kd^2, 2 max_d s_kd, s_k0, and in
-    kc[4, :5] kappa, D, 1/2, 1 (constants in x's dtype: a Python float
-    would promote float32 arithmetic to float64) and the floor of the exp's
-    argument (:func:`_weight_floor`).
-    Writes logp (N,) and, if ``want_score``, score (N, D). Every array of the
-    block is in x's dtype, so float32 runs twice the SIMD lanes and the short
-    float32 exp; each BLAS call is kept below :data:`GEMM_BLOCK_WORK` so that
-    it runs on the calling thread (``prange`` is the only parallel layer).
+
+@njit(inline="always", **_JIT)
+def _load_transposed(x, p0, n, xs):
+    """xs[:D, :n] = x[p0 : p0 + n].T: 8 x 8 tiles (constant trip counts, unrolled), then the ragged edges.
+
+    A whole-block transpose is cheaper than handing BLAS the row-major block
+    as a transposed operand (measured 1.8x slower products at D = 16)."""
+    D = x.shape[1]
+    n8, D8 = n // 8 * 8, D // 8 * 8
+    for l0 in range(0, n8, 8):
+        for j0 in range(0, D8, 8):
+            for a in range(8):
+                for b in range(8):
+                    xs[j0 + b, l0 + a] = x[p0 + l0 + a, j0 + b]
+        for a in range(8):
+            for j in range(D8, D):
+                xs[j, l0 + a] = x[p0 + l0 + a, j]
+    for l in range(n8, n):
+        for j in range(D):
+            xs[j, l] = x[p0 + l, j]
+
+
+@njit(parallel=True, **_JIT)
+def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score, logp):
+    """The GEMM path: per block of ``lanes`` points, G = M1 @ [x; x^2]^T and P = W^T @ A by BLAS, in x's dtype.
+
+    x (N, D); M1 (K, E): rows a_k = s_k * gmu_k (isotropic, ``s_iso``, E = D)
+    or [a_k, -s_k / 2] (diagonal, E = 2 D: the block is augmented with its
+    squares), so that the logit is l_k = c_k + G_k - h_k |x|^2; A (K, D) the
+    a_k; B (K, D) the s_k (diagonal; the second product for the x-term) or
+    any (K, D) array (isotropic: that term is the per-point sum of w_k s_k,
+    accumulated with the weights). gmu (K, D), s = 1/c (K, D) and const (K,)
+    float64, for the exact recomputation. ``kc`` (6, >= max(K, 3)) in x's dtype, from
+    :func:`_gemm_operands`: c_k = const_k - q2_k / 2 (q2_k = sum_d s_kd
+    gmu_kd^2), e_k = kappa (2 const_k + D) - 2 q2_k, b_k = 2 max_d s_kd,
+    h_k (s_k / 2 isotropic, 0 diagonal), s_k (isotropic), and in kc[5, :3]
+    2 kappa, the exp's floor (:func:`_weight_floor`) and 1 (constants in x's
+    dtype: a Python float would promote float32 arithmetic to float64).
+
+    A logit is suspect (recomputed from the difference, in float64) where
+    b_k |x|^2 + 2 q2_k > kappa (q_k + D), q_k = 2 (const_k - l_k) its
+    quadratic form, i.e. where e_k - 2 kappa l_k - b_k |x|^2 < 0: pass 1
+    keeps that gap's minimum over k per lane (a lane-wise min vectorises; a
+    reduction over lanes would not), and only lanes with a negative minimum
+    are revisited, component by component.
+
+    Writes logp (N,) and, if ``want_score``, score (N, D); returns the number
+    of points whose |x|^2 is not finite (NaN or infinity in x, or an
+    overflow: the caller tells the two apart). Every BLAS call is
+    kept below :data:`GEMM_BLOCK_WORK` multiply-adds so that it runs on the
+    calling thread (``prange`` is the only parallel layer): the first product
+    in slices of M1's rows, the second summed over slices of the components.
     """
     N, D = x.shape
     K, E = M1.shape
-    E2 = M2T.shape[0]
     L = lanes
-    const, q2, b2, s0 = kc[0], kc[1], kc[2], kc[3]
-    kappa, Dd, half, one, cut = kc[4, 0], kc[4, 1], kc[4, 2], kc[4, 3], kc[4, 4]
+    c, e, b, h, s0 = kc[0], kc[1], kc[2], kc[3], kc[4]
+    kappa2, cut, one = kc[5, 0], kc[5, 1], kc[5, 2]
     n_blocks = (N + L - 1) // L
     per_task = max(1, min(BLOCKS_PER_TASK, n_blocks // 16))  # at least 16 tasks where there are 16 blocks
     n_tasks = (n_blocks + per_task - 1) // per_task
+    rows1 = max(1, GEMM_BLOCK_WORK // (E * L))
+    rows2 = max(1, GEMM_BLOCK_WORK // (D * L))
+    big = np.finfo(x.dtype).max
+    n_bad = 0
     for task in prange(n_tasks):
-        xs = np.zeros((E, L), x.dtype)  # the block, transposed (and its squares below, diagonal)
+        xs = np.zeros((E, L), x.dtype)  # the block, transposed (and its squares below it, diagonal)
         logit = np.zeros((K, L), x.dtype)
-        S = np.zeros((E2, L), x.dtype)
-        flag = np.zeros((K, L), np.int8)  # suspect pairs of the block
-        k_hits = np.zeros(K, np.int64)
+        P = np.zeros((L, D), x.dtype)
+        Q = np.zeros((L, D), x.dtype)
+        tmp = np.zeros((L, D), x.dtype)
         x2 = np.zeros(L, x.dtype)
+        gap = np.zeros(L, x.dtype)  # per lane: min over k of e_k - 2 kappa l_k - b_k |x|^2
         m = np.zeros(L, x.dtype)
         tot = np.zeros(L, x.dtype)
+        ts = np.zeros(L, x.dtype)
         for blk in range(task * per_task, min(n_blocks, (task + 1) * per_task)):
-            p0 = np.uint64(blk * L)
-            n_lanes = min(L, N - blk * L)
-            for l in range(n_lanes):
-                for j in range(D):
-                    xs[j, l] = x[p0 + np.uint64(l), j]
+            p0 = blk * L
+            n_lanes = min(L, N - p0)
+            _load_transposed(x, p0, n_lanes, xs)
+            for j in range(D):
+                for l in range(n_lanes, L):
+                    xs[j, l] = 0.0
             for l in range(L):
                 x2[l] = 0.0
+                gap[l] = one
                 m[l] = -np.inf
                 tot[l] = 0.0
+                ts[l] = 0.0
             for j in range(D):
                 for l in range(L):
                     x2[l] += xs[j, l] * xs[j, l]
+            for l in range(n_lanes):
+                n_bad += np.int64(not x2[l] <= big)
             if not s_iso:
                 for j in range(D):
                     for l in range(L):
                         xs[D + j, l] = xs[j, l] * xs[j, l]
-            _dot_rows(M1, xs, logit, max(1, GEMM_BLOCK_WORK // (E * L)))
-            suspect = 0  # pairs whose expanded-form bound is above kappa times the difference form's
+            _dot_rows(M1, xs, logit, rows1)
             for k in range(K):
-                ck, qk, bk, sk = const[k], q2[k], b2[k], s0[k]
-                sk = sk if s_iso else sk - sk  # the diagonal GEMM already holds sum_d s_kd x_d^2
-                hits = 0
+                ck, ek, bk, hk = c[k], e[k], b[k], h[k]
                 for l in range(L):
-                    qf = logit[k, l] + sk * x2[l] + qk  # the quadratic form z' C^-1 z
-                    f = np.int8(bk * x2[l] + (qk + qk) > kappa * (qf + Dd))
-                    flag[k, l] = f
-                    hits += np.int64(f)
-                    lg = ck - half * qf
+                    lg = ck + logit[k, l] - hk * x2[l]
                     logit[k, l] = lg
                     m[l] = lg if lg > m[l] else m[l]
-                k_hits[k] = hits
-                suspect += hits
-            if suspect:  # recompute those logits from the difference, in float64
+                    g = ek - kappa2 * lg - bk * x2[l]
+                    gap[l] = g if g < gap[l] else gap[l]
+            for l in range(n_lanes):
+                if not gap[l] < 0:
+                    continue
+                mx = -np.inf
                 for k in range(K):
-                    if k_hits[k] == 0:
-                        continue
-                    for l in range(n_lanes):
-                        if flag[k, l]:
-                            exact = 0.0
-                            for j in range(D):
-                                zj = xs[j, l] - gmu[k, j]
-                                exact += zj * (zj * s[k, j])
-                            logit[k, l] = const[k] - exact / 2
-                for l in range(L):
-                    m[l] = -np.inf
-                for k in range(K):
-                    for l in range(L):
-                        lg = logit[k, l]
-                        m[l] = lg if lg > m[l] else m[l]
-            # unnormalised weights w_k <= 1 (at least exp(cut): no subnormal operand below) and their sum;
+                    if e[k] - kappa2 * logit[k, l] - b[k] * x2[l] < 0:
+                        qk = 0.0
+                        for j in range(D):
+                            zj = x[p0 + l, j] - gmu[k, j]
+                            qk += zj * (zj * s[k, j])
+                        logit[k, l] = const[k] - qk / 2
+                    mx = max(mx, logit[k, l])
+                m[l] = mx
+            # unnormalised weights w_k <= 1 (at least exp(cut): no subnormal operand below) and their sums;
             # the score divides by the sum once, after the product
             for k in range(K):
+                sk = s0[k]
                 for l in range(L):
                     dl = logit[k, l] - m[l]
                     w = exp_weight(dl if dl > cut else cut)
                     logit[k, l] = w
                     tot[l] += w
+                    ts[l] += w * sk
             for l in range(n_lanes):
-                logp[p0 + np.uint64(l)] = np.float64(m[l]) + _log(np.float64(tot[l]))
+                logp[p0 + l] = np.float64(m[l]) + _log(np.float64(tot[l]))
             if not want_score:
                 continue
-            # S = M2T @ w: sum_k w_k s_k gmu_k and sum_k w_k s_k (one row, isotropic; per axis, diagonal)
-            _dot_rows(M2T, logit, S, max(1, GEMM_BLOCK_WORK // (K * L)))
-            for l in range(L):
-                tot[l] = one / tot[l]
-            for j in range(D):
-                jc = D if s_iso else D + j
-                for l in range(L):
-                    S[j, l] = (S[j, l] - xs[j, l] * S[jc, l]) * tot[l]
-            for l in range(n_lanes):
-                for j in range(D):
-                    score[p0 + np.uint64(l), j] = S[j, l]
+            _dot_tn(logit, A, P, tmp, rows2)  # sum_k w_k s_k gmu_k
+            if s_iso:
+                for l in range(n_lanes):
+                    r, t_l = one / tot[l], ts[l]
+                    for j in range(D):
+                        score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * t_l) * r
+            else:
+                _dot_tn(logit, B, Q, tmp, rows2)  # sum_k w_k s_k, per axis
+                for l in range(n_lanes):
+                    r = one / tot[l]
+                    for j in range(D):
+                        score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * Q[l, j]) * r
+    return n_bad
 
 
 def _weight_floor(tiny, K):
@@ -423,26 +475,32 @@ def _weight_floor(tiny, K):
 
 
 def _gemm_operands(gmu, s, const, dtype, kappa):
-    """(M1, M2T, isotropic, kc) of :func:`_score_gemm`, in ``dtype``, from gmu, s = 1/c (K, D) and const (K,)."""
+    """(M1, A, B, isotropic, kc) of :func:`_score_gemm`, in ``dtype``, from gmu, s = 1/c (K, D) and const (K,).
+
+    ``kappa = inf`` never refines (the tests use it to show a case needs refining)."""
     isotropic = bool(np.all(s == s[:, :1]))
     a = s * gmu  # (K, D)
-    if isotropic:
-        M1, M2 = -2.0 * a, np.concatenate([a, s[:, :1]], axis=1)
-    else:
-        M1, M2 = np.concatenate([-2.0 * a, s], axis=1), np.concatenate([a, s], axis=1)
     K, D = gmu.shape
-    kc = np.zeros((5, max(K, 5)))  # row 4 holds five scalars
-    kc[0, :K], kc[1, :K], kc[2, :K], kc[3, :K] = const, np.sum(a * gmu, axis=1), 2.0 * s.max(axis=1), s[:, 0]
-    kc[4, :5] = kappa, D, 0.5, 1.0, _weight_floor(np.finfo(dtype).tiny, K)
-    M1, M2T, kc = (np.ascontiguousarray(m, dtype=dtype) for m in (M1, M2.T, kc))
-    return M1, M2T, isotropic, kc
+    q2 = np.sum(a * gmu, axis=1)
+    M1 = a if isotropic else np.concatenate([a, -0.5 * s], axis=1)
+    kc = np.zeros((6, max(K, 3)))  # row 5 holds three scalars
+    kc[0, :K] = const - 0.5 * q2
+    kc[1, :K] = kappa * (2.0 * const + D) - 2.0 * q2 if np.isfinite(kappa) else np.inf
+    kc[2, :K] = 2.0 * s.max(axis=1)
+    kc[3, :K] = 0.5 * s[:, 0] if isotropic else 0.0
+    kc[4, :K] = s[:, 0]
+    kc[5, :3] = 2.0 * kappa if np.isfinite(kappa) else 0.0, _weight_floor(np.finfo(dtype).tiny, K), 1.0
+    M1, A, B, kc = (np.ascontiguousarray(arr, dtype=dtype) for arr in (M1, a, s, kc))
+    return M1, A, B, isotropic, kc
 
 
 def gemm_lanes(K, E):
-    """Points per block of the GEMM path: 128, fewer where one row of either product would exceed
-    :data:`GEMM_BLOCK_WORK`; 0 where even 8 would (the path does not apply)."""
-    lanes = min(128, GEMM_BLOCK_WORK // max(K, E) // 8 * 8)
-    return lanes if lanes >= 8 else 0
+    """Points per block of the GEMM path: as many as keep the first product one BLAS call of at most
+    :data:`GEMM_BLOCK_WORK` (best measured: 128 at D = 16, K = 32; 32 at D = 64, K = 128), at most 128
+    and at least 8; 0 where a slice of 8 points by one row would exceed it (the path does not apply)."""
+    if 8 * E > GEMM_BLOCK_WORK:
+        return 0
+    return max(8, min(128, GEMM_BLOCK_WORK // (K * E) // 8 * 8))
 
 
 # --------------------------------------------------------------------------- one t per particle
@@ -547,9 +605,9 @@ def choose_path(kind, dtype, K, D, per_example_t):
 def _evaluate(mixture, x, process, t, want_score, path=None):
     """Shared body of the twins; ``path`` ("lanes", "gemm", "pointwise") overrides the choice (tests)."""
     from refdiff.analytic import _check_points, _process_coefs
-    from refdiff.backend import per_example
+    from refdiff.backend import check_finite, per_example
 
-    x = _check_points(x, mixture.dim)
+    x = _check_points(x, mixture.dim, finite=False)  # the GEMM kernel counts non-finite rows as it goes
     if not isinstance(x, np.ndarray):
         raise TypeError(f"the numba twin takes NumPy arrays, got {type(x).__module__}.{type(x).__qualname__}")
     dtype = x.dtype
@@ -563,6 +621,8 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
     path = default if path is None else path
     if path not in ("lanes", "gemm", "pointwise") or (path == "gemm" and kind == _FULL) or ((path == "pointwise") != (gamma.ndim > 0)):
         raise ValueError(f"path {path!r} does not apply to this mixture and t")
+    if path != "gemm":
+        check_finite(xk, "x")
     score = np.empty((N, D) if want_score else (0, D), dtype=xk.dtype)
     logp = np.empty(N, dtype=xk.dtype)
     if N:
@@ -577,11 +637,15 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
             gmu = np.ascontiguousarray(g * mu)
             if path == "gemm":
                 s = 1.0 / c
-                M1, M2T, isotropic, kc = _gemm_operands(gmu, s, const, xk.dtype, REFINE_KAPPA)
+                M1, A, B, isotropic, kc = _gemm_operands(gmu, s, const, xk.dtype, REFINE_KAPPA)
                 lanes = gemm_lanes(K, M1.shape[1])
                 if not lanes:
-                    raise ValueError(f'path "gemm" does not apply to K = {K}, D = {D}: one BLAS row would exceed GEMM_BLOCK_WORK')
-                _score_gemm(xk, M1, M2T, isotropic, gmu, s, kc, want_score, lanes, score, logp)
+                    raise ValueError(f'path "gemm" does not apply to D = {D}: 8 points of one row would exceed GEMM_BLOCK_WORK')
+                # the kernel meets a non-finite x before it can refuse it (NumPy scalars warn under NUMBA_DISABLE_JIT)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    n_bad = _score_gemm(xk, M1, A, B, isotropic, gmu, s, const, kc, want_score, lanes, score, logp)
+                if n_bad:
+                    check_finite(xk, "x")  # raises unless |x|^2 merely overflowed
             else:
                 lanes = min(LANES, N)
                 dt = xk.dtype

@@ -142,6 +142,29 @@ def test_far_point_stays_finite(backend, dtype_name, kind):
         check(to_host(score), want_score, dtype_name, "score")
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("kind,K,D", [("isotropic", 12, 8), ("diagonal", 12, 8), ("full", 3, 3), ("isotropic", 4, 2)])
+@pytest.mark.parametrize("per_example_t", [False, True])
+def test_non_finite_points_raise(backend, kind, K, D, bad, per_example_t):
+    """Every backend and path names x when it holds NaN or infinity (the GEMM path finds them as it reads x)."""
+    gm = make_mixture(kind, K, D)
+    x64 = np.random.default_rng(2).standard_normal((300, D))
+    x64[217, D - 1] = bad  # one value, in a block of its own, in the last column
+    x = on_backend(backend, x64.astype(np.float32))
+    t = np.full(300, 0.5) if per_example_t else 0.5
+    for method in (gm.score, gm.log_prob):
+        with pytest.raises(ValueError, match="x must be finite"):
+            method(x, PROCESS, t, backend=backend)
+
+
+def test_gemm_path_takes_points_whose_squared_norm_overflows(numba_twin):
+    """|x|^2 overflows float32 at |x| ~ 2e19 while x is finite: not an error (the kernel's count is only a hint)."""
+    gm = make_mixture("isotropic", 12, 8)
+    x = np.full((3, 8), 1e19, dtype=np.float32)
+    assert numba_twin.choose_path(0, x.dtype, 12, 8, False) == "gemm"
+    assert numba_twin.mixture_score(gm, x).shape == (3, 8)
+
+
 @pytest.fixture
 def numba_twin():
     return pytest.importorskip("refdiff.kernels.mixture_numba", exc_type=ImportError)
@@ -200,12 +223,14 @@ def test_path_choice(numba_twin):
     assert choose(2, np.float32, 32, 16, False) == "lanes"  # full covariances: no GEMM form
     assert choose(0, np.float64, 4, 4, False) == "lanes"  # K * D below GEMM_MIN_KD
     assert choose(0, np.float32, 1000, 2, False) == "lanes"  # D = 2 has its own lane loop
-    assert choose(0, np.float64, 40_000, 4, False) == "lanes"  # one row of 8 points would be too big a GEMM
+    assert choose(0, np.float64, 1, 40_000, False) == "lanes"  # 8 points of one row would be too big a GEMM
     with pytest.raises(ValueError, match="path"):
         numba_twin._evaluate(make_mixture("full", 3, 2), np.zeros((4, 2)), None, None, True, path="gemm")
-    assert numba_twin.gemm_lanes(32, 16) == 128 and numba_twin.gemm_lanes(40_000, 4) == 0
+    assert numba_twin.gemm_lanes(32, 16) == 128 and numba_twin.gemm_lanes(128, 64) == 32
+    assert numba_twin.gemm_lanes(40_000, 4) == 8 and numba_twin.gemm_lanes(1, 40_000) == 0
     with pytest.raises(ValueError, match="GEMM_BLOCK_WORK"):  # forced where one BLAS row would be too big
-        numba_twin._evaluate(make_mixture("isotropic", 40_000, 4), np.zeros((2, 4)), None, None, True, path="gemm")
+        numba_twin._evaluate(GaussianMixture(np.ones(1), np.zeros((1, 40_000)), np.ones(1)), np.zeros((2, 40_000)),
+                             None, None, True, path="gemm")
 
 
 def test_backends_agree_at_float64_precision():
