@@ -474,24 +474,26 @@ def _weight_floor(tiny, K):
     return float(np.log(tiny) + np.log(K) + 20.0)
 
 
-def _gemm_operands(gmu, s, const, dtype, kappa):
-    """(M1, A, B, isotropic, kc) of :func:`_score_gemm`, in ``dtype``, from gmu, s = 1/c (K, D) and const (K,).
+def _gemm_operands(gmu, s, const, dtype, kappa, isotropic):
+    """(M1, A, B, kc) of :func:`_score_gemm`, in ``dtype``, from gmu, s = 1/c (K, D) and const (K,) (float64).
 
     ``kappa = inf`` never refines (the tests use it to show a case needs refining)."""
-    isotropic = bool(np.all(s == s[:, :1]))
-    a = s * gmu  # (K, D)
     K, D = gmu.shape
+    a = s * gmu  # (K, D)
     q2 = np.sum(a * gmu, axis=1)
-    M1 = a if isotropic else np.concatenate([a, -0.5 * s], axis=1)
-    kc = np.zeros((6, max(K, 3)))  # row 5 holds three scalars
+    kc = np.zeros((6, max(K, 3)), dtype)  # row 5 holds three scalars
     kc[0, :K] = const - 0.5 * q2
     kc[1, :K] = kappa * (2.0 * const + D) - 2.0 * q2 if np.isfinite(kappa) else np.inf
     kc[2, :K] = 2.0 * s.max(axis=1)
-    kc[3, :K] = 0.5 * s[:, 0] if isotropic else 0.0
     kc[4, :K] = s[:, 0]
     kc[5, :3] = 2.0 * kappa if np.isfinite(kappa) else 0.0, _weight_floor(np.finfo(dtype).tiny, K), 1.0
-    M1, A, B, kc = (np.ascontiguousarray(arr, dtype=dtype) for arr in (M1, a, s, kc))
-    return M1, A, B, isotropic, kc
+    A = a.astype(dtype)
+    if isotropic:  # no B: the kernel sums w_k s_k with the weights
+        kc[3, :K] = 0.5 * s[:, 0]
+        return A, A, A, kc
+    M1 = np.empty((K, 2 * D), dtype)
+    M1[:, :D], M1[:, D:] = A, -0.5 * s
+    return M1, A, s.astype(dtype), kc
 
 
 def gemm_lanes(K, E):
@@ -637,7 +639,8 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
             gmu = np.ascontiguousarray(g * mu)
             if path == "gemm":
                 s = 1.0 / c
-                M1, A, B, isotropic, kc = _gemm_operands(gmu, s, const, xk.dtype, REFINE_KAPPA)
+                isotropic = kind == _ISOTROPIC
+                M1, A, B, kc = _gemm_operands(gmu, s, const, xk.dtype, REFINE_KAPPA, isotropic)
                 lanes = gemm_lanes(K, M1.shape[1])
                 if not lanes:
                     raise ValueError(f'path "gemm" does not apply to D = {D}: 8 points of one row would exceed GEMM_BLOCK_WORK')
