@@ -76,7 +76,7 @@ import _common  # noqa: E402  (the benchmarks folder, first on sys.path)
 
 REPO = _common.REPO
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "mlp_step.json"
-GOAL_RATIO = 1.2
+GOAL_RATIO = 1.3  # the kernels issue: at least 1.3x PyTorch CPU eager at every width / batch
 
 # The network and the step (fixed by the benchmark's definition).
 DATA_DIM = 2

@@ -182,10 +182,47 @@ def test_missing_numba_names_the_extra(monkeypatch):
 
 
 @needs_numba
-def test_auto_picks_by_size():
+def test_auto_picks_by_size(monkeypatch):
     from refdiff.kernels import mlp_numba
 
+    monkeypatch.setattr(fused, "numba_yields_to_blas", lambda: True)
     assert fused.elementwise("auto", fused.AUTO_MIN_SIZE - 1) is fused
     assert fused.elementwise("auto", fused.AUTO_MIN_SIZE) is mlp_numba
     assert fused.elementwise("numba", 1) is mlp_numba
     assert fused.elementwise("numpy", 10**9) is fused
+    monkeypatch.setattr(fused, "numba_yields_to_blas", lambda: False)  # spinning workers: auto stays on NumPy
+    assert fused.elementwise("auto", 10**9) is fused
+    assert fused.elementwise("numba", 1) is mlp_numba  # asked for by name: always
+
+
+@needs_numba
+@pytest.mark.parametrize("threads,layer,wait,tbb,expected", [
+    (1, "default", "", False, True),  # no workers to spin
+    (2, "workqueue", "", False, True),
+    (2, "omp", "PASSIVE", False, True),
+    (2, "omp", "passive ", False, True),
+    (2, "omp", "", False, False),  # libgomp spins by default
+    (2, "omp", "ACTIVE", False, False),
+    (2, "default", "passive", False, True),  # the default resolves to OpenMP without TBB
+    (2, "default", "", False, False),
+    (2, "default", "passive", True, False),  # ... and to TBB with it (not measured: not trusted)
+    (2, "tbb", "", False, False),
+])
+def test_numba_yields_to_blas_reads_the_layer_and_wait_policy(monkeypatch, threads, layer, wait, tbb, expected):
+    import importlib.util
+
+    import numba
+
+    def no_layer_yet():
+        raise ValueError("no threading layer loaded")
+
+    monkeypatch.setattr(numba, "threading_layer", no_layer_yet)
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", threads)
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", layer)
+    monkeypatch.setenv("OMP_WAIT_POLICY", wait)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "tbb" and tbb else
+                        (None if name == "tbb" else real_find_spec(name, *a)))
+    assert fused.numba_yields_to_blas() is expected
+    monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")  # once loaded, the loaded layer decides
+    assert fused.numba_yields_to_blas() is True

@@ -407,7 +407,7 @@ def check_backend(backend) -> str:
 
 def fused_ops(backend: str, size: int):
     """The module whose ``group_norm_silu_*`` a layer with ``size`` values uses (this one or its Numba twin)."""
-    if backend == "numba" or (backend == "auto" and size >= AUTO_MIN_SIZE and fused.numba_available()):
+    if fused.numba_pays(backend, size, AUTO_MIN_SIZE):
         from ..kernels import conv_numba
 
         return conv_numba
@@ -465,9 +465,10 @@ class GroupNormSiLU(GroupNorm):
     ``backend`` picks where it runs: ``"numpy"`` (:func:`group_norm_silu_forward`
     and :func:`group_norm_silu_backward`), ``"numba"`` (their twins in
     ``refdiff.kernels.conv_numba``: one pass per image for the statistics and
-    the backward, the ``fast`` extra) or ``"auto"`` (Numba when installed and
-    the batch holds at least :data:`AUTO_MIN_SIZE` values). A run-time
-    choice: it may be changed between calls.
+    the backward, the ``fast`` extra) or ``"auto"`` (Numba when installed, the
+    batch holds at least :data:`AUTO_MIN_SIZE` values and Numba's workers do
+    not spin beside BLAS: :func:`refdiff.nn.fused.numba_yields_to_blas`). A
+    run-time choice: it may be changed between calls.
     """
 
     def __init__(self, name, groups, channels, eps=1e-5, channels_last=False, backend="numpy"):
