@@ -172,7 +172,8 @@ def numba_twin():
 
 @pytest.mark.parametrize("path", ["lanes", "gemm"])
 @pytest.mark.parametrize("times", ["data", "t=1e-4", "t=0.5", "t=1"])
-@pytest.mark.parametrize("N,K,D", SIZES + [(257, 40, 7), (300, 48, 40)])  # the last: sparse posteriors
+# (300, 48, 40): sparse posteriors; (19, 9000, 4): blocks of 8 points, each BLAS product split over slices
+@pytest.mark.parametrize("N,K,D", SIZES + [(257, 40, 7), (300, 48, 40), (19, 9000, 4)])
 @pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
 def test_every_numba_path_matches_oracle(numba_twin, path, dtype_name, kind, N, K, D, times):

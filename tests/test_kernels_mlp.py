@@ -25,18 +25,28 @@ def ops_of(backend):
     return mlp_numba
 
 
+@pytest.fixture(params=["numpy", pytest.param("numba", marks=needs_numba),
+                        pytest.param("numba-parallel", marks=needs_numba)])
+def ops(request, monkeypatch):
+    """The reference, the Numba twins as they choose (one thread at these sizes) and on Numba's threads."""
+    module = ops_of(request.param.split("-")[0])
+    if request.param == "numba-parallel":
+        monkeypatch.setattr(module, "PARALLEL_MIN", 0)
+        monkeypatch.setattr(module, "numba_yields_to_blas", lambda: True)
+        assert module.runs_parallel(1)
+    return module
+
+
 def _inputs(n, w, dtype, seed=0):
     gen = np.random.default_rng([seed, n, w])
     draw = lambda *shape: (3 * gen.standard_normal(shape)).astype(dtype)  # noqa: E731
     return draw(n, w), draw(w), draw(n, w), draw(n, w), draw(n, w)  # a, b, residual, dh, dh_add
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("w", [1, 5, 128])
 @pytest.mark.parametrize("n", [1, 7, 257, 1031])
-def test_bias_silu_twin_matches_reference(backend, dtype, w, n):
-    ops = ops_of(backend)
+def test_bias_silu_twin_matches_reference(ops, dtype, w, n):
     a, b, r, dh, dh_add = _inputs(n, w, dtype)
     a[0, 0] = 200.0  # saturated sigmoid: tanh(100) = 1
     a[-1, -1] = -200.0
@@ -74,12 +84,10 @@ def test_fused_reference_is_the_layer_formula():
     np.testing.assert_allclose(db, da.sum(axis=0), rtol=1e-13)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("size", [1, 7, 1031, 20011])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_adam_twin_matches_reference(backend, dtype, size, weight_decay):
-    ops = ops_of(backend)
+def test_adam_twin_matches_reference(ops, dtype, size, weight_decay):
     gen = np.random.default_rng(size)
     theta = gen.standard_normal(size).astype(dtype)
     m = (0.1 * gen.standard_normal(size)).astype(dtype)
@@ -185,14 +193,12 @@ def test_missing_numba_names_the_extra(monkeypatch):
 def test_auto_picks_by_size(monkeypatch):
     from refdiff.kernels import mlp_numba
 
-    monkeypatch.setattr(fused, "numba_yields_to_blas", lambda: True)
     assert fused.elementwise("auto", fused.AUTO_MIN_SIZE - 1) is fused
     assert fused.elementwise("auto", fused.AUTO_MIN_SIZE) is mlp_numba
     assert fused.elementwise("numba", 1) is mlp_numba
     assert fused.elementwise("numpy", 10**9) is fused
-    monkeypatch.setattr(fused, "numba_yields_to_blas", lambda: False)  # spinning workers: auto stays on NumPy
-    assert fused.elementwise("auto", 10**9) is fused
-    assert fused.elementwise("numba", 1) is mlp_numba  # asked for by name: always
+    monkeypatch.setattr(mlp_numba, "numba_yields_to_blas", lambda: False)  # spinning workers: one thread, still Numba
+    assert fused.elementwise("auto", 10**9) is mlp_numba and not mlp_numba.runs_parallel(10**9)
 
 
 @needs_numba
@@ -226,3 +232,13 @@ def test_numba_yields_to_blas_reads_the_layer_and_wait_policy(monkeypatch, threa
     assert fused.numba_yields_to_blas() is expected
     monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")  # once loaded, the loaded layer decides
     assert fused.numba_yields_to_blas() is True
+
+
+@needs_numba
+def test_twins_run_in_parallel_only_when_large_and_the_workers_sleep(monkeypatch):
+    from refdiff.kernels import mlp_numba
+
+    monkeypatch.setattr(mlp_numba, "numba_yields_to_blas", lambda: True)
+    assert not mlp_numba.runs_parallel(mlp_numba.PARALLEL_MIN - 1) and mlp_numba.runs_parallel(mlp_numba.PARALLEL_MIN)
+    monkeypatch.setattr(mlp_numba, "numba_yields_to_blas", lambda: False)
+    assert not mlp_numba.runs_parallel(10 * mlp_numba.PARALLEL_MIN)

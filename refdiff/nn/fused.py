@@ -30,9 +30,9 @@ float32 stays float32 throughout.
 
 ``backend`` everywhere is ``"numpy"`` (these functions), ``"numba"``
 (``refdiff.kernels.mlp_numba``, the ``fast`` extra) or ``"auto"``: Numba when
-it is installed, the arrays hold at least :data:`AUTO_MIN_SIZE` values and
-Numba's workers do not spin beside BLAS (:func:`numba_yields_to_blas`),
-NumPy otherwise.
+it is installed and the arrays hold at least :data:`AUTO_MIN_SIZE` values,
+NumPy otherwise. The twins go parallel only where that pays and Numba's
+workers do not spin beside BLAS (:func:`numba_yields_to_blas`).
 """
 
 from __future__ import annotations
@@ -58,11 +58,13 @@ __all__ = [
 BACKENDS = ("numpy", "numba", "auto")
 
 #: "auto" picks Numba from this many values per array on (activations N*W, or
-#: the parameter buffer for Adam). Measured with 2 Numba threads on 2 busy
-#: cores (workqueue layer): at 32k values the fused forward takes 80 us against
-#: NumPy's 40 (two parallel launches), the backward breaks even near 64k, the
-#: forward and Adam near 128k-300k.
-AUTO_MIN_SIZE = 131072
+#: the parameter buffer for Adam). Below a million values the twins run on the
+#: calling thread (:data:`refdiff.kernels.mlp_numba.PARALLEL_MIN`) and beat
+#: NumPy's several passes at every size measured, float32 on 2 cores: forward
+#: plus backward of a layer 4.4 against 6.8 us at 8 values, 25.6 against 38.7 at
+#: 16k; Adam 1.9 against 4.4 us at 10 values, 14.9 against 52.2 at 38k. The
+#: threshold only spares a small one-off call Numba's import.
+AUTO_MIN_SIZE = 4096
 
 
 def bias_silu_forward(a, b=None, residual=None):
@@ -182,8 +184,9 @@ def numba_yields_to_blas() -> bool:
     against 10.8 ms in NumPy, and 8.7 ms once the workers slept
     (``OMP_WAIT_POLICY=PASSIVE`` or ``NUMBA_THREADING_LAYER=workqueue``).
     True for one Numba thread, the workqueue layer, or OpenMP with a passive
-    wait policy; False otherwise (TBB's is not measured here), and "auto"
-    then keeps those twins on NumPy. Reads Numba's configuration and the
+    wait policy; False otherwise (TBB's is not measured here): the MLP's
+    twins then stay on the calling thread and "auto" keeps the U-Net's
+    (always parallel) on NumPy. Reads Numba's configuration and the
     environment on every call (no state of its own).
     """
     import os
@@ -204,7 +207,7 @@ def numba_yields_to_blas() -> bool:
 
 
 def numba_pays(backend: str, size: int, min_size: int) -> bool:
-    """Whether ``backend`` ("numba" or "auto") puts a twin that runs between BLAS calls on Numba."""
+    """Whether ``backend`` ("numba" or "auto") puts a parallel twin that runs between BLAS calls on Numba."""
     if backend == "numba":
         return True
     return backend == "auto" and size >= min_size and numba_available() and numba_yields_to_blas()
@@ -212,7 +215,7 @@ def numba_pays(backend: str, size: int, min_size: int) -> bool:
 
 def elementwise(backend: str, size: int):
     """The module whose ``bias_silu_*``/``adam_update`` a call with ``size`` values per array uses."""
-    if numba_pays(backend, size, AUTO_MIN_SIZE):
+    if backend == "numba" or (backend == "auto" and size >= AUTO_MIN_SIZE and numba_available()):
         from ..kernels import mlp_numba
 
         return mlp_numba

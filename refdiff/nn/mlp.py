@@ -17,9 +17,8 @@ residual add of each layer run as the fused steps of :mod:`refdiff.nn.fused`
 (the same arithmetic as :class:`~refdiff.nn.layers.Linear` followed by
 :class:`~refdiff.nn.layers.SiLU`), on the backend named by the attribute
 ``backend``: ``"numpy"`` (default), ``"numba"`` (their Numba twins, the
-``fast`` extra) or ``"auto"`` (Numba when installed, N * width >=
-:data:`refdiff.nn.fused.AUTO_MIN_SIZE` and Numba's workers do not spin beside
-BLAS: :func:`refdiff.nn.fused.numba_yields_to_blas`). The backend is a run-time choice,
+``fast`` extra) or ``"auto"`` (Numba when installed and N * width >=
+:data:`refdiff.nn.fused.AUTO_MIN_SIZE`). The backend is a run-time choice,
 not part of the architecture: :meth:`MLP.config` leaves it out, so it does not
 change checkpoints, and it may be changed on a live network
 (``net.backend = "numba"``). ReLU and GELU networks always run on NumPy.
