@@ -10,7 +10,9 @@ statistics, and dgamma/dbeta: per-image partial sums added image by image in
 order, so the result does not depend on the thread count); every elementwise
 operation is the reference's, in the same order and dtype.
 
-One ``prange`` iteration is one image: its (S, C) slice (at most a few tens
+One loop iteration is one image (on Numba's threads from :data:`PARALLEL_MIN`
+values where the workers sleep between kernels, :func:`runs_parallel`; on the
+calling thread otherwise, still 4-5x faster than NumPy): its (S, C) slice (at most a few tens
 of kB here) stays in L1/L2 while the kernel takes its channel sums, its group
 statistics and writes the outputs, instead of NumPy's five to eight passes
 over the whole batch. These passes are memory-bound, so the cache holds as
@@ -30,9 +32,28 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.conv_numba needs numba: pip install "refdiff[fast]"') from exc
 
-__all__ = ["group_norm_silu_forward", "group_norm_silu_backward"]
+from refdiff.nn.fused import numba_yields_to_blas
+
+__all__ = ["group_norm_silu_forward", "group_norm_silu_backward", "PARALLEL_MIN", "runs_parallel"]
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
+#: Numba's parallel transforms limited to the explicit ``prange`` (array expressions of a block body
+#: would become parallel regions of their own on the one-thread path, a launch each; ``np.zeros`` does
+#: even so, so the bodies allocate with ``np.empty`` and zero in a loop: with it, GroupNorm + SiLU
+#: forward and backward took 80 us on one thread at 128 values instead of 7).
+_PRANGE_ONLY = dict(prange=True, comprehension=False, reduction=False, inplace_binop=False, setitem=False,
+                    numpy=False, stencil=False, fusion=False)
+
+#: Values per batch from which a twin runs its images on Numba's threads (below it, one thread). Float32,
+#: 2 threads, forward + backward, 8 groups, times in us: 32 x 8x8 x 32 channels (65k values) NumPy 386,
+#: serial 113, parallel 206; 256 x 4x4 x 64 (262k) 1710, 540, 459; 256 x 8x8 x 32 (524k) 5219, 974, 726.
+PARALLEL_MIN = 1 << 17
+
+
+def runs_parallel(size: int) -> bool:
+    """Whether a twin call on ``size`` values runs in parallel: from :data:`PARALLEL_MIN` on, and only where
+    Numba's workers sleep between kernels (:func:`refdiff.nn.fused.numba_yields_to_blas`)."""
+    return size >= PARALLEL_MIN and numba_yields_to_blas()
 
 
 @njit(inline="always", **_JIT)
@@ -53,12 +74,15 @@ def _group_mean(sums, out, groups, count):
 def _image_stats(x, i, gamma, groups, eps, count, one, mu, rstd, a):
     """Image i of x (n, hw, c): its group means into mu, 1/sqrt(var + eps) into rstd[i] and rstd * gamma into a."""
     hw, c = x.shape[1], x.shape[2]
-    acc = np.zeros(c, dtype=x.dtype)
+    acc = np.empty(c, dtype=x.dtype)
+    for j in range(c):
+        acc[j] = 0
     for q in range(hw):
         for j in range(c):
             acc[j] += x[i, q, j]
     _group_mean(acc, mu, groups, count)
-    acc[:] = 0
+    for j in range(c):
+        acc[j] = 0
     for q in range(hw):
         for j in range(c):
             d = x[i, q, j] - mu[j]
@@ -71,18 +95,27 @@ def _image_stats(x, i, gamma, groups, eps, count, one, mu, rstd, a):
         a[j] = r * gamma[j]
 
 
-@njit(parallel=True, **_JIT)
-def _gn_forward(x, gamma, beta, groups, eps, count, half, one, h, s, mean, rstd):
-    """Per image: mean, variance, rstd; h <- z, s <- z/2 with z = (x - mean) (rstd gamma) + beta."""
-    n, hw, c = x.shape
-    for i in prange(n):
-        mu, a = mean[i], np.empty(c, dtype=x.dtype)
-        _image_stats(x, i, gamma, groups, eps, count, one, mu, rstd, a)
-        for q in range(hw):
-            for j in range(c):
-                z = (x[i, q, j] - mu[j]) * a[j] + beta[j]
-                h[i, q, j] = z
-                s[i, q, j] = z * half
+@njit(inline="always", **_JIT)
+def _gn_forward_image(x, gamma, beta, groups, eps, count, half, one, h, s, mean, rstd, i):
+    """Image i: mean, variance, rstd; h <- z, s <- z/2 with z = (x - mean) (rstd gamma) + beta."""
+    hw, c = x.shape[1], x.shape[2]
+    mu, a = mean[i], np.empty(c, dtype=x.dtype)
+    _image_stats(x, i, gamma, groups, eps, count, one, mu, rstd, a)
+    for q in range(hw):
+        for j in range(c):
+            z = (x[i, q, j] - mu[j]) * a[j] + beta[j]
+            h[i, q, j] = z
+            s[i, q, j] = z * half
+
+
+@njit(parallel=_PRANGE_ONLY, **_JIT)
+def _gn_forward(x, gamma, beta, groups, eps, count, half, one, h, s, mean, rstd, parallel):
+    if parallel:
+        for i in prange(x.shape[0]):
+            _gn_forward_image(x, gamma, beta, groups, eps, count, half, one, h, s, mean, rstd, i)
+    else:
+        for i in range(x.shape[0]):
+            _gn_forward_image(x, gamma, beta, groups, eps, count, half, one, h, s, mean, rstd, i)
 
 
 # float32 tanh as a clamped odd/even rational function (the [13/6] minimax
@@ -107,32 +140,49 @@ def _tanh32(u):
     return u if abs(u) < _T_TINY else p / q
 
 
-@njit(parallel=True, **_JIT)
-def _gn_silu_forward32(x, gamma, beta, groups, eps, count, h, s, mean, rstd):
-    """float32, one pass per image: statistics, then z, s = sigma(z) = (1 + tanh(z/2))/2 and h = z s."""
-    n, hw, c = x.shape
+@njit(inline="always", **_JIT)
+def _gn_silu_forward32_image(x, gamma, beta, groups, eps, count, h, s, mean, rstd, i):
+    """float32, image i in one pass: statistics, then z, s = sigma(z) = (1 + tanh(z/2))/2 and h = z s."""
+    hw, c = x.shape[1], x.shape[2]
     half, one = np.float32(0.5), np.float32(1.0)
-    for i in prange(n):
-        mu, a = mean[i], np.empty(c, dtype=np.float32)
-        _image_stats(x, i, gamma, groups, eps, count, one, mu, rstd, a)
-        for q in range(hw):
-            for j in range(c):
-                z = (x[i, q, j] - mu[j]) * a[j] + beta[j]
-                t = _tanh32(z * half) * half + half
-                s[i, q, j] = t
-                h[i, q, j] = z * t
+    mu, a = mean[i], np.empty(c, dtype=np.float32)
+    _image_stats(x, i, gamma, groups, eps, count, one, mu, rstd, a)
+    for q in range(hw):
+        for j in range(c):
+            z = (x[i, q, j] - mu[j]) * a[j] + beta[j]
+            t = _tanh32(z * half) * half + half
+            s[i, q, j] = t
+            h[i, q, j] = z * t
 
 
-@njit(parallel=True, **_JIT)
-def _silu_finish(h, s, half):
-    """s holds tanh(z/2): s <- tanh/2 + 1/2 = sigma(z); h <- z s."""
-    n, hw, c = h.shape
-    for i in prange(n):
-        for q in range(hw):
-            for j in range(c):
-                t = s[i, q, j] * half + half
-                s[i, q, j] = t
-                h[i, q, j] = h[i, q, j] * t
+@njit(parallel=_PRANGE_ONLY, **_JIT)
+def _gn_silu_forward32(x, gamma, beta, groups, eps, count, h, s, mean, rstd, parallel):
+    if parallel:
+        for i in prange(x.shape[0]):
+            _gn_silu_forward32_image(x, gamma, beta, groups, eps, count, h, s, mean, rstd, i)
+    else:
+        for i in range(x.shape[0]):
+            _gn_silu_forward32_image(x, gamma, beta, groups, eps, count, h, s, mean, rstd, i)
+
+
+@njit(inline="always", **_JIT)
+def _silu_finish_image(h, s, half, i):
+    """Image i; s holds tanh(z/2): s <- tanh/2 + 1/2 = sigma(z); h <- z s."""
+    for q in range(h.shape[1]):
+        for j in range(h.shape[2]):
+            t = s[i, q, j] * half + half
+            s[i, q, j] = t
+            h[i, q, j] = h[i, q, j] * t
+
+
+@njit(parallel=_PRANGE_ONLY, **_JIT)
+def _silu_finish(h, s, half, parallel):
+    if parallel:
+        for i in prange(h.shape[0]):
+            _silu_finish_image(h, s, half, i)
+    else:
+        for i in range(h.shape[0]):
+            _silu_finish_image(h, s, half, i)
 
 
 def group_norm_silu_forward(x, gamma, beta, groups, eps):
@@ -144,53 +194,67 @@ def group_norm_silu_forward(x, gamma, beta, groups, eps):
     s = np.empty_like(h)
     mu = np.empty((n, c), dtype=dt)
     rstd = np.empty((n, c), dtype=dt)
+    par = runs_parallel(x.size)
     if dt == np.float32 and x.dtype == np.float32 and gamma.dtype == np.float32 and beta.dtype == np.float32:
-        _gn_silu_forward32(x, gamma, beta, int(groups), kind(eps), kind(hw * (c // groups)), h, s, mu, rstd)
+        _gn_silu_forward32(x, gamma, beta, int(groups), kind(eps), kind(hw * (c // groups)), h, s, mu, rstd, par)
         return h, s, mu, rstd
-    _gn_forward(x, gamma, beta, int(groups), kind(eps), kind(hw * (c // groups)), kind(0.5), kind(1.0), h, s, mu, rstd)
+    _gn_forward(x, gamma, beta, int(groups), kind(eps), kind(hw * (c // groups)), kind(0.5), kind(1.0), h, s, mu, rstd,
+                par)
     np.tanh(s, out=s)  # (processing a few images at a time, in cache, measured no faster)
-    _silu_finish(h, s, kind(0.5))
+    _silu_finish(h, s, kind(0.5), par)
     return h, s, mu, rstd
 
 
-@njit(parallel=True, **_JIT)
-def _gn_silu_backward(dh, x, h, s, mu, rstd, gamma, groups, count, one, need_dx, dx, part_dyx, part_dy):
-    """Per image: dz = dh (h + s (1 - h)); channel sums of dz and dz xhat; dx from the group means."""
-    n, hw, c = dh.shape
-    for i in prange(n):
-        sdy = np.zeros(c, dtype=dh.dtype)
-        sdyx = np.zeros(c, dtype=dh.dtype)
+@njit(inline="always", **_JIT)
+def _gn_silu_backward_image(dh, x, h, s, mu, rstd, gamma, groups, count, one, need_dx, dx, part_dyx, part_dy, i):
+    """Image i: dz = dh (h + s (1 - h)); channel sums of dz and dz xhat; dx from the group means."""
+    hw, c = dh.shape[1], dh.shape[2]
+    sdy = np.empty(c, dtype=dh.dtype)
+    sdyx = np.empty(c, dtype=dh.dtype)
+    for j in range(c):
+        sdy[j] = 0
+        sdyx[j] = 0
+    for q in range(hw):
+        for j in range(c):
+            hv = h[i, q, j]
+            dz = ((one - hv) * s[i, q, j] + hv) * dh[i, q, j]
+            sdy[j] += dz
+            sdyx[j] += dz * (x[i, q, j] - mu[i, j])
+    for j in range(c):
+        sdyx[j] = sdyx[j] * rstd[i, j]
+        part_dy[i, j] = sdy[j]
+        part_dyx[i, j] = sdyx[j]
+    if need_dx:
+        m1 = np.empty(c, dtype=dh.dtype)
+        m2 = np.empty(c, dtype=dh.dtype)
+        for j in range(c):
+            sdy[j] = sdy[j] * gamma[j]
+            sdyx[j] = sdyx[j] * gamma[j]
+        _group_mean(sdy, m1, groups, count)
+        _group_mean(sdyx, m2, groups, count)
+        a = np.empty(c, dtype=dh.dtype)
+        b = np.empty(c, dtype=dh.dtype)
+        d = np.empty(c, dtype=dh.dtype)
+        for j in range(c):
+            r = rstd[i, j]
+            a[j] = r * gamma[j]
+            b[j] = r * r * m2[j]
+            d[j] = r * m1[j]
         for q in range(hw):
             for j in range(c):
                 hv = h[i, q, j]
                 dz = ((one - hv) * s[i, q, j] + hv) * dh[i, q, j]
-                sdy[j] += dz
-                sdyx[j] += dz * (x[i, q, j] - mu[i, j])
-        for j in range(c):
-            sdyx[j] = sdyx[j] * rstd[i, j]
-            part_dy[i, j] = sdy[j]
-            part_dyx[i, j] = sdyx[j]
-        if need_dx:
-            m1 = np.empty(c, dtype=dh.dtype)
-            m2 = np.empty(c, dtype=dh.dtype)
-            for j in range(c):
-                sdy[j] = sdy[j] * gamma[j]
-                sdyx[j] = sdyx[j] * gamma[j]
-            _group_mean(sdy, m1, groups, count)
-            _group_mean(sdyx, m2, groups, count)
-            a = np.empty(c, dtype=dh.dtype)
-            b = np.empty(c, dtype=dh.dtype)
-            d = np.empty(c, dtype=dh.dtype)
-            for j in range(c):
-                r = rstd[i, j]
-                a[j] = r * gamma[j]
-                b[j] = r * r * m2[j]
-                d[j] = r * m1[j]
-            for q in range(hw):
-                for j in range(c):
-                    hv = h[i, q, j]
-                    dz = ((one - hv) * s[i, q, j] + hv) * dh[i, q, j]
-                    dx[i, q, j] = (dz * a[j] - (x[i, q, j] - mu[i, j]) * b[j]) - d[j]
+                dx[i, q, j] = (dz * a[j] - (x[i, q, j] - mu[i, j]) * b[j]) - d[j]
+
+
+@njit(parallel=_PRANGE_ONLY, **_JIT)
+def _gn_silu_backward(dh, x, h, s, mu, rstd, gamma, groups, count, one, need_dx, dx, part_dyx, part_dy, parallel):
+    if parallel:
+        for i in prange(dh.shape[0]):
+            _gn_silu_backward_image(dh, x, h, s, mu, rstd, gamma, groups, count, one, need_dx, dx, part_dyx, part_dy, i)
+    else:
+        for i in range(dh.shape[0]):
+            _gn_silu_backward_image(dh, x, h, s, mu, rstd, gamma, groups, count, one, need_dx, dx, part_dyx, part_dy, i)
 
 
 @njit(**_JIT)
@@ -213,7 +277,7 @@ def group_norm_silu_backward(dh, x, h, s, mu, rstd, gamma, groups, dgamma=None, 
     part_dyx = np.empty((n, c), dtype=dt)
     part_dy = np.empty((n, c), dtype=dt)
     _gn_silu_backward(dh, x, h, s, mu, rstd, gamma, int(groups), kind(hw * (c // groups)), kind(1.0), bool(need_dx),
-                      dx, part_dyx, part_dy)
+                      dx, part_dyx, part_dy, runs_parallel(h.size))
     if dgamma is not None:
         _add_rows(dgamma, part_dyx)
     if dbeta is not None:

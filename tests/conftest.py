@@ -99,3 +99,18 @@ def pytest_runtest_setup(item):
         reason = _gpu_unavailable_reason()
         if reason is not None:
             pytest.skip(reason)
+
+
+
+@pytest.fixture
+def force_parallel(monkeypatch):
+    """A function that makes a twin module with ``runs_parallel`` run every call on Numba's threads, whatever
+    the size and threading layer, for the test (its tests then cover the serial and the parallel loops)."""
+
+    def force(kernel_module):
+        monkeypatch.setattr(kernel_module, "PARALLEL_MIN", 0)
+        monkeypatch.setattr(kernel_module, "numba_yields_to_blas", lambda: True)
+        assert kernel_module.runs_parallel(1)
+        return kernel_module
+
+    return force

@@ -15,17 +15,20 @@ from refdiff.nn.unet import UNet
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason='numba is not installed (pip install "refdiff[fast]")')
 BACKENDS = ["numpy", pytest.param("numba", marks=needs_numba)]
+# the twins as they choose (one thread at the tests' sizes) and forced onto Numba's threads
+TWINS = BACKENDS + [pytest.param("numba-parallel", marks=needs_numba)]
 DTYPES = [np.float32, np.float64]
 # the twin sums in another order: a few ulp of each sum's magnitude
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
-def ops_of(backend):
+def ops_of(backend, force_parallel=None):
+    """The reference or the twins (``"numba-parallel"``: on Numba's threads, through ``force_parallel``)."""
     if backend == "numpy":
         return conv
     from refdiff.kernels import conv_numba
 
-    return conv_numba
+    return force_parallel(conv_numba) if backend == "numba-parallel" else conv_numba
 
 
 def _close(got, want, dtype, scale=None):
@@ -44,11 +47,11 @@ def _inputs(n, s, c, dtype, seed=0):
     return x, gamma, beta, dh
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", TWINS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,s,c,groups", [(1, 1, 2, 1), (3, 7, 6, 3), (2, 16, 12, 4), (5, 9, 96, 8), (17, 64, 5, 5), (4, 3, 30, 1)])
-def test_group_norm_silu_twin_matches_reference(backend, dtype, n, s, c, groups):
-    ops = ops_of(backend)
+def test_group_norm_silu_twin_matches_reference(backend, dtype, n, s, c, groups, force_parallel):
+    ops = ops_of(backend, force_parallel)
     x, gamma, beta, dh = _inputs(n, s, c, dtype)
     x[0, 0, 0] = 300.0  # a saturated sigmoid and a large group variance
     ref = conv.group_norm_silu_forward(x, gamma, beta, groups, 1e-5)
@@ -72,9 +75,9 @@ def test_group_norm_silu_twin_matches_reference(backend, dtype, n, s, c, groups)
     assert dx.shape == x.shape and dx.dtype == dtype
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_group_norm_silu_twin_leaves_inputs_alone(backend):
-    ops = ops_of(backend)
+@pytest.mark.parametrize("backend", TWINS)
+def test_group_norm_silu_twin_leaves_inputs_alone(backend, force_parallel):
+    ops = ops_of(backend, force_parallel)
     x, gamma, beta, dh = _inputs(3, 5, 4, np.float32)
     before = [a.copy() for a in (x, gamma, beta, dh)]
     h, s, mu, rstd = ops.group_norm_silu_forward(x, gamma, beta, 2, 1e-5)
@@ -165,3 +168,22 @@ def test_float32_sigmoid_within_a_few_ulp():
     slope = exact * (1 - exact) * np.abs(zz) * 2e-7  # allowance for the rounding of z
     assert np.all(np.abs(s - exact) <= 2.5e-7 + slope)
     assert np.all((s >= 0) & (s <= 1))
+
+
+@needs_numba
+def test_twins_run_in_parallel_only_when_large_and_the_workers_sleep(monkeypatch):
+    from refdiff.kernels import conv_numba
+
+    monkeypatch.setattr(conv_numba, "numba_yields_to_blas", lambda: True)
+    assert not conv_numba.runs_parallel(conv_numba.PARALLEL_MIN - 1) and conv_numba.runs_parallel(conv_numba.PARALLEL_MIN)
+    monkeypatch.setattr(conv_numba, "numba_yields_to_blas", lambda: False)
+    assert not conv_numba.runs_parallel(10 * conv_numba.PARALLEL_MIN)
+
+
+@needs_numba
+def test_auto_picks_the_twin_by_size():
+    from refdiff.kernels import conv_numba
+
+    assert conv.fused_ops("auto", conv.AUTO_MIN_SIZE - 1) is conv
+    assert conv.fused_ops("auto", conv.AUTO_MIN_SIZE) is conv_numba
+    assert conv.fused_ops("numba", 1) is conv_numba and conv.fused_ops("numpy", 10**9) is conv

@@ -27,14 +27,10 @@ def ops_of(backend):
 
 @pytest.fixture(params=["numpy", pytest.param("numba", marks=needs_numba),
                         pytest.param("numba-parallel", marks=needs_numba)])
-def ops(request, monkeypatch):
+def ops(request, force_parallel):
     """The reference, the Numba twins as they choose (one thread at these sizes) and on Numba's threads."""
     module = ops_of(request.param.split("-")[0])
-    if request.param == "numba-parallel":
-        monkeypatch.setattr(module, "PARALLEL_MIN", 0)
-        monkeypatch.setattr(module, "numba_yields_to_blas", lambda: True)
-        assert module.runs_parallel(1)
-    return module
+    return force_parallel(module) if request.param == "numba-parallel" else module
 
 
 def _inputs(n, w, dtype, seed=0):

@@ -83,10 +83,12 @@ __all__ = [
 ]
 
 #: "auto" runs :class:`GroupNormSiLU` on Numba from this many values per batch
-#: (N*H*W*C). Forward plus backward, float32, 2 Numba threads (workqueue), 32
-#: channels in 8 groups of 8x8 images: NumPy 0.11 ms and Numba 0.21 ms at 16k
-#: values (two parallel launches), 0.54 and 0.35 ms at 64k, 2.4 and 0.66 ms at 256k.
-AUTO_MIN_SIZE = 1 << 16
+#: (N*H*W*C). Forward plus backward, float32, 32 channels in 8 groups, 2 cores:
+#: the twin on one thread (below ``conv_numba.PARALLEL_MIN``) took 7.0 us at
+#: 128 values against NumPy's 35, 30 against 114 at 16k, 109 against 586 at
+#: 64k; 0.74 ms against 5.3 at 512k in parallel. The threshold only spares a
+#: small one-off call Numba's import.
+AUTO_MIN_SIZE = 4096
 
 
 def _to_nhwc(x):
@@ -407,7 +409,7 @@ def check_backend(backend) -> str:
 
 def fused_ops(backend: str, size: int):
     """The module whose ``group_norm_silu_*`` a layer with ``size`` values uses (this one or its Numba twin)."""
-    if fused.numba_pays(backend, size, AUTO_MIN_SIZE):
+    if backend == "numba" or (backend == "auto" and size >= AUTO_MIN_SIZE and fused.numba_available()):
         from ..kernels import conv_numba
 
         return conv_numba
@@ -465,10 +467,9 @@ class GroupNormSiLU(GroupNorm):
     ``backend`` picks where it runs: ``"numpy"`` (:func:`group_norm_silu_forward`
     and :func:`group_norm_silu_backward`), ``"numba"`` (their twins in
     ``refdiff.kernels.conv_numba``: one pass per image for the statistics and
-    the backward, the ``fast`` extra) or ``"auto"`` (Numba when installed, the
-    batch holds at least :data:`AUTO_MIN_SIZE` values and Numba's workers do
-    not spin beside BLAS: :func:`refdiff.nn.fused.numba_yields_to_blas`). A
-    run-time choice: it may be changed between calls.
+    the backward, the ``fast`` extra) or ``"auto"`` (Numba when installed and
+    the batch holds at least :data:`AUTO_MIN_SIZE` values). A run-time
+    choice: it may be changed between calls.
     """
 
     def __init__(self, name, groups, channels, eps=1e-5, channels_last=False, backend="numpy"):

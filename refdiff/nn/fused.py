@@ -184,10 +184,11 @@ def numba_yields_to_blas() -> bool:
     against 10.8 ms in NumPy, and 8.7 ms once the workers slept
     (``OMP_WAIT_POLICY=PASSIVE`` or ``NUMBA_THREADING_LAYER=workqueue``).
     True for one Numba thread, the workqueue layer, or OpenMP with a passive
-    wait policy; False otherwise (TBB's is not measured here): the MLP's
-    twins then stay on the calling thread and "auto" keeps the U-Net's
-    (always parallel) on NumPy. Reads Numba's configuration and the
-    environment on every call (no state of its own).
+    wait policy; False otherwise (TBB's is not measured here), and the twins
+    then stay on the calling thread (``runs_parallel`` in
+    :mod:`refdiff.kernels.mlp_numba` and :mod:`refdiff.kernels.conv_numba`).
+    Reads Numba's configuration and the environment on every call (no state
+    of its own).
     """
     import os
 
@@ -204,13 +205,6 @@ def numba_yields_to_blas() -> bool:
     if layer == "workqueue":
         return True
     return layer == "omp" and os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
-
-
-def numba_pays(backend: str, size: int, min_size: int) -> bool:
-    """Whether ``backend`` ("numba" or "auto") puts a parallel twin that runs between BLAS calls on Numba."""
-    if backend == "numba":
-        return True
-    return backend == "auto" and size >= min_size and numba_available() and numba_yields_to_blas()
 
 
 def elementwise(backend: str, size: int):
