@@ -466,34 +466,70 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
     return n_bad
 
 
+@njit(inline="always", **_JIT)
 def _weight_floor(tiny, K):
     """log-weight floor log(tiny) + log K + 20: every weight, its share of the sum and that times a moderate
     factor stay normal numbers. A subnormal operand costs a microcode assist per SIMD instruction (the
     D = 64, K = 128 score ran 1.5x slower without it); a weight raised to the floor is below 1e-26 of the
     largest in float32 (1e-290 in float64), far under the dtype's rounding."""
-    return float(np.log(tiny) + np.log(K) + 20.0)
+    return np.log(tiny) + np.log(K) + 20.0
 
 
-def _gemm_operands(gmu, s, const, dtype, kappa, isotropic):
-    """(M1, A, B, kc) of :func:`_score_gemm`, in ``dtype``, from gmu, s = 1/c (K, D) and const (K,) (float64).
-
-    ``kappa = inf`` never refines (the tests use it to show a case needs refining)."""
-    K, D = gmu.shape
-    a = s * gmu  # (K, D)
-    q2 = np.sum(a * gmu, axis=1)
-    kc = np.zeros((6, max(K, 3)), dtype)  # row 5 holds three scalars
-    kc[0, :K] = const - 0.5 * q2
-    kc[1, :K] = kappa * (2.0 * const + D) - 2.0 * q2 if np.isfinite(kappa) else np.inf
-    kc[2, :K] = 2.0 * s.max(axis=1)
-    kc[4, :K] = s[:, 0]
-    kc[5, :3] = 2.0 * kappa if np.isfinite(kappa) else 0.0, _weight_floor(np.finfo(dtype).tiny, K), 1.0
-    A = a.astype(dtype)
-    if isotropic:  # no B: the kernel sums w_k s_k with the weights
-        kc[3, :K] = 0.5 * s[:, 0]
-        return A, A, A, kc
-    M1 = np.empty((K, 2 * D), dtype)
-    M1[:, :D], M1[:, D:] = A, -0.5 * s
-    return M1, A, s.astype(dtype), kc
+@njit(**_JIT)
+def _gemm_operands(log_w, mu, lam, g, v, kappa, isotropic, x):
+    """Everything :func:`_score_gemm` takes besides the points, in one compiled call (as NumPy
+    expressions these were some 20 small array operations, 65 us a call):
+    ``(M1, A, B, kc)`` in x's dtype and ``(gmu, s, const)`` in float64, from the
+    active components' log w_k, means and eigenvalues (K, D) and the process's
+    gamma_t = g, sigma_t^2 = v. ``kappa = inf`` never refines (the tests use it
+    to show a case needs refining)."""
+    K, D = mu.shape
+    dt = x.dtype
+    finite = np.isfinite(kappa)
+    E = D if isotropic else 2 * D
+    gmu = np.empty((K, D))
+    s = np.empty((K, D))
+    const = np.empty(K)
+    M1 = np.empty((K, E), dt)
+    A = np.empty((K, D), dt)
+    B = np.empty((K, D) if not isotropic else (1, D), dt)
+    kc = np.zeros((6, max(K, 3)), dt)  # row 5 holds three scalars
+    c = np.empty(D)  # eigenvalues of C_k
+    log_c = np.empty(D)
+    for k in range(K):
+        for d in range(D):
+            c[d] = g * g * lam[k, d] + v
+        if isotropic:  # one log (a K x D loop of libm logs took 40 us at D = 64, K = 128)
+            logdet = D * np.log(c[0])
+        else:
+            for d in range(D):
+                log_c[d] = _log(c[d])  # the lane log: this loop vectorises
+            logdet = 0.0
+            for d in range(D):
+                logdet += log_c[d]
+        q2, smax = 0.0, 0.0
+        for d in range(D):
+            gm = g * mu[k, d]
+            sk = 1.0 / c[d]
+            ak = sk * gm
+            gmu[k, d], s[k, d] = gm, sk
+            q2 += ak * gm
+            smax = max(smax, sk)
+            A[k, d] = ak
+            M1[k, d] = ak
+            if not isotropic:
+                M1[k, D + d] = -0.5 * sk
+                B[k, d] = sk
+        const[k] = log_w[k] - 0.5 * (D * _LOG_2PI + logdet)
+        kc[0, k] = const[k] - 0.5 * q2
+        kc[1, k] = kappa * (2.0 * const[k] + D) - 2.0 * q2 if finite else np.inf
+        kc[2, k] = 2.0 * smax
+        kc[3, k] = 0.5 * s[k, 0] if isotropic else 0.0
+        kc[4, k] = s[k, 0]
+    kc[5, 0] = 2.0 * kappa if finite else 0.0
+    kc[5, 1] = _weight_floor(np.finfo(dt).tiny, K)
+    kc[5, 2] = 1.0
+    return M1, A, B, kc, gmu, s, const
 
 
 def gemm_lanes(K, E):
@@ -632,28 +668,27 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
             g = np.ascontiguousarray(gamma, dtype=np.float64)
             v = np.ascontiguousarray(np.broadcast_to(var, g.shape), dtype=np.float64)
             _score_pointwise(xk, g, v, log_w, mu, lam, U, kind, want_score, score, logp)
+        elif path == "gemm":
+            isotropic = kind == _ISOTROPIC
+            lanes = gemm_lanes(K, D if isotropic else 2 * D)
+            if not lanes:
+                raise ValueError(f'path "gemm" does not apply to D = {D}: 8 points of one row would exceed GEMM_BLOCK_WORK')
+            M1, A, B, kc, gmu, s, const = _gemm_operands(log_w, mu, lam, float(gamma), float(var), REFINE_KAPPA,
+                                                         isotropic, xk[:0])
+            # the kernel meets a non-finite x before it can refuse it (NumPy scalars warn under NUMBA_DISABLE_JIT)
+            with np.errstate(invalid="ignore", over="ignore"):
+                n_bad = _score_gemm(xk, M1, A, B, isotropic, gmu, s, const, kc, want_score, lanes, score, logp)
+            if n_bad:
+                check_finite(xk, "x")  # raises unless |x|^2 merely overflowed
         else:
             g, v = float(gamma), float(var)
             c = g * g * lam + v  # (K, D) eigenvalues of C_k
             const = log_w - 0.5 * (D * _LOG_2PI + np.sum(np.log(c), axis=1))
             gmu = np.ascontiguousarray(g * mu)
-            if path == "gemm":
-                s = 1.0 / c
-                isotropic = kind == _ISOTROPIC
-                M1, A, B, kc = _gemm_operands(gmu, s, const, xk.dtype, REFINE_KAPPA, isotropic)
-                lanes = gemm_lanes(K, M1.shape[1])
-                if not lanes:
-                    raise ValueError(f'path "gemm" does not apply to D = {D}: 8 points of one row would exceed GEMM_BLOCK_WORK')
-                # the kernel meets a non-finite x before it can refuse it (NumPy scalars warn under NUMBA_DISABLE_JIT)
-                with np.errstate(invalid="ignore", over="ignore"):
-                    n_bad = _score_gemm(xk, M1, A, B, isotropic, gmu, s, const, kc, want_score, lanes, score, logp)
-                if n_bad:
-                    check_finite(xk, "x")  # raises unless |x|^2 merely overflowed
-            else:
-                lanes = min(LANES, N)
-                dt = xk.dtype
-                _score_lanes(xk, gmu[None].astype(dt), (1.0 / c)[None].astype(dt), const[None].astype(dt), U.astype(dt),
-                             kind == _FULL, want_score, lanes, score, logp)
+            lanes = min(LANES, N)
+            dt = xk.dtype
+            _score_lanes(xk, gmu[None].astype(dt), (1.0 / c)[None].astype(dt), const[None].astype(dt), U.astype(dt),
+                         kind == _FULL, want_score, lanes, score, logp)
     return score.astype(dtype, copy=False) if want_score else logp.astype(dtype, copy=False)
 
 
