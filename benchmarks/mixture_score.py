@@ -219,7 +219,11 @@ def run_peer(kind, python, args, env, rows, reference):
     """Run peer worker ``kind`` under ``python`` and check its scores; its JSON, or None after printing why not.
 
     Each timed variant's score lands in ``rows`` (with its error against the
-    float64 ``reference(N, D, K)``); an error of 1e-4 or more is a failure.
+    float64 ``reference(N, D, K)``). A variant whose error is 1e-4 or more is
+    left out of that row, with a warning and its error under
+    ``row["peer_check_failed"]``: its time is not compared (torch eager's
+    cdist form once came back 1.4e-3 off at N = 1e5, D = 2, K = 8, in one
+    run of five, and 4e-7 off in the others).
     """
     import numpy as np
 
@@ -239,9 +243,10 @@ def run_peer(kind, python, args, env, rows, reference):
                 got = np.load(f"{prefix}.{variant}.{N}_{D}_{K}.npy")
                 err = float(np.abs(got - want).max() / np.abs(want).max())
                 if not err < 1e-4:
-                    print(f"{variant} score differs from the float64 reference at {(N, D, K)}: {err:.3g}",
-                          file=sys.stderr)  # fmt: skip
-                    return None
+                    print(f"warning: {variant} score differs from the float64 reference at {(N, D, K)}: {err:.3g}; "
+                          "left out of the comparison", file=sys.stderr)  # fmt: skip
+                    row.setdefault("peer_check_failed", {})[variant] = err
+                    continue
                 row[variant] = dict(prow[variant], rel_err=err)
     return res
 

@@ -525,3 +525,25 @@ def test_cmd_bench_skips_and_fake_runs(tmp_path, monkeypatch, capsys):
 def test_cmd_bench_explicit_torch_python_must_work(tmp_path, capsys):
     assert cli.main(["bench", "--only", "cnn_step", "--torch-python", "/no/such/python", "--out", str(tmp_path)]) == 2
     assert "--torch-python /no/such/python" in capsys.readouterr().err
+
+
+def test_mixture_peer_failing_its_check_is_left_out(scripts, monkeypatch, capsys):
+    """A peer variant whose scores are off is dropped from that row (with its error), not the whole run."""
+    import numpy as np
+
+    mixture = scripts[1]
+    want = np.ones((4, 2))
+
+    def fake_worker(cmd, env, label):
+        prefix = env["REFDIFF_BENCH_OUT"]
+        np.save(prefix + ".torch.4_2_3.npy", want * (1 + 1e-7))
+        np.save(prefix + ".torch_compile.4_2_3.npy", want * (1 + 1e-2))
+        return {"rows": [{"torch": stats(5.0), "torch_compile": stats(4.0)}], "torch": "2.x", "torch_compile": {}}, None
+
+    monkeypatch.setattr(mixture, "run_worker", fake_worker)
+    args = type("Args", (), {"threads": 2, "repeat": 3, "sizes": ["4,2,3"], "torch_compile": True})()
+    rows = [{"N": 4, "D": 2, "K": 3}]
+    assert mixture.run_peer("torch", "python", args, {}, rows, lambda N, D, K: want) is not None
+    assert rows[0]["torch"]["rel_err"] == pytest.approx(1e-7) and "torch_compile" not in rows[0]
+    assert rows[0]["peer_check_failed"] == {"torch_compile": pytest.approx(1e-2)}
+    assert "torch_compile score differs" in capsys.readouterr().err
