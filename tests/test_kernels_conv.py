@@ -171,16 +171,6 @@ def test_float32_sigmoid_within_a_few_ulp():
 
 
 @needs_numba
-def test_twins_run_in_parallel_only_when_large_and_the_workers_sleep(monkeypatch):
-    from refdiff.kernels import conv_numba
-
-    monkeypatch.setattr(conv_numba, "numba_yields_to_blas", lambda: True)
-    assert not conv_numba.runs_parallel(conv_numba.PARALLEL_MIN - 1) and conv_numba.runs_parallel(conv_numba.PARALLEL_MIN)
-    monkeypatch.setattr(conv_numba, "numba_yields_to_blas", lambda: False)
-    assert not conv_numba.runs_parallel(10 * conv_numba.PARALLEL_MIN)
-
-
-@needs_numba
 def test_auto_picks_the_twin_by_size():
     from refdiff.kernels import conv_numba
 

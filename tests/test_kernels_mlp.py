@@ -231,10 +231,13 @@ def test_numba_yields_to_blas_reads_the_layer_and_wait_policy(monkeypatch, threa
 
 
 @needs_numba
-def test_twins_run_in_parallel_only_when_large_and_the_workers_sleep(monkeypatch):
-    from refdiff.kernels import mlp_numba
+@pytest.mark.parametrize("name", ["mlp_numba", "conv_numba"])
+def test_twins_run_in_parallel_only_when_large_and_the_workers_sleep(monkeypatch, name):
+    """The MLP's and the U-Net's twins (both run between BLAS products) share the rule."""
+    import importlib
 
-    monkeypatch.setattr(mlp_numba, "numba_yields_to_blas", lambda: True)
-    assert not mlp_numba.runs_parallel(mlp_numba.PARALLEL_MIN - 1) and mlp_numba.runs_parallel(mlp_numba.PARALLEL_MIN)
-    monkeypatch.setattr(mlp_numba, "numba_yields_to_blas", lambda: False)
-    assert not mlp_numba.runs_parallel(10 * mlp_numba.PARALLEL_MIN)
+    module = importlib.import_module(f"refdiff.kernels.{name}")
+    monkeypatch.setattr(module, "numba_yields_to_blas", lambda: True)
+    assert not module.runs_parallel(module.PARALLEL_MIN - 1) and module.runs_parallel(module.PARALLEL_MIN)
+    monkeypatch.setattr(module, "numba_yields_to_blas", lambda: False)
+    assert not module.runs_parallel(10 * module.PARALLEL_MIN)
