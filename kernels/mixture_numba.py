@@ -55,13 +55,21 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   recomputed from the difference, in float64, wherever the first bound
   exceeds :data:`REFINE_KAPPA` times :math:`q_k+D` (:math:`D` is the typical
   :math:`q_k` of a point under its own component): every logit that carries
-  weight is about as accurate as the reference's (tested on overlapping
-  components far from the origin, where the plain expanded form misses the
-  dtype's tolerance: 40 away in float32, 1e4 in float64). Near the data
-  (small t) a point's own component is such a pair; the recomputation is
-  scalar (D flops a pair, after a vectorised flag pass), which took the
-  D = 16, K = 32, N = 1e5 float32 score on one thread from 5.4 ms at t = 0.5
-  to 10.3 ms at t = 0.01 for points drawn from the mixture.
+  weight is about as accurate as the reference's. The score's own expanded
+  sum, :math:`\sum_kr_ks_k\gamma\mu_k-x\sum_kr_ks_k`, cancels the same way
+  further out: a point for which the same test with :data:`SCORE_KAPPA`
+  fails (:math:`|x|/|x-\gamma\mu_k|` above about 32, more than 5 bits
+  lost) takes its score from the differences, in float64. Tested on
+  overlapping components far from the origin, where the plain expanded form
+  misses the dtype's tolerance: 40 and 1000 away in float32, 1e4 and 1e6 in
+  float64. Each pass keeps a lane-wise minimum of the test's margin over
+  the components (it vectorises), and only lanes where it is negative are
+  revisited, component by component. Near the data (small t) a point's own
+  component fails the logit test; the revisit is scalar (both tests per
+  component, D flops a recomputed logit), which took the D = 16, K = 32,
+  N = 1e5 float32 score on one thread from 5.2 ms at t = 0.5 to 14.5 ms at
+  t = 0.01 for points drawn from the mixture (the score test failed for
+  none of them).
 * **pointwise** (one t per particle, any kind and dtype): each particle calls
   :func:`mixture_score_point`, which forms :math:`c_k` for its own t (one
   streaming pass, online log-sum-exp).
@@ -138,6 +146,10 @@ GEMM_BLOCK_WORK = 2**18
 #: GEMM path: a logit is recomputed from the difference where the expanded form's error bound
 #: exceeds this multiple of the difference form's (see the module docstring).
 REFINE_KAPPA = 4.0
+#: GEMM path: a point's score is recomputed from the differences where the same test with this multiple
+#: (at least REFINE_KAPPA) fails for one of its components: |x| / |x - gamma mu_k| above about sqrt(SCORE_KAPPA / 2) = 32, where
+#: the expanded sum of the score, sum_k w_k s_k gamma mu_k - x sum_k w_k s_k, loses more than 5 bits.
+SCORE_KAPPA = 2048.0
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _ISOTROPIC, _DIAGONAL, _FULL = 0, 1, 2
@@ -347,21 +359,24 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
     or [a_k, -s_k / 2] (diagonal, E = 2 D: the block is augmented with its
     squares), so that the logit is l_k = c_k + G_k - h_k |x|^2; A (K, D) the
     a_k; B (K, D) the s_k (diagonal; the second product for the x-term) or
-    any (K, D) array (isotropic: that term is the per-point sum of w_k s_k,
-    accumulated with the weights). gmu (K, D), s = 1/c (K, D) and const (K,)
-    float64, for the exact recomputation. ``kc`` (6, >= max(K, 3)) in x's dtype, from
-    :func:`_gemm_operands`: c_k = const_k - q2_k / 2 (q2_k = sum_d s_kd
-    gmu_kd^2), e_k = kappa (2 const_k + D) - 2 q2_k, b_k = 2 max_d s_kd,
-    h_k (s_k / 2 isotropic, 0 diagonal), s_k (isotropic), and in kc[5, :3]
-    2 kappa, the exp's floor (:func:`_weight_floor`) and 1 (constants in x's
-    dtype: a Python float would promote float32 arithmetic to float64).
+    a (1, D) placeholder (isotropic: that term is the per-point sum of
+    w_k s_k, accumulated with the weights). gmu (K, D), s = 1/c (K, D) and const (K,)
+    float64, for the exact recomputation. ``kc`` (7, >= max(K, 4)) in x's
+    dtype, from :func:`_gemm_operands`: c_k = const_k - q2_k / 2 (q2_k =
+    sum_d s_kd gmu_kd^2), e_k = kappa (2 const_k + D) - 2 q2_k, b_k = 2 max_d
+    s_kd, h_k (s_k / 2 isotropic, 0 diagonal), s_k (isotropic), e_k with
+    SCORE_KAPPA, and in kc[6, :4] 2 kappa, the exp's floor
+    (:func:`_weight_floor`), 1 and 2 SCORE_KAPPA (constants in x's dtype: a
+    Python float would promote float32 arithmetic to float64).
 
     A logit is suspect (recomputed from the difference, in float64) where
     b_k |x|^2 + 2 q2_k > kappa (q_k + D), q_k = 2 (const_k - l_k) its
     quadratic form, i.e. where e_k - 2 kappa l_k - b_k |x|^2 < 0: pass 1
-    keeps that gap's minimum over k per lane (a lane-wise min vectorises; a
-    reduction over lanes would not), and only lanes with a negative minimum
-    are revisited, component by component.
+    keeps that margin's minimum over k per lane (a lane-wise min vectorises;
+    a reduction over lanes would not), and only lanes with a negative minimum
+    are revisited, component by component. The same margin with SCORE_KAPPA
+    marks the points whose score is summed from the differences (it implies
+    the first, so only the revisited lanes take it).
 
     Writes logp (N,) and, if ``want_score``, score (N, D); returns the number
     of points whose |x|^2 is not finite (NaN or infinity in x, or an
@@ -373,8 +388,8 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
     N, D = x.shape
     K, E = M1.shape
     L = lanes
-    c, e, b, h, s0 = kc[0], kc[1], kc[2], kc[3], kc[4]
-    kappa2, cut, one = kc[5, 0], kc[5, 1], kc[5, 2]
+    c, e, b, h, s0, e_s = kc[0], kc[1], kc[2], kc[3], kc[4], kc[5]
+    kappa2, cut, one, kappa2_s = kc[6, 0], kc[6, 1], kc[6, 2], kc[6, 3]
     n_blocks = (N + L - 1) // L
     per_task = max(1, min(BLOCKS_PER_TASK, n_blocks // 16))  # at least 16 tasks where there are 16 blocks
     n_tasks = (n_blocks + per_task - 1) // per_task
@@ -386,10 +401,12 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
         xs = np.zeros((E, L), x.dtype)  # the block, transposed (and its squares below it, diagonal)
         logit = np.zeros((K, L), x.dtype)
         P = np.zeros((L, D), x.dtype)
+        acc = np.zeros(D)
         Q = np.zeros((L, D), x.dtype)
         tmp = np.zeros((L, D), x.dtype)
         x2 = np.zeros(L, x.dtype)
         gap = np.zeros(L, x.dtype)  # per lane: min over k of e_k - 2 kappa l_k - b_k |x|^2
+        redo = np.zeros(L, np.bool_)  # points whose score is summed from the differences
         m = np.zeros(L, x.dtype)
         tot = np.zeros(L, x.dtype)
         ts = np.zeros(L, x.dtype)
@@ -403,6 +420,7 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
             for l in range(L):
                 x2[l] = 0.0
                 gap[l] = one
+                redo[l] = False
                 m[l] = -np.inf
                 tot[l] = 0.0
                 ts[l] = 0.0
@@ -429,7 +447,10 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
                     continue
                 mx = -np.inf
                 for k in range(K):
-                    if e[k] - kappa2 * logit[k, l] - b[k] * x2[l] < 0:
+                    bx = b[k] * x2[l]
+                    # the score's test implies the logit's (SCORE_KAPPA >= REFINE_KAPPA): only these lanes need it
+                    redo[l] |= e_s[k] - kappa2_s * logit[k, l] - bx < 0
+                    if e[k] - kappa2 * logit[k, l] - bx < 0:
                         qk = 0.0
                         for j in range(D):
                             zj = x[p0 + l, j] - gmu[k, j]
@@ -463,7 +484,26 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
                     r = one / tot[l]
                     for j in range(D):
                         score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * Q[l, j]) * r
+            # far from the origin and near the means, sum_k w_k s_k gmu_k - x sum_k w_k s_k cancels as the
+            # logits did: where it loses more than 5 bits (SCORE_KAPPA) the score comes from the differences
+            for l in range(n_lanes):
+                if redo[l]:
+                    _score_from_differences(x, p0 + l, logit, l, gmu, s, tot[l], acc, score)
     return n_bad
+
+
+@njit(inline="always", **_JIT)
+def _score_from_differences(x, p, W, l, gmu, s, tot, acc, score):
+    """score[p] = sum_k W[k, l] s_k (gmu_k - x_p) / tot, accumulated in float64 (acc: (D,) float64 scratch)."""
+    D = x.shape[1]
+    for j in range(D):
+        acc[j] = 0.0
+    for k in range(W.shape[0]):
+        w = np.float64(W[k, l])
+        for j in range(D):
+            acc[j] += w * (s[k, j] * (gmu[k, j] - x[p, j]))
+    for j in range(D):
+        score[p, j] = acc[j] / np.float64(tot)
 
 
 @njit(inline="always", **_JIT)
@@ -476,13 +516,14 @@ def _weight_floor(tiny, K):
 
 
 @njit(**_JIT)
-def _gemm_operands(log_w, mu, lam, g, v, kappa, isotropic, x):
+def _gemm_operands(log_w, mu, lam, g, v, kappa, kappa_s, isotropic, x):
     """Everything :func:`_score_gemm` takes besides the points, in one compiled call (as NumPy
     expressions these were some 20 small array operations, 65 us a call):
     ``(M1, A, B, kc)`` in x's dtype and ``(gmu, s, const)`` in float64, from the
     active components' log w_k, means and eigenvalues (K, D) and the process's
-    gamma_t = g, sigma_t^2 = v. ``kappa = inf`` never refines (the tests use it
-    to show a case needs refining)."""
+    gamma_t = g, sigma_t^2 = v. ``kappa`` and ``kappa_s`` are :data:`REFINE_KAPPA`
+    and :data:`SCORE_KAPPA`; ``inf`` never refines (the tests use it to show a
+    case needs refining)."""
     K, D = mu.shape
     dt = x.dtype
     finite = np.isfinite(kappa)
@@ -493,7 +534,7 @@ def _gemm_operands(log_w, mu, lam, g, v, kappa, isotropic, x):
     M1 = np.empty((K, E), dt)
     A = np.empty((K, D), dt)
     B = np.empty((K, D) if not isotropic else (1, D), dt)
-    kc = np.zeros((6, max(K, 3)), dt)  # row 5 holds three scalars
+    kc = np.zeros((7, max(K, 4)), dt)  # row 6 holds four scalars
     c = np.empty(D)  # eigenvalues of C_k
     log_c = np.empty(D)
     for k in range(K):
@@ -526,9 +567,11 @@ def _gemm_operands(log_w, mu, lam, g, v, kappa, isotropic, x):
         kc[2, k] = 2.0 * smax
         kc[3, k] = 0.5 * s[k, 0] if isotropic else 0.0
         kc[4, k] = s[k, 0]
-    kc[5, 0] = 2.0 * kappa if finite else 0.0
-    kc[5, 1] = _weight_floor(np.finfo(dt).tiny, K)
-    kc[5, 2] = 1.0
+        kc[5, k] = kappa_s * (2.0 * const[k] + D) - 2.0 * q2 if np.isfinite(kappa_s) else np.inf
+    kc[6, 0] = 2.0 * kappa if finite else 0.0
+    kc[6, 1] = _weight_floor(np.finfo(dt).tiny, K)
+    kc[6, 2] = 1.0
+    kc[6, 3] = 2.0 * kappa_s if np.isfinite(kappa_s) else 0.0
     return M1, A, B, kc, gmu, s, const
 
 
@@ -674,7 +717,7 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
             if not lanes:
                 raise ValueError(f'path "gemm" does not apply to D = {D}: 8 points of one row would exceed GEMM_BLOCK_WORK')
             M1, A, B, kc, gmu, s, const = _gemm_operands(log_w, mu, lam, float(gamma), float(var), REFINE_KAPPA,
-                                                         isotropic, xk[:0])
+                                                         SCORE_KAPPA, isotropic, xk[:0])
             # the kernel meets a non-finite x before it can refuse it (NumPy scalars warn under NUMBA_DISABLE_JIT)
             with np.errstate(invalid="ignore", over="ignore"):
                 n_bad = _score_gemm(xk, M1, A, B, isotropic, gmu, s, const, kc, want_score, lanes, score, logp)

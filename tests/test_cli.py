@@ -295,23 +295,3 @@ def test_every_sampler_runs_from_the_command_line(tmp_path):
         assert out.returncode == 0, (name, out.stderr)
     out = run("sample", "--target", "ring8", "--sampler", "ode_rk45", "--steps", "3", "--out", str(tmp_path / "s.npy"))
     assert out.returncode == 2 and "chooses its own step sizes" in out.stderr
-
-
-@pytest.mark.parametrize("command,preset,expected", [
-    ("verify", None, "PASSIVE"),  # the program's default: Numba's OpenMP workers sleep between kernels
-    ("verify", "active", "active"),  # a value in the environment wins
-    ("bench", None, None),  # bench pins each worker's environment itself
-])
-def test_program_sets_a_passive_openmp_wait_policy_by_default(monkeypatch, command, preset, expected):
-    import os
-
-    from refdiff import cli
-
-    monkeypatch.setenv("OMP_WAIT_POLICY", preset or "")  # recorded, so what run() sets is undone afterwards
-    if preset is None:
-        monkeypatch.delenv("OMP_WAIT_POLICY")
-    seen = {}
-    monkeypatch.setattr(cli, "main", lambda: seen.setdefault("policy", os.environ.get("OMP_WAIT_POLICY")) or 0)
-    monkeypatch.setattr(sys, "argv", ["refdiff", command])
-    cli.run()
-    assert seen["policy"] == expected

@@ -146,11 +146,12 @@ def test_far_point_stays_finite(backend, dtype_name, kind):
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("kind,K,D", [("isotropic", 12, 8), ("diagonal", 12, 8), ("full", 3, 3), ("isotropic", 4, 2)])
 @pytest.mark.parametrize("per_example_t", [False, True])
-def test_non_finite_points_raise(backend, kind, K, D, bad, per_example_t):
+@pytest.mark.parametrize("row", [217, 299])  # inside a full block; in the last, partial one
+def test_non_finite_points_raise(backend, kind, K, D, bad, per_example_t, row):
     """Every backend and path names x when it holds NaN or infinity (the GEMM path finds them as it reads x)."""
     gm = make_mixture(kind, K, D)
     x64 = np.random.default_rng(2).standard_normal((300, D))
-    x64[217, D - 1] = bad  # one value, in a block of its own, in the last column
+    x64[row, D - 1] = bad  # one value, in the last column
     x = on_backend(backend, x64.astype(np.float32))
     t = np.full(300, 0.5) if per_example_t else 0.5
     for method in (gm.score, gm.log_prob):
@@ -158,12 +159,22 @@ def test_non_finite_points_raise(backend, kind, K, D, bad, per_example_t):
             method(x, PROCESS, t, backend=backend)
 
 
-def test_gemm_path_takes_points_whose_squared_norm_overflows(numba_twin):
-    """|x|^2 overflows float32 at |x| ~ 2e19 while x is finite: not an error (the kernel's count is only a hint)."""
+def test_gemm_path_takes_points_whose_squared_norm_overflows(numba_twin, monkeypatch):
+    """|x|^2 overflows float32 at |x| ~ 2e19 while x is finite: the kernel counts the point, the precise check
+    that follows finds x finite, and the call returns (the values there are undefined: the reference gives NaN)."""
+    from refdiff import backend
+
+    calls = []
+    real = backend.check_finite
+    monkeypatch.setattr(backend, "check_finite", lambda x, name, xp=None: calls.append(name) or real(x, name, xp))
     gm = make_mixture("isotropic", 12, 8)
-    x = np.full((3, 8), 1e19, dtype=np.float32)
+    x = np.zeros((300, 8), dtype=np.float32)
     assert numba_twin.choose_path(0, x.dtype, 12, 8, False) == "gemm"
-    assert numba_twin.mixture_score(gm, x).shape == (3, 8)
+    numba_twin.mixture_score(gm, x)
+    assert calls == []  # finite |x|^2 everywhere: no second pass over x
+    x[299] = 1e19  # in the last, partial block
+    assert numba_twin.mixture_score(gm, x).shape == (300, 8)
+    assert calls == ["x"]
 
 
 @pytest.fixture
@@ -198,6 +209,9 @@ def far_cluster_case(offset, D=24, K=16, N=512, spread=0.3, seed=7):
     |x|^2 ~ offset^2 D while x'C^-1 x ~ D: the expanded form of the logits
     misses the score by about 1e-2 in float32 at offset 40, and by about 1e-6
     in float64 at offset 1e4; the difference form holds both to their dtype.
+    Further out (1000 in float32, 1e6 in float64) the score's own expanded
+    sum, sum_k w_k s_k gmu_k - x sum_k w_k s_k, cancels past the tolerance
+    too, even with exact logits.
     """
     rng = np.random.default_rng(seed)
     means = offset + spread * rng.standard_normal((K, D))
@@ -205,7 +219,7 @@ def far_cluster_case(offset, D=24, K=16, N=512, spread=0.3, seed=7):
     return gm, gm.sample(N, rng=rng)
 
 
-@pytest.mark.parametrize("dtype_name,offset", [("float32", 40.0), ("float64", 1e4)])
+@pytest.mark.parametrize("dtype_name,offset", [("float32", 40.0), ("float32", 1000.0), ("float64", 1e4), ("float64", 1e6)])
 @pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
 def test_gemm_path_refines_where_the_expanded_form_cancels(numba_twin, monkeypatch, kind, dtype_name, offset):
     """Near means far from the origin |x|^2 - 2 x.mu + |mu|^2 loses the digits that matter; the refined logits don't."""
@@ -218,6 +232,7 @@ def test_gemm_path_refines_where_the_expanded_form_cancels(numba_twin, monkeypat
     check(numba_twin._evaluate(gm, x, None, None, True), want_score, dtype_name, "score")
     check(numba_twin._evaluate(gm, x, None, None, False), want_logp, dtype_name, "log_prob")
     monkeypatch.setattr(numba_twin, "REFINE_KAPPA", np.inf)  # never refine: the case must be one that needs it
+    monkeypatch.setattr(numba_twin, "SCORE_KAPPA", np.inf)
     with pytest.raises(AssertionError):
         check(numba_twin._evaluate(gm, x, None, None, True), want_score, dtype_name, "score")
 
