@@ -52,7 +52,7 @@ setup(
     package_data={"refdiff.kernels": ["*.cu", "**/*.cu"]},
     install_requires=["numpy>=1.25", "scipy>=1.10", "array-api-compat>=1.9"],
     extras_require=extras,
-    entry_points={"console_scripts": ["refdiff = refdiff.cli:run"]},
+    entry_points={"console_scripts": ["refdiff = refdiff.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Intended Audience :: Science/Research",

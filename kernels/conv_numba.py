@@ -12,7 +12,7 @@ operation is the reference's, in the same order and dtype.
 
 One loop iteration is one image (on Numba's threads from :data:`PARALLEL_MIN`
 values where the workers sleep between kernels, :func:`runs_parallel`; on the
-calling thread otherwise, still 4-5x faster than NumPy): its (S, C) slice (at most a few tens
+calling thread otherwise, still 3-5x faster than NumPy): its (S, C) slice (at most a few tens
 of kB here) stays in L1/L2 while the kernel takes its channel sums, its group
 statistics and writes the outputs, instead of NumPy's five to eight passes
 over the whole batch. These passes are memory-bound, so the cache holds as

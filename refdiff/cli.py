@@ -127,23 +127,5 @@ def main(argv=None) -> int:
         return 2
 
 
-def run() -> int:
-    """The ``refdiff`` program: :func:`main` with the threading defaults a command needs.
-
-    Numba's OpenMP workers spin after each parallel kernel unless told to
-    sleep, and the training steps alternate Numba kernels with OpenBLAS
-    products: the MLP step at width 128, batch 4096 ran 7.7x slower than with
-    ``OMP_WAIT_POLICY=PASSIVE``. The variable only counts before OpenMP is
-    loaded, so the program sets it first (``setdefault``: a value in the
-    environment wins), except for ``refdiff bench``, whose scripts pin each
-    worker's environment themselves (a PyTorch peer keeps its own policy).
-    :func:`main` itself leaves the environment alone, for callers that
-    import it.
-    """
-    if sys.argv[1:2] != ["bench"]:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return main()
-
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run())
+    sys.exit(main())

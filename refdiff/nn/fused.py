@@ -4,7 +4,8 @@ The MLP's matrix products go to BLAS whatever the backend; what is left is
 elementwise work over the (N, W) activations and over the flat parameter
 buffer. NumPy does each of those in several single-threaded passes (bias add,
 ``tanh``, two multiplies, the residual add); the Numba twins do the same
-arithmetic in fewer passes, on every core. These functions are the
+arithmetic in fewer passes (on every core for large arrays where that is
+safe: :func:`numba_yields_to_blas`). These functions are the
 specification: the twins take the same arguments, in the same order, and
 give the same numbers.
 
@@ -180,15 +181,17 @@ def numba_yields_to_blas() -> bool:
     The MLP's and the U-Net's twins run between matrix products. Under
     Numba's default OpenMP layer the workers spin after each kernel while
     OpenBLAS's threads start the next product: the float32 MLP step at
-    width 128, batch 4096 took 66.8 ms on 2 cores with the Numba twins
-    against 10.8 ms in NumPy, and 8.7 ms once the workers slept
+    width 128, batch 4096 took 66.8 ms on 2 cores with always-parallel
+    twins against 10.8 ms in NumPy, and 8.7 ms once the workers slept
     (``OMP_WAIT_POLICY=PASSIVE`` or ``NUMBA_THREADING_LAYER=workqueue``).
     True for one Numba thread, the workqueue layer, or OpenMP with a passive
     wait policy; False otherwise (TBB's is not measured here), and the twins
     then stay on the calling thread (``runs_parallel`` in
     :mod:`refdiff.kernels.mlp_numba` and :mod:`refdiff.kernels.conv_numba`).
     Reads Numba's configuration and the environment on every call (no state
-    of its own).
+    of its own). OpenMP reads ``OMP_WAIT_POLICY`` once, when it loads (at
+    the first Numba kernel, serial ones included): a value set in the
+    process after that is believed here but not in effect.
     """
     import os
 

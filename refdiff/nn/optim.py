@@ -67,10 +67,11 @@ class Adam:
         Decoupled weight decay :math:`\\lambda` (AdamW); 0 gives Adam.
     backend : {"numpy", "numba", "auto"}
         Where the update runs: :func:`refdiff.nn.fused.adam_update` (NumPy,
-        several whole-buffer passes), its Numba twin (one SIMD pass, on every core from a million values,
-        the same bits; the ``fast`` extra), or "auto" (Numba when installed and
-        the buffer holds at least :data:`refdiff.nn.fused.AUTO_MIN_SIZE`
-        values). A run-time choice: not part of :meth:`hyper` or the state.
+        several whole-buffer passes), its Numba twin (one SIMD pass, on every
+        core from a million values where that is safe; the same bits; the
+        ``fast`` extra), or "auto" (Numba when installed and the buffer holds
+        at least :data:`refdiff.nn.fused.AUTO_MIN_SIZE` values). A run-time
+        choice: not part of :meth:`hyper` or the state.
     """
 
     def __init__(self, params: Params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, backend="numpy"):
