@@ -8,6 +8,8 @@ occur in the kernels are not handled); against NumPy on 2e7 points each:
 (tests/test_kernels_fused_math.py). Used by ``fused_numba`` and
 ``mixture_numba``. Under ``NUMBA_DISABLE_JIT=1`` the bit casts and the FMA
 have plain-Python equivalents, so the kernels compute the same numbers.
+Also :data:`PRANGE_ONLY`, the ``parallel=`` option of the kernels with a
+one-thread path (``mlp_numba``, ``conv_numba``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ except ImportError as exc:  # the `fast` extra is not installed
 __all__ = []
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
+
+#: Numba's parallel transforms limited to the explicit ``prange``. With all of them on, the array
+#: expressions of a block body became parallel regions of their own on a kernel's one-thread path, a
+#: launch each; ``np.zeros`` does even so, so such bodies allocate with ``np.empty`` and zero in a loop
+#: (GroupNorm + SiLU forward and backward took 80 us on one thread at 128 values instead of 7).
+PRANGE_ONLY = dict(prange=True, comprehension=False, reduction=False, inplace_binop=False, setitem=False,
+                   numpy=False, stencil=False, fusion=False)
 
 
 # --------------------------------------------------------------------------- float64 <-> int64 bit casts

@@ -32,17 +32,12 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.conv_numba needs numba: pip install "refdiff[fast]"') from exc
 
+from refdiff.kernels._numba_math import PRANGE_ONLY
 from refdiff.nn.fused import numba_yields_to_blas
 
 __all__ = ["group_norm_silu_forward", "group_norm_silu_backward", "PARALLEL_MIN", "runs_parallel"]
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
-#: Numba's parallel transforms limited to the explicit ``prange`` (array expressions of a block body
-#: would become parallel regions of their own on the one-thread path, a launch each; ``np.zeros`` does
-#: even so, so the bodies allocate with ``np.empty`` and zero in a loop: with it, GroupNorm + SiLU
-#: forward and backward took 80 us on one thread at 128 values instead of 7).
-_PRANGE_ONLY = dict(prange=True, comprehension=False, reduction=False, inplace_binop=False, setitem=False,
-                    numpy=False, stencil=False, fusion=False)
 
 #: Values per batch from which a twin runs its images on Numba's threads (below it, one thread). Float32,
 #: 2 threads, forward + backward, 8 groups, times in us: 32 x 8x8 x 32 channels (65k values) NumPy 386,
@@ -108,7 +103,7 @@ def _gn_forward_image(x, gamma, beta, groups, eps, count, half, one, h, s, mean,
             s[i, q, j] = z * half
 
 
-@njit(parallel=_PRANGE_ONLY, **_JIT)
+@njit(parallel=PRANGE_ONLY, **_JIT)
 def _gn_forward(x, gamma, beta, groups, eps, count, half, one, h, s, mean, rstd, parallel):
     if parallel:
         for i in prange(x.shape[0]):
@@ -155,7 +150,7 @@ def _gn_silu_forward32_image(x, gamma, beta, groups, eps, count, h, s, mean, rst
             h[i, q, j] = z * t
 
 
-@njit(parallel=_PRANGE_ONLY, **_JIT)
+@njit(parallel=PRANGE_ONLY, **_JIT)
 def _gn_silu_forward32(x, gamma, beta, groups, eps, count, h, s, mean, rstd, parallel):
     if parallel:
         for i in prange(x.shape[0]):
@@ -175,7 +170,7 @@ def _silu_finish_image(h, s, half, i):
             h[i, q, j] = h[i, q, j] * t
 
 
-@njit(parallel=_PRANGE_ONLY, **_JIT)
+@njit(parallel=PRANGE_ONLY, **_JIT)
 def _silu_finish(h, s, half, parallel):
     if parallel:
         for i in prange(h.shape[0]):
@@ -247,7 +242,7 @@ def _gn_silu_backward_image(dh, x, h, s, mu, rstd, gamma, groups, count, one, ne
                 dx[i, q, j] = (dz * a[j] - (x[i, q, j] - mu[i, j]) * b[j]) - d[j]
 
 
-@njit(parallel=_PRANGE_ONLY, **_JIT)
+@njit(parallel=PRANGE_ONLY, **_JIT)
 def _gn_silu_backward(dh, x, h, s, mu, rstd, gamma, groups, count, one, need_dx, dx, part_dyx, part_dy, parallel):
     if parallel:
         for i in prange(dh.shape[0]):

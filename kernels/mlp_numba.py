@@ -33,17 +33,12 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mlp_numba needs numba: pip install "refdiff[fast]"') from exc
 
+from refdiff.kernels._numba_math import PRANGE_ONLY
 from refdiff.nn.fused import numba_yields_to_blas
 
 __all__ = ["bias_silu_forward", "bias_silu_backward", "adam_update", "PARALLEL_MIN", "runs_parallel"]
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
-#: Numba's parallel transforms limited to the explicit ``prange`` (array expressions of a block body
-#: would become parallel regions of their own on the one-thread path, a launch each; ``np.zeros`` does
-#: even so, so the bodies allocate with ``np.empty`` and zero in a loop: with it, GroupNorm + SiLU
-#: forward and backward took 80 us on one thread at 128 values instead of 7).
-_PRANGE_ONLY = dict(prange=True, comprehension=False, reduction=False, inplace_binop=False, setitem=False,
-                    numpy=False, stencil=False, fusion=False)
 _ROWS = 64  # rows per parallel block of an (N, W) pass
 _FLAT = 8192  # values per parallel block of a flat pass
 
@@ -74,7 +69,7 @@ def _bias_half_rows(a, b, has_b, s, half, k):
                 s[i, j] = a[i, j] * half
 
 
-@njit(parallel=_PRANGE_ONLY, **_JIT)
+@njit(parallel=PRANGE_ONLY, **_JIT)
 def _bias_half(a, b, has_b, s, half, parallel):
     n_blocks = (a.shape[0] + _ROWS - 1) // _ROWS
     if parallel:
@@ -101,7 +96,7 @@ def _silu_residual_rows(a, s, r, has_r, h, half, k):
                 h[i, j] = a[i, j] * t
 
 
-@njit(parallel=_PRANGE_ONLY, **_JIT)
+@njit(parallel=PRANGE_ONLY, **_JIT)
 def _silu_residual(a, s, r, has_r, h, half, parallel):
     n_blocks = (a.shape[0] + _ROWS - 1) // _ROWS
     if parallel:
@@ -143,7 +138,7 @@ def _silu_backward_rows(dh, a, s, dh_add, has_add, da, parts, one, k):
             acc[j] += d
 
 
-@njit(parallel=_PRANGE_ONLY, **_JIT)
+@njit(parallel=PRANGE_ONLY, **_JIT)
 def _silu_backward(dh, a, s, dh_add, has_add, da, parts, one, parallel):
     if parallel:
         for k in prange(parts.shape[0]):
@@ -196,7 +191,7 @@ def _adam_values(theta, g, m, v, c1, c2, decay, inv_sqrt_bc2, eps, step_size, k)
         th[i] = th[i] * decay - (mi / (np.sqrt(vi) * inv_sqrt_bc2 + eps)) * step_size
 
 
-@njit(parallel=_PRANGE_ONLY, **_JIT)
+@njit(parallel=PRANGE_ONLY, **_JIT)
 def _adam(theta, g, m, v, c1, c2, decay, inv_sqrt_bc2, eps, step_size, parallel):
     n_blocks = (theta.shape[0] + _FLAT - 1) // _FLAT
     if parallel:
