@@ -298,16 +298,29 @@ def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, l
         m = np.zeros(L, x.dtype)
         tot = np.zeros(L, x.dtype)
         acc = np.zeros(L, x.dtype)
+        sf = score.reshape(-1)
         for blk in range(task * BLOCKS_PER_TASK, min(n_blocks, (task + 1) * BLOCKS_PER_TASK)):
             p0 = np.uint64(blk * L)  # unsigned offsets: no negative-index wrap-around test in the copy loops
             n_lanes = min(L, N - blk * L)
-            for l in range(n_lanes):
-                for j in range(D):
-                    xs[j, l] = x[p0 + np.uint64(l), j]
+            if D == 2:  # two named rows: the copy vectorises (a loop over j of run-time length would not)
+                x0, x1 = xs[0], xs[1]
+                for l in range(n_lanes):
+                    x0[l] = x[p0 + np.uint64(l), 0]
+                    x1[l] = x[p0 + np.uint64(l), 1]
+            else:
+                for l in range(n_lanes):
+                    for j in range(D):
+                        xs[j, l] = x[p0 + np.uint64(l), j]
             _score_block(xs, 0, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, tot, acc, out)
-            for l in range(n_lanes):
-                logp[p0 + np.uint64(l)] = np.float64(m[l]) + _log(np.float64(tot[l]))
-            if want_score:
+            if not want_score:
+                for l in range(n_lanes):
+                    logp[p0 + np.uint64(l)] = np.float64(m[l]) + _log(np.float64(tot[l]))
+            elif D == 2:
+                o0, o1 = out[0], out[1]
+                for l in range(n_lanes):
+                    sf[np.uint64(2) * (p0 + np.uint64(l))] = o0[l]
+                    sf[np.uint64(2) * (p0 + np.uint64(l)) + np.uint64(1)] = o1[l]
+            else:
                 for l in range(n_lanes):
                     for j in range(D):
                         score[p0 + np.uint64(l), j] = out[j, l]
