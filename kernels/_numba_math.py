@@ -66,6 +66,12 @@ if numba.config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1): the same bit
         where llvm.fma.f32 rounds once; the two differ only on rare halfway cases (not bit-exact to JIT)."""
         return np.float32(float(a) * float(b) + float(c))
 
+    def fma(a, b, c):
+        """a * b + c in the operands' dtype: :func:`_fma32` for three float32, :func:`_fma` otherwise."""
+        if all(isinstance(v, np.float32) for v in (a, b, c)):
+            return _fma32(a, b, c)
+        return _fma(a, b, c)
+
 else:
     from llvmlite import ir
     from numba import types
@@ -145,6 +151,19 @@ else:
             return builder.call(fn, args)
 
         return types.float32(types.float32, types.float32, types.float32), codegen
+
+    @intrinsic
+    def fma(typingctx, a, b, c):
+        """a * b + c with one rounding in the operands' dtype (all three float32 or all float64): llvm.fma."""
+        if not (isinstance(a, types.Float) and a.bitwidth in (32, 64) and b == a and c == a):
+            return None
+
+        def codegen(context, builder, signature, args):
+            f = ir.FloatType() if a.bitwidth == 32 else ir.DoubleType()
+            fn = builder.module.declare_intrinsic("llvm.fma", [f], ir.FunctionType(f, [f, f, f]))
+            return builder.call(fn, args)
+
+        return a(a, a, a), codegen
 
 
 # --------------------------------------------------------------------------- branch-free exp, log, sin/cos

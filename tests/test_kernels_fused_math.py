@@ -132,3 +132,27 @@ def test_kernel_normals_match_the_contract_on_many_particles():
         got = FN.normals(seed, particles, draw, dim)
         np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
         assert np.max(_ulps(got, want)[np.abs(want) > 1e-3]) <= 4.0
+
+
+@numba.njit(error_model="numpy")
+def _fma_all(a, b, c, out):
+    for i in range(a.shape[0]):
+        out[i] = NM.fma(a[i], b[i], c[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fma_rounds_once_in_the_operands_dtype(dtype):
+    """fma(a, b, c) is a * b + c rounded once: exact where the product's low half is all that is left
+    (a * b + c with c = -round(a * b) is the rounding error of the product, which plain a * b + c loses)."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(5)
+    a = (1.0 + rng.random(500)).astype(dtype)
+    b = (1.0 + rng.random(500)).astype(dtype)
+    c = -(a * b)  # rounded product, negated
+    out = np.empty_like(a)
+    _fma_all(a, b, c, out)
+    assert out.dtype == dtype
+    exact = np.array([float(Fraction(float(p)) * Fraction(float(q)) + Fraction(float(r))) for p, q, r in zip(a, b, c)])
+    np.testing.assert_array_equal(out.astype(np.float64), exact.astype(dtype).astype(np.float64))
+    assert np.count_nonzero(out) > 400  # the plain product-then-sum gives 0 everywhere

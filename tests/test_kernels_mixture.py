@@ -144,14 +144,15 @@ def test_far_point_stays_finite(backend, dtype_name, kind):
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("kind,K,D", [("isotropic", 12, 8), ("diagonal", 12, 8), ("full", 3, 3), ("isotropic", 4, 2)])
+@pytest.mark.parametrize("kind,K,D", [("isotropic", 12, 8), ("diagonal", 12, 8), ("full", 3, 3), ("isotropic", 4, 2),
+                                      ("diagonal", 5, 2)])
 @pytest.mark.parametrize("per_example_t", [False, True])
 @pytest.mark.parametrize("row", [217, 299])  # inside a full block; in the last, partial one
 def test_non_finite_points_raise(backend, kind, K, D, bad, per_example_t, row):
     """Every backend and path names x when it holds NaN or infinity (the GEMM path finds them as it reads x)."""
     gm = make_mixture(kind, K, D)
     x64 = np.random.default_rng(2).standard_normal((300, D))
-    x64[row, D - 1] = bad  # one value, in the last column
+    x64[row, (D - 1) * ((row // 2) % 2)] = bad  # one value: row 217 in the first column, 299 in the last
     x = on_backend(backend, x64.astype(np.float32))
     t = np.full(300, 0.5) if per_example_t else 0.5
     for method in (gm.score, gm.log_prob):
@@ -235,6 +236,35 @@ def test_gemm_path_refines_where_the_expanded_form_cancels(numba_twin, monkeypat
     monkeypatch.setattr(numba_twin, "SCORE_KAPPA", np.inf)
     with pytest.raises(AssertionError):
         check(numba_twin._evaluate(gm, x, None, None, True), want_score, dtype_name, "score")
+
+
+@pytest.mark.parametrize("K", [5, 8])
+@pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_one_pass_d2_kernel_redoes_points_far_from_every_component(numba_twin, monkeypatch, dtype_name, kind, K):
+    """D = 2 shifts the weights by the largest log-normaliser, not each point's best logit; points whose best
+    component lies beyond SHIFT_LIMIT of it are redone lane by lane (here scattered through full and partial blocks),
+    and a component of prior weight 1e-30 sits among them (its nu_k is tiny, never subnormal in float64)."""
+    gm = make_mixture(kind, K, 2, seed=K)
+    w = gm.weights.copy()
+    w[0] = 1e-30
+    gm = GaussianMixture(w / w.sum(), gm.means, gm.covs)
+    rng = np.random.default_rng(K)
+    x64 = 2.0 * rng.standard_normal((1000, 2))
+    far = rng.choice(1000, 60, replace=False)
+    radius = 40.0 if dtype_name == "float32" else 150.0  # q_k / 2 above 60 resp. 662 for every component at t = 0.5
+    angle = rng.uniform(0, 2 * np.pi, far.size)
+    x64[far] = radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    x = x64.astype(dtype_name)
+    want_logp, want_score = oracle(gm, x.astype(np.float64), PROCESS, 0.5)
+    assert numba_twin.choose_path(0 if kind == "isotropic" else 1, x.dtype, K, 2, False) == "lanes"
+    check(numba_twin._evaluate(gm, x, PROCESS, 0.5, True), want_score, dtype_name, "score")
+    check(numba_twin._evaluate(gm, x, PROCESS, 0.5, False), want_logp, dtype_name, "log_prob")
+    monkeypatch.setattr(numba_twin, "SHIFT_LIMIT", (-np.inf, -np.inf))  # never redo: the case must need it
+    with pytest.raises(AssertionError):
+        check(numba_twin._evaluate(gm, x, PROCESS, 0.5, True), want_score, dtype_name, "score")
+    with pytest.raises(AssertionError):
+        check(numba_twin._evaluate(gm, x, PROCESS, 0.5, False), want_logp, dtype_name, "log_prob")
 
 
 def test_path_choice(numba_twin):
