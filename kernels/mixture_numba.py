@@ -851,7 +851,8 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
     dtype = x.dtype
     xk = np.ascontiguousarray(x if dtype in (np.float32, np.float64) else x.astype(np.float64))
     gamma, var = _process_coefs(process, t)
-    per_example(gamma, x, "t")  # shape check of a per-example t
+    if gamma.ndim:
+        per_example(gamma, x, "t")  # shape check of a per-example t
     N, D = xk.shape
     log_w, mu, lam, U, kind = mixture_arrays(mixture)
     K = log_w.shape[0]

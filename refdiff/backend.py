@@ -129,6 +129,8 @@ def as_float_array(x, name: str, xp=None):
         If ``x`` is complex or not numeric.
     """
     if xp is None:
+        if type(x) is np.ndarray and x.dtype.kind == "f":  # the common case, without the namespace lookup
+            return x
         if not hasattr(x, "__array_namespace__") and not isinstance(x, np.ndarray):
             try:
                 x = np.asarray(x)
