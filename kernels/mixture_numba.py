@@ -625,9 +625,9 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
                     logit[k, l] = w
                     tot[l] += w
                     ts[l] += w * sk
-            for l in range(n_lanes):
-                logp[p0 + l] = np.float64(m[l]) + _log(np.float64(tot[l]))
             if not want_score:
+                for l in range(n_lanes):
+                    logp[p0 + l] = np.float64(m[l]) + _log(np.float64(tot[l]))
                 continue
             _dot_tn(logit, A, P, tmp, rows2)  # sum_k w_k s_k gmu_k
             if s_iso:
