@@ -732,6 +732,33 @@ def _gemm_operands(log_w, mu, lam, g, v, kappa, kappa_s, isotropic, x):
     return M1, A, B, kc, gmu, s, const
 
 
+@njit(**_JIT)
+def _lane_operands(log_w, mu, lam, g, v, bias, x):
+    """The lane kernels' constants in one compiled call, from the active components' log w_k, means and
+    eigenvalues (K, D) and gamma_t = g, sigma_t^2 = v: ``(means, inv_c, log_norm)`` as (1, K, D), (1, K, D),
+    (1, K) in x's dtype (gamma mu_k, 1 / c_k, log w_k - (D log 2 pi + sum log c_k) / 2), and for the one-pass
+    kernel ``nu`` (K,) in x's dtype, nu_k = exp(log_norm_k - shift), with ``shift`` = max_k log_norm_k - bias."""
+    K, D = mu.shape
+    means = np.empty((1, K, D), x.dtype)
+    inv_c = np.empty((1, K, D), x.dtype)
+    log_norm = np.empty((1, K), x.dtype)
+    const = np.empty(K)
+    for k in range(K):
+        logdet = 0.0
+        for d in range(D):
+            c = g * g * lam[k, d] + v
+            logdet += np.log(c)
+            means[0, k, d] = g * mu[k, d]
+            inv_c[0, k, d] = 1.0 / c
+        const[k] = log_w[k] - 0.5 * (D * _LOG_2PI + logdet)
+        log_norm[0, k] = const[k]
+    shift = const.max() - bias
+    nu = np.empty(K, x.dtype)
+    for k in range(K):
+        nu[k] = np.exp(const[k] - shift)
+    return means, inv_c, log_norm, nu, shift
+
+
 def gemm_lanes(K, E):
     """Points per block of the GEMM path: as many as keep the first product one BLAS call of at most
     :data:`GEMM_BLOCK_WORK` (best measured: 128 at D = 16, K = 32; 32 at D = 64, K = 128), at most 128
@@ -883,17 +910,11 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
             if n_bad:
                 check_finite(xk, "x")  # raises unless |x|^2 merely overflowed
         else:
-            g, v = float(gamma), float(var)
-            c = g * g * lam + v  # (K, D) eigenvalues of C_k
-            const = log_w - 0.5 * (D * _LOG_2PI + np.sum(np.log(c), axis=1))
-            gmu = np.ascontiguousarray(g * mu)
-            lanes = min(LANES, N)
             dt = xk.dtype
-            means, inv_c, log_norm = gmu[None].astype(dt), (1.0 / c)[None].astype(dt), const[None].astype(dt)
+            i = int(dt == np.float64)
+            means, inv_c, log_norm, nu, shift = _lane_operands(log_w, mu, lam, float(gamma), float(var), SHIFT_BIAS[i], xk[:0])
+            lanes = min(LANES, N)
             if one_pass:
-                i = int(xk.dtype == np.float64)
-                shift = float(np.max(const)) - SHIFT_BIAS[i]
-                nu = np.exp(const - shift).astype(dt)
                 limit = dt.type(math.exp(SHIFT_LIMIT[i]))
                 with np.errstate(invalid="ignore", over="ignore"):  # as for the GEMM kernel
                     n_bad = _score_lanes_2d(xk, means, inv_c, log_norm, nu, shift, limit, want_score, lanes, score, logp)
