@@ -9,7 +9,8 @@ occur in the kernels are not handled); against NumPy on 2e7 points each:
 ``mixture_numba``. Under ``NUMBA_DISABLE_JIT=1`` the bit casts and the FMA
 have plain-Python equivalents, so the kernels compute the same numbers.
 Also :data:`PRANGE_ONLY`, the ``parallel=`` option of the kernels with a
-one-thread path (``mlp_numba``, ``conv_numba``).
+one-thread path (``mlp_numba``, ``conv_numba``), the dtype-generic
+:func:`fma`, and :func:`prefer_wide_vectors` (512-bit lane loops).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ if numba.config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1): the same bit
         """float32 a * b + c: the product is exact in float64, so this rounds twice (float64, then float32)
         where llvm.fma.f32 rounds once; the two differ only on rare halfway cases (not bit-exact to JIT)."""
         return np.float32(float(a) * float(b) + float(c))
+
+    def prefer_wide_vectors():
+        """No-op without the JIT (see the compiled version)."""
 
     def fma(a, b, c):
         """a * b + c in the operands' dtype: :func:`_fma32` for three float32, :func:`_fma` otherwise."""
@@ -151,6 +155,25 @@ else:
             return builder.call(fn, args)
 
         return types.float32(types.float32, types.float32, types.float32), codegen
+
+    @intrinsic
+    def prefer_wide_vectors(typingctx):
+        """Let LLVM vectorise the function this is called in with 512-bit registers where the CPU has them.
+
+        LLVM's tuning for recent AVX-512 CPUs (Skylake-SP to Sapphire Rapids) prefers 256-bit vectors, so
+        Numba's lane loops use half the SIMD width. This sets the function's ``prefer-vector-width``
+        attribute to 512 (the clang ``-mprefer-vector-width=512`` of one function; a CPU without AVX-512 is
+        unaffected). Called at the top of a ``prange`` body it reaches the loop's outlined function, where
+        the lane loops are. llvmlite's attribute set admits only its known names, so the key-value attribute
+        goes into the underlying set as the text LLVM reads. Measured: the D = 2 mixture score kernel,
+        0.437 -> 0.345 ms on one thread (N = 1e5, K = 8, float32).
+        """
+
+        def codegen(context, builder, signature, args):
+            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+            return context.get_dummy_value()
+
+        return types.none(), codegen
 
     @intrinsic
     def fma(typingctx, a, b, c):

@@ -50,7 +50,7 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError("refdiff.kernels.fused_numba needs numba: pip install 'refdiff[fast]'") from exc
 
-from refdiff.kernels._numba_math import _log, _sincos
+from refdiff.kernels._numba_math import _log, _sincos, prefer_wide_vectors
 from refdiff.kernels.mixture_numba import _score_block
 from refdiff.samplers.fused import score_constants, start_state
 
@@ -161,6 +161,7 @@ def _run(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, 
     L = lanes  # a run-time value, so that LLVM's loop vectorizer (not full unrolling) takes the lane loops
     n_blocks = (N + L - 1) // L
     for blk in prange(n_blocks):
+        prefer_wide_vectors()
         p0 = blk * L
         n_lanes = min(L, N - p0)
         xs = np.zeros((D, L), dtype=np.float64)  # the state, float64 within a row

@@ -137,7 +137,7 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_math import _log, exp_weight, fma
+from refdiff.kernels._numba_math import _log, exp_weight, fma, prefer_wide_vectors
 
 __all__ = ["mixture_score", "mixture_log_prob", "mixture_score_point", "mixture_arrays", "LANES", "GEMM_MIN_KD"]
 
@@ -299,6 +299,7 @@ def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, l
     n_blocks = (N + L - 1) // L
     n_tasks = (n_blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
     for task in prange(n_tasks):
+        prefer_wide_vectors()
         xs = np.zeros((D, L), x.dtype)
         out = np.zeros((D, L), x.dtype)
         logit = np.zeros((K, L), x.dtype)
@@ -410,6 +411,7 @@ def _score_lanes_2d(x, means, inv_c, log_norm, nu, shift, limit, want_score, lan
     n_tasks = (n_blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
     n_bad = 0
     for task in prange(n_tasks):
+        prefer_wide_vectors()
         acc = np.zeros((3, L), x.dtype)  # t, a0, a1
         xs = np.zeros((2, L), x.dtype)  # the block, laid out as the two-pass block takes it
         out = np.zeros((2, L), x.dtype)
@@ -555,6 +557,7 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
     big = np.finfo(x.dtype).max
     n_bad = 0
     for task in prange(n_tasks):
+        prefer_wide_vectors()
         xs = np.zeros((E, L), x.dtype)  # the block, transposed (and its squares below it, diagonal)
         logit = np.zeros((K, L), x.dtype)
         P = np.zeros((L, D), x.dtype)

@@ -156,3 +156,30 @@ def test_fma_rounds_once_in_the_operands_dtype(dtype):
     exact = np.array([float(Fraction(float(p)) * Fraction(float(q)) + Fraction(float(r))) for p, q, r in zip(a, b, c)])
     np.testing.assert_array_equal(out.astype(np.float64), exact.astype(dtype).astype(np.float64))
     assert np.count_nonzero(out) > 400  # the plain product-then-sum gives 0 everywhere
+
+
+def _axpy_asm(wide):
+    """The assembly of a fresh (uncached) lane loop, with or without prefer_wide_vectors()."""
+
+    def axpy(a, x, y):
+        if wide:
+            NM.prefer_wide_vectors()
+        for i in range(x.shape[0]):
+            y[i] += a * x[i]
+
+    f = numba.njit(error_model="numpy")(axpy)
+    x = np.ones(64)
+    f(2.0, x, x.copy())
+    return "".join(f.inspect_asm().values())
+
+
+@pytest.mark.skipif(not JIT, reason="assembly needs the JIT")
+def test_prefer_wide_vectors_gives_512_bit_lane_loops():
+    """With the attribute a loop uses zmm registers where the CPU has AVX-512; without it LLVM's tuning for
+    recent AVX-512 CPUs keeps to ymm (which is why the hot kernels ask)."""
+    import llvmlite.binding as ll
+
+    if "+avx512f" not in ll.get_host_cpu_features().flatten().split(","):
+        pytest.skip("the CPU has no AVX-512")
+    wide, plain = _axpy_asm(True), _axpy_asm(False)
+    assert wide.count("zmm") > plain.count("zmm")  # plain: none, under LLVM's tuning for this CPU
