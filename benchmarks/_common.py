@@ -34,17 +34,21 @@ RECORDED_VARS = THREAD_VARS + CORETYPE_VARS + (
 )
 
 
-def child_env(threads: int, unset_coretype: bool = False, base=None, numba_layer: str = "workqueue") -> dict:
+def child_env(threads: int, unset_coretype: bool = False, base=None, numba_layer: str = "workqueue",
+              omp_wait_policy: str | None = "PASSIVE") -> dict:
     """The environment of a benchmark worker: thread pools pinned to ``threads``.
 
     ``PYTHONPATH``/``PYTHONHOME``/``PYTHONSTARTUP`` are dropped (a worker finds
     the checkout itself); ``NUMBA_THREADING_LAYER`` defaults to
     ``numba_layer``: ``workqueue`` (OpenMP spin-waits collapse on two shared
-    cores), or ``omp`` with ``OMP_WAIT_POLICY=PASSIVE`` (no spinning; for a
-    worker that runs Numba kernels alone: the mixture score's medians were
-    1.1-1.7x lower and steadier than under workqueue, the fused sampler's the
-    same; a PyTorch worker keeps its own OpenMP policy). ``unset_coretype``
-    removes ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` together.
+    cores), or ``omp``, with ``OMP_WAIT_POLICY`` defaulting to
+    ``omp_wait_policy`` (None: OpenMP's own, which spins a while before it
+    sleeps). PASSIVE workers sleep at once: the fused sampler's times are the
+    same either way and steadier, but waking them costs each call some 70 us,
+    a third of the D = 2 mixture score (0.28 ms passive, 0.20 by default),
+    so that worker keeps the default. A PyTorch worker keeps its own OpenMP
+    policy. ``unset_coretype`` removes ``OPENBLAS_CORETYPE`` and
+    ``OPENBLAS_L2_SIZE`` together.
     """
     env = dict(os.environ if base is None else base)
     for k in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"):
@@ -52,8 +56,8 @@ def child_env(threads: int, unset_coretype: bool = False, base=None, numba_layer
     for k in THREAD_VARS:
         env[k] = str(int(threads))
     env.setdefault("NUMBA_THREADING_LAYER", numba_layer)
-    if env["NUMBA_THREADING_LAYER"] == "omp":
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if env["NUMBA_THREADING_LAYER"] == "omp" and omp_wait_policy is not None:
+        env.setdefault("OMP_WAIT_POLICY", omp_wait_policy)
     if unset_coretype:
         for k in CORETYPE_VARS:
             env.pop(k, None)

@@ -309,7 +309,7 @@ def main(argv=None):
         return 0
 
     env = child_env(args.threads)  # the peers'
-    refdiff_env = child_env(args.threads, numba_layer="omp")
+    refdiff_env = child_env(args.threads, numba_layer="omp", omp_wait_policy=None)  # a plain environment
     common = ["--threads", str(args.threads), "--repeat", str(args.repeat), "--sizes", *args.sizes]
     run = subprocess.run(
         [sys.executable, __file__, "--worker", "refdiff", *common] + (["--crossover"] if args.crossover else []),

@@ -18,7 +18,10 @@ algorithms, at most 2 ulp; tests/test_kernels_fused_math.py). A lane's
 arithmetic does not depend on the block or lane it lands in (no
 reductions across lanes; a call uses min(LANES, N) lanes per block and
 pads the last block with lanes whose results are dropped), so a
-particle's path does not depend on N.
+particle's path does not depend on N. Each block asks for 512-bit vectors
+(``prefer_wide_vectors``; LLVM's tuning for recent AVX-512 CPUs prefers 256):
+the Euler-Maruyama benchmark, 1e5 particles by 1000 steps on 2 threads,
+went from 0.950 to 0.709 s, with the same numbers.
 
 Precision. Every row is computed in float64 and the state is rounded to its
 dtype (float32 or float64) when stored, once per row; the reference computes

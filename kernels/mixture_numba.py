@@ -39,7 +39,11 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   its weights would lean on the exp's lower clamp is redone by the two-pass
   block on its lane (:data:`SHIFT_LIMIT`). The N = 1e5, K = 8 float32 score
   took 1.17 ms on one thread with the two-pass block (0.4 of it in the copies
-  in and out and a log per point the score does not use), 0.44 now.
+  in and out and a log per point the score does not use), 0.44 in one pass,
+  0.35 with 512-bit vectors. The shift does not suit the GEMM path: at
+  D = 64 a point's best logit lies some D/2 plus the spread of the
+  log-determinants below the largest log-normaliser, more than float32's
+  window of about 60 e-folds, and most points would be redone.
 * **gemm** (scalar t; isotropic or diagonal; D >= 3 and
   K*D >= :data:`GEMM_MIN_KD`): per block of points the quadratic forms
   :math:`q_k=\sum_d s_{kd}(x_d-\gamma\mu_{kd})^2`, :math:`s_k=c_k^{-1}`, come
@@ -84,9 +88,11 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   :func:`mixture_score_point`, which forms :math:`c_k` for its own t (one
   streaming pass, online log-sum-exp).
 
-``prange`` runs over particle tasks only (the outermost loop); there is no
-``fastmath`` and no random number inside a kernel. The GEMM path works in
-x's dtype (float32 runs 8 SIMD lanes and the float32 exp ``_exp_weight32``),
+``prange`` runs over particle tasks only (the outermost loop), and each task
+asks for 512-bit vectors (``prefer_wide_vectors``: LLVM's tuning for these
+CPUs prefers 256); there is no ``fastmath`` and no random number inside a
+kernel. The GEMM path works in x's dtype (float32 runs twice the SIMD lanes
+of float64, and the float32 exp ``_exp_weight32``),
 keeps its softmax weights unnormalised until the score (one division per
 point) and raises log-weights below ``log(tiny) + log K + 20`` to that floor,
 so no operand is subnormal (``_weight_floor``).

@@ -332,6 +332,8 @@ def test_child_env_pins_threads_and_picks_the_numba_layer(scripts):
     assert env["NUMBA_THREADING_LAYER"] == "workqueue" and "OMP_WAIT_POLICY" not in env
     omp = common.child_env(2, base=base, numba_layer="omp")
     assert omp["NUMBA_THREADING_LAYER"] == "omp" and omp["OMP_WAIT_POLICY"] == "PASSIVE"
+    plain = common.child_env(2, base=base, numba_layer="omp", omp_wait_policy=None)  # OpenMP's own policy
+    assert plain["NUMBA_THREADING_LAYER"] == "omp" and "OMP_WAIT_POLICY" not in plain
     mine = common.child_env(2, base=dict(base, NUMBA_THREADING_LAYER="tbb"), numba_layer="omp")
     assert mine["NUMBA_THREADING_LAYER"] == "tbb" and "OMP_WAIT_POLICY" not in mine  # the caller's choice stands
 
