@@ -238,7 +238,7 @@ def test_gemm_path_refines_where_the_expanded_form_cancels(numba_twin, monkeypat
         check(numba_twin._evaluate(gm, x, None, None, True), want_score, dtype_name, "score")
 
 
-@pytest.mark.parametrize("K", [5, 8])
+@pytest.mark.parametrize("K", [1, 4, 5, 8])
 @pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
 def test_one_pass_d2_kernel_redoes_points_far_from_every_component(numba_twin, monkeypatch, dtype_name, kind, K):
@@ -261,8 +261,9 @@ def test_one_pass_d2_kernel_redoes_points_far_from_every_component(numba_twin, m
     check(numba_twin._evaluate(gm, x, PROCESS, 0.5, True), want_score, dtype_name, "score")
     check(numba_twin._evaluate(gm, x, PROCESS, 0.5, False), want_logp, dtype_name, "log_prob")
     monkeypatch.setattr(numba_twin, "SHIFT_LIMIT", (-np.inf, -np.inf))  # never redo: the case must need it
-    with pytest.raises(AssertionError):
-        check(numba_twin._evaluate(gm, x, PROCESS, 0.5, True), want_score, dtype_name, "score")
+    if K > 1:  # one component's clamped weight cancels from its score, not from log p
+        with pytest.raises(AssertionError):
+            check(numba_twin._evaluate(gm, x, PROCESS, 0.5, True), want_score, dtype_name, "score")
     with pytest.raises(AssertionError):
         check(numba_twin._evaluate(gm, x, PROCESS, 0.5, False), want_logp, dtype_name, "log_prob")
 
