@@ -17,7 +17,7 @@ and :math:`z_k=x-\gamma_t\mu_k`,
 
 Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
 
-* **lanes** (scalar t; full covariances, D = 2, or K*D < :data:`GEMM_MIN_KD`):
+* **lanes** (scalar t; D <= 4, full covariances, or K*D < :data:`GEMM_MIN_KD`):
   ``_score_lanes`` takes particles in blocks of :data:`LANES`, transposed to
   (D, LANES), and runs ``_score_block`` on each: pass 1 holds the logits as
   (K, LANES) from the differences :math:`z_k` (never from the cancelling
@@ -30,21 +30,23 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   (``prange`` over tasks). The block works in x's dtype, as the reference's
   quadratic forms do (float32: twice the SIMD lanes and the float32 exp);
   the log-sum-exp adds in float64.
-  For D = 2 with isotropic or diagonal covariances ``_score_lanes_2d`` runs
-  instead, in one pass: the weights are :math:`\nu_k e^{-q_k/2}` with prior
+  For D <= 4 (:data:`ONE_PASS_MAX_D`) with isotropic or diagonal covariances
+  ``_score_lanes_1pass`` runs instead, in one pass: the weights are :math:`\nu_k e^{-q_k/2}` with prior
   factors :math:`\nu_k` taken relative to the largest log-normaliser (formed
   in float64), not relative to each point's largest logit, so no pass has to
   find that first; four components per lane loop keep their constants and
-  the running sums in registers. A point so far from every component that
+  the running sums in registers (two coordinates for D <= 2, four for D = 3
+  and 4, padded with zeros). A point so far from every component that
   its weights would lean on the exp's lower clamp is redone by the two-pass
   block on its lane (:data:`SHIFT_LIMIT`). The N = 1e5, K = 8 float32 score
   took 1.17 ms on one thread with the two-pass block (0.4 of it in the copies
   in and out and a log per point the score does not use), 0.44 in one pass,
-  0.35 with 512-bit vectors. The shift does not suit the GEMM path: at
+  0.35 with 512-bit vectors; at D = 4, K = 32 it takes 2.3 ms where the GEMM
+  path took 3.9 (D = 3: 2.0 and 6.0). The shift does not suit the GEMM path: at
   D = 64 a point's best logit lies some D/2 plus the spread of the
   log-determinants below the largest log-normaliser, more than float32's
   window of about 60 e-folds, and most points would be redone.
-* **gemm** (scalar t; isotropic or diagonal; D >= 3 and
+* **gemm** (scalar t; isotropic or diagonal; D >= 5 and
   K*D >= :data:`GEMM_MIN_KD`): per block of points the quadratic forms
   :math:`q_k=\sum_d s_{kd}(x_d-\gamma\mu_{kd})^2`, :math:`s_k=c_k^{-1}`, come
   from a BLAS product in x's dtype, :math:`-2\sum_d s_{kd}\gamma\mu_{kd}x_d`
@@ -151,8 +153,8 @@ __all__ = ["mixture_score", "mixture_log_prob", "mixture_score_point", "mixture_
 LANES = 64
 #: Blocks that share one set of scratch arrays (one ``prange`` task): allocation stays off the per-block path.
 BLOCKS_PER_TASK = 8
-#: Scalar t, isotropic/diagonal, D >= 3: K * D at or above this takes the GEMM path (D = 2 has its own
-#: lane loop, faster than any GEMM).
+#: Scalar t, isotropic/diagonal, D > ONE_PASS_MAX_D: K * D at or above this takes the GEMM path (D <= 4
+#: has its own one-pass lane loop, faster than the GEMM path at every K measured).
 GEMM_MIN_KD = 32
 #: GEMM path: m * n * k of one BLAS call at most. OpenBLAS runs a GEMM of m n k <= 2^18 on the calling
 #: thread (180-200 GFLOP/s float32 per core at these shapes, the core's peak; 128 x 64 x 128 in one call
@@ -343,13 +345,15 @@ def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, l
                         score[p0 + np.uint64(l), j] = out[j, l]
 
 
-# --------------------------------------------------------------------------- lanes, D = 2: one pass
-#: Lanes path, D = 2: the prior factors are nu_k = exp(log_norm_k - max_j log_norm_j + bias), the bias by dtype
+# --------------------------------------------------------------------------- lanes, D <= 4: one pass
+#: Lanes path: isotropic or diagonal covariances up to this dimension take the one-pass kernel.
+ONE_PASS_MAX_D = 4
+#: Lanes path, D <= 4: the prior factors are nu_k = exp(log_norm_k - max_j log_norm_j + bias), the bias by dtype
 #: (float32, float64), so that a weight clamped at the exp's floor (exp(-87), exp(-708)) times any field above
-#: 1e-20 is still a normal number (no microcode assist); see :func:`_score_lanes_2d`.
+#: 1e-20 is still a normal number (no microcode assist); see :func:`_score_lanes_1pass`.
 SHIFT_BIAS = (60.0, 600.0)
-#: Lanes path, D = 2: a block holding a point whose weights sum below exp(this), by dtype, is redone by the
-#: two-pass block: such a point is so far from every component that the clamped weights, at most
+#: Lanes path, D <= 4: a point whose weights sum below exp(this), by dtype, is redone by the two-pass
+#: block on its lane: it is so far from every component that the clamped weights, at most
 #: K exp(-87 + 60) (float32) or K exp(-708 + 600) (float64), would no longer be negligible beside its sum.
 SHIFT_LIMIT = (0.0, -62.0)
 
@@ -385,9 +389,85 @@ def _accumulate4_2d(u, v, c0, c1, c2, c3, t, a0, a1):
     return _accumulate_2d(u, v, c3, t, a0, a1)
 
 
+@njit(inline="always", **_JIT)
+def _component_4d(mu, h, nu, k):
+    """:func:`_component_2d` for four coordinates (D = 3 comes padded with a zero one)."""
+    return mu[k, 0], mu[k, 1], mu[k, 2], mu[k, 3], h[k, 0], h[k, 1], h[k, 2], h[k, 3], nu[k]
+
+
+@njit(inline="always", **_JIT)
+def _accumulate_4d(x0, x1, x2, x3, c, t, a0, a1, a2, a3):
+    """:func:`_accumulate_2d` for four coordinates."""
+    mu0, mu1, mu2, mu3, h0, h1, h2, h3, nu = c
+    y0 = x0 - mu0
+    y1 = x1 - mu1
+    y2 = x2 - mu2
+    y3 = x3 - mu3
+    g0 = y0 * h0
+    g1 = y1 * h1
+    g2 = y2 * h2
+    g3 = y3 * h3
+    w = nu * exp_weight(-fma(y3, g3, fma(y2, g2, fma(y1, g1, y0 * g0))))
+    return t + w, fma(-w, g0, a0), fma(-w, g1, a1), fma(-w, g2, a2), fma(-w, g3, a3)
+
+
+@njit(inline="always", **_JIT)
+def _accumulate4_4d(u0, u1, u2, u3, c0, c1, c2, c3, t, a0, a1, a2, a3):
+    """:func:`_accumulate_4d` of four components in turn."""
+    t, a0, a1, a2, a3 = _accumulate_4d(u0, u1, u2, u3, c0, t, a0, a1, a2, a3)
+    t, a0, a1, a2, a3 = _accumulate_4d(u0, u1, u2, u3, c1, t, a0, a1, a2, a3)
+    t, a0, a1, a2, a3 = _accumulate_4d(u0, u1, u2, u3, c2, t, a0, a1, a2, a3)
+    return _accumulate_4d(u0, u1, u2, u3, c3, t, a0, a1, a2, a3)
+
+
+@njit(inline="always", **_JIT)
+def _load_lanes(x, p0, n_lanes, xs):
+    """xs[j, l] = x[p0 + l, j] for the block's lanes (D <= 4; rows past D stay as they are: zero); True if a
+    value is not finite (x - x is NaN there). The rows are named, one statement each: a loop over j would keep
+    the copy scalar."""
+    D = x.shape[1]
+    bad = 0
+    if D == 2:
+        x0, x1 = xs[0], xs[1]
+        for l in range(n_lanes):
+            u = x[p0 + np.uint64(l), 0]
+            v = x[p0 + np.uint64(l), 1]
+            x0[l] = u
+            x1[l] = v
+            bad |= (u - u) != (v - v)
+    elif D == 3:  # x flat, with a literal stride: LLVM reads it as an interleaved group, not by gathers
+        x0, x1, x2 = xs[0], xs[1], xs[2]
+        xf = x.reshape(-1)
+        for l in range(n_lanes):
+            p = np.uint64(3) * (p0 + np.uint64(l))
+            u, v, w = xf[p], xf[p + np.uint64(1)], xf[p + np.uint64(2)]
+            x0[l] = u
+            x1[l] = v
+            x2[l] = w
+            bad |= ((u - u) + (v - v)) + (w - w) != 0
+    elif D == 4:
+        x0, x1, x2, x3 = xs[0], xs[1], xs[2], xs[3]
+        xf = x.reshape(-1)
+        for l in range(n_lanes):
+            p = np.uint64(4) * (p0 + np.uint64(l))
+            u, v, w, z = xf[p], xf[p + np.uint64(1)], xf[p + np.uint64(2)], xf[p + np.uint64(3)]
+            x0[l] = u
+            x1[l] = v
+            x2[l] = w
+            x3[l] = z
+            bad |= ((u - u) + (v - v)) + ((w - w) + (z - z)) != 0
+    else:
+        x0 = xs[0]
+        for l in range(n_lanes):
+            u = x[p0 + np.uint64(l), 0]
+            x0[l] = u
+            bad |= (u - u) != 0
+    return bad
+
+
 @njit(parallel=True, **_JIT)
-def _score_lanes_2d(x, means, inv_c, log_norm, nu, shift, limit, want_score, lanes, score, logp):
-    r"""``_score_lanes`` for D = 2, isotropic or diagonal: one pass over the components.
+def _score_lanes_1pass(x, means, inv_c, log_norm, nu, shift, limit, want_score, lanes, score, logp):
+    r"""``_score_lanes`` for D <= 4, isotropic or diagonal: one pass over the components.
 
     The two-pass block finds each point's largest logit before it takes the
     exps. Here the weights are :math:`\nu_k e^{-q_k/2}` with the prior factors
@@ -397,70 +477,114 @@ def _score_lanes_2d(x, means, inv_c, log_norm, nu, shift, limit, want_score, lan
     q_k's magnitude, as in the block), and log p = shift + log(sum of the
     weights). Four components run per lane loop, their constants in
     registers, with t and a, the sums of the weights and of w g, in registers
-    across them. A block in which a point's weights sum below ``limit`` (its
-    best component 60 e-folds below the largest log-normaliser in float32:
-    about 11 standard deviations from every component) is redone by
-    ``_score_block_2d``. Returns the number of points whose coordinates are
-    not all finite (read with the block; the caller raises).
+    across them; the lane loop takes two coordinates (D <= 2) or four (D = 3
+    and 4; the missing ones are zeros, with zero constants). A point whose
+    weights sum below ``limit`` (its best component 60 e-folds below the
+    largest log-normaliser in float32: about 11 standard deviations from
+    every component at D = 2) is redone by ``_score_block`` on its own lane.
+    Returns the number of points whose coordinates are not all finite (read
+    with the block; the caller raises).
     """
-    N = x.shape[0]
+    N, D = x.shape
     K = log_norm.shape[1]
+    P = 2 if D <= 2 else 4
     L = lanes
     dt = x.dtype.type
-    mu = means[0]
-    h = np.empty((K, 2), x.dtype)
+    mu = np.zeros((K, P), x.dtype)
+    h = np.zeros((K, P), x.dtype)
     for k in range(K):
-        h[k, 0] = dt(0.5) * inv_c[0, k, 0]
-        h[k, 1] = dt(0.5) * inv_c[0, k, 1]
+        for j in range(D):
+            mu[k, j] = means[0, k, j]
+            h[k, j] = dt(0.5) * inv_c[0, k, j]
+    U = np.zeros((1, 1, 1), x.dtype)  # for the two-pass block, which takes no rotation here
     K4 = K - K % 4
     n_blocks = (N + L - 1) // L
     n_tasks = (n_blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
     n_bad = 0
     for task in prange(n_tasks):
         prefer_wide_vectors()
-        acc = np.zeros((3, L), x.dtype)  # t, a0, a1
-        xs = np.zeros((2, L), x.dtype)  # the block, laid out as the two-pass block takes it
-        out = np.zeros((2, L), x.dtype)
+        # the block, transposed (rows D .. P - 1 stay zero), then t, a_0 .. a_{P-1}: rows of one array of
+        # LANES columns, so that LLVM sees the rows LANES apart and vectorises without run-time alias checks
+        buf = np.zeros((1 + 2 * P, LANES), x.dtype)
+        xs, acc = buf[:P], buf[P:]  # whole rows: C-contiguous, of which the loops use the first L
+        r = np.zeros(L, x.dtype)
+        # the two-pass block's scratch, for the rare point it redoes
+        out = np.zeros((D, L), x.dtype)
         logit = np.zeros((K, L), x.dtype)
+        qs = np.zeros((K, D, L), x.dtype)
+        ya = np.zeros(L, x.dtype)
+        quad = np.zeros(L, x.dtype)
         m = np.zeros(L, x.dtype)
         tot = np.zeros(L, x.dtype)
-        t, a0, a1, x0, x1 = acc[0], acc[1], acc[2], xs[0], xs[1]
+        av = np.zeros(L, x.dtype)
+        t = acc[0]
         sf = score.reshape(-1)
         for blk in range(task * BLOCKS_PER_TASK, min(n_blocks, (task + 1) * BLOCKS_PER_TASK)):
             p0 = np.uint64(blk * L)
             n_lanes = min(L, N - blk * L)
-            bad = 0
-            for l in range(n_lanes):
-                u = x[p0 + np.uint64(l), 0]
-                v = x[p0 + np.uint64(l), 1]
-                x0[l] = u
-                x1[l] = v
-                bad |= (u - u) != (v - v)  # NaN unless both are finite
-            if bad:
+            if _load_lanes(x, p0, n_lanes, xs):
                 for l in range(n_lanes):
-                    n_bad += not (np.isfinite(x0[l]) and np.isfinite(x1[l]))
+                    for j in range(D):
+                        n_bad += not np.isfinite(xs[j, l])
                 continue
-            for l in range(L):
-                t[l] = 0.0
-                a0[l] = 0.0
-                a1[l] = 0.0
-            for k in range(0, K4, 4):
-                c0, c1 = _component_2d(mu, h, nu, k), _component_2d(mu, h, nu, k + 1)
-                c2, c3 = _component_2d(mu, h, nu, k + 2), _component_2d(mu, h, nu, k + 3)
+            for j in range(1 + P):
+                aj = acc[j]
                 for l in range(L):
-                    t[l], a0[l], a1[l] = _accumulate4_2d(x0[l], x1[l], c0, c1, c2, c3, t[l], a0[l], a1[l])
-            for k in range(K4, K):
-                c0 = _component_2d(mu, h, nu, k)
-                for l in range(L):
-                    t[l], a0[l], a1[l] = _accumulate_2d(x0[l], x1[l], c0, t[l], a0[l], a1[l])
+                    aj[l] = 0.0
+            if P == 2:
+                x0, x1, a0, a1 = xs[0], xs[1], acc[1], acc[2]
+                for k in range(0, K4, 4):
+                    c0, c1 = _component_2d(mu, h, nu, k), _component_2d(mu, h, nu, k + 1)
+                    c2, c3 = _component_2d(mu, h, nu, k + 2), _component_2d(mu, h, nu, k + 3)
+                    for l in range(L):
+                        t[l], a0[l], a1[l] = _accumulate4_2d(x0[l], x1[l], c0, c1, c2, c3, t[l], a0[l], a1[l])
+                for k in range(K4, K):
+                    c0 = _component_2d(mu, h, nu, k)
+                    for l in range(L):
+                        t[l], a0[l], a1[l] = _accumulate_2d(x0[l], x1[l], c0, t[l], a0[l], a1[l])
+            else:
+                x0, x1, x2, x3 = xs[0], xs[1], xs[2], xs[3]
+                a0, a1, a2, a3 = acc[1], acc[2], acc[3], acc[4]
+                for k in range(0, K4, 4):
+                    c0, c1 = _component_4d(mu, h, nu, k), _component_4d(mu, h, nu, k + 1)
+                    c2, c3 = _component_4d(mu, h, nu, k + 2), _component_4d(mu, h, nu, k + 3)
+                    for l in range(L):
+                        t[l], a0[l], a1[l], a2[l], a3[l] = _accumulate4_4d(
+                            x0[l], x1[l], x2[l], x3[l], c0, c1, c2, c3, t[l], a0[l], a1[l], a2[l], a3[l])
+                for k in range(K4, K):
+                    c0 = _component_4d(mu, h, nu, k)
+                    for l in range(L):
+                        t[l], a0[l], a1[l], a2[l], a3[l] = _accumulate_4d(
+                            x0[l], x1[l], x2[l], x3[l], c0, t[l], a0[l], a1[l], a2[l], a3[l])
             far = 0
             if want_score:
                 for l in range(n_lanes):
-                    r = t[l]
-                    far |= r < limit
-                    q = dt(2.0) / r  # a is half the weighted sum: doubling is exact
-                    sf[np.uint64(2) * (p0 + np.uint64(l))] = a0[l] * q
-                    sf[np.uint64(2) * (p0 + np.uint64(l)) + np.uint64(1)] = a1[l] * q
+                    far |= t[l] < limit
+                    r[l] = dt(2.0) / t[l]  # a is half the weighted sum: doubling is exact
+                if D == 2:
+                    a0, a1 = acc[1], acc[2]
+                    for l in range(n_lanes):
+                        sf[np.uint64(2) * (p0 + np.uint64(l))] = a0[l] * r[l]
+                        sf[np.uint64(2) * (p0 + np.uint64(l)) + np.uint64(1)] = a1[l] * r[l]
+                elif D == 3:
+                    a0, a1, a2 = acc[1], acc[2], acc[3]
+                    for l in range(n_lanes):
+                        p = np.uint64(3) * (p0 + np.uint64(l))
+                        sf[p] = a0[l] * r[l]
+                        sf[p + np.uint64(1)] = a1[l] * r[l]
+                        sf[p + np.uint64(2)] = a2[l] * r[l]
+                elif D == 4:
+                    a0, a1, a2, a3 = acc[1], acc[2], acc[3], acc[4]
+                    for l in range(n_lanes):
+                        p = np.uint64(4) * (p0 + np.uint64(l))
+                        sf[p] = a0[l] * r[l]
+                        sf[p + np.uint64(1)] = a1[l] * r[l]
+                        sf[p + np.uint64(2)] = a2[l] * r[l]
+                        sf[p + np.uint64(3)] = a3[l] * r[l]
+                else:
+                    a0 = acc[1]
+                    for l in range(n_lanes):
+                        score[p0 + np.uint64(l), 0] = a0[l] * r[l]
             else:
                 for l in range(n_lanes):
                     far |= t[l] < limit
@@ -468,11 +592,12 @@ def _score_lanes_2d(x, means, inv_c, log_norm, nu, shift, limit, want_score, lan
             if far:  # rare: a point far from every component, redone by the two-pass block on its lane alone
                 for l in range(n_lanes):
                     if t[l] < limit:
-                        j = slice(l, l + 1)
-                        _score_block_2d(xs[:, j], 0, means, inv_c, log_norm, logit[:, j], m[j], tot[j], out[:, j])
+                        i = slice(l, l + 1)
+                        _score_block(xs[:D, i], 0, means, inv_c, log_norm, U, False, logit[:, i], qs[:, :, i], ya[i],
+                                     quad[i], m[i], tot[i], av[i], out[:, i])
                         if want_score:
-                            sf[np.uint64(2) * (p0 + np.uint64(l))] = out[0, l]
-                            sf[np.uint64(2) * (p0 + np.uint64(l)) + np.uint64(1)] = out[1, l]
+                            for j in range(D):
+                                score[p0 + np.uint64(l), j] = out[j, l]
                         else:
                             logp[p0 + np.uint64(l)] = np.float64(m[l]) + _log(np.float64(tot[l]))
     return n_bad
@@ -871,7 +996,7 @@ def choose_path(kind, dtype, K, D, per_example_t):
     """Which kernel evaluates a call: "pointwise", "gemm" or "lanes" (see the module docstring)."""
     if per_example_t:
         return "pointwise"
-    if kind != _FULL and D >= 3 and K * D >= GEMM_MIN_KD and gemm_lanes(K, D if kind == _ISOTROPIC else 2 * D):
+    if kind != _FULL and D > ONE_PASS_MAX_D and K * D >= GEMM_MIN_KD and gemm_lanes(K, D if kind == _ISOTROPIC else 2 * D):
         return "gemm"
     return "lanes"
 
@@ -896,7 +1021,7 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
     path = default if path is None else path
     if path not in ("lanes", "gemm", "pointwise") or (path == "gemm" and kind == _FULL) or ((path == "pointwise") != (gamma.ndim > 0)):
         raise ValueError(f"path {path!r} does not apply to this mixture and t")
-    one_pass = path == "lanes" and D == 2 and kind != _FULL  # _score_lanes_2d
+    one_pass = path == "lanes" and D <= ONE_PASS_MAX_D and kind != _FULL  # _score_lanes_1pass
     if path != "gemm" and not one_pass:  # those two kernels count non-finite points as they read them
         check_finite(xk, "x")
     score = np.empty((N, D) if want_score else (0, D), dtype=xk.dtype)
@@ -926,7 +1051,8 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
             if one_pass:
                 limit = dt.type(math.exp(SHIFT_LIMIT[i]))
                 with np.errstate(invalid="ignore", over="ignore"):  # as for the GEMM kernel
-                    n_bad = _score_lanes_2d(xk, means, inv_c, log_norm, nu, shift, limit, want_score, lanes, score, logp)
+                    n_bad = _score_lanes_1pass(xk, means, inv_c, log_norm, nu, shift, limit, want_score, lanes, score,
+                                               logp)
                 if n_bad:
                     check_finite(xk, "x")  # raises
             else:

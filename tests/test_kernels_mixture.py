@@ -21,8 +21,8 @@ from refdiff.analytic import GaussianMixture
 from refdiff.sde import VPSDE
 
 KINDS = ("isotropic", "diagonal", "full")
-# (N, K, D): every N in (1, 2, 7, 31, 1000, 1031), K in (1, 3, 8), D in (1, 2, 3, 16) at least once
-SIZES = [(1, 1, 1), (2, 3, 2), (7, 8, 3), (31, 8, 16), (1000, 3, 1), (1031, 8, 2), (1031, 1, 16)]
+# (N, K, D): every N in (1, 2, 7, 31, 67, 1000, 1031), K in (1, 3, 5, 8), D in (1, 2, 3, 4, 16) at least once
+SIZES = [(1, 1, 1), (2, 3, 2), (7, 8, 3), (31, 8, 16), (1000, 3, 1), (1031, 8, 2), (1031, 1, 16), (67, 5, 4)]
 TIMES = ["data", "t=1e-4", "t=0.5", "t=1", "per-row"]
 TOL = {"float64": dict(rtol=1e-10, atol=1e-10), "float32": dict(rtol=2e-4, atol=2e-4)}
 PROCESS = VPSDE()
@@ -145,7 +145,7 @@ def test_far_point_stays_finite(backend, dtype_name, kind):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("kind,K,D", [("isotropic", 12, 8), ("diagonal", 12, 8), ("full", 3, 3), ("isotropic", 4, 2),
-                                      ("diagonal", 5, 2)])
+                                      ("diagonal", 5, 2), ("diagonal", 6, 3), ("isotropic", 8, 4), ("isotropic", 2, 1)])
 @pytest.mark.parametrize("per_example_t", [False, True])
 @pytest.mark.parametrize("row", [217, 299])  # inside a full block; in the last, partial one
 def test_non_finite_points_raise(backend, kind, K, D, bad, per_example_t, row):
@@ -238,26 +238,27 @@ def test_gemm_path_refines_where_the_expanded_form_cancels(numba_twin, monkeypat
         check(numba_twin._evaluate(gm, x, None, None, True), want_score, dtype_name, "score")
 
 
+@pytest.mark.parametrize("D", [1, 2, 3, 4])
 @pytest.mark.parametrize("K", [1, 4, 5, 8])
 @pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
-def test_one_pass_d2_kernel_redoes_points_far_from_every_component(numba_twin, monkeypatch, dtype_name, kind, K):
-    """D = 2 shifts the weights by the largest log-normaliser, not each point's best logit; points whose best
+def test_one_pass_kernel_redoes_points_far_from_every_component(numba_twin, monkeypatch, dtype_name, kind, K, D):
+    """D <= 4 shifts the weights by the largest log-normaliser, not each point's best logit; points whose best
     component lies beyond SHIFT_LIMIT of it are redone lane by lane (here scattered through full and partial blocks),
     and a component of prior weight 1e-30 sits among them (its nu_k is tiny, never subnormal in float64)."""
-    gm = make_mixture(kind, K, 2, seed=K)
+    gm = make_mixture(kind, K, D, seed=K + 10 * D)
     w = gm.weights.copy()
     w[0] = 1e-30
     gm = GaussianMixture(w / w.sum(), gm.means, gm.covs)
-    rng = np.random.default_rng(K)
-    x64 = 2.0 * rng.standard_normal((1000, 2))
+    rng = np.random.default_rng(K + 10 * D)
+    x64 = 2.0 * rng.standard_normal((1000, D))
     far = rng.choice(1000, 60, replace=False)
     radius = 40.0 if dtype_name == "float32" else 150.0  # q_k / 2 above 60 resp. 662 for every component at t = 0.5
-    angle = rng.uniform(0, 2 * np.pi, far.size)
-    x64[far] = radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    direction = rng.standard_normal((far.size, D))
+    x64[far] = radius * direction / np.linalg.norm(direction, axis=1, keepdims=True)
     x = x64.astype(dtype_name)
     want_logp, want_score = oracle(gm, x.astype(np.float64), PROCESS, 0.5)
-    assert numba_twin.choose_path(0 if kind == "isotropic" else 1, x.dtype, K, 2, False) == "lanes"
+    assert numba_twin.choose_path(0 if kind == "isotropic" else 1, x.dtype, K, D, False) == "lanes"
     check(numba_twin._evaluate(gm, x, PROCESS, 0.5, True), want_score, dtype_name, "score")
     check(numba_twin._evaluate(gm, x, PROCESS, 0.5, False), want_logp, dtype_name, "log_prob")
     monkeypatch.setattr(numba_twin, "SHIFT_LIMIT", (-np.inf, -np.inf))  # never redo: the case must need it
@@ -275,7 +276,8 @@ def test_path_choice(numba_twin):
     assert choose(1, np.float32, 32, 16, False) == "gemm"
     assert choose(2, np.float32, 32, 16, False) == "lanes"  # full covariances: no GEMM form
     assert choose(0, np.float64, 4, 4, False) == "lanes"  # K * D below GEMM_MIN_KD
-    assert choose(0, np.float32, 1000, 2, False) == "lanes"  # D = 2 has its own lane loop
+    assert choose(0, np.float32, 1000, 2, False) == "lanes"  # D <= 4 has its own one-pass lane loop
+    assert choose(1, np.float32, 128, 4, False) == "lanes" and choose(1, np.float32, 128, 5, False) == "gemm"
     assert choose(0, np.float64, 1, 40_000, False) == "lanes"  # 8 points of one row would be too big a GEMM
     with pytest.raises(ValueError, match="path"):
         numba_twin._evaluate(make_mixture("full", 3, 2), np.zeros((4, 2)), None, None, True, path="gemm")
