@@ -26,6 +26,10 @@ cannot import refdiff), and are checked the same way:
   count option, and a bare ``intra_op_parallelism_threads=N`` there is
   silently ignored); the JSON records what was set.
 
+refdiff's worker runs Numba on its OpenMP layer with OpenMP's default wait
+policy, as a plain environment has it (``_common.child_env``: workers told
+to sleep at once cost each call some 70 us to wake).
+
 A peer whose interpreter is not given is reported as skipped. ``--crossover``
 also times both refdiff backends at small N (the size at which Numba starts
 to pay sets ``refdiff.analytic.NUMBA_MIN_WORK``).
