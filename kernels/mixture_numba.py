@@ -292,6 +292,15 @@ def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, 
             out[j, l] /= tot[l]
 
 
+@njit(inline="always", **_JIT)
+def _block_scratch(x, K, D, L):
+    """The scratch of ``_score_block`` for L lanes, in x's dtype: out (D, L), logit (K, L), q (K, D, L),
+    and ya, quad, m, tot, acc (L,)."""
+    dt = x.dtype
+    return (np.zeros((D, L), dt), np.zeros((K, L), dt), np.zeros((K, D, L), dt), np.zeros(L, dt), np.zeros(L, dt),
+            np.zeros(L, dt), np.zeros(L, dt), np.zeros(L, dt))
+
+
 @njit(parallel=True, **_JIT)
 def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, logp):
     """Scalar-t twin of ``_stream``: ``_score_block`` on blocks of ``lanes`` particles (see the module docstring).
@@ -309,14 +318,7 @@ def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, l
     for task in prange(n_tasks):
         prefer_wide_vectors()
         xs = np.zeros((D, L), x.dtype)
-        out = np.zeros((D, L), x.dtype)
-        logit = np.zeros((K, L), x.dtype)
-        q = np.zeros((K, D, L), x.dtype)
-        ya = np.zeros(L, x.dtype)
-        quad = np.zeros(L, x.dtype)
-        m = np.zeros(L, x.dtype)
-        tot = np.zeros(L, x.dtype)
-        acc = np.zeros(L, x.dtype)
+        out, logit, q, ya, quad, m, tot, acc = _block_scratch(x, K, D, L)
         sf = score.reshape(-1)
         for blk in range(task * BLOCKS_PER_TASK, min(n_blocks, (task + 1) * BLOCKS_PER_TASK)):
             p0 = np.uint64(blk * L)  # unsigned offsets: no negative-index wrap-around test in the copy loops
@@ -508,15 +510,6 @@ def _score_lanes_1pass(x, means, inv_c, log_norm, nu, shift, limit, want_score, 
         buf = np.zeros((1 + 2 * P, LANES), x.dtype)
         xs, acc = buf[:P], buf[P:]  # whole rows: C-contiguous, of which the loops use the first L
         r = np.zeros(L, x.dtype)
-        # the two-pass block's scratch, for the rare point it redoes
-        out = np.zeros((D, L), x.dtype)
-        logit = np.zeros((K, L), x.dtype)
-        qs = np.zeros((K, D, L), x.dtype)
-        ya = np.zeros(L, x.dtype)
-        quad = np.zeros(L, x.dtype)
-        m = np.zeros(L, x.dtype)
-        tot = np.zeros(L, x.dtype)
-        av = np.zeros(L, x.dtype)
         t = acc[0]
         sf = score.reshape(-1)
         for blk in range(task * BLOCKS_PER_TASK, min(n_blocks, (task + 1) * BLOCKS_PER_TASK)):
@@ -590,16 +583,16 @@ def _score_lanes_1pass(x, means, inv_c, log_norm, nu, shift, limit, want_score, 
                     far |= t[l] < limit
                     logp[p0 + np.uint64(l)] = shift + _log(np.float64(t[l]))
             if far:  # rare: a point far from every component, redone by the two-pass block on its lane alone
+                out, logit, qs, ya, quad, m, tot, av = _block_scratch(x, K, D, 1)
                 for l in range(n_lanes):
                     if t[l] < limit:
-                        i = slice(l, l + 1)
-                        _score_block(xs[:D, i], 0, means, inv_c, log_norm, U, False, logit[:, i], qs[:, :, i], ya[i],
-                                     quad[i], m[i], tot[i], av[i], out[:, i])
+                        _score_block(xs[:D, l : l + 1], 0, means, inv_c, log_norm, U, False, logit, qs, ya, quad, m, tot,
+                                     av, out)
                         if want_score:
                             for j in range(D):
-                                score[p0 + np.uint64(l), j] = out[j, l]
+                                score[p0 + np.uint64(l), j] = out[j, 0]
                         else:
-                            logp[p0 + np.uint64(l)] = np.float64(m[l]) + _log(np.float64(tot[l]))
+                            logp[p0 + np.uint64(l)] = np.float64(m[0]) + _log(np.float64(tot[0]))
     return n_bad
 
 
