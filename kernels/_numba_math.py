@@ -275,6 +275,12 @@ def exp_weight(x):
     return _exp_weight32(x) if isinstance(x, np.float32) else _exp_weight(x)
 
 
+def zero_like(x):
+    """0 in the dtype of the scalar ``x``, as a literal the compiler can fold (``x - x`` is NaN for an infinite x,
+    so it cannot): ``w if c else zero_like(w)`` becomes one zero-masked instruction."""
+    return np.float32(0.0) if isinstance(x, np.float32) else 0.0
+
+
 if not numba.config.DISABLE_JIT:
     import warnings
 
@@ -290,6 +296,12 @@ if not numba.config.DISABLE_JIT:
     def _exp_weight_by_type(x):
         if isinstance(x, types.Float):
             return (lambda x: _exp_weight32(x)) if x.bitwidth == 32 else (lambda x: _exp_weight(x))
+        return None
+
+    @overload(zero_like, inline="always")
+    def _zero_like_by_type(x):
+        if isinstance(x, types.Float):
+            return (lambda x: np.float32(0.0)) if x.bitwidth == 32 else (lambda x: 0.0)
         return None
 
 

@@ -36,9 +36,11 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   in float64), not relative to each point's largest logit, so no pass has to
   find that first; four components per lane loop keep their constants and
   the running sums in registers (two coordinates for D <= 2, four for D = 3
-  and 4, padded with zeros). A point so far from every component that
-  its weights would lean on the exp's lower clamp is redone by the two-pass
-  block on its lane (:data:`SHIFT_LIMIT`). The N = 1e5, K = 8 float32 score
+  and 4, padded with zeros). A weight below the exp's range is dropped, not
+  clamped (a far, narrow component's field times a clamped weight can
+  outweigh the score), and log p adds back the shift as a power of two. A
+  point so far from every component that its weights leave that range is
+  redone by the two-pass block on its lane (:data:`SHIFT_LIMIT`). The N = 1e5, K = 8 float32 score
   took 1.17 ms on one thread with the two-pass block (0.4 of it in the copies
   in and out and a log per point the score does not use), 0.44 in one pass,
   0.35 with 512-bit vectors; at D = 4, K = 32 it takes 2.3 ms where the GEMM
@@ -145,7 +147,7 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_math import _log, exp_weight, fma, prefer_wide_vectors
+from refdiff.kernels._numba_math import _log, exp_weight, fma, prefer_wide_vectors, zero_like
 
 __all__ = ["mixture_score", "mixture_log_prob", "mixture_score_point", "mixture_arrays", "LANES", "GEMM_MIN_KD"]
 
@@ -308,7 +310,7 @@ def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, l
     x (N, D) float32/float64; means, inv_c (1, K, D), log_norm (1, K), U as
     :func:`refdiff.samplers.fused.score_constants` gives them for one row, in
     x's dtype (the block works in it: float32 runs twice the lanes and the
-    float32 exp). Writes logp (N,) and, if ``want_score``, score (N, D).
+    float32 exp). Writes score (N, D) if ``want_score``, else logp (N,).
     """
     N, D = x.shape
     K = log_norm.shape[1]
@@ -350,20 +352,30 @@ def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, l
 # --------------------------------------------------------------------------- lanes, D <= 4: one pass
 #: Lanes path: isotropic or diagonal covariances up to this dimension take the one-pass kernel.
 ONE_PASS_MAX_D = 4
-#: Lanes path, D <= 4: the prior factors are nu_k = exp(log_norm_k - max_j log_norm_j + bias), the bias by dtype
-#: (float32, float64), so that a weight clamped at the exp's floor (exp(-87), exp(-708)) times any field above
-#: 1e-20 is still a normal number (no microcode assist); see :func:`_score_lanes_1pass`.
-SHIFT_BIAS = (60.0, 600.0)
+#: Lanes path, D <= 4: the prior factors are nu_k = exp(log_norm_k - max_j log_norm_j) 2**bits, bits by dtype
+#: (float32, float64): a power of two (about exp(60), exp(600)), so log p = max_j log_norm_j + log(t 2**-bits)
+#: scales exactly and keeps the two-pass block's accuracy; see :func:`_score_lanes_1pass`.
+SHIFT_BITS = (86, 865)
 #: Lanes path, D <= 4: a point whose weights sum below exp(this), by dtype, is redone by the two-pass
-#: block on its lane: it is so far from every component that the clamped weights, at most
-#: K exp(-87 + 60) (float32) or K exp(-708 + 600) (float64), would no longer be negligible beside its sum.
+#: block on its lane: its best component lies so far below the largest log-normaliser (60 e-folds in
+#: float32) that the weights dropped below the exp's range, at most nu_k exp(-87) <= exp(-27) each
+#: (float32; float64: exp(-108) against exp(-62)), would no longer be negligible beside its sum.
 SHIFT_LIMIT = (0.0, -62.0)
 
 
 @njit(inline="always", **_JIT)
-def _component_2d(mu, h, nu, k):
+def _component_2d(mu, h, nu, cut, k):
     """Component k's constants, one tuple of scalars: they stay in registers across the lane loop."""
-    return mu[k, 0], mu[k, 1], h[k, 0], h[k, 1], nu[k]
+    return mu[k, 0], mu[k, 1], h[k, 0], h[k, 1], nu[k], cut[k]
+
+
+@njit(inline="always", **_JIT)
+def _weight(nu, arg, cut):
+    """nu exp(arg), or exactly 0 where arg <= cut: below the exp's range (which would clamp it, not drop it: a
+    far component's field times that clamped weight can outweigh the score) or where nu exp(arg) would be a
+    subnormal number (a microcode assist per SIMD instruction)."""
+    w = nu * exp_weight(arg)
+    return w if arg > cut else zero_like(w)
 
 
 @njit(inline="always", **_JIT)
@@ -373,12 +385,12 @@ def _accumulate_2d(x0, x1, c, t, a0, a1):
     ``c`` is :func:`_component_2d`'s tuple (h = C_k^{-1} / 2); q_k comes from the difference z_k = x - gamma mu_k,
     as in the two-pass block.
     """
-    mu0, mu1, h0, h1, nu = c
+    mu0, mu1, h0, h1, nu, cut = c
     y0 = x0 - mu0
     y1 = x1 - mu1
     g0 = y0 * h0
     g1 = y1 * h1
-    w = nu * exp_weight(-fma(y1, g1, y0 * g0))
+    w = _weight(nu, -fma(y1, g1, y0 * g0), cut)
     return t + w, fma(-w, g0, a0), fma(-w, g1, a1)
 
 
@@ -392,15 +404,15 @@ def _accumulate4_2d(u, v, c0, c1, c2, c3, t, a0, a1):
 
 
 @njit(inline="always", **_JIT)
-def _component_4d(mu, h, nu, k):
+def _component_4d(mu, h, nu, cut, k):
     """:func:`_component_2d` for four coordinates (D = 3 comes padded with a zero one)."""
-    return mu[k, 0], mu[k, 1], mu[k, 2], mu[k, 3], h[k, 0], h[k, 1], h[k, 2], h[k, 3], nu[k]
+    return mu[k, 0], mu[k, 1], mu[k, 2], mu[k, 3], h[k, 0], h[k, 1], h[k, 2], h[k, 3], nu[k], cut[k]
 
 
 @njit(inline="always", **_JIT)
 def _accumulate_4d(x0, x1, x2, x3, c, t, a0, a1, a2, a3):
     """:func:`_accumulate_2d` for four coordinates."""
-    mu0, mu1, mu2, mu3, h0, h1, h2, h3, nu = c
+    mu0, mu1, mu2, mu3, h0, h1, h2, h3, nu, cut = c
     y0 = x0 - mu0
     y1 = x1 - mu1
     y2 = x2 - mu2
@@ -409,7 +421,7 @@ def _accumulate_4d(x0, x1, x2, x3, c, t, a0, a1, a2, a3):
     g1 = y1 * h1
     g2 = y2 * h2
     g3 = y3 * h3
-    w = nu * exp_weight(-fma(y3, g3, fma(y2, g2, fma(y1, g1, y0 * g0))))
+    w = _weight(nu, -fma(y3, g3, fma(y2, g2, fma(y1, g1, y0 * g0))), cut)
     return t + w, fma(-w, g0, a0), fma(-w, g1, a1), fma(-w, g2, a2), fma(-w, g3, a3)
 
 
@@ -468,24 +480,25 @@ def _load_lanes(x, p0, n_lanes, xs):
 
 
 @njit(parallel=True, **_JIT)
-def _score_lanes_1pass(x, means, inv_c, log_norm, nu, shift, limit, want_score, lanes, score, logp):
+def _score_lanes_1pass(x, means, inv_c, log_norm, nu, cut, top, scale, limit, want_score, lanes, score, logp):
     r"""``_score_lanes`` for D <= 4, isotropic or diagonal: one pass over the components.
 
     The two-pass block finds each point's largest logit before it takes the
     exps. Here the weights are :math:`\nu_k e^{-q_k/2}` with the prior factors
-    ``nu`` (K,) in x's dtype, :math:`\nu_k=\exp(\log\nu_k-\text{shift})`, formed
-    in float64 by the caller with ``shift`` = max_k log_norm_k - :data:`SHIFT_BIAS`:
-    the logits are formed once, the exp's argument is -q_k/2 <= 0 (rounded at
-    q_k's magnitude, as in the block), and log p = shift + log(sum of the
-    weights). Four components run per lane loop, their constants in
-    registers, with t and a, the sums of the weights and of w g, in registers
-    across them; the lane loop takes two coordinates (D <= 2) or four (D = 3
-    and 4; the missing ones are zeros, with zero constants). A point whose
-    weights sum below ``limit`` (its best component 60 e-folds below the
-    largest log-normaliser in float32: about 11 standard deviations from
-    every component at D = 2) is redone by ``_score_block`` on its own lane.
-    Returns the number of points whose coordinates are not all finite (read
-    with the block; the caller raises).
+    ``nu`` (K,) in x's dtype, :math:`\nu_k=e^{\log\nu_k-\text{top}}\,2^b`
+    (``top`` = max_k log_norm_k, b = :data:`SHIFT_BITS`), formed in float64 by
+    :func:`_lane_operands`: the logits are formed once, the exp's argument is
+    -q_k/2 <= 0 (rounded at q_k's magnitude, as in the block), a weight whose
+    argument is at or below ``cut`` (K,) is exactly 0 (:func:`_weight`), and
+    log p = top + log(t ``scale``), scale = 2^-b exactly. Four components run
+    per lane loop, their constants in registers, with t and a, the sums of
+    the weights and of w g, in registers across them; the lane loop takes two
+    coordinates (D <= 2) or four (D = 3 and 4; the missing ones are zeros,
+    with zero constants). A point whose weights sum below ``limit`` (its best
+    component 60 e-folds below the largest log-normaliser in float32: about
+    11 standard deviations from every component at D = 2) is redone by
+    ``_score_block`` on its own lane. Returns the number of coordinates of x
+    that are not finite (read with the block; the caller raises).
     """
     N, D = x.shape
     K = log_norm.shape[1]
@@ -527,25 +540,25 @@ def _score_lanes_1pass(x, means, inv_c, log_norm, nu, shift, limit, want_score, 
             if P == 2:
                 x0, x1, a0, a1 = xs[0], xs[1], acc[1], acc[2]
                 for k in range(0, K4, 4):
-                    c0, c1 = _component_2d(mu, h, nu, k), _component_2d(mu, h, nu, k + 1)
-                    c2, c3 = _component_2d(mu, h, nu, k + 2), _component_2d(mu, h, nu, k + 3)
+                    c0, c1 = _component_2d(mu, h, nu, cut, k), _component_2d(mu, h, nu, cut, k + 1)
+                    c2, c3 = _component_2d(mu, h, nu, cut, k + 2), _component_2d(mu, h, nu, cut, k + 3)
                     for l in range(L):
                         t[l], a0[l], a1[l] = _accumulate4_2d(x0[l], x1[l], c0, c1, c2, c3, t[l], a0[l], a1[l])
                 for k in range(K4, K):
-                    c0 = _component_2d(mu, h, nu, k)
+                    c0 = _component_2d(mu, h, nu, cut, k)
                     for l in range(L):
                         t[l], a0[l], a1[l] = _accumulate_2d(x0[l], x1[l], c0, t[l], a0[l], a1[l])
             else:
                 x0, x1, x2, x3 = xs[0], xs[1], xs[2], xs[3]
                 a0, a1, a2, a3 = acc[1], acc[2], acc[3], acc[4]
                 for k in range(0, K4, 4):
-                    c0, c1 = _component_4d(mu, h, nu, k), _component_4d(mu, h, nu, k + 1)
-                    c2, c3 = _component_4d(mu, h, nu, k + 2), _component_4d(mu, h, nu, k + 3)
+                    c0, c1 = _component_4d(mu, h, nu, cut, k), _component_4d(mu, h, nu, cut, k + 1)
+                    c2, c3 = _component_4d(mu, h, nu, cut, k + 2), _component_4d(mu, h, nu, cut, k + 3)
                     for l in range(L):
                         t[l], a0[l], a1[l], a2[l], a3[l] = _accumulate4_4d(
                             x0[l], x1[l], x2[l], x3[l], c0, c1, c2, c3, t[l], a0[l], a1[l], a2[l], a3[l])
                 for k in range(K4, K):
-                    c0 = _component_4d(mu, h, nu, k)
+                    c0 = _component_4d(mu, h, nu, cut, k)
                     for l in range(L):
                         t[l], a0[l], a1[l], a2[l], a3[l] = _accumulate_4d(
                             x0[l], x1[l], x2[l], x3[l], c0, t[l], a0[l], a1[l], a2[l], a3[l])
@@ -581,7 +594,7 @@ def _score_lanes_1pass(x, means, inv_c, log_norm, nu, shift, limit, want_score, 
             else:
                 for l in range(n_lanes):
                     far |= t[l] < limit
-                    logp[p0 + np.uint64(l)] = shift + _log(np.float64(t[l]))
+                    logp[p0 + np.uint64(l)] = top + _log(np.float64(t[l]) * scale)
             if far:  # rare: a point far from every component, redone by the two-pass block on its lane alone
                 out, logit, qs, ya, quad, m, tot, av = _block_scratch(x, K, D, 1)
                 for l in range(n_lanes):
@@ -661,7 +674,7 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
     marks the points whose score is summed from the differences (it implies
     the first, so only the revisited lanes take it).
 
-    Writes logp (N,) and, if ``want_score``, score (N, D); returns the number
+    Writes score (N, D) if ``want_score``, else logp (N,); returns the number
     of points whose |x|^2 is not finite (NaN or infinity in x, or an
     overflow: the caller tells the two apart). Every BLAS call is
     kept below :data:`GEMM_BLOCK_WORK` multiply-adds so that it runs on the
@@ -860,11 +873,13 @@ def _gemm_operands(log_w, mu, lam, g, v, kappa, kappa_s, isotropic, x):
 
 
 @njit(**_JIT)
-def _lane_operands(log_w, mu, lam, g, v, bias, x):
+def _lane_operands(log_w, mu, lam, g, v, bits, x):
     """The lane kernels' constants in one compiled call, from the active components' log w_k, means and
     eigenvalues (K, D) and gamma_t = g, sigma_t^2 = v: ``(means, inv_c, log_norm)`` as (1, K, D), (1, K, D),
     (1, K) in x's dtype (gamma mu_k, 1 / c_k, log w_k - (D log 2 pi + sum log c_k) / 2), and for the one-pass
-    kernel ``nu`` (K,) in x's dtype, nu_k = exp(log_norm_k - shift), with ``shift`` = max_k log_norm_k - bias."""
+    kernel ``nu`` and ``cut`` (K,) in x's dtype and ``top`` (float64): nu_k = exp(log_norm_k - top) 2**bits,
+    top = max_k log_norm_k, and cut_k the exponent at or below which :func:`_weight` drops the weight (the
+    exp's lower limit, or where nu_k exp(cut_k) would fall below e**10 times the smallest normal number)."""
     K, D = mu.shape
     means = np.empty((1, K, D), x.dtype)
     inv_c = np.empty((1, K, D), x.dtype)
@@ -879,11 +894,16 @@ def _lane_operands(log_w, mu, lam, g, v, bias, x):
             inv_c[0, k, d] = 1.0 / c
         const[k] = log_w[k] - 0.5 * (D * _LOG_2PI + logdet)
         log_norm[0, k] = const[k]
-    shift = const.max() - bias
+    top = const.max()
     nu = np.empty(K, x.dtype)
+    cut = np.empty(K, x.dtype)
+    exp_min = -87.0 if x.itemsize == 4 else -708.0  # the floor of _exp_weight32 / _exp_weight
+    log_tiny = np.log(np.finfo(x.dtype).tiny)
     for k in range(K):
-        nu[k] = np.exp(const[k] - shift)
-    return means, inv_c, log_norm, nu, shift
+        log_nu = const[k] - top + bits * math.log(2.0)
+        nu[k] = np.ldexp(np.exp(const[k] - top), bits)
+        cut[k] = max(exp_min, log_tiny + 10.0 - log_nu) if nu[k] > 0 else np.inf
+    return means, inv_c, log_norm, nu, cut, top
 
 
 def gemm_lanes(K, E):
@@ -1018,7 +1038,7 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
     if path != "gemm" and not one_pass:  # those two kernels count non-finite points as they read them
         check_finite(xk, "x")
     score = np.empty((N, D) if want_score else (0, D), dtype=xk.dtype)
-    logp = np.empty(N, dtype=xk.dtype)
+    logp = np.empty(N if not want_score or path == "pointwise" else 0, dtype=xk.dtype)  # pointwise writes both
     if N:
         if path == "pointwise":
             g = np.ascontiguousarray(gamma, dtype=np.float64)
@@ -1039,13 +1059,15 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
         else:
             dt = xk.dtype
             i = int(dt == np.float64)
-            means, inv_c, log_norm, nu, shift = _lane_operands(log_w, mu, lam, float(gamma), float(var), SHIFT_BIAS[i], xk[:0])
+            means, inv_c, log_norm, nu, cut, top = _lane_operands(log_w, mu, lam, float(gamma), float(var), SHIFT_BITS[i],
+                                                                  xk[:0])
             lanes = min(LANES, N)
             if one_pass:
                 limit = dt.type(math.exp(SHIFT_LIMIT[i]))
-                with np.errstate(invalid="ignore", over="ignore"):  # as for the GEMM kernel
-                    n_bad = _score_lanes_1pass(xk, means, inv_c, log_norm, nu, shift, limit, want_score, lanes, score,
-                                               logp)
+                # as for the GEMM kernel; and a far point's weights may all be dropped (t = 0: the lane is redone)
+                with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                    n_bad = _score_lanes_1pass(xk, means, inv_c, log_norm, nu, cut, top, 2.0 ** -SHIFT_BITS[i], limit,
+                                               want_score, lanes, score, logp)
                 if n_bad:
                     check_finite(xk, "x")  # raises
             else:

@@ -269,6 +269,28 @@ def test_one_pass_kernel_redoes_points_far_from_every_component(numba_twin, monk
         check(numba_twin._evaluate(gm, x, PROCESS, 0.5, False), want_logp, dtype_name, "log_prob")
 
 
+def test_one_pass_kernel_drops_weights_below_the_exps_range(numba_twin):
+    """A component far from the points with a narrow variance: its weight underflows, while its field
+    (x - gamma mu_k) / c_k is some 1e10. Clamping the weight at the exp's floor instead of dropping it
+    (exp(-87) times the prior factor's 2**86) put 1e-3 relative error into the float32 score at x = 10.5."""
+    gm = GaussianMixture(np.array([0.5, 0.5]), np.array([[0.0], [1e6]]), np.array([1.0, 1e-4]))
+    x = np.linspace(-12.0, 12.0, 301)[:, None].astype(np.float32)
+    want_logp, want_score = oracle(gm, x.astype(np.float64), None, None)
+    check(numba_twin._evaluate(gm, x, None, None, True, path="lanes"), want_score, "float32", "score")
+    check(numba_twin._evaluate(gm, x, None, None, False, path="lanes"), want_logp, "float32", "log_prob")
+
+
+@pytest.mark.parametrize("D", [1, 2, 4])
+def test_one_pass_kernel_log_prob_to_float64_precision(numba_twin, D):
+    """log p = max_k log_norm_k + log(t 2**-865): the power-of-two scaling is exact, so log p near 0 keeps
+    float64's precision (a shift of about 600 added back, as first written, left 1e-13 absolute error)."""
+    gm = make_mixture("diagonal", 3, D, seed=3)
+    x = gm.means[0] + 0.1 * np.random.default_rng(4).standard_normal((2000, D))
+    want_logp, _ = oracle(gm, x, None, None)
+    got = numba_twin._evaluate(gm, x, None, None, False, path="lanes")
+    assert np.max(np.abs(got - want_logp)) <= 1e-14 * max(1.0, np.max(np.abs(want_logp)))
+
+
 def test_path_choice(numba_twin):
     choose = numba_twin.choose_path
     assert choose(0, np.float32, 32, 16, True) == "pointwise"
