@@ -212,7 +212,13 @@ def _exp_weight(x):
     exp(r) by its Taylor polynomial of degree 12 in Horner form with FMAs (truncation
     below 2e-16 relative), times 2**k built from its bits.
     """
-    xc = _EXP_MIN if x < _EXP_MIN else x
+    return _exp_unclamped(_EXP_MIN if x < _EXP_MIN else x)
+
+
+@njit(inline="always", **_OPTS)
+def _exp_unclamped(xc):
+    """:func:`_exp_weight` without its clamp: exp(xc) for -708 <= xc <= 0; meaningless below (see
+    :func:`_exp_unclamped32`)."""
     t = _fma(xc, _INVLN2, _SHIFT)
     k = _f2i(t) - _SHIFT_BITS  # k = round(x / ln 2), in [-1021, 0]
     kf = t - _SHIFT
@@ -254,7 +260,13 @@ def _exp_weight32(x):
     2**k from its bits. Every operation stays in float32, so a loop of them
     vectorises over twice the lanes of the float64 exp, with a shorter polynomial.
     """
-    xc = _EXP_MIN32 if x < _EXP_MIN32 else x
+    return _exp_unclamped32(_EXP_MIN32 if x < _EXP_MIN32 else x)
+
+
+@njit(inline="always", **_OPTS)
+def _exp_unclamped32(xc):
+    """:func:`_exp_weight32` without its clamp: exp(xc) for -87 <= xc <= 0; below that a meaningless finite
+    or NaN value (2**k from bits out of range), for callers that clamp first or discard those lanes."""
     t = _fma32(xc, _INVLN2_32, _SHIFT32)
     k = _f2i32(t) - _SHIFT32_BITS  # k = round(x / ln 2), in [-126, 0]
     kf = t - _SHIFT32
@@ -273,6 +285,11 @@ def _exp_weight32(x):
 def exp_weight(x):
     """:func:`_exp_weight32` for a float32 ``x``, :func:`_exp_weight` otherwise (kernels generic in the dtype call this)."""
     return _exp_weight32(x) if isinstance(x, np.float32) else _exp_weight(x)
+
+
+def exp_unclamped(x):
+    """:func:`_exp_unclamped32` for a float32 ``x``, :func:`_exp_unclamped` otherwise."""
+    return _exp_unclamped32(x) if isinstance(x, np.float32) else _exp_unclamped(x)
 
 
 def zero_like(x):
@@ -296,6 +313,12 @@ if not numba.config.DISABLE_JIT:
     def _exp_weight_by_type(x):
         if isinstance(x, types.Float):
             return (lambda x: _exp_weight32(x)) if x.bitwidth == 32 else (lambda x: _exp_weight(x))
+        return None
+
+    @overload(exp_unclamped, inline="always")
+    def _exp_unclamped_by_type(x):
+        if isinstance(x, types.Float):
+            return (lambda x: _exp_unclamped32(x)) if x.bitwidth == 32 else (lambda x: _exp_unclamped(x))
         return None
 
     @overload(zero_like, inline="always")

@@ -147,7 +147,7 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_math import _log, exp_weight, fma, prefer_wide_vectors, zero_like
+from refdiff.kernels._numba_math import _log, exp_unclamped, exp_weight, fma, prefer_wide_vectors, zero_like
 
 __all__ = ["mixture_score", "mixture_log_prob", "mixture_score_point", "mixture_arrays", "LANES", "GEMM_MIN_KD"]
 
@@ -374,7 +374,7 @@ def _weight(nu, arg, cut):
     """nu exp(arg), or exactly 0 where arg <= cut: below the exp's range (which would clamp it, not drop it: a
     far component's field times that clamped weight can outweigh the score) or where nu exp(arg) would be a
     subnormal number (a microcode assist per SIMD instruction)."""
-    w = nu * exp_weight(arg)
+    w = nu * exp_unclamped(arg)  # cut >= the exp's floor: the lanes it would clamp are dropped instead
     return w if arg > cut else zero_like(w)
 
 
