@@ -1035,7 +1035,7 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
     if path not in ("lanes", "gemm", "pointwise") or (path == "gemm" and kind == _FULL) or ((path == "pointwise") != (gamma.ndim > 0)):
         raise ValueError(f"path {path!r} does not apply to this mixture and t")
     one_pass = path == "lanes" and D <= ONE_PASS_MAX_D and kind != _FULL  # _score_lanes_1pass
-    if path != "gemm" and not one_pass:  # those two kernels count non-finite points as they read them
+    if path != "gemm" and not one_pass:  # those two kernels count non-finite values as they read x
         check_finite(xk, "x")
     score = np.empty((N, D) if want_score else (0, D), dtype=xk.dtype)
     logp = np.empty(N if not want_score or path == "pointwise" else 0, dtype=xk.dtype)  # pointwise writes both

@@ -101,7 +101,6 @@ def pytest_runtest_setup(item):
             pytest.skip(reason)
 
 
-
 @pytest.fixture
 def force_parallel(monkeypatch):
     """A function that makes a twin module with ``runs_parallel`` run every call on Numba's threads, whatever

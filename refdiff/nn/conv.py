@@ -409,7 +409,7 @@ def check_backend(backend) -> str:
 
 def fused_ops(backend: str, size: int):
     """The module whose ``group_norm_silu_*`` a layer with ``size`` values uses (this one or its Numba twin)."""
-    if backend == "numba" or (backend == "auto" and size >= AUTO_MIN_SIZE and fused.numba_available()):
+    if fused.numba_chosen(backend, size, AUTO_MIN_SIZE):
         from ..kernels import conv_numba
 
         return conv_numba

@@ -210,9 +210,15 @@ def numba_yields_to_blas() -> bool:
     return layer == "omp" and os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
 
 
+def numba_chosen(backend: str, size: int, min_size: int) -> bool:
+    """Whether ``backend`` puts a call with ``size`` values on a Numba twin: always for "numba", from
+    ``min_size`` values with Numba installed for "auto"."""
+    return backend == "numba" or (backend == "auto" and size >= min_size and numba_available())
+
+
 def elementwise(backend: str, size: int):
     """The module whose ``bias_silu_*``/``adam_update`` a call with ``size`` values per array uses."""
-    if backend == "numba" or (backend == "auto" and size >= AUTO_MIN_SIZE and numba_available()):
+    if numba_chosen(backend, size, AUTO_MIN_SIZE):
         from ..kernels import mlp_numba
 
         return mlp_numba
