@@ -39,15 +39,22 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   and 4, padded with zeros). A weight below the exp's range is dropped, not
   clamped (a far, narrow component's field times a clamped weight can
   outweigh the score), and log p adds back the shift as a power of two. A
-  point so far from every component that its weights leave that range is
-  redone by the two-pass block on its lane (:data:`SHIFT_LIMIT`). The N = 1e5, K = 8 float32 score
-  took 1.17 ms on one thread with the two-pass block (0.4 of it in the copies
-  in and out and a log per point the score does not use), 0.44 in one pass,
-  0.35 with 512-bit vectors; at D = 4, K = 32 it takes 2.3 ms where the GEMM
-  path took 3.9 (D = 3: 2.0 and 6.0). The shift does not suit the GEMM path: at
-  D = 64 a point's best logit lies some D/2 plus the spread of the
-  log-determinants below the largest log-normaliser, more than float32's
-  window of about 60 e-folds, and most points would be redone.
+  point so far from every component that its weights leave that range
+  (:data:`SHIFT_LIMIT`) joins its task's list, redone at the task's end with
+  the two-pass block's arithmetic, LANES points at a time, in the task's own
+  rows. A task names its rows once: a view made in the block loop costs a
+  pair of atomic reference-count updates. The N = 1e5,
+  K = 8 float32 score took 1.17 ms on one thread with the two-pass block
+  (0.4 of it in the copies in and out and a log per point the score does not
+  use), 0.44 in one pass, 0.35 with 512-bit vectors. At D = 4, K = 8 it
+  took 1.15 ms before the far points (0.5% of the benchmark's) were
+  gathered, when each was redone on its own lane with scratch made per
+  block, and before the views left the block loop; 0.66 after. A score with
+  every point far ran 7-8x slower then than it does now.
+  The shift does not suit the GEMM path: at D = 64 a point's best logit lies
+  some D/2 plus the spread of the log-determinants below the largest
+  log-normaliser, more than float32's window of about 60 e-folds, and most
+  points would be redone.
 * **gemm** (scalar t; isotropic or diagonal; D >= 5 and
   K*D >= :data:`GEMM_MIN_KD`): per block of points the quadratic forms
   :math:`q_k=\sum_d s_{kd}(x_d-\gamma\mu_{kd})^2`, :math:`s_k=c_k^{-1}`, come
@@ -435,48 +442,120 @@ def _accumulate4_4d(u0, u1, u2, u3, c0, c1, c2, c3, t, a0, a1, a2, a3):
 
 
 @njit(inline="always", **_JIT)
-def _load_lanes(x, p0, n_lanes, xs):
-    """xs[j, l] = x[p0 + l, j] for the block's lanes (D <= 4; rows past D stay as they are: zero); True if a
-    value is not finite (x - x is NaN there). The rows are named, one statement each: a loop over j would keep
-    the copy scalar."""
-    D = x.shape[1]
-    bad = 0
+def _load_lanes(xf, D, p0, n_lanes, x0, x1, x2, x3):
+    """x0[l], .., x{D-1}[l] = the coordinates of point p0 + l of xf (x, C-contiguous, flattened) for the block's
+    lanes (D <= 4; the rows past D stay as they are: zero). One branch per D with a literal stride: LLVM reads
+    the points as one interleaved group (a run-time stride or a loop over j would make gathers or keep the copy
+    scalar). No finiteness test here: a point with a coordinate that is not finite gets no weight, and the
+    caller meets it among the far lanes."""
     if D == 2:
-        x0, x1 = xs[0], xs[1]
         for l in range(n_lanes):
-            u = x[p0 + np.uint64(l), 0]
-            v = x[p0 + np.uint64(l), 1]
-            x0[l] = u
-            x1[l] = v
-            bad |= (u - u) != (v - v)
-    elif D == 3:  # x flat, with a literal stride: LLVM reads it as an interleaved group, not by gathers
-        x0, x1, x2 = xs[0], xs[1], xs[2]
-        xf = x.reshape(-1)
+            p = np.uint64(2) * (p0 + np.uint64(l))
+            x0[l] = xf[p]
+            x1[l] = xf[p + np.uint64(1)]
+    elif D == 3:
         for l in range(n_lanes):
             p = np.uint64(3) * (p0 + np.uint64(l))
-            u, v, w = xf[p], xf[p + np.uint64(1)], xf[p + np.uint64(2)]
-            x0[l] = u
-            x1[l] = v
-            x2[l] = w
-            bad |= ((u - u) + (v - v)) + (w - w) != 0
+            x0[l] = xf[p]
+            x1[l] = xf[p + np.uint64(1)]
+            x2[l] = xf[p + np.uint64(2)]
     elif D == 4:
-        x0, x1, x2, x3 = xs[0], xs[1], xs[2], xs[3]
-        xf = x.reshape(-1)
         for l in range(n_lanes):
             p = np.uint64(4) * (p0 + np.uint64(l))
-            u, v, w, z = xf[p], xf[p + np.uint64(1)], xf[p + np.uint64(2)], xf[p + np.uint64(3)]
-            x0[l] = u
-            x1[l] = v
-            x2[l] = w
-            x3[l] = z
-            bad |= ((u - u) + (v - v)) + ((w - w) + (z - z)) != 0
+            x0[l] = xf[p]
+            x1[l] = xf[p + np.uint64(1)]
+            x2[l] = xf[p + np.uint64(2)]
+            x3[l] = xf[p + np.uint64(3)]
     else:
-        x0 = xs[0]
         for l in range(n_lanes):
-            u = x[p0 + np.uint64(l), 0]
-            x0[l] = u
-            bad |= (u - u) != 0
-    return bad
+            x0[l] = xf[p0 + np.uint64(l)]
+
+
+@njit(inline="always", **_JIT)
+def _store_lanes(sf, D, p0, n_lanes, a0, a1, a2, a3, r):
+    """The score of the block's lanes, a_j r, into sf (the (N, D) score, flattened): :func:`_load_lanes`' copy
+    the other way."""
+    if D == 2:
+        for l in range(n_lanes):
+            p = np.uint64(2) * (p0 + np.uint64(l))
+            sf[p] = a0[l] * r[l]
+            sf[p + np.uint64(1)] = a1[l] * r[l]
+    elif D == 3:
+        for l in range(n_lanes):
+            p = np.uint64(3) * (p0 + np.uint64(l))
+            sf[p] = a0[l] * r[l]
+            sf[p + np.uint64(1)] = a1[l] * r[l]
+            sf[p + np.uint64(2)] = a2[l] * r[l]
+    elif D == 4:
+        for l in range(n_lanes):
+            p = np.uint64(4) * (p0 + np.uint64(l))
+            sf[p] = a0[l] * r[l]
+            sf[p + np.uint64(1)] = a1[l] * r[l]
+            sf[p + np.uint64(2)] = a2[l] * r[l]
+            sf[p + np.uint64(3)] = a3[l] * r[l]
+    else:
+        for l in range(n_lanes):
+            sf[p0 + np.uint64(l)] = a0[l] * r[l]
+
+
+@njit(inline="always", **_JIT)
+def _redo_far(x, idx, n, mu, ic, ln, want_score, rows, score, logp):
+    """The two-pass block's arithmetic (``_score_block``, diagonal C_k) on the points ``idx[:n]`` of x: the ones
+    the one-pass kernel left because their weights fell out of its range. They are gathered LANES at a time
+    into the first rows of ``rows`` (rows D .. 3 stay zero, as do their constants), which also hold the pass's
+    lane sums: no scratch of K rows, so a task needs none made. mu, ic (K, 4): gamma mu_k and C_k^{-1}, zero
+    padded; ln (K,): the log-normalisers. Writes the points' score or log p."""
+    D = x.shape[1]
+    K = ln.shape[0]
+    half, floor = x.dtype.type(0.5), _log_weight_floor(x)
+    x0, x1, x2, x3, m, t, a0, a1, a2, a3 = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5], rows[6], rows[7], \
+        rows[8], rows[9]
+    for c0 in range(0, n, LANES):
+        nc = min(LANES, n - c0)
+        for c in range(nc):
+            for j in range(D):
+                rows[j, c] = x[idx[c0 + c], j]
+            m[c] = -np.inf
+            t[c] = 0.0
+            a0[c] = 0.0
+            a1[c] = 0.0
+            a2[c] = 0.0
+            a3[c] = 0.0
+        for k in range(K):  # pass 1: each point's largest logit
+            u0, u1, u2, u3, i0, i1, i2, i3, lk = mu[k, 0], mu[k, 1], mu[k, 2], mu[k, 3], ic[k, 0], ic[k, 1], ic[k, 2], \
+                ic[k, 3], ln[k]
+            for c in range(nc):
+                y0, y1, y2, y3 = x0[c] - u0, x1[c] - u1, x2[c] - u2, x3[c] - u3
+                quad = y0 * (y0 * i0)  # the block's order: ((0 + y0 q0) + y1 q1) + ..., the padding adds +0
+                quad += y1 * (y1 * i1)
+                quad += y2 * (y2 * i2)
+                quad += y3 * (y3 * i3)
+                lg = lk - half * quad
+                m[c] = lg if lg > m[c] else m[c]
+        for k in range(K):  # pass 2: the weights relative to it, and their fields
+            u0, u1, u2, u3, i0, i1, i2, i3, lk = mu[k, 0], mu[k, 1], mu[k, 2], mu[k, 3], ic[k, 0], ic[k, 1], ic[k, 2], \
+                ic[k, 3], ln[k]
+            for c in range(nc):
+                y0, y1, y2, y3 = x0[c] - u0, x1[c] - u1, x2[c] - u2, x3[c] - u3
+                g0, g1, g2, g3 = y0 * i0, y1 * i1, y2 * i2, y3 * i3
+                quad = y0 * g0
+                quad += y1 * g1
+                quad += y2 * g2
+                quad += y3 * g3
+                d = (lk - half * quad) - m[c]
+                w = exp_weight(d if d > floor else floor)
+                t[c] += w
+                a0[c] -= w * g0
+                a1[c] -= w * g1
+                a2[c] -= w * g2
+                a3[c] -= w * g3
+        for c in range(nc):
+            i = idx[c0 + c]
+            if want_score:
+                for j in range(D):
+                    score[i, j] = rows[6 + j, c] / t[c]
+            else:
+                logp[i] = np.float64(m[c]) + _log(np.float64(t[c]))
 
 
 @njit(parallel=True, **_JIT)
@@ -494,51 +573,60 @@ def _score_lanes_1pass(x, means, inv_c, log_norm, nu, cut, top, scale, limit, wa
     per lane loop, their constants in registers, with t and a, the sums of
     the weights and of w g, in registers across them; the lane loop takes two
     coordinates (D <= 2) or four (D = 3 and 4; the missing ones are zeros,
-    with zero constants). A point whose weights sum below ``limit`` (its best
-    component 60 e-folds below the largest log-normaliser in float32: about
-    11 standard deviations from every component at D = 2) is redone by
-    ``_score_block`` on its own lane. Returns the number of coordinates of x
-    that are not finite (read with the block; the caller raises).
+    with zero constants).
+
+    A point whose weights sum below ``limit`` (its best component 60 e-folds
+    below the largest log-normaliser in float32: about 11 standard deviations
+    from every component at D = 2) joins its task's list and is redone at the
+    task's end with the two-pass block's arithmetic (:func:`_redo_far`); so
+    is a point with a coordinate that is not finite (its weights are all
+    dropped), which is counted instead. Returns that count (the caller
+    raises). A task makes its scratch once, and names its rows once: a view
+    made inside the block loop costs a reference-count pair (two atomic
+    operations), which at D = 4 was half the kernel's time. The count of
+    non-finite points is kept per task: Numba's ``prange`` reduction loses an
+    update made in a loop under a branch of the body (0.68: ``for i in
+    prange(n): if c: for j in range(8): s += 1`` returns 0).
     """
     N, D = x.shape
     K = log_norm.shape[1]
     P = 2 if D <= 2 else 4
     L = lanes
     dt = x.dtype.type
-    mu = np.zeros((K, P), x.dtype)
-    h = np.zeros((K, P), x.dtype)
+    mu = np.zeros((K, 4), x.dtype)
+    ic = np.zeros((K, 4), x.dtype)
+    h = np.zeros((K, 4), x.dtype)
     for k in range(K):
         for j in range(D):
             mu[k, j] = means[0, k, j]
+            ic[k, j] = inv_c[0, k, j]
             h[k, j] = dt(0.5) * inv_c[0, k, j]
-    U = np.zeros((1, 1, 1), x.dtype)  # for the two-pass block, which takes no rotation here
+    ln = log_norm[0]
     K4 = K - K % 4
     n_blocks = (N + L - 1) // L
     n_tasks = (n_blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
-    n_bad = 0
+    bad = np.zeros(n_tasks, np.int64)
+    xf, sf = x.reshape(-1), score.reshape(-1)
     for task in prange(n_tasks):
         prefer_wide_vectors()
-        # the block, transposed (rows D .. P - 1 stay zero), then t, a_0 .. a_{P-1}: rows of one array of
-        # LANES columns, so that LLVM sees the rows LANES apart and vectorises without run-time alias checks
-        buf = np.zeros((1 + 2 * P, LANES), x.dtype)
-        xs, acc = buf[:P], buf[P:]  # whole rows: C-contiguous, of which the loops use the first L
-        r = np.zeros(L, x.dtype)
-        t = acc[0]
-        sf = score.reshape(-1)
+        # the block, transposed (rows D .. 3 stay zero), then t, a_0 .. a_3 and 2 / t: rows of one array of LANES
+        # columns, so that LLVM sees the rows LANES apart and vectorises without run-time alias checks
+        buf = np.zeros((10, LANES), x.dtype)
+        x0, x1, x2, x3, t, a0, a1, a2, a3, r = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], \
+            buf[8], buf[9]
+        fa = np.empty(BLOCKS_PER_TASK * LANES, np.int64)  # the task's far points
+        n_far = 0
         for blk in range(task * BLOCKS_PER_TASK, min(n_blocks, (task + 1) * BLOCKS_PER_TASK)):
             p0 = np.uint64(blk * L)
             n_lanes = min(L, N - blk * L)
-            if _load_lanes(x, p0, n_lanes, xs):
-                for l in range(n_lanes):
-                    for j in range(D):
-                        n_bad += not np.isfinite(xs[j, l])
-                continue
-            for j in range(1 + P):
-                aj = acc[j]
-                for l in range(L):
-                    aj[l] = 0.0
+            _load_lanes(xf, D, p0, n_lanes, x0, x1, x2, x3)
+            for l in range(L):
+                t[l] = 0.0
+                a0[l] = 0.0
+                a1[l] = 0.0
+                a2[l] = 0.0
+                a3[l] = 0.0
             if P == 2:
-                x0, x1, a0, a1 = xs[0], xs[1], acc[1], acc[2]
                 for k in range(0, K4, 4):
                     c0, c1 = _component_2d(mu, h, nu, cut, k), _component_2d(mu, h, nu, cut, k + 1)
                     c2, c3 = _component_2d(mu, h, nu, cut, k + 2), _component_2d(mu, h, nu, cut, k + 3)
@@ -549,8 +637,6 @@ def _score_lanes_1pass(x, means, inv_c, log_norm, nu, cut, top, scale, limit, wa
                     for l in range(L):
                         t[l], a0[l], a1[l] = _accumulate_2d(x0[l], x1[l], c0, t[l], a0[l], a1[l])
             else:
-                x0, x1, x2, x3 = xs[0], xs[1], xs[2], xs[3]
-                a0, a1, a2, a3 = acc[1], acc[2], acc[3], acc[4]
                 for k in range(0, K4, 4):
                     c0, c1 = _component_4d(mu, h, nu, cut, k), _component_4d(mu, h, nu, cut, k + 1)
                     c2, c3 = _component_4d(mu, h, nu, cut, k + 2), _component_4d(mu, h, nu, cut, k + 3)
@@ -565,48 +651,24 @@ def _score_lanes_1pass(x, means, inv_c, log_norm, nu, cut, top, scale, limit, wa
             far = 0
             if want_score:
                 for l in range(n_lanes):
-                    far |= t[l] < limit
+                    far |= not t[l] >= limit
                     r[l] = dt(2.0) / t[l]  # a is half the weighted sum: doubling is exact
-                if D == 2:
-                    a0, a1 = acc[1], acc[2]
-                    for l in range(n_lanes):
-                        sf[np.uint64(2) * (p0 + np.uint64(l))] = a0[l] * r[l]
-                        sf[np.uint64(2) * (p0 + np.uint64(l)) + np.uint64(1)] = a1[l] * r[l]
-                elif D == 3:
-                    a0, a1, a2 = acc[1], acc[2], acc[3]
-                    for l in range(n_lanes):
-                        p = np.uint64(3) * (p0 + np.uint64(l))
-                        sf[p] = a0[l] * r[l]
-                        sf[p + np.uint64(1)] = a1[l] * r[l]
-                        sf[p + np.uint64(2)] = a2[l] * r[l]
-                elif D == 4:
-                    a0, a1, a2, a3 = acc[1], acc[2], acc[3], acc[4]
-                    for l in range(n_lanes):
-                        p = np.uint64(4) * (p0 + np.uint64(l))
-                        sf[p] = a0[l] * r[l]
-                        sf[p + np.uint64(1)] = a1[l] * r[l]
-                        sf[p + np.uint64(2)] = a2[l] * r[l]
-                        sf[p + np.uint64(3)] = a3[l] * r[l]
-                else:
-                    a0 = acc[1]
-                    for l in range(n_lanes):
-                        score[p0 + np.uint64(l), 0] = a0[l] * r[l]
+                _store_lanes(sf, D, p0, n_lanes, a0, a1, a2, a3, r)
             else:
                 for l in range(n_lanes):
-                    far |= t[l] < limit
+                    far |= not t[l] >= limit
                     logp[p0 + np.uint64(l)] = top + _log(np.float64(t[l]) * scale)
-            if far:  # rare: a point far from every component, redone by the two-pass block on its lane alone
-                out, logit, qs, ya, quad, m, tot, av = _block_scratch(x, K, D, 1)
+            if far:  # rare: the lanes whose weights left the range, or whose x is not finite (all weights dropped)
                 for l in range(n_lanes):
-                    if t[l] < limit:
-                        _score_block(xs[:D, l : l + 1], 0, means, inv_c, log_norm, U, False, logit, qs, ya, quad, m, tot,
-                                     av, out)
-                        if want_score:
-                            for j in range(D):
-                                score[p0 + np.uint64(l), j] = out[j, 0]
-                        else:
-                            logp[p0 + np.uint64(l)] = np.float64(m[0]) + _log(np.float64(tot[0]))
-    return n_bad
+                    if not t[l] >= limit:
+                        finite = np.isfinite(x0[l]) and np.isfinite(x1[l]) and np.isfinite(x2[l]) and np.isfinite(x3[l])
+                        bad[task] += not finite
+                        if finite:
+                            fa[n_far] = blk * L + l
+                            n_far += 1
+        if n_far:  # rows D .. 3 of buf are still zero: only rows below D are ever written
+            _redo_far(x, fa, n_far, mu, ic, ln, want_score, buf, score, logp)
+    return bad.sum()
 
 
 # --------------------------------------------------------------------------- gemm: BLAS quadratic forms

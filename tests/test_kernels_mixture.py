@@ -244,7 +244,8 @@ def test_gemm_path_refines_where_the_expanded_form_cancels(numba_twin, monkeypat
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
 def test_one_pass_kernel_redoes_points_far_from_every_component(numba_twin, monkeypatch, dtype_name, kind, K, D):
     """D <= 4 shifts the weights by the largest log-normaliser, not each point's best logit; points whose best
-    component lies beyond SHIFT_LIMIT of it are redone lane by lane (here scattered through full and partial blocks),
+    component lies beyond SHIFT_LIMIT of it are redone by the two-pass block (here scattered through full and partial
+    blocks),
     and a component of prior weight 1e-30 sits among them (its nu_k is tiny, never subnormal in float64)."""
     gm = make_mixture(kind, K, D, seed=K + 10 * D)
     w = gm.weights.copy()
@@ -267,6 +268,29 @@ def test_one_pass_kernel_redoes_points_far_from_every_component(numba_twin, monk
             check(numba_twin._evaluate(gm, x, PROCESS, 0.5, True), want_score, dtype_name, "score")
     with pytest.raises(AssertionError):
         check(numba_twin._evaluate(gm, x, PROCESS, 0.5, False), want_logp, dtype_name, "log_prob")
+
+
+@pytest.mark.parametrize("D", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_one_pass_kernel_redoes_tasks_of_far_points(numba_twin, monkeypatch, dtype_name, D):
+    """When most points lie beyond SHIFT_LIMIT of every component (narrow components, as near t = 0), a task
+    gathers hundreds of them and redoes them LANES at a time: here every task holds more than LANES far points,
+    in a count that is no multiple of LANES, and the last task is a partial one."""
+    gm = make_mixture("diagonal", 5, D, seed=D)
+    rng = np.random.default_rng(D)
+    n = 2 * numba_twin.BLOCKS_PER_TASK * numba_twin.LANES + 77
+    direction = rng.standard_normal((n, D))
+    radius = 40.0 if dtype_name == "float32" else 150.0  # as in the test above: far from every component
+    x64 = radius * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    near = rng.choice(n, 100, replace=False)
+    x64[near] = gm.means[rng.integers(0, 5, near.size)] + 0.3 * rng.standard_normal((near.size, D))
+    x = x64.astype(dtype_name)
+    want_logp, want_score = oracle(gm, x.astype(np.float64), PROCESS, 0.5)
+    check(numba_twin._evaluate(gm, x, PROCESS, 0.5, True, path="lanes"), want_score, dtype_name, "score")
+    check(numba_twin._evaluate(gm, x, PROCESS, 0.5, False, path="lanes"), want_logp, dtype_name, "log_prob")
+    monkeypatch.setattr(numba_twin, "SHIFT_LIMIT", (-np.inf, -np.inf))  # never redo: the case must need it
+    with pytest.raises(AssertionError):
+        check(numba_twin._evaluate(gm, x, PROCESS, 0.5, False, path="lanes"), want_logp, dtype_name, "log_prob")
 
 
 def test_one_pass_kernel_drops_weights_below_the_exps_range(numba_twin):
