@@ -60,10 +60,9 @@ def _evaluate(mixture, x, process, t, want_score):
     gamma, var = _process_coefs(process, t)
     per_example(gamma, x, "t")  # shape check of a per-example t
     N, D = xk.shape
-    active = mixture._active
-    K = active.shape[0]
-    lam = np.broadcast_to(mixture._lam[active].reshape(K, -1), (K, D))
-    U = mixture._U[active] if mixture.kind == "full" else np.zeros((1,))
+    log_w, mu, lam, U = mixture._active_arrays
+    K = log_w.shape[0]
+    U = np.zeros((1,)) if U is None else U
 
     def dev(a):  # host float64 -> device, kernel dtype, C-contiguous
         return cupy.asarray(np.ascontiguousarray(a, dtype=np.float64).astype(kdtype))
@@ -76,7 +75,7 @@ def _evaluate(mixture, x, process, t, want_score):
     if N:
         args = (
             xk, g, v, np.int64(n_t),
-            dev(np.log(mixture.weights[active])), dev(mixture.means[active]), dev(lam), dev(U),
+            dev(log_w), dev(mu), dev(lam), dev(U),
             np.int64(_KIND[mixture.kind]), np.int64(N), np.int64(K), np.int64(D), np.int64(bool(want_score)),
             score, logp,
         )  # fmt: skip

@@ -180,6 +180,8 @@ SCORE_KAPPA = 2048.0
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _ISOTROPIC, _DIAGONAL, _FULL = 0, 1, 2
+_NO_ROTATION = np.zeros((1, 1, 1))  # the U argument of a mixture without full covariances
+_NO_ROTATION.flags.writeable = False
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 
@@ -387,18 +389,18 @@ def _weight(nu, arg, cut):
 
 @njit(inline="always", **_JIT)
 def _accumulate_2d(x0, x1, c, t, a0, a1):
-    r"""One component's share at one point: t + w and a - w g, w = nu_k exp(-q_k / 2), g = C_k^{-1} z_k / 2.
+    r"""One component's share at one point: t + w and a + w g, w = nu_k exp(-q_k / 2), g = -C_k^{-1} z_k / 2.
 
-    ``c`` is :func:`_component_2d`'s tuple (h = C_k^{-1} / 2); q_k comes from the difference z_k = x - gamma mu_k,
-    as in the two-pass block.
+    ``c`` is :func:`_component_2d`'s tuple (h = -C_k^{-1} / 2, negated so that z_k . g = -q_k / 2 is the exp's
+    argument as it stands); q_k comes from the difference z_k = x - gamma mu_k, as in the two-pass block.
     """
     mu0, mu1, h0, h1, nu, cut = c
     y0 = x0 - mu0
     y1 = x1 - mu1
     g0 = y0 * h0
     g1 = y1 * h1
-    w = _weight(nu, -fma(y1, g1, y0 * g0), cut)
-    return t + w, fma(-w, g0, a0), fma(-w, g1, a1)
+    w = _weight(nu, fma(y1, g1, y0 * g0), cut)
+    return t + w, fma(w, g0, a0), fma(w, g1, a1)
 
 
 @njit(inline="always", **_JIT)
@@ -428,8 +430,8 @@ def _accumulate_4d(x0, x1, x2, x3, c, t, a0, a1, a2, a3):
     g1 = y1 * h1
     g2 = y2 * h2
     g3 = y3 * h3
-    w = _weight(nu, -fma(y3, g3, fma(y2, g2, fma(y1, g1, y0 * g0))), cut)
-    return t + w, fma(-w, g0, a0), fma(-w, g1, a1), fma(-w, g2, a2), fma(-w, g3, a3)
+    w = _weight(nu, fma(y3, g3, fma(y2, g2, fma(y1, g1, y0 * g0))), cut)
+    return t + w, fma(w, g0, a0), fma(w, g1, a1), fma(w, g2, a2), fma(w, g3, a3)
 
 
 @njit(inline="always", **_JIT)
@@ -559,17 +561,20 @@ def _redo_far(x, idx, n, mu, ic, ln, want_score, rows, score, logp):
 
 
 @njit(parallel=True, **_JIT)
-def _score_lanes_1pass(x, means, inv_c, log_norm, nu, cut, top, scale, limit, want_score, lanes, score, logp):
+def _score_lanes_1pass(x, log_w, mu, lam, g, v, bits, limit, want_score, lanes, score, logp):
     r"""``_score_lanes`` for D <= 4, isotropic or diagonal: one pass over the components.
 
-    The two-pass block finds each point's largest logit before it takes the
-    exps. Here the weights are :math:`\nu_k e^{-q_k/2}` with the prior factors
-    ``nu`` (K,) in x's dtype, :math:`\nu_k=e^{\log\nu_k-\text{top}}\,2^b`
-    (``top`` = max_k log_norm_k, b = :data:`SHIFT_BITS`), formed in float64 by
-    :func:`_lane_operands`: the logits are formed once, the exp's argument is
-    -q_k/2 <= 0 (rounded at q_k's magnitude, as in the block), a weight whose
-    argument is at or below ``cut`` (K,) is exactly 0 (:func:`_weight`), and
-    log p = top + log(t ``scale``), scale = 2^-b exactly. Four components run
+    Takes the active components' arrays as :func:`mixture_arrays` gives them,
+    gamma_t = g, sigma_t^2 = v and b = ``bits`` (:data:`SHIFT_BITS`), and
+    forms its constants with :func:`_lane_operands` itself (a separate call
+    from Python cost 9 us, a third of a small call). The two-pass block finds
+    each point's largest logit before it takes the exps. Here the weights are
+    :math:`\nu_k e^{-q_k/2}` with the prior factors ``nu`` (K,) in x's dtype,
+    :math:`\nu_k=e^{\log\nu_k-\text{top}}\,2^b` (``top`` = max_k
+    log_norm_k), formed in float64: the logits are formed once, the exp's
+    argument is -q_k/2 <= 0 (rounded at q_k's magnitude, as in the block), a
+    weight whose argument is at or below ``cut`` (K,) is exactly 0
+    (:func:`_weight`), and log p = top + log(t 2^-b), an exact scaling. Four components run
     per lane loop, their constants in registers, with t and a, the sums of
     the weights and of w g, in registers across them; the lane loop takes two
     coordinates (D <= 2) or four (D = 3 and 4; the missing ones are zeros,
@@ -589,18 +594,20 @@ def _score_lanes_1pass(x, means, inv_c, log_norm, nu, cut, top, scale, limit, wa
     prange(n): if c: for j in range(8): s += 1`` returns 0).
     """
     N, D = x.shape
+    means, inv_c, log_norm, nu, cut, top = _lane_operands(log_w, mu, lam, g, v, bits, x)
+    scale = np.ldexp(1.0, -bits)
     K = log_norm.shape[1]
     P = 2 if D <= 2 else 4
     L = lanes
     dt = x.dtype.type
-    mu = np.zeros((K, 4), x.dtype)
+    gmu = np.zeros((K, 4), x.dtype)
     ic = np.zeros((K, 4), x.dtype)
     h = np.zeros((K, 4), x.dtype)
     for k in range(K):
         for j in range(D):
-            mu[k, j] = means[0, k, j]
+            gmu[k, j] = means[0, k, j]
             ic[k, j] = inv_c[0, k, j]
-            h[k, j] = dt(0.5) * inv_c[0, k, j]
+            h[k, j] = dt(-0.5) * inv_c[0, k, j]  # negated: the exp's argument needs no negation
     ln = log_norm[0]
     K4 = K - K % 4
     n_blocks = (N + L - 1) // L
@@ -628,23 +635,23 @@ def _score_lanes_1pass(x, means, inv_c, log_norm, nu, cut, top, scale, limit, wa
                 a3[l] = 0.0
             if P == 2:
                 for k in range(0, K4, 4):
-                    c0, c1 = _component_2d(mu, h, nu, cut, k), _component_2d(mu, h, nu, cut, k + 1)
-                    c2, c3 = _component_2d(mu, h, nu, cut, k + 2), _component_2d(mu, h, nu, cut, k + 3)
+                    c0, c1 = _component_2d(gmu, h, nu, cut, k), _component_2d(gmu, h, nu, cut, k + 1)
+                    c2, c3 = _component_2d(gmu, h, nu, cut, k + 2), _component_2d(gmu, h, nu, cut, k + 3)
                     for l in range(L):
                         t[l], a0[l], a1[l] = _accumulate4_2d(x0[l], x1[l], c0, c1, c2, c3, t[l], a0[l], a1[l])
                 for k in range(K4, K):
-                    c0 = _component_2d(mu, h, nu, cut, k)
+                    c0 = _component_2d(gmu, h, nu, cut, k)
                     for l in range(L):
                         t[l], a0[l], a1[l] = _accumulate_2d(x0[l], x1[l], c0, t[l], a0[l], a1[l])
             else:
                 for k in range(0, K4, 4):
-                    c0, c1 = _component_4d(mu, h, nu, cut, k), _component_4d(mu, h, nu, cut, k + 1)
-                    c2, c3 = _component_4d(mu, h, nu, cut, k + 2), _component_4d(mu, h, nu, cut, k + 3)
+                    c0, c1 = _component_4d(gmu, h, nu, cut, k), _component_4d(gmu, h, nu, cut, k + 1)
+                    c2, c3 = _component_4d(gmu, h, nu, cut, k + 2), _component_4d(gmu, h, nu, cut, k + 3)
                     for l in range(L):
                         t[l], a0[l], a1[l], a2[l], a3[l] = _accumulate4_4d(
                             x0[l], x1[l], x2[l], x3[l], c0, c1, c2, c3, t[l], a0[l], a1[l], a2[l], a3[l])
                 for k in range(K4, K):
-                    c0 = _component_4d(mu, h, nu, cut, k)
+                    c0 = _component_4d(gmu, h, nu, cut, k)
                     for l in range(L):
                         t[l], a0[l], a1[l], a2[l], a3[l] = _accumulate_4d(
                             x0[l], x1[l], x2[l], x3[l], c0, t[l], a0[l], a1[l], a2[l], a3[l])
@@ -667,7 +674,7 @@ def _score_lanes_1pass(x, means, inv_c, log_norm, nu, cut, top, scale, limit, wa
                             fa[n_far] = blk * L + l
                             n_far += 1
         if n_far:  # rows D .. 3 of buf are still zero: only rows below D are ever written
-            _redo_far(x, fa, n_far, mu, ic, ln, want_score, buf, score, logp)
+            _redo_far(x, fa, n_far, gmu, ic, ln, want_score, buf, score, logp)
     return bad.sum()
 
 
@@ -1053,18 +1060,9 @@ def _score_pointwise(x, gamma, var, log_w, mu, lam, U, kind, want_score, score, 
 # --------------------------------------------------------------------------- host side
 def mixture_arrays(mixture):
     """``(log_w, mu, lam, U, kind)`` float64 arrays of the active components, as :func:`mixture_score_point` takes them."""
-    active = mixture._active
-    K, D = active.shape[0], mixture.dim
+    log_w, mu, lam, U = mixture._active_arrays
     kind = {"isotropic": _ISOTROPIC, "diagonal": _DIAGONAL, "full": _FULL}[mixture.kind]
-    lam = np.broadcast_to(mixture._lam[active].reshape(K, -1), (K, D))
-    U = mixture._U[active] if kind == _FULL else np.zeros((1, 1, 1))
-    return (
-        np.log(mixture.weights[active]),
-        np.ascontiguousarray(mixture.means[active]),
-        np.ascontiguousarray(lam, dtype=np.float64),
-        np.ascontiguousarray(U, dtype=np.float64),
-        kind,
-    )
+    return log_w, mu, lam, _NO_ROTATION if U is None else U, kind
 
 
 def choose_path(kind, dtype, K, D, per_example_t):
@@ -1121,18 +1119,18 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
         else:
             dt = xk.dtype
             i = int(dt == np.float64)
-            means, inv_c, log_norm, nu, cut, top = _lane_operands(log_w, mu, lam, float(gamma), float(var), SHIFT_BITS[i],
-                                                                  xk[:0])
             lanes = min(LANES, N)
             if one_pass:
                 limit = dt.type(math.exp(SHIFT_LIMIT[i]))
                 # as for the GEMM kernel; and a far point's weights may all be dropped (t = 0: the lane is redone)
                 with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-                    n_bad = _score_lanes_1pass(xk, means, inv_c, log_norm, nu, cut, top, 2.0 ** -SHIFT_BITS[i], limit,
+                    n_bad = _score_lanes_1pass(xk, log_w, mu, lam, float(gamma), float(var), SHIFT_BITS[i], limit,
                                                want_score, lanes, score, logp)
                 if n_bad:
                     check_finite(xk, "x")  # raises
             else:
+                means, inv_c, log_norm, _, _, _ = _lane_operands(log_w, mu, lam, float(gamma), float(var), SHIFT_BITS[i],
+                                                                 xk[:0])
                 _score_lanes(xk, means, inv_c, log_norm, U.astype(dt), kind == _FULL, want_score, lanes, score, logp)
     return score.astype(dtype, copy=False) if want_score else logp.astype(dtype, copy=False)
 

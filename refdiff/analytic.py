@@ -45,6 +45,7 @@ SNR (:math:`\gamma_t=0`), where it equals the data mean.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import math
@@ -198,6 +199,22 @@ class GaussianMixture:
         self._active = np.flatnonzero(w > 0)  # zero-weight components never contribute
         for a in (self.weights, self.means, self.covs, self._lam) + ((U,) if U is not None else ()):
             a.flags.writeable = False
+
+    @functools.cached_property
+    def _active_arrays(self):
+        """``(log_w, means, lam, U)`` of the components of nonzero weight: float64, C-contiguous, read-only; lam
+        (K_active, D) the covariances' eigenvalues (an isotropic variance repeated D times), U (K_active, D, D)
+        their eigenvectors, or None unless ``kind == "full"``. What the twins take; made on first use and kept
+        (the mixture is immutable: a twin's call for ten points spent a fifth of its time making them)."""
+        act = self._active
+        K, D = act.shape[0], self.dim
+        arrays = (np.log(self.weights[act]), np.ascontiguousarray(self.means[act]),
+                  np.ascontiguousarray(np.broadcast_to(self._lam[act].reshape(K, -1), (K, D)), dtype=np.float64),
+                  np.ascontiguousarray(self._U[act]) if self.kind == "full" else None)
+        for a in arrays:
+            if a is not None:
+                a.flags.writeable = False
+        return arrays
 
     @property
     def n_components(self) -> int:

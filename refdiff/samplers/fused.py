@@ -424,14 +424,12 @@ def score_constants(table, mixture):
     the score is their softmax-weighted sum. Rows without a score get zeros.
     """
     _check_table_mixture(table, mixture)
-    act = mixture._active
-    K, D = act.shape[0], mixture.dim
-    lam = np.broadcast_to(np.asarray(mixture._lam, dtype=np.float64)[act].reshape(K, -1), (K, D))  # (K, D)
+    log_w, mu, lam, U = mixture._active_arrays  # lam (K, D)
+    D = mu.shape[1]
     g = np.where(table.b != 0, table.gamma, 0.0)[:, None, None]  # (R, 1, 1)
     v = np.where(table.b != 0, table.sigma2, 1.0)[:, None, None]
     c = g**2 * lam[None] + v  # (R, K, D)
-    means = g * mixture.means[act][None]  # (R, K, D)
-    log_norm = np.log(mixture.weights[act])[None] - 0.5 * (D * _LOG_2PI + np.sum(np.log(c), axis=2))  # (R, K)
-    U = np.ascontiguousarray(mixture._U[act]) if mixture.kind == "full" else None
+    means = g * mu[None]  # (R, K, D)
+    log_norm = log_w[None] - 0.5 * (D * _LOG_2PI + np.sum(np.log(c), axis=2))  # (R, K)
     return {"means": np.ascontiguousarray(means), "inv_c": np.ascontiguousarray(1.0 / c),
             "log_norm": np.ascontiguousarray(log_norm), "U": U}  # fmt: skip
