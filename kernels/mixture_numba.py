@@ -365,8 +365,8 @@ ONE_PASS_MAX_D = 4
 #: (float32, float64): a power of two (about exp(60), exp(600)), so log p = max_j log_norm_j + log(t 2**-bits)
 #: scales exactly and keeps the two-pass block's accuracy; see :func:`_score_lanes_1pass`.
 SHIFT_BITS = (86, 865)
-#: Lanes path, D <= 4: a point whose weights sum below exp(this), by dtype, is redone by the two-pass
-#: block on its lane: its best component lies so far below the largest log-normaliser (60 e-folds in
+#: Lanes path, D <= 4: a point whose weights sum below exp(this), by dtype, is redone with the two-pass
+#: block's arithmetic (:func:`_redo_far`): its best component lies so far below the largest log-normaliser (60 e-folds in
 #: float32) that the weights dropped below the exp's range, at most nu_k exp(-87) <= exp(-27) each
 #: (float32; float64: exp(-108) against exp(-62)), would no longer be negligible beside its sum.
 SHIFT_LIMIT = (0.0, -62.0)
