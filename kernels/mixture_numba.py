@@ -36,21 +36,29 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   in float64), not relative to each point's largest logit, so no pass has to
   find that first; four components per lane loop keep their constants and
   the running sums in registers (two coordinates for D <= 2, four for D = 3
-  and 4, padded with zeros). A weight below the exp's range is dropped, not
-  clamped (a far, narrow component's field times a clamped weight can
-  outweigh the score), and log p adds back the shift as a power of two. A
-  point so far from every component that its weights leave that range
-  (:data:`SHIFT_LIMIT`) joins its task's list, redone at the task's end with
-  the two-pass block's arithmetic, LANES points at a time, in the task's own
-  rows. A task names its rows once: a view made in the block loop costs a
-  pair of atomic reference-count updates. The N = 1e5,
-  K = 8 float32 score took 1.17 ms on one thread with the two-pass block
-  (0.4 of it in the copies in and out and a log per point the score does not
-  use), 0.44 in one pass, 0.35 with 512-bit vectors. At D = 4, K = 8 it
-  took 1.15 ms before the far points (0.5% of the benchmark's) were
+  and 4, padded with zeros). The weight is ``scaled_pow2`` from
+  ``_numba_math``: :math:`\nu_k` rides in the power of two's polynomial and
+  exponent, so it costs no multiply, and 2**n is an integer addition to the
+  exponent field; isotropic components form :math:`|z_k|^2` without a
+  product by :math:`C_k^{-1}` and scale the field once. A weight that would
+  be subnormal is dropped, not clamped (a far, narrow component's field
+  times a clamped weight can outweigh the score), and log p adds back the
+  shift as a power of two. A point so far from every component that its
+  weights leave that range (:data:`SHIFT_LIMIT`) joins its task's list,
+  redone at the task's end with the two-pass block's arithmetic, LANES
+  points at a time, in the task's own rows. A task is a thread's share in a
+  few chunks of :data:`ONE_PASS_LANES` points; it names its rows once (a
+  view made in a loop costs a pair of atomic reference-count updates). The
+  N = 1e5, K = 8 float32 score took 1.17 ms on one thread with the two-pass
+  block (0.4 of it in the copies in and out and a log per point the score
+  does not use), 0.44 in one pass, 0.35 with 512-bit vectors. At D = 4,
+  K = 8 it took 1.15 ms before the far points (0.5% of the benchmark's) were
   gathered, when each was redone on its own lane with scratch made per
-  block, and before the views left the block loop; 0.66 after. A score with
-  every point far ran 7-8x slower then than it does now.
+  block, and before the views left the block loop; 0.66 after; on two
+  threads 0.32-0.34 ms with an exp and a product by :math:`\nu_k`
+  (33 vector operations per component and 16 lanes, isotropic), 0.20-0.22
+  with ``scaled_pow2`` (27) and chunks of 512 points instead of 64 (the
+  component constants were set up per block: 9% of the time).
   The shift does not suit the GEMM path: at D = 64 a point's best logit lies
   some D/2 plus the spread of the log-determinants below the largest
   log-normaliser, more than float32's window of about 60 e-folds, and most
@@ -150,11 +158,13 @@ import math
 import numpy as np
 
 try:
+    import numba
     from numba import njit, prange
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_math import _log, exp_unclamped, exp_weight, fma, prefer_wide_vectors, zero_like
+from refdiff.kernels._numba_math import (_log, exp_weight, fma, pow2_factors, pow2_row, prefer_wide_vectors,
+                                         scaled_pow2)
 
 __all__ = ["mixture_score", "mixture_log_prob", "mixture_score_point", "mixture_arrays", "LANES", "GEMM_MIN_KD"]
 
@@ -367,61 +377,72 @@ ONE_PASS_MAX_D = 4
 SHIFT_BITS = (86, 865)
 #: Lanes path, D <= 4: a point whose weights sum below exp(this), by dtype, is redone with the two-pass
 #: block's arithmetic (:func:`_redo_far`): its best component lies so far below the largest log-normaliser (60 e-folds in
-#: float32) that the weights dropped below the exp's range, at most nu_k exp(-87) <= exp(-27) each
-#: (float32; float64: exp(-108) against exp(-62)), would no longer be negligible beside its sum.
-SHIFT_LIMIT = (0.0, -62.0)
+#: float32) that the weights dropped for being subnormal, at most nu_k exp(cut_k) = e**10 tiny each, would
+#: no longer be negligible beside its sum (float32: e**-40 against e**-77; float64: e**-600 against e**-698).
+SHIFT_LIMIT = (-40.0, -600.0)
+#: Lanes path, D <= 4: the points of one task, by dtype (float32, float64): rows of 2 KiB, ten of them in L1.
+#: A task sets up its components' constants once, so larger tasks spend less on it (it was 9% of the
+#: D = 4 kernel's time with tasks of 64 points).
+ONE_PASS_LANES = (512, 256)
+ONE_PASS_ROW = 512  # the row width of a task's scratch: the largest of ONE_PASS_LANES
+#: Lanes path, D <= 4: tasks per thread (each some chunks of ONE_PASS_LANES points): enough to even out the
+#: threads' loads, few enough that the per-call costs of a task stay small.
+ONE_PASS_TASKS_PER_THREAD = 4
+_LOG2E = 1.0 / math.log(2.0)
 
 
 @njit(inline="always", **_JIT)
-def _component_2d(mu, h, nu, cut, k):
+def _weight(q, l, shift, p, qcut):
+    """nu_k exp(-q_k / 2) = nu_k 2**(q l) (:func:`scaled_pow2`, nu_k folded into ``shift`` and ``p``), or
+    exactly 0 where q >= qcut (or q is NaN): where it would be a subnormal number (a microcode assist per
+    SIMD instruction, and :func:`scaled_pow2` is not valid there). A weight so small is dropped, not clamped:
+    a far component's field times a clamped weight can outweigh the score."""
+    return scaled_pow2(q, l, shift, p, q < qcut)
+
+
+@njit(inline="always", **_JIT)
+def _component_2d(mu, h, l, shift, qcut, poly, k):
     """Component k's constants, one tuple of scalars: they stay in registers across the lane loop."""
-    return mu[k, 0], mu[k, 1], h[k, 0], h[k, 1], nu[k], cut[k]
-
-
-@njit(inline="always", **_JIT)
-def _weight(nu, arg, cut):
-    """nu exp(arg), or exactly 0 where arg <= cut: below the exp's range (which would clamp it, not drop it: a
-    far component's field times that clamped weight can outweigh the score) or where nu exp(arg) would be a
-    subnormal number (a microcode assist per SIMD instruction)."""
-    w = nu * exp_unclamped(arg)  # cut >= the exp's floor: the lanes it would clamp are dropped instead
-    return w if arg > cut else zero_like(w)
+    return mu[k, 0], mu[k, 1], h[k, 0], h[k, 1], l[k], shift[k], qcut[k], pow2_row(poly, k)
 
 
 @njit(inline="always", **_JIT)
 def _accumulate_2d(x0, x1, c, t, a0, a1):
-    r"""One component's share at one point: t + w and a + w g, w = nu_k exp(-q_k / 2), g = -C_k^{-1} z_k / 2.
-
-    ``c`` is :func:`_component_2d`'s tuple (h = -C_k^{-1} / 2, negated so that z_k . g = -q_k / 2 is the exp's
-    argument as it stands); q_k comes from the difference z_k = x - gamma mu_k, as in the two-pass block.
-    """
-    mu0, mu1, h0, h1, nu, cut = c
+    r"""One component's share at one point, diagonal C_k: t + w and a - w g, w = nu_k exp(-q_k / 2),
+    g = C_k^{-1} z_k / 2 (h = C_k^{-1} / 2), q_k / 2 = z_k . g from the difference z_k = x - gamma mu_k, as in
+    the two-pass block; ``l`` = -1 / ln 2 turns it into the power of two."""
+    mu0, mu1, h0, h1, l, shift, qcut, p = c
     y0 = x0 - mu0
     y1 = x1 - mu1
     g0 = y0 * h0
     g1 = y1 * h1
-    w = _weight(nu, fma(y1, g1, y0 * g0), cut)
-    return t + w, fma(w, g0, a0), fma(w, g1, a1)
+    w = _weight(fma(y1, g1, y0 * g0), l, shift, p, qcut)
+    return t + w, fma(-w, g0, a0), fma(-w, g1, a1)
 
 
 @njit(inline="always", **_JIT)
-def _accumulate4_2d(u, v, c0, c1, c2, c3, t, a0, a1):
-    """:func:`_accumulate_2d` of four components in turn."""
-    t, a0, a1 = _accumulate_2d(u, v, c0, t, a0, a1)
-    t, a0, a1 = _accumulate_2d(u, v, c1, t, a0, a1)
-    t, a0, a1 = _accumulate_2d(u, v, c2, t, a0, a1)
-    return _accumulate_2d(u, v, c3, t, a0, a1)
+def _accumulate_2d_iso(x0, x1, c, t, a0, a1):
+    r""":func:`_accumulate_2d` for C_k = c_k I: q_k = |z_k|^2 / c_k, so the quadratic form needs no product by
+    C_k^{-1} (``l`` = -1 / (2 c_k ln 2) scales it) and the field takes one: a - (w h) z_k, h = 1 / (2 c_k)."""
+    mu0, mu1, h, _, l, shift, qcut, p = c
+    y0 = x0 - mu0
+    y1 = x1 - mu1
+    w = _weight(fma(y1, y1, y0 * y0), l, shift, p, qcut)
+    wh = w * h
+    return t + w, fma(-wh, y0, a0), fma(-wh, y1, a1)
 
 
 @njit(inline="always", **_JIT)
-def _component_4d(mu, h, nu, cut, k):
+def _component_4d(mu, h, l, shift, qcut, poly, k):
     """:func:`_component_2d` for four coordinates (D = 3 comes padded with a zero one)."""
-    return mu[k, 0], mu[k, 1], mu[k, 2], mu[k, 3], h[k, 0], h[k, 1], h[k, 2], h[k, 3], nu[k], cut[k]
+    return mu[k, 0], mu[k, 1], mu[k, 2], mu[k, 3], h[k, 0], h[k, 1], h[k, 2], h[k, 3], l[k], shift[k], qcut[k], \
+        pow2_row(poly, k)
 
 
 @njit(inline="always", **_JIT)
 def _accumulate_4d(x0, x1, x2, x3, c, t, a0, a1, a2, a3):
     """:func:`_accumulate_2d` for four coordinates."""
-    mu0, mu1, mu2, mu3, h0, h1, h2, h3, nu, cut = c
+    mu0, mu1, mu2, mu3, h0, h1, h2, h3, l, shift, qcut, p = c
     y0 = x0 - mu0
     y1 = x1 - mu1
     y2 = x2 - mu2
@@ -430,17 +451,90 @@ def _accumulate_4d(x0, x1, x2, x3, c, t, a0, a1, a2, a3):
     g1 = y1 * h1
     g2 = y2 * h2
     g3 = y3 * h3
-    w = _weight(nu, fma(y3, g3, fma(y2, g2, fma(y1, g1, y0 * g0))), cut)
-    return t + w, fma(w, g0, a0), fma(w, g1, a1), fma(w, g2, a2), fma(w, g3, a3)
+    w = _weight(fma(y3, g3, fma(y2, g2, fma(y1, g1, y0 * g0))), l, shift, p, qcut)
+    return t + w, fma(-w, g0, a0), fma(-w, g1, a1), fma(-w, g2, a2), fma(-w, g3, a3)
 
 
 @njit(inline="always", **_JIT)
-def _accumulate4_4d(u0, u1, u2, u3, c0, c1, c2, c3, t, a0, a1, a2, a3):
-    """:func:`_accumulate_4d` of four components in turn."""
-    t, a0, a1, a2, a3 = _accumulate_4d(u0, u1, u2, u3, c0, t, a0, a1, a2, a3)
-    t, a0, a1, a2, a3 = _accumulate_4d(u0, u1, u2, u3, c1, t, a0, a1, a2, a3)
-    t, a0, a1, a2, a3 = _accumulate_4d(u0, u1, u2, u3, c2, t, a0, a1, a2, a3)
-    return _accumulate_4d(u0, u1, u2, u3, c3, t, a0, a1, a2, a3)
+def _accumulate_4d_iso(x0, x1, x2, x3, c, t, a0, a1, a2, a3):
+    """:func:`_accumulate_2d_iso` for four coordinates."""
+    mu0, mu1, mu2, mu3, h, _, _, _, l, shift, qcut, p = c
+    y0 = x0 - mu0
+    y1 = x1 - mu1
+    y2 = x2 - mu2
+    y3 = x3 - mu3
+    w = _weight(fma(y3, y3, fma(y2, y2, fma(y1, y1, y0 * y0))), l, shift, p, qcut)
+    wh = w * h
+    return t + w, fma(-wh, y0, a0), fma(-wh, y1, a1), fma(-wh, y2, a2), fma(-wh, y3, a3)
+
+
+@njit(**_JIT)
+def _components_2d(gmu, h, l, shift, qcut, poly, iso, n, x0, x1, t, a0, a1):
+    """Every component's share at the lanes ``[:n]`` of the rows x0, x1 (D <= 2), added to the rows t, a0, a1;
+    four components per lane loop, their constants and the running sums in registers."""
+    prefer_wide_vectors()
+    K = l.shape[0]
+    K4 = K - K % 4
+    for k in range(0, K4, 4):
+        c0, c1 = _component_2d(gmu, h, l, shift, qcut, poly, k), _component_2d(gmu, h, l, shift, qcut, poly, k + 1)
+        c2, c3 = _component_2d(gmu, h, l, shift, qcut, poly, k + 2), _component_2d(gmu, h, l, shift, qcut, poly, k + 3)
+        if iso:
+            for i in range(n):
+                u, v, s, b0, b1 = x0[i], x1[i], t[i], a0[i], a1[i]
+                s, b0, b1 = _accumulate_2d_iso(u, v, c0, s, b0, b1)
+                s, b0, b1 = _accumulate_2d_iso(u, v, c1, s, b0, b1)
+                s, b0, b1 = _accumulate_2d_iso(u, v, c2, s, b0, b1)
+                t[i], a0[i], a1[i] = _accumulate_2d_iso(u, v, c3, s, b0, b1)
+        else:
+            for i in range(n):
+                u, v, s, b0, b1 = x0[i], x1[i], t[i], a0[i], a1[i]
+                s, b0, b1 = _accumulate_2d(u, v, c0, s, b0, b1)
+                s, b0, b1 = _accumulate_2d(u, v, c1, s, b0, b1)
+                s, b0, b1 = _accumulate_2d(u, v, c2, s, b0, b1)
+                t[i], a0[i], a1[i] = _accumulate_2d(u, v, c3, s, b0, b1)
+    for k in range(K4, K):
+        c0 = _component_2d(gmu, h, l, shift, qcut, poly, k)
+        if iso:
+            for i in range(n):
+                t[i], a0[i], a1[i] = _accumulate_2d_iso(x0[i], x1[i], c0, t[i], a0[i], a1[i])
+        else:
+            for i in range(n):
+                t[i], a0[i], a1[i] = _accumulate_2d(x0[i], x1[i], c0, t[i], a0[i], a1[i])
+
+
+@njit(**_JIT)
+def _components_4d(gmu, h, l, shift, qcut, poly, iso, n, x0, x1, x2, x3, t, a0, a1, a2, a3):
+    """:func:`_components_2d` for four coordinates (D = 3 and 4)."""
+    prefer_wide_vectors()
+    K = l.shape[0]
+    K4 = K - K % 4
+    for k in range(0, K4, 4):
+        c0, c1 = _component_4d(gmu, h, l, shift, qcut, poly, k), _component_4d(gmu, h, l, shift, qcut, poly, k + 1)
+        c2, c3 = _component_4d(gmu, h, l, shift, qcut, poly, k + 2), _component_4d(gmu, h, l, shift, qcut, poly, k + 3)
+        if iso:
+            for i in range(n):
+                u0, u1, u2, u3 = x0[i], x1[i], x2[i], x3[i]
+                s, b0, b1, b2, b3 = _accumulate_4d_iso(u0, u1, u2, u3, c0, t[i], a0[i], a1[i], a2[i], a3[i])
+                s, b0, b1, b2, b3 = _accumulate_4d_iso(u0, u1, u2, u3, c1, s, b0, b1, b2, b3)
+                s, b0, b1, b2, b3 = _accumulate_4d_iso(u0, u1, u2, u3, c2, s, b0, b1, b2, b3)
+                t[i], a0[i], a1[i], a2[i], a3[i] = _accumulate_4d_iso(u0, u1, u2, u3, c3, s, b0, b1, b2, b3)
+        else:
+            for i in range(n):
+                u0, u1, u2, u3 = x0[i], x1[i], x2[i], x3[i]
+                s, b0, b1, b2, b3 = _accumulate_4d(u0, u1, u2, u3, c0, t[i], a0[i], a1[i], a2[i], a3[i])
+                s, b0, b1, b2, b3 = _accumulate_4d(u0, u1, u2, u3, c1, s, b0, b1, b2, b3)
+                s, b0, b1, b2, b3 = _accumulate_4d(u0, u1, u2, u3, c2, s, b0, b1, b2, b3)
+                t[i], a0[i], a1[i], a2[i], a3[i] = _accumulate_4d(u0, u1, u2, u3, c3, s, b0, b1, b2, b3)
+    for k in range(K4, K):
+        c0 = _component_4d(gmu, h, l, shift, qcut, poly, k)
+        if iso:
+            for i in range(n):
+                t[i], a0[i], a1[i], a2[i], a3[i] = _accumulate_4d_iso(x0[i], x1[i], x2[i], x3[i], c0, t[i], a0[i],
+                                                                      a1[i], a2[i], a3[i])
+        else:
+            for i in range(n):
+                t[i], a0[i], a1[i], a2[i], a3[i] = _accumulate_4d(x0[i], x1[i], x2[i], x3[i], c0, t[i], a0[i], a1[i],
+                                                                  a2[i], a3[i])
 
 
 @njit(inline="always", **_JIT)
@@ -504,14 +598,17 @@ def _store_lanes(sf, D, p0, n_lanes, a0, a1, a2, a3, r):
 def _redo_far(x, idx, n, mu, ic, ln, want_score, rows, score, logp):
     """The two-pass block's arithmetic (``_score_block``, diagonal C_k) on the points ``idx[:n]`` of x: the ones
     the one-pass kernel left because their weights fell out of its range. They are gathered LANES at a time
-    into the first rows of ``rows`` (rows D .. 3 stay zero, as do their constants), which also hold the pass's
-    lane sums: no scratch of K rows, so a task needs none made. mu, ic (K, 4): gamma mu_k and C_k^{-1}, zero
-    padded; ln (K,): the log-normalisers. Writes the points' score or log p."""
+    into the first rows of ``rows`` (rows D .. 3 are zeroed, as are their constants), which also hold the
+    pass's lane sums: no scratch of K rows, so a task needs none made. mu, ic (K, 4): gamma mu_k and
+    C_k^{-1}, zero padded; ln (K,): the log-normalisers. Writes the points' score or log p."""
     D = x.shape[1]
     K = ln.shape[0]
     half, floor = x.dtype.type(0.5), _log_weight_floor(x)
     x0, x1, x2, x3, m, t, a0, a1, a2, a3 = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5], rows[6], rows[7], \
         rows[8], rows[9]
+    for j in range(D, 4):
+        for c in range(LANES):
+            rows[j, c] = 0.0
     for c0 in range(0, n, LANES):
         nc = min(LANES, n - c0)
         for c in range(nc):
@@ -561,24 +658,28 @@ def _redo_far(x, idx, n, mu, ic, ln, want_score, rows, score, logp):
 
 
 @njit(parallel=True, **_JIT)
-def _score_lanes_1pass(x, log_w, mu, lam, g, v, bits, limit, want_score, lanes, score, logp):
+def _score_lanes_1pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, tasks, score, logp):
     r"""``_score_lanes`` for D <= 4, isotropic or diagonal: one pass over the components.
 
     Takes the active components' arrays as :func:`mixture_arrays` gives them,
-    gamma_t = g, sigma_t^2 = v and b = ``bits`` (:data:`SHIFT_BITS`), and
-    forms its constants with :func:`_lane_operands` itself (a separate call
-    from Python cost 9 us, a third of a small call). The two-pass block finds
-    each point's largest logit before it takes the exps. Here the weights are
-    :math:`\nu_k e^{-q_k/2}` with the prior factors ``nu`` (K,) in x's dtype,
+    gamma_t = g, sigma_t^2 = v, b = ``bits`` (:data:`SHIFT_BITS`) and
+    ``iso`` (every C_k a multiple of I), and forms its constants with
+    :func:`_lane_operands` itself (a separate call from Python cost 9 us, a
+    third of a small call). The two-pass block finds each point's largest
+    logit before it takes the exps. Here the weights are
+    :math:`\nu_k e^{-q_k/2}` with the prior factors
     :math:`\nu_k=e^{\log\nu_k-\text{top}}\,2^b` (``top`` = max_k
     log_norm_k), formed in float64: the logits are formed once, the exp's
-    argument is -q_k/2 <= 0 (rounded at q_k's magnitude, as in the block), a
-    weight whose argument is at or below ``cut`` (K,) is exactly 0
-    (:func:`_weight`), and log p = top + log(t 2^-b), an exact scaling. Four components run
-    per lane loop, their constants in registers, with t and a, the sums of
-    the weights and of w g, in registers across them; the lane loop takes two
+    argument is -q_k/2 <= 0 (rounded at q_k's magnitude, as in the block),
+    and log p = top + log(t 2^-b), an exact scaling. The weight is
+    :func:`scaled_pow2` (a power of two with nu_k folded into its
+    polynomial and exponent: no multiply for nu_k or for 2^n); one that would
+    be subnormal is exactly 0 (:func:`_weight`). Four components run per lane
+    loop, their constants in registers, with t and a, the sums of the
+    weights and of -w g, in registers across them; the lane loop takes two
     coordinates (D <= 2) or four (D = 3 and 4; the missing ones are zeros,
-    with zero constants).
+    with zero constants). A task is :data:`ONE_PASS_LANES` points, its
+    block transposed into rows of one array.
 
     A point whose weights sum below ``limit`` (its best component 60 e-folds
     below the largest log-normaliser in float32: about 11 standard deviations
@@ -587,93 +688,91 @@ def _score_lanes_1pass(x, log_w, mu, lam, g, v, bits, limit, want_score, lanes, 
     is a point with a coordinate that is not finite (its weights are all
     dropped), which is counted instead. Returns that count (the caller
     raises). A task makes its scratch once, and names its rows once: a view
-    made inside the block loop costs a reference-count pair (two atomic
-    operations), which at D = 4 was half the kernel's time. The count of
-    non-finite points is kept per task: Numba's ``prange`` reduction loses an
-    update made in a loop under a branch of the body (0.68: ``for i in
-    prange(n): if c: for j in range(8): s += 1`` returns 0).
+    made inside a loop costs a reference-count pair (two atomic operations),
+    which at D = 4 was half the kernel's time when blocks were 64 points. The
+    count of non-finite points is kept per task: Numba's ``prange`` reduction
+    loses an update made in a loop under a branch of the body (0.68: ``for i
+    in prange(n): if c: for j in range(8): s += 1`` returns 0).
     """
     N, D = x.shape
     means, inv_c, log_norm, nu, cut, top = _lane_operands(log_w, mu, lam, g, v, bits, x)
     scale = np.ldexp(1.0, -bits)
     K = log_norm.shape[1]
-    P = 2 if D <= 2 else 4
     L = lanes
     dt = x.dtype.type
     gmu = np.zeros((K, 4), x.dtype)
     ic = np.zeros((K, 4), x.dtype)
     h = np.zeros((K, 4), x.dtype)
+    el = np.empty(K, x.dtype)
+    qcut = np.empty(K, x.dtype)
+    shift = np.empty(K, x.dtype)
+    poly = np.empty((K, 7 if x.itemsize == 4 else 12), x.dtype)
+    pow2_factors(nu, shift, poly)
     for k in range(K):
         for j in range(D):
             gmu[k, j] = means[0, k, j]
             ic[k, j] = inv_c[0, k, j]
-            h[k, j] = dt(-0.5) * inv_c[0, k, j]  # negated: the exp's argument needs no negation
+            h[k, j] = dt(0.5) * inv_c[0, k, j]
+        # 2**(q l) = exp(-q_k / 2): q = z . (C^{-1} z) / 2 and l = -1 / ln 2, or (isotropic) q = |z|^2, l = -1 / (2 c ln 2)
+        el[k] = -0.5 * _LOG2E * np.float64(inv_c[0, k, 0]) if iso else -_LOG2E
+        qcut[k] = cut[k] * _LOG2E / np.float64(el[k])  # q l > cut_k log2(e): q < qcut (l < 0)
     ln = log_norm[0]
-    K4 = K - K % 4
-    n_blocks = (N + L - 1) // L
-    n_tasks = (n_blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
+    D, P, dt = x.shape[1], 2 if x.shape[1] <= 2 else 4, x.dtype.type
+    n_chunks = (N + L - 1) // L
+    n_tasks = min(n_chunks, tasks)
     bad = np.zeros(n_tasks, np.int64)
-    xf, sf = x.reshape(-1), score.reshape(-1)
     for task in prange(n_tasks):
+        start, stop = task * n_chunks // n_tasks * L, min(N, (task + 1) * n_chunks // n_tasks * L)
         prefer_wide_vectors()
-        # the block, transposed (rows D .. 3 stay zero), then t, a_0 .. a_3 and 2 / t: rows of one array of LANES
-        # columns, so that LLVM sees the rows LANES apart and vectorises without run-time alias checks
-        buf = np.zeros((10, LANES), x.dtype)
-        x0, x1, x2, x3, t, a0, a1, a2, a3, r = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], \
-            buf[8], buf[9]
-        fa = np.empty(BLOCKS_PER_TASK * LANES, np.int64)  # the task's far points
+        # a chunk's points, transposed (rows D .. P - 1 zero), then t, a_0 .. a_3 and 2 / t: rows of one array of a
+        # fixed width, so that LLVM sees the rows a constant stride apart and vectorises without run-time alias checks
+        buf = np.empty((10, ONE_PASS_ROW), x.dtype)
+        x0, x1, x2, x3, t, a0, a1, a2, a3, r = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], buf[8], \
+            buf[9]
+        xf, sf = x.reshape(-1), score.reshape(-1)
+        fa = np.empty(stop - start, np.int64)  # the task's far points
         n_far = 0
-        for blk in range(task * BLOCKS_PER_TASK, min(n_blocks, (task + 1) * BLOCKS_PER_TASK)):
-            p0 = np.uint64(blk * L)
-            n_lanes = min(L, N - blk * L)
-            _load_lanes(xf, D, p0, n_lanes, x0, x1, x2, x3)
-            for l in range(L):
-                t[l] = 0.0
-                a0[l] = 0.0
-                a1[l] = 0.0
-                a2[l] = 0.0
-                a3[l] = 0.0
+        for c_start in range(start, stop, L):
+            n = min(L, stop - c_start)
+            p0 = np.uint64(c_start)
+            _load_lanes(xf, D, p0, n, x0, x1, x2, x3)
+            for j in range(D, P):
+                for i in range(n):
+                    buf[j, i] = 0.0
+            for j in range(4, 5 + P):
+                for i in range(n):
+                    buf[j, i] = 0.0
             if P == 2:
-                for k in range(0, K4, 4):
-                    c0, c1 = _component_2d(gmu, h, nu, cut, k), _component_2d(gmu, h, nu, cut, k + 1)
-                    c2, c3 = _component_2d(gmu, h, nu, cut, k + 2), _component_2d(gmu, h, nu, cut, k + 3)
-                    for l in range(L):
-                        t[l], a0[l], a1[l] = _accumulate4_2d(x0[l], x1[l], c0, c1, c2, c3, t[l], a0[l], a1[l])
-                for k in range(K4, K):
-                    c0 = _component_2d(gmu, h, nu, cut, k)
-                    for l in range(L):
-                        t[l], a0[l], a1[l] = _accumulate_2d(x0[l], x1[l], c0, t[l], a0[l], a1[l])
+                _components_2d(gmu, h, el, shift, qcut, poly, iso, n, x0, x1, t, a0, a1)
             else:
-                for k in range(0, K4, 4):
-                    c0, c1 = _component_4d(gmu, h, nu, cut, k), _component_4d(gmu, h, nu, cut, k + 1)
-                    c2, c3 = _component_4d(gmu, h, nu, cut, k + 2), _component_4d(gmu, h, nu, cut, k + 3)
-                    for l in range(L):
-                        t[l], a0[l], a1[l], a2[l], a3[l] = _accumulate4_4d(
-                            x0[l], x1[l], x2[l], x3[l], c0, c1, c2, c3, t[l], a0[l], a1[l], a2[l], a3[l])
-                for k in range(K4, K):
-                    c0 = _component_4d(gmu, h, nu, cut, k)
-                    for l in range(L):
-                        t[l], a0[l], a1[l], a2[l], a3[l] = _accumulate_4d(
-                            x0[l], x1[l], x2[l], x3[l], c0, t[l], a0[l], a1[l], a2[l], a3[l])
-            far = 0
+                _components_4d(gmu, h, el, shift, qcut, poly, iso, n, x0, x1, x2, x3, t, a0, a1, a2, a3)
+            far = False
             if want_score:
-                for l in range(n_lanes):
-                    far |= not t[l] >= limit
-                    r[l] = dt(2.0) / t[l]  # a is half the weighted sum: doubling is exact
-                _store_lanes(sf, D, p0, n_lanes, a0, a1, a2, a3, r)
+                for i in range(n):
+                    far |= not t[i] >= limit
+                    r[i] = dt(2.0) / t[i]  # a is half the weighted sum: doubling is exact
+                _store_lanes(sf, D, p0, n, a0, a1, a2, a3, r)
             else:
-                for l in range(n_lanes):
-                    far |= not t[l] >= limit
-                    logp[p0 + np.uint64(l)] = top + _log(np.float64(t[l]) * scale)
-            if far:  # rare: the lanes whose weights left the range, or whose x is not finite (all weights dropped)
-                for l in range(n_lanes):
-                    if not t[l] >= limit:
-                        finite = np.isfinite(x0[l]) and np.isfinite(x1[l]) and np.isfinite(x2[l]) and np.isfinite(x3[l])
-                        bad[task] += not finite
-                        if finite:
-                            fa[n_far] = blk * L + l
-                            n_far += 1
-        if n_far:  # rows D .. 3 of buf are still zero: only rows below D are ever written
+                for i in range(n):
+                    far |= not t[i] >= limit
+                    logp[p0 + np.uint64(i)] = top + _log(np.float64(t[i]) * scale)
+            if far:  # rare: lanes whose weights left the range, or whose x is not finite (all weights dropped)
+                for c0 in range(0, n, LANES):  # a vectorised test per LANES lanes, a scalar one only where it found some
+                    c1 = min(c0 + LANES, n)
+                    some = False
+                    for i in range(c0, c1):
+                        some |= not t[i] >= limit
+                    if some:
+                        for i in range(c0, c1):
+                            if not t[i] >= limit:
+                                finite = True
+                                for j in range(D):
+                                    finite &= np.isfinite(buf[j, i])
+                                bad[task] += not finite
+                                if finite:
+                                    fa[n_far] = c_start + i
+                                    n_far += 1
+        if n_far:
             _redo_far(x, fa, n_far, gmu, ic, ln, want_score, buf, score, logp)
     return bad.sum()
 
@@ -946,9 +1045,9 @@ def _lane_operands(log_w, mu, lam, g, v, bits, x):
     """The lane kernels' constants in one compiled call, from the active components' log w_k, means and
     eigenvalues (K, D) and gamma_t = g, sigma_t^2 = v: ``(means, inv_c, log_norm)`` as (1, K, D), (1, K, D),
     (1, K) in x's dtype (gamma mu_k, 1 / c_k, log w_k - (D log 2 pi + sum log c_k) / 2), and for the one-pass
-    kernel ``nu`` and ``cut`` (K,) in x's dtype and ``top`` (float64): nu_k = exp(log_norm_k - top) 2**bits,
-    top = max_k log_norm_k, and cut_k the exponent at or below which :func:`_weight` drops the weight (the
-    exp's lower limit, or where nu_k exp(cut_k) would fall below e**10 times the smallest normal number)."""
+    kernel ``nu`` and ``cut`` (K,) and ``top``, in float64: nu_k = exp(log_norm_k - top) 2**bits,
+    top = max_k log_norm_k, and cut_k the exponent at or below which :func:`_weight` drops the weight: where
+    nu_k exp(cut_k) would fall below e**10 times x's smallest normal number."""
     K, D = mu.shape
     means = np.empty((1, K, D), x.dtype)
     inv_c = np.empty((1, K, D), x.dtype)
@@ -964,14 +1063,13 @@ def _lane_operands(log_w, mu, lam, g, v, bits, x):
         const[k] = log_w[k] - 0.5 * (D * _LOG_2PI + logdet)
         log_norm[0, k] = const[k]
     top = const.max()
-    nu = np.empty(K, x.dtype)
-    cut = np.empty(K, x.dtype)
-    exp_min = -87.0 if x.itemsize == 4 else -708.0  # the floor of _exp_weight32 / _exp_weight
+    nu = np.empty(K)
+    cut = np.empty(K)
     log_tiny = np.log(np.finfo(x.dtype).tiny)
     for k in range(K):
         log_nu = const[k] - top + bits * math.log(2.0)
         nu[k] = np.ldexp(np.exp(const[k] - top), bits)
-        cut[k] = max(exp_min, log_tiny + 10.0 - log_nu) if nu[k] > 0 else np.inf
+        cut[k] = log_tiny + 10.0 - log_nu if nu[k] > 0 else np.inf
     return means, inv_c, log_norm, nu, cut, top
 
 
@@ -1124,8 +1222,9 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
                 limit = dt.type(math.exp(SHIFT_LIMIT[i]))
                 # as for the GEMM kernel; and a far point's weights may all be dropped (t = 0: the lane is redone)
                 with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-                    n_bad = _score_lanes_1pass(xk, log_w, mu, lam, float(gamma), float(var), SHIFT_BITS[i], limit,
-                                               want_score, lanes, score, logp)
+                    n_bad = _score_lanes_1pass(xk, log_w, mu, lam, float(gamma), float(var), SHIFT_BITS[i],
+                                               kind == _ISOTROPIC, limit, want_score, min(ONE_PASS_LANES[i], N),
+                                               ONE_PASS_TASKS_PER_THREAD * numba.get_num_threads(), score, logp)
                 if n_bad:
                     check_finite(xk, "x")  # raises
             else:

@@ -123,6 +123,65 @@ def test_float32_exp_weight_within_two_ulp_and_clamped():
     assert np.max(_ulps(got64, np.exp(x64))) <= 2.0
 
 
+@numba.njit(error_model="numpy")
+def _pow2_all(q, l, cut, shift, poly, out):
+    for i in range(q.shape[0]):
+        out[i] = NM.scaled_pow2(q[i], l, shift[0], NM.pow2_row(poly, 0), q[i] < cut)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nu", [1.0, 0.7 * 2.0**86, 3.3e-20, 1.7, 1.3 * 2.0**-100, 0.0])
+def test_scaled_pow2_within_two_ulp_of_nu_times_the_power(dtype, nu):
+    """scaled_pow2 against nu 2**(q l) in long double, l = -1 / ln 2 and -1 / (2 c ln 2): within 2 ulp of the
+    dtype wherever the result is e**10 above the smallest normal number (the kernels' cut; nu's own rounding
+    to the dtype included), exactly 0 where keep is false, NaN q included."""
+    tiny = np.finfo(dtype).tiny
+    shift, poly = np.empty(1, dtype), np.empty((1, 7 if dtype == np.float32 else 12), dtype)
+    NM.pow2_factors(np.array([nu]), shift, poly)
+    rng = np.random.default_rng(7)
+    for l64 in (-1.0 / np.log(2.0), -0.5 / (0.37 * np.log(2.0))):
+        l = dtype(l64)
+        if nu > 0:
+            log2_floor = np.log2(tiny) + 10.0 / np.log(2.0) - np.log2(nu)  # the kernels' cut, in q l
+            span = min(-log2_floor, 2000.0)
+        else:
+            span = 200.0
+        q = (rng.uniform(0.0, span / -float(l), BIG) ).astype(dtype)
+        q[:4] = [0.0, 1e-30, 0.5 / -float(l), span / -float(l)]
+        cut = dtype(np.inf) if nu > 0 else dtype(-np.inf)
+        got = np.empty_like(q)
+        _pow2_all(q, l, cut, shift, poly, got)
+        want = np.longdouble(nu) * np.exp2(q.astype(np.longdouble) * np.longdouble(l))
+        if nu == 0:
+            assert np.all(got == 0)
+            continue
+        ok = want > np.longdouble(tiny) * np.exp(np.longdouble(10.0))
+        assert ok.sum() > 0.9 * BIG
+        ulps = np.abs(got[ok].astype(np.longdouble) - want[ok]) / np.spacing(want[ok].astype(dtype)).astype(np.longdouble)
+        assert got.dtype == dtype and float(ulps.max()) <= 2.0
+    edge = np.array([1.0, np.nan, np.inf, 3.0], dtype=dtype)
+    out = np.empty_like(edge)
+    _pow2_all(edge, dtype(-1.0), dtype(2.0), shift, poly, out)  # keep: q < 2
+    assert out[0] > 0 or nu == 0
+    assert np.all(out[1:] == 0)  # NaN, inf and past the cut: exactly zero, never NaN
+
+
+def test_pow2_factors_carry_nu_in_shift_and_polynomial():
+    """nu = m 2**e: the polynomial's constant term is m times POW2_POLY's (m in [1, 2)) and shift - 1.5 2**p is e,
+    in both dtypes; the float32 polynomial is the sixth-degree one, the float64 the eleventh."""
+    nu = np.array([1.0, 3.0, 2.0**-100, 2.0**86 * 1.5, 0.0])
+    for dtype, n, base in ((np.float32, 7, 1.5 * 2.0**23), (np.float64, 12, 1.5 * 2.0**52)):
+        shift, poly = np.empty(nu.size, dtype), np.empty((nu.size, n), dtype)
+        NM.pow2_factors(nu, shift, poly)
+        coefs = np.array(NM.POW2_POLY32 if dtype == np.float32 else NM.POW2_POLY64)
+        e = (shift.astype(np.float64) - base)
+        np.testing.assert_array_equal(e, [0, 1, -100, 86, -1])
+        m = poly[:, 0].astype(np.float64) / coefs[0]
+        np.testing.assert_allclose(m[:4] * 2.0**e[:4], nu[:4], rtol=2 * np.finfo(dtype).eps)
+        assert np.all(poly[4] == 0)
+        np.testing.assert_allclose(poly[1] / poly[1, 0], coefs / coefs[0], rtol=np.finfo(dtype).eps)
+
+
 def test_kernel_normals_match_the_contract_on_many_particles():
     """FN.normals (the kernel's Box-Muller) against refdiff.noise on many draws: 1e-14 as the contract says."""
     n = 200_000 if JIT else 500

@@ -274,11 +274,11 @@ def test_one_pass_kernel_redoes_points_far_from_every_component(numba_twin, monk
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
 def test_one_pass_kernel_redoes_tasks_of_far_points(numba_twin, monkeypatch, dtype_name, D):
     """When most points lie beyond SHIFT_LIMIT of every component (narrow components, as near t = 0), a task
-    gathers hundreds of them and redoes them LANES at a time: here every task holds more than LANES far points,
-    in a count that is no multiple of LANES, and the last task is a partial one."""
+    gathers hundreds of them and redoes them LANES at a time: here every chunk holds more than LANES far points,
+    in a count that is no multiple of LANES, and the last chunk is a partial one."""
     gm = make_mixture("diagonal", 5, D, seed=D)
     rng = np.random.default_rng(D)
-    n = 2 * numba_twin.BLOCKS_PER_TASK * numba_twin.LANES + 77
+    n = 2 * numba_twin.ONE_PASS_LANES[0] + 77
     direction = rng.standard_normal((n, D))
     radius = 40.0 if dtype_name == "float32" else 150.0  # as in the test above: far from every component
     x64 = radius * direction / np.linalg.norm(direction, axis=1, keepdims=True)
@@ -291,6 +291,35 @@ def test_one_pass_kernel_redoes_tasks_of_far_points(numba_twin, monkeypatch, dty
     monkeypatch.setattr(numba_twin, "SHIFT_LIMIT", (-np.inf, -np.inf))  # never redo: the case must need it
     with pytest.raises(AssertionError):
         check(numba_twin._evaluate(gm, x, PROCESS, 0.5, False, path="lanes"), want_logp, dtype_name, "log_prob")
+
+
+@pytest.mark.parametrize("D", [2, 3])
+@pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_one_pass_kernel_gives_each_point_the_same_bits_however_tasks_split(numba_twin, monkeypatch, dtype_name,
+                                                                            kind, D):
+    """A thread's share is a few tasks of several chunks of ONE_PASS_LANES points: one task per thread, three,
+    or one per chunk (here 12 chunks, the last partial, with far points in some) give the same bits, and a
+    point's score does not depend on N (its first 700 points alone)."""
+    gm = make_mixture(kind, 6, D, seed=3 + D)
+    rng = np.random.default_rng(D)
+    n = 11 * numba_twin.ONE_PASS_LANES[dtype_name == "float64"] + 301
+    x64 = 2.0 * rng.standard_normal((n, D))
+    far = rng.choice(n, 40, replace=False)
+    x64[far] *= 40.0 if dtype_name == "float32" else 150.0
+    x = x64.astype(dtype_name)
+    got = []
+    for per_thread in (1, 3, 64):
+        monkeypatch.setattr(numba_twin, "ONE_PASS_TASKS_PER_THREAD", per_thread)
+        got.append((numba_twin._evaluate(gm, x, PROCESS, 0.5, True, path="lanes"),
+                    numba_twin._evaluate(gm, x, PROCESS, 0.5, False, path="lanes")))
+    for score, logp in got[1:]:
+        np.testing.assert_array_equal(score, got[0][0])
+        np.testing.assert_array_equal(logp, got[0][1])
+    np.testing.assert_array_equal(numba_twin._evaluate(gm, x[:700], PROCESS, 0.5, True, path="lanes"), got[0][0][:700])
+    want_logp, want_score = oracle(gm, x.astype(np.float64), PROCESS, 0.5)
+    check(got[0][0], want_score, dtype_name, "score")
+    check(got[0][1], want_logp, dtype_name, "log_prob")
 
 
 def test_one_pass_kernel_drops_weights_below_the_exps_range(numba_twin):
