@@ -385,6 +385,12 @@ SHIFT_LIMIT = (-40.0, -600.0)
 #: D = 4 kernel's time with tasks of 64 points).
 ONE_PASS_LANES = (512, 256)
 ONE_PASS_ROW = 512  # the row width of a task's scratch: the largest of ONE_PASS_LANES
+#: Lanes path, D <= 4: a call of at most this many (point, component, coordinate) triples (coordinates counted
+#: 2 for D <= 2, else 4) runs on the calling thread: waking Numba's other threads cost more. Two threads,
+#: default OpenMP wait policy: N = 2000, D = 4, K = 8 took 31 us in parallel and 26 on one thread, N = 8000,
+#: D = 2 40 and 39, N = 32000, D = 2 86 and 104. Larger calls stay parallel even on one thread: outside a
+#: ``prange`` body each chunk pays reference counts for its rows (N = 1e5, D = 4: 0.495 ms against 0.474).
+ONE_PASS_SERIAL_WORK = 2**17
 #: Lanes path, D <= 4: tasks per thread (each some chunks of ONE_PASS_LANES points): enough to even out the
 #: threads' loads, few enough that the per-call costs of a task stay small.
 ONE_PASS_TASKS_PER_THREAD = 4
@@ -657,9 +663,11 @@ def _redo_far(x, idx, n, mu, ic, ln, want_score, rows, score, logp):
                 logp[i] = np.float64(m[c]) + _log(np.float64(t[c]))
 
 
-@njit(parallel=True, **_JIT)
-def _score_lanes_1pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, tasks, score, logp):
-    r"""``_score_lanes`` for D <= 4, isotropic or diagonal: one pass over the components.
+@njit(inline="always", **_JIT)
+def _one_pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, tasks, score, logp):
+    r"""``_score_lanes`` for D <= 4, isotropic or diagonal: one pass over the components, in ``tasks`` tasks
+    (a ``prange`` loop: :func:`_score_lanes_1pass` runs it on Numba's threads,
+    :func:`_score_lanes_1pass_serial` on the calling one).
 
     Takes the active components' arrays as :func:`mixture_arrays` gives them,
     gamma_t = g, sigma_t^2 = v, b = ``bits`` (:data:`SHIFT_BITS`) and
@@ -775,6 +783,19 @@ def _score_lanes_1pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, la
         if n_far:
             _redo_far(x, fa, n_far, gmu, ic, ln, want_score, buf, score, logp)
     return bad.sum()
+
+
+@njit(parallel=True, **_JIT)
+def _score_lanes_1pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, tasks, score, logp):
+    """:func:`_one_pass` with its tasks on Numba's threads."""
+    return _one_pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, tasks, score, logp)
+
+
+@njit(**_JIT)
+def _score_lanes_1pass_serial(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, tasks, score, logp):
+    """:func:`_one_pass` on the calling thread, for calls too small to repay waking the others
+    (:data:`ONE_PASS_SERIAL_WORK`)."""
+    return _one_pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, tasks, score, logp)
 
 
 # --------------------------------------------------------------------------- gemm: BLAS quadratic forms
@@ -1222,9 +1243,11 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
                 limit = dt.type(math.exp(SHIFT_LIMIT[i]))
                 # as for the GEMM kernel; and a far point's weights may all be dropped (t = 0: the lane is redone)
                 with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-                    n_bad = _score_lanes_1pass(xk, log_w, mu, lam, float(gamma), float(var), SHIFT_BITS[i],
-                                               kind == _ISOTROPIC, limit, want_score, min(ONE_PASS_LANES[i], N),
-                                               ONE_PASS_TASKS_PER_THREAD * numba.get_num_threads(), score, logp)
+                    threads = numba.get_num_threads()
+                    work = N * K * (2 if D <= 2 else 4)
+                    run = _score_lanes_1pass_serial if work <= ONE_PASS_SERIAL_WORK else _score_lanes_1pass
+                    n_bad = run(xk, log_w, mu, lam, float(gamma), float(var), SHIFT_BITS[i], kind == _ISOTROPIC, limit,
+                                want_score, min(ONE_PASS_LANES[i], N), ONE_PASS_TASKS_PER_THREAD * threads, score, logp)
                 if n_bad:
                     check_finite(xk, "x")  # raises
             else:

@@ -299,8 +299,9 @@ def test_one_pass_kernel_redoes_tasks_of_far_points(numba_twin, monkeypatch, dty
 def test_one_pass_kernel_gives_each_point_the_same_bits_however_tasks_split(numba_twin, monkeypatch, dtype_name,
                                                                             kind, D):
     """A thread's share is a few tasks of several chunks of ONE_PASS_LANES points: one task per thread, three,
-    or one per chunk (here 12 chunks, the last partial, with far points in some) give the same bits, and a
-    point's score does not depend on N (its first 700 points alone)."""
+    or one per chunk (here 12 chunks, the last partial, with far points in some), in parallel or on the calling
+    thread (small calls), give the same bits, and a point's score does not depend on N (its first 700 points
+    alone, a call small enough to run on the calling thread)."""
     gm = make_mixture(kind, 6, D, seed=3 + D)
     rng = np.random.default_rng(D)
     n = 11 * numba_twin.ONE_PASS_LANES[dtype_name == "float64"] + 301
@@ -309,8 +310,9 @@ def test_one_pass_kernel_gives_each_point_the_same_bits_however_tasks_split(numb
     x64[far] *= 40.0 if dtype_name == "float32" else 150.0
     x = x64.astype(dtype_name)
     got = []
-    for per_thread in (1, 3, 64):
+    for per_thread, serial_work in ((1, 0), (3, 0), (64, 0), (3, 2**62)):  # the last on the calling thread
         monkeypatch.setattr(numba_twin, "ONE_PASS_TASKS_PER_THREAD", per_thread)
+        monkeypatch.setattr(numba_twin, "ONE_PASS_SERIAL_WORK", serial_work)
         got.append((numba_twin._evaluate(gm, x, PROCESS, 0.5, True, path="lanes"),
                     numba_twin._evaluate(gm, x, PROCESS, 0.5, False, path="lanes")))
     for score, logp in got[1:]:
