@@ -56,9 +56,12 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   gathered, when each was redone on its own lane with scratch made per
   block, and before the views left the block loop; 0.66 after; on two
   threads 0.32-0.34 ms with an exp and a product by :math:`\nu_k`
-  (33 vector operations per component and 16 lanes, isotropic), 0.20-0.22
+  (33 vector operations per component and 16 lanes, isotropic), 0.22-0.24
   with ``scaled_pow2`` (27) and chunks of 512 points instead of 64 (the
-  component constants were set up per block: 9% of the time).
+  component constants were set up per block: 9% of the time). Of those, the
+  components' loop is some 0.14 ms (at the two ports' rate for 27
+  operations), the copies in and out (transposes: 12 shuffles each per 16
+  points at D = 4) and the division by t most of the rest.
   The shift does not suit the GEMM path: at D = 64 a point's best logit lies
   some D/2 plus the spread of the log-determinants below the largest
   log-normaliser, more than float32's window of about 60 e-folds, and most
