@@ -301,8 +301,8 @@ def pow2_factors(nu, shift, poly):
     """Split the prior factors nu (K,) (float64) for :func:`scaled_pow2` into ``shift`` (K,) and ``poly``
     (K, 7) for float32 or (K, 12) for float64, in the kernel's dtype: with nu = m 2**e, m in [1, 2), shift is
     1.5 2**23 + e (float32; 1.5 2**52 + e for float64), the rounding constant that then carries e into the
-    result's exponent, and poly is m times :data:`POW2_POLY32` (:data:`POW2_POLY64`). nu = 0 gives e = 0
-    and a zero polynomial."""
+    result's exponent, and poly is m times :data:`POW2_POLY32` (:data:`POW2_POLY64`). nu = 0 gives a zero
+    polynomial (and e = -1); :func:`scaled_pow2` is then meaningless, and callers drop such a factor."""
     single = poly.shape[1] == len(POW2_POLY32)
     coefs = _POW2_COEFS32 if single else _POW2_COEFS64
     base = 12582912.0 if single else 6755399441055744.0
@@ -363,8 +363,8 @@ def scaled_pow2(q, l, shift, p, keep):
     result is that rounding, |q l| times one ulp relative at most, plus the
     polynomial's (under an ulp, measured). Valid only while nu 2**(q l) is a
     normal number: below that the exponent field wraps and the value is
-    meaningless, so ``keep`` must be false there (and for NaN); the callers'
-    cut is e**10 above the smallest normal number.
+    meaningless, so ``keep`` must be false there (and for NaN, and for
+    nu = 0); the callers' cut is e**10 above the smallest normal number.
     """
     if isinstance(q, np.float32):
         return _scaled_pow2_32(q, l, shift, p, keep)
@@ -454,10 +454,17 @@ _LG7 = 1.479819860511658591e-01
 @njit(inline="always", **_OPTS)
 def _log(x):
     """log(x) for finite normal x > 0 (musl log.c), branch-free."""
+    return _log_pow2(x, 0)
+
+
+@njit(inline="always", **_OPTS)
+def _log_pow2(x, e):
+    """log(x 2**e) for finite normal x > 0 and an integer e, without forming x 2**e (which may be subnormal or
+    overflow): :func:`_log` with e added to the exponent it splits off, so k ln 2 stays exact (a two-part ln 2)."""
     hx = _f2i(x)
     # x = 2**k (1 + f) with 1 + f in [sqrt(2)/2, sqrt(2)): shift the high word by 1 - 0x3fe6a09e
     hi = (hx >> 32) + (0x3FF00000 - 0x3FE6A09E)
-    k = (hi >> 20) - 0x3FF
+    k = (hi >> 20) - 0x3FF + e
     hi = (hi & 0x000FFFFF) + 0x3FE6A09E
     f = _i2f((hi << 32) | (hx & 0xFFFFFFFF)) - 1.0
     hfsq = 0.5 * f * f

@@ -40,8 +40,8 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   ``_numba_math``: :math:`\nu_k` rides in the power of two's polynomial and
   exponent, so it costs no multiply, and 2**n is an integer addition to the
   exponent field; isotropic components form :math:`|z_k|^2` without a
-  product by :math:`C_k^{-1}` and scale the field once. A weight that would
-  be subnormal is dropped, not clamped (a far, narrow component's field
+  product by :math:`C_k^{-1}` and scale the field once. A weight below e**10
+  times the smallest normal number is dropped, not clamped (a far, narrow component's field
   times a clamped weight can outweigh the score), and log p adds back the
   shift as a power of two. A point so far from every component that its
   weights leave that range (:data:`SHIFT_LIMIT`) joins its task's list,
@@ -167,7 +167,7 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_math import (_log, exp_weight, fma, pow2_factors, pow2_row, prefer_wide_vectors,
+from refdiff.kernels._numba_math import (_log, _log_pow2, exp_weight, fma, pow2_factors, pow2_row, prefer_wide_vectors,
                                          scaled_pow2)
 
 __all__ = ["mixture_score", "mixture_log_prob", "mixture_score_point", "mixture_arrays", "LANES", "GEMM_MIN_KD"]
@@ -377,18 +377,25 @@ def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, l
 ONE_PASS_MAX_D = 4
 #: Lanes path, D <= 4: the prior factors are nu_k = exp(log_norm_k - max_j log_norm_j) 2**bits, bits by dtype
 #: (float32, float64): a power of two (about exp(60), exp(600)), so log p = max_j log_norm_j + log(t 2**-bits)
-#: scales exactly and keeps the two-pass block's accuracy; see :func:`_score_lanes_1pass`.
+#: scales exactly and keeps the two-pass block's accuracy (the log takes -bits into its exponent: t 2**-bits
+#: itself may be subnormal in float64); see :func:`_one_pass`.
 SHIFT_BITS = (86, 865)
 #: Lanes path, D <= 4: a point whose weights sum below exp(this), by dtype, is redone with the two-pass
-#: block's arithmetic (:func:`_redo_far`): its best component lies so far below the largest log-normaliser (60 e-folds in
-#: float32) that the weights dropped for being subnormal, at most nu_k exp(cut_k) = e**10 tiny each, would
-#: no longer be negligible beside its sum (float32: e**-40 against e**-77; float64: e**-600 against e**-698).
+#: block's arithmetic (:func:`_redo_far`): its best component lies so far below the largest log-normaliser (about
+#: 100 e-folds in float32, 1200 in float64) that the weights dropped near the subnormal range, at most
+#: nu_k exp(cut_k) = e**10 tiny each, would no longer be negligible beside its sum (float32: e**-40 against
+#: e**-77; float64: e**-600 against e**-698).
 SHIFT_LIMIT = (-40.0, -600.0)
-#: Lanes path, D <= 4: the points of one task, by dtype (float32, float64): rows of 2 KiB, ten of them in L1.
-#: A task sets up its components' constants once, so larger tasks spend less on it (it was 9% of the
-#: D = 4 kernel's time with tasks of 64 points).
+#: Lanes path, D <= 4: the points of one chunk, by dtype (float32, float64): 2 KiB of each of ten rows, in L1.
+#: A chunk sets up its components' constants once, so larger chunks spend less on it (it was 9% of the
+#: D = 4 kernel's time with blocks of 64 points).
 ONE_PASS_LANES = (512, 256)
 ONE_PASS_ROW = 512  # the row width of a task's scratch: the largest of ONE_PASS_LANES
+#: Lanes path, D <= 4: isotropic components take the isotropic form (the field scaled once, w h_k) only while
+#: every h_k = 1 / (2 c_k) lies in this range, by dtype (float32, float64), else the diagonal one (w (h_k z)):
+#: w h_k stays finite for the largest weight (1.42 2**86, 1.42 2**865) and keeps its precision, as a normal
+#: number, for every weight that counts beside a sum t at SHIFT_LIMIT (t 2**-24, t 2**-53).
+ISO_H_RANGE = ((2.0**-20, 2.0**40), (2.0**-50, 2.0**150))
 #: Lanes path, D <= 4: a call of at most this many (point, component, coordinate) triples (coordinates counted
 #: 2 for D <= 2, else 4) runs on the calling thread: waking Numba's other threads cost more. Two threads,
 #: default OpenMP wait policy: N = 2000, D = 4, K = 8 took 31 us in parallel and 26 on one thread, N = 8000,
@@ -403,11 +410,13 @@ _LOG2E = 1.0 / math.log(2.0)
 
 @njit(inline="always", **_JIT)
 def _weight(q, l, shift, p, qcut):
-    """nu_k exp(-q_k / 2) = nu_k 2**(q l) (:func:`scaled_pow2`, nu_k folded into ``shift`` and ``p``), or
-    exactly 0 where q >= qcut (or q is NaN): where it would be a subnormal number (a microcode assist per
-    SIMD instruction, and :func:`scaled_pow2` is not valid there). A weight so small is dropped, not clamped:
-    a far component's field times a clamped weight can outweigh the score."""
-    return scaled_pow2(q, l, shift, p, q < qcut)
+    """``(w, keep)``: w = nu_k exp(-q_k / 2) = nu_k 2**(q l) (:func:`scaled_pow2`, nu_k folded into ``shift``
+    and ``p``) where keep = q < qcut, else exactly 0: where the weight would fall below e**10 times the
+    smallest normal number (near subnormal numbers, a microcode assist per SIMD instruction, and
+    :func:`scaled_pow2` is not valid there), where q is NaN or infinite, and for nu_k = 0. A weight so small
+    is dropped, not clamped: a far component's field times a clamped weight can outweigh the score."""
+    keep = q < qcut
+    return scaled_pow2(q, l, shift, p, keep), keep
 
 
 @njit(inline="always", **_JIT)
@@ -426,8 +435,9 @@ def _accumulate_2d(x0, x1, c, t, a0, a1):
     y1 = x1 - mu1
     g0 = y0 * h0
     g1 = y1 * h1
-    w = _weight(fma(y1, g1, y0 * g0), l, shift, p, qcut)
-    return t + w, fma(-w, g0, a0), fma(-w, g1, a1)
+    w, keep = _weight(fma(y1, g1, y0 * g0), l, shift, p, qcut)
+    # a dropped weight adds nothing, even where g overflowed (0 * inf is NaN): merge-masked FMAs, no extra step
+    return t + w, fma(-w, g0, a0) if keep else a0, fma(-w, g1, a1) if keep else a1
 
 
 @njit(inline="always", **_JIT)
@@ -437,8 +447,8 @@ def _accumulate_2d_iso(x0, x1, c, t, a0, a1):
     mu0, mu1, h, _, l, shift, qcut, p = c
     y0 = x0 - mu0
     y1 = x1 - mu1
-    w = _weight(fma(y1, y1, y0 * y0), l, shift, p, qcut)
-    wh = w * h
+    w, _ = _weight(fma(y1, y1, y0 * y0), l, shift, p, qcut)
+    wh = w * h  # finite and normal for every weight that counts: the kernel takes this form only for such h
     return t + w, fma(-wh, y0, a0), fma(-wh, y1, a1)
 
 
@@ -461,8 +471,9 @@ def _accumulate_4d(x0, x1, x2, x3, c, t, a0, a1, a2, a3):
     g1 = y1 * h1
     g2 = y2 * h2
     g3 = y3 * h3
-    w = _weight(fma(y3, g3, fma(y2, g2, fma(y1, g1, y0 * g0))), l, shift, p, qcut)
-    return t + w, fma(-w, g0, a0), fma(-w, g1, a1), fma(-w, g2, a2), fma(-w, g3, a3)
+    w, keep = _weight(fma(y3, g3, fma(y2, g2, fma(y1, g1, y0 * g0))), l, shift, p, qcut)
+    return t + w, fma(-w, g0, a0) if keep else a0, fma(-w, g1, a1) if keep else a1, \
+        fma(-w, g2, a2) if keep else a2, fma(-w, g3, a3) if keep else a3
 
 
 @njit(inline="always", **_JIT)
@@ -473,7 +484,7 @@ def _accumulate_4d_iso(x0, x1, x2, x3, c, t, a0, a1, a2, a3):
     y1 = x1 - mu1
     y2 = x2 - mu2
     y3 = x3 - mu3
-    w = _weight(fma(y3, y3, fma(y2, y2, fma(y1, y1, y0 * y0))), l, shift, p, qcut)
+    w, _ = _weight(fma(y3, y3, fma(y2, y2, fma(y1, y1, y0 * y0))), l, shift, p, qcut)
     wh = w * h
     return t + w, fma(-wh, y0, a0), fma(-wh, y1, a1), fma(-wh, y2, a2), fma(-wh, y3, a3)
 
@@ -611,7 +622,8 @@ def _store_lanes(sf, D, p0, n_lanes, a0, a1, a2, a3, t):
 
 @njit(inline="always", **_JIT)
 def _redo_far(x, idx, n, mu, ic, ln, want_score, rows, score, logp):
-    """The two-pass block's arithmetic (``_score_block``, diagonal C_k) on the points ``idx[:n]`` of x: the ones
+    """The two-pass block's arithmetic (``_score_block``, diagonal C_k; weights below its floor dropped, not
+    clamped) on the points ``idx[:n]`` of x: the ones
     the one-pass kernel left because their weights fell out of its range. They are gathered LANES at a time
     into the first rows of ``rows`` (rows D .. 3 are zeroed, as are their constants), which also hold the
     pass's lane sums: no scratch of K rows, so a task needs none made. mu, ic (K, 4): gamma mu_k and
@@ -657,12 +669,13 @@ def _redo_far(x, idx, n, mu, ic, ln, want_score, rows, score, logp):
                 quad += y2 * g2
                 quad += y3 * g3
                 d = (lk - half * quad) - m[c]
-                w = exp_weight(d if d > floor else floor)
-                t[c] += w
-                a0[c] -= w * g0
-                a1[c] -= w * g1
-                a2[c] -= w * g2
-                a3[c] -= w * g3
+                if d > floor:  # a weight below the floor is dropped: its field may have overflowed (0 * inf)
+                    w = exp_weight(d)
+                    t[c] += w
+                    a0[c] -= w * g0
+                    a1[c] -= w * g1
+                    a2[c] -= w * g2
+                    a3[c] -= w * g3
         for c in range(nc):
             i = idx[c0 + c]
             if want_score:
@@ -690,17 +703,19 @@ def _one_pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, task
     argument is -q_k/2 <= 0 (rounded at q_k's magnitude, as in the block),
     and log p = top + log(t 2^-b), an exact scaling. The weight is
     :func:`scaled_pow2` (a power of two with nu_k folded into its
-    polynomial and exponent: no multiply for nu_k or for 2^n); one that would
-    be subnormal is exactly 0 (:func:`_weight`). Four components run per lane
+    polynomial and exponent: no multiply for nu_k or for 2^n); one below
+    e**10 times the smallest normal number is exactly 0 (:func:`_weight`).
+    Isotropic components (with every 1 / (2 c_k) in :data:`ISO_H_RANGE`)
+    form |z_k|^2 and scale the field once. Four components run per lane
     loop, their constants in registers, with t and a, the sums of the
     weights and of -w g, in registers across them; the lane loop takes two
     coordinates (D <= 2) or four (D = 3 and 4; the missing ones are zeros,
-    with zero constants). A task is :data:`ONE_PASS_LANES` points, its
-    block transposed into rows of one array.
+    with zero constants). A task is a few chunks of :data:`ONE_PASS_LANES`
+    points, each transposed into rows of one array.
 
-    A point whose weights sum below ``limit`` (its best component 60 e-folds
-    below the largest log-normaliser in float32: about 11 standard deviations
-    from every component at D = 2) joins its task's list and is redone at the
+    A point whose weights sum below ``limit`` (its best component some 100
+    e-folds below the largest log-normaliser in float32: about 14 standard
+    deviations from every component at D = 2) joins its task's list and is redone at the
     task's end with the two-pass block's arithmetic (:func:`_redo_far`); so
     is a point with a coordinate that is not finite (its weights are all
     dropped), which is counted instead. Returns that count (the caller
@@ -712,8 +727,15 @@ def _one_pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, task
     in prange(n): if c: for j in range(8): s += 1`` returns 0).
     """
     N, D = x.shape
+    # the field of a weight, |w g_j| <= 2**bits sqrt(h_j) for h = 1 / (2 c), summed over K, must stay finite:
+    # lower the shift for very narrow components (float32: c below about 1e-24), which redoes more points
+    h_max = 1.0
+    for k in range(lam.shape[0]):
+        for j in range(lam.shape[1]):
+            h_max = max(h_max, 0.5 / (g * g * lam[k, j] + v))
+    room = (128 if x.itemsize == 4 else 1024) - 2 - math.log2(lam.shape[0]) - 0.5 * math.log2(h_max)
+    bits = min(bits, int(math.floor(room)))
     means, inv_c, log_norm, nu, cut, top = _lane_operands(log_w, mu, lam, g, v, bits, x)
-    scale = np.ldexp(1.0, -bits)
     K = log_norm.shape[1]
     L = lanes
     dt = x.dtype.type
@@ -725,13 +747,18 @@ def _one_pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, task
     shift = np.empty(K, x.dtype)
     poly = np.empty((K, 7 if x.itemsize == 4 else 12), x.dtype)
     pow2_factors(nu, shift, poly)
+    h_lo, h_hi = ISO_H_RANGE[0] if x.itemsize == 4 else ISO_H_RANGE[1]
+    iso_form = iso
+    for k in range(K):
+        hk = 0.5 * np.float64(inv_c[0, k, 0])
+        iso_form &= h_lo <= hk <= h_hi
     for k in range(K):
         for j in range(D):
             gmu[k, j] = means[0, k, j]
             ic[k, j] = inv_c[0, k, j]
             h[k, j] = dt(0.5) * inv_c[0, k, j]
         # 2**(q l) = exp(-q_k / 2): q = z . (C^{-1} z) / 2 and l = -1 / ln 2, or (isotropic) q = |z|^2, l = -1 / (2 c ln 2)
-        el[k] = -0.5 * _LOG2E * np.float64(inv_c[0, k, 0]) if iso else -_LOG2E
+        el[k] = -0.5 * _LOG2E * np.float64(inv_c[0, k, 0]) if iso_form else -_LOG2E
         qcut[k] = cut[k] * _LOG2E / np.float64(el[k])  # q l > cut_k log2(e): q < qcut (l < 0)
     ln = log_norm[0]
     D, P = x.shape[1], 2 if x.shape[1] <= 2 else 4
@@ -760,9 +787,9 @@ def _one_pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, task
                 for i in range(n):
                     buf[j, i] = 0.0
             if P == 2:
-                _components_2d(gmu, h, el, shift, qcut, poly, iso, n, x0, x1, t, a0, a1)
+                _components_2d(gmu, h, el, shift, qcut, poly, iso_form, n, x0, x1, t, a0, a1)
             else:
-                _components_4d(gmu, h, el, shift, qcut, poly, iso, n, x0, x1, x2, x3, t, a0, a1, a2, a3)
+                _components_4d(gmu, h, el, shift, qcut, poly, iso_form, n, x0, x1, x2, x3, t, a0, a1, a2, a3)
             far = False
             if want_score:
                 for i in range(n):
@@ -771,7 +798,7 @@ def _one_pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, task
             else:
                 for i in range(n):
                     far |= not t[i] >= limit
-                    logp[p0 + np.uint64(i)] = top + _log(np.float64(t[i]) * scale)
+                    logp[p0 + np.uint64(i)] = top + _log_pow2(np.float64(t[i]), -bits)  # t 2**-b may be subnormal
             if far:  # rare: lanes whose weights left the range, or whose x is not finite (all weights dropped)
                 for c0 in range(0, n, LANES):  # a vectorised test per LANES lanes, a scalar one only where it found some
                     c1 = min(c0 + LANES, n)

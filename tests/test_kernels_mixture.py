@@ -254,7 +254,7 @@ def test_one_pass_kernel_redoes_points_far_from_every_component(numba_twin, monk
     rng = np.random.default_rng(K + 10 * D)
     x64 = 2.0 * rng.standard_normal((1000, D))
     far = rng.choice(1000, 60, replace=False)
-    radius = 40.0 if dtype_name == "float32" else 150.0  # q_k / 2 above 60 resp. 662 for every component at t = 0.5
+    radius = 40.0 if dtype_name == "float32" else 150.0  # q_k / 2 some 100 resp. 1200 above SHIFT_LIMIT at t = 0.5
     direction = rng.standard_normal((far.size, D))
     x64[far] = radius * direction / np.linalg.norm(direction, axis=1, keepdims=True)
     x = x64.astype(dtype_name)
@@ -333,6 +333,53 @@ def test_one_pass_kernel_drops_weights_below_the_exps_range(numba_twin):
     want_logp, want_score = oracle(gm, x.astype(np.float64), None, None)
     check(numba_twin._evaluate(gm, x, None, None, True, path="lanes"), want_score, "float32", "score")
     check(numba_twin._evaluate(gm, x, None, None, False, path="lanes"), want_logp, "float32", "log_prob")
+
+
+def test_one_pass_kernel_log_prob_between_the_subnormal_range_and_the_redo(numba_twin):
+    """float64 points whose weights sum t lies between SHIFT_LIMIT (e**-600) and 2**865 times the smallest
+    normal number (e**-109): t 2**-865 is subnormal there, where the log is not valid; the log takes -865 into
+    its exponent instead (forming the product gave -707.0 for a log p of -999.4, and -710.0 for -722.9)."""
+    gm = GaussianMixture(np.array([0.5, 0.5]), np.array([[-5.0, 0.0], [5.0, 0.0]]), np.array([[0.01, 0.01]] * 2))
+    x = np.array([[0.0, 0.0], [0.5, 0.0], [1.2, 0.3], [2.0, 1.0], [4.0, 0.1]])
+    want_logp, want_score = oracle(gm, x, PROCESS, 1e-3)
+    assert np.sum((want_logp < -110.0) & (want_logp > -1190.0)) >= 3  # the case: in that window, one beyond
+    np.testing.assert_allclose(numba_twin._evaluate(gm, x, PROCESS, 1e-3, False, path="lanes"), want_logp, rtol=1e-14)
+    np.testing.assert_allclose(numba_twin._evaluate(gm, x, PROCESS, 1e-3, True, path="lanes"), want_score, rtol=1e-12)
+    one = GaussianMixture(np.array([1.0]), np.array([[0.0]]), np.array([1.0]))
+    x1 = np.array([[38.0], [30.0], [-40.0]])
+    np.testing.assert_allclose(numba_twin._evaluate(one, x1, None, None, False), oracle(one, x1, None, None)[0],
+                               rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+@pytest.mark.parametrize("variance", [1e-60, 1e-30, 1e-14, 1e-9, 1e9, 1e20, 1e30, 1e60])
+def test_one_pass_kernel_isotropic_components_of_extreme_variance(numba_twin, dtype_name, variance):
+    """The isotropic form scales the field once, w / (2 c_k), which overflows or loses its precision for
+    extreme c_k (float32: the score of c = 1e-14 came back -inf, that of c = 1e30 0 where -1.4e-14 was
+    right); outside ISO_H_RANGE the kernel takes the diagonal form, and for c below about 1e-24 (float32) it
+    lowers its shift so that the weights times the field stay finite (the score was infinite at c = 1e-30).
+    Two components of that variance, points out to 13.5 standard deviations, the score to 1e-5 (float64:
+    1e-12) relative to its scale."""
+    if dtype_name == "float32" and not 1e-37 < variance < 1e37:
+        pytest.skip("a float32 variance")
+    sd = np.sqrt(variance)
+    gm = GaussianMixture(np.array([0.3, 0.7]), np.array([[0.0], [3.0 * sd]]), np.array([variance, variance]))
+    x = (sd * np.linspace(-13.5, 16.5, 61))[:, None].astype(dtype_name)  # out to the edge of the one-pass window
+    _, want_score = oracle(gm, x.astype(np.float64), None, None)
+    got = numba_twin._evaluate(gm, x, None, None, True, path="lanes")
+    tol = 1e-5 if dtype_name == "float32" else 1e-12  # relative to the field's scale, 1 / sd here
+    np.testing.assert_allclose(got.astype(np.float64), want_score, rtol=tol, atol=tol * np.max(np.abs(want_score)))
+
+
+def test_one_pass_kernel_dropped_weight_adds_nothing_where_the_field_overflows(numba_twin):
+    """A diagonal component of variance 1e-30 far from a point: h z overflows float32 to infinity, its weight
+    is dropped (0), and 0 times infinity must not make the score NaN (it did, before the FMA was masked)."""
+    gm = GaussianMixture(np.array([0.5, 0.5]), np.array([[0.0], [1e9]]), np.array([[1e-30], [1e6]]))
+    x = np.array([[1e9], [1e9 + 1e3], [2e9]], dtype=np.float32)
+    _, want_score = oracle(gm, x.astype(np.float64), None, None)
+    got = numba_twin._evaluate(gm, x, None, None, True, path="lanes")
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got.astype(np.float64), want_score, rtol=1e-5, atol=1e-12)
 
 
 @pytest.mark.parametrize("D", [1, 2, 4])
