@@ -299,14 +299,16 @@ def test_one_pass_kernel_redoes_tasks_of_far_points(numba_twin, monkeypatch, dty
 def test_one_pass_kernel_gives_each_point_the_same_bits_however_tasks_split(numba_twin, monkeypatch, dtype_name,
                                                                             kind, D):
     """A thread's share is a few tasks of several chunks of ONE_PASS_LANES points: one task per thread, three,
-    or one per chunk (here 12 chunks, the last partial, with far points in some), in parallel or on the calling
-    thread (small calls), give the same bits, and a point's score does not depend on N (its first 700 points
-    alone, a call small enough to run on the calling thread)."""
+    or one per chunk (here 12 chunks of 128 or 96 points, the last partial, chunks that are no multiple of
+    LANES, far points in some), in parallel or on the calling thread (small calls), give the same bits, and a
+    point's score does not depend on N (its first 300 points alone, a call small enough for the calling
+    thread)."""
+    monkeypatch.setattr(numba_twin, "ONE_PASS_LANES", (128, 96))  # smaller than the defaults: fast without the JIT
     gm = make_mixture(kind, 6, D, seed=3 + D)
     rng = np.random.default_rng(D)
-    n = 11 * numba_twin.ONE_PASS_LANES[dtype_name == "float64"] + 301
+    n = 11 * numba_twin.ONE_PASS_LANES[dtype_name == "float64"] + 45
     x64 = 2.0 * rng.standard_normal((n, D))
-    far = rng.choice(n, 40, replace=False)
+    far = rng.choice(n, 12, replace=False)
     x64[far] *= 40.0 if dtype_name == "float32" else 150.0
     x = x64.astype(dtype_name)
     got = []
@@ -318,7 +320,7 @@ def test_one_pass_kernel_gives_each_point_the_same_bits_however_tasks_split(numb
     for score, logp in got[1:]:
         np.testing.assert_array_equal(score, got[0][0])
         np.testing.assert_array_equal(logp, got[0][1])
-    np.testing.assert_array_equal(numba_twin._evaluate(gm, x[:700], PROCESS, 0.5, True, path="lanes"), got[0][0][:700])
+    np.testing.assert_array_equal(numba_twin._evaluate(gm, x[:300], PROCESS, 0.5, True, path="lanes"), got[0][0][:300])
     want_logp, want_score = oracle(gm, x.astype(np.float64), PROCESS, 0.5)
     check(got[0][0], want_score, dtype_name, "score")
     check(got[0][1], want_logp, dtype_name, "log_prob")
