@@ -305,7 +305,7 @@ def pow2_factors(nu, shift, poly):
     polynomial (and e = -1); :func:`scaled_pow2` is then meaningless, and callers drop such a factor."""
     single = poly.shape[1] == len(POW2_POLY32)
     coefs = _POW2_COEFS32 if single else _POW2_COEFS64
-    base = 12582912.0 if single else 6755399441055744.0
+    base = np.float64(_SHIFT32) if single else _SHIFT
     for k in range(nu.shape[0]):
         m, e = math.frexp(nu[k])  # nu = m 2**e, m in [1/2, 1)
         shift[k] = base + (e - 1)
@@ -382,17 +382,6 @@ def exp_weight(x):
     return _exp_weight32(x) if isinstance(x, np.float32) else _exp_weight(x)
 
 
-def exp_unclamped(x):
-    """:func:`_exp_unclamped32` for a float32 ``x``, :func:`_exp_unclamped` otherwise."""
-    return _exp_unclamped32(x) if isinstance(x, np.float32) else _exp_unclamped(x)
-
-
-def zero_like(x):
-    """0 in the dtype of the scalar ``x``, as a literal the compiler can fold (``x - x`` is NaN for an infinite x,
-    so it cannot): ``w if c else zero_like(w)`` becomes one zero-masked instruction."""
-    return np.float32(0.0) if isinstance(x, np.float32) else 0.0
-
-
 if not numba.config.DISABLE_JIT:
     import warnings
 
@@ -411,12 +400,6 @@ if not numba.config.DISABLE_JIT:
             return (lambda x: _exp_weight32(x)) if x.bitwidth == 32 else (lambda x: _exp_weight(x))
         return None
 
-    @overload(exp_unclamped, inline="always")
-    def _exp_unclamped_by_type(x):
-        if isinstance(x, types.Float):
-            return (lambda x: _exp_unclamped32(x)) if x.bitwidth == 32 else (lambda x: _exp_unclamped(x))
-        return None
-
     @overload(scaled_pow2, inline="always")
     def _scaled_pow2_by_type(q, l, shift, p, keep):
         if isinstance(q, types.Float):
@@ -433,12 +416,6 @@ if not numba.config.DISABLE_JIT:
                                         poly[k, 6])
             return lambda poly, k: (poly[k, 0], poly[k, 1], poly[k, 2], poly[k, 3], poly[k, 4], poly[k, 5],
                                     poly[k, 6], poly[k, 7], poly[k, 8], poly[k, 9], poly[k, 10], poly[k, 11])
-        return None
-
-    @overload(zero_like, inline="always")
-    def _zero_like_by_type(x):
-        if isinstance(x, types.Float):
-            return (lambda x: np.float32(0.0)) if x.bitwidth == 32 else (lambda x: 0.0)
         return None
 
 
