@@ -14,6 +14,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -99,6 +100,28 @@ def pytest_runtest_setup(item):
         reason = _gpu_unavailable_reason()
         if reason is not None:
             pytest.skip(reason)
+
+
+@pytest.fixture
+def cuda_host(monkeypatch):
+    """kernels/*.cu run on the host: ``import cupy`` gives the stand-in of tests/cuda_host.py for the test.
+
+    The launchers' cached modules are dropped before and after, so they are built by the stand-in here and
+    by the real CuPy (if any) elsewhere. Skips, saying why, without a host C++ compiler.
+    """
+    import cuda_host as host
+
+    if host.find_cxx() is None:
+        pytest.skip("no host C++ compiler (g++, c++ or clang++): cannot run kernels/*.cu on the host")
+    from refdiff.kernels import fused_cupy, mixture_cupy
+
+    launchers = (fused_cupy, mixture_cupy)
+    for launcher in launchers:
+        launcher._module.cache_clear()
+    monkeypatch.setitem(sys.modules, "cupy", host.host_cupy())
+    yield host.host_cupy()
+    for launcher in launchers:
+        launcher._module.cache_clear()
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@
 * the Numba twin: Philox words bit for bit, normals to 1e-14, the same
   trajectory as the reference (float64 to 1e-10, float32 to float32 rounding),
   batch invariance (N = 1 vs N = 1031), every table kind and size 1 / primes;
-* the CuPy launcher agrees on a GPU (tests/test_cuda_sources.py compile-checks the .cu).
+* the CuPy twin (launcher and kernels/fused_sampler.cu) agrees with the reference, run on the host
+  by the CuPy stand-in of tests/cuda_host.py and on a GPU where there is one
+  (tests/test_cuda_sources.py compile-checks the .cu with nvcc and NVRTC).
 Sizes are small so the file also runs under NUMBA_DISABLE_JIT=1.
 """
 
@@ -207,24 +209,65 @@ def test_numba_sizes_one_and_primes(FN):
 
 
 # --------------------------------------------------------------------------- the CUDA twin
-@pytest.mark.gpu
-@pytest.mark.parametrize("cov", list(MIXTURES))
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_cupy_twin_matches_reference(cov, dtype):
+# "host": kernels/fused_sampler.cu and its launcher run on the host by the CuPy stand-in of tests/cuda_host.py
+CUDA_DEVICES = ["host", pytest.param("gpu", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=CUDA_DEVICES)
+def cupy_twin(request):
+    """(cupy, refdiff.kernels.fused_cupy) on the host stand-in or on a GPU."""
+    if request.param == "host":
+        request.getfixturevalue("cuda_host")
     import cupy
 
     from refdiff.kernels import fused_cupy
 
+    return cupy, fused_cupy
+
+
+@pytest.mark.parametrize("cov", list(MIXTURES))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cupy_twin_matches_reference(cupy_twin, cov, dtype):
+    cupy, fused_cupy = cupy_twin
     m = MIXTURES[cov]
     tables = [t for _, t, _ in _tables(VPSDE())] + [F.langevin_table(step_size=0.005, n_steps=10)]
+    tables.append(F.euler_maruyama_table(VESDE(sigma_max=10.0), steps=10))
     rtol = 1e-10 if dtype == np.float64 else 2e-4
-    for n in (1, 131):
+    for n in (1, 131):  # one particle; a block of 128 and a partial one
         for table in tables:
             want = F.run_table(table, m, (n, 3), seed=99, dtype=dtype)
-            got = cupy.asnumpy(fused_cupy.run_table(table, m, (n, 3), seed=99, dtype=dtype))
-            assert got.dtype == dtype
-            np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol, err_msg=table.kind)
+            got = fused_cupy.run_table(table, m, (n, 3), seed=99, dtype=dtype)
+            assert isinstance(got, cupy.ndarray) and got.dtype == dtype and got.shape == (n, 3)
+            np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=rtol, atol=rtol, err_msg=table.kind)
+    x_T = np.random.default_rng(3).standard_normal((5, 3)).astype(dtype)  # a given start: draws from 0
+    table = F.ddpm_table(VPSDE(), steps=9)
+    got = cupy.asnumpy(fused_cupy.run_table(table, m, x_T, rng=4))
+    np.testing.assert_allclose(got, F.run_table(table, m, x_T, rng=4), rtol=rtol, atol=rtol)
+
+
+def test_cupy_twin_every_register_bound(cupy_twin):
+    """D = 1, 2, 5 and 17: the kernel's instances for MAXD = 4, 16 and 64, with D below each bound; a partial
+    last group of four normals (D = 1, 2, 5, 17 mod 4 = 1, 2, 1, 1); every covariance kind."""
+    cupy, fused_cupy = cupy_twin
+    table = F.euler_maruyama_table(VPSDE(), steps=5)
+    for D in (1, 2, 5, 17):
+        rng = np.random.default_rng(D)
+        for kind, covs in (("iso", np.array([0.2, 0.4])), ("diag", rng.uniform(0.1, 0.5, (2, D))),
+                           ("full", np.stack([np.eye(D) * 0.3, np.eye(D) * 0.2]))):  # fmt: skip
+            m = GaussianMixture([0.4, 0.6], rng.standard_normal((2, D)), covs)
+            for n in (1, 13):
+                want = F.run_table(table, m, (n, D), seed=8)
+                got = cupy.asnumpy(fused_cupy.run_table(table, m, (n, D), seed=8))
+                np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10, err_msg=f"D={D} {kind}")
+    with pytest.raises(ValueError, match="D <= 64"):
+        fused_cupy.run_table(table, GaussianMixture([1.0], np.zeros((1, 65)), np.ones(1)), (2, 65), seed=1)
+
+
+def test_cupy_path_does_not_depend_on_batch_size(cupy_twin):
+    cupy, fused_cupy = cupy_twin
+    m = MIXTURES["full"]
     table = F.ddpm_table(VPSDE(), steps=6)
     big = cupy.asnumpy(fused_cupy.run_table(table, m, (1031, 3), seed=5))
-    one = cupy.asnumpy(fused_cupy.run_table(table, m, (1, 3), seed=5, offset=1030))
-    np.testing.assert_allclose(one[0], big[1030], rtol=1e-12, atol=1e-12)
+    for p in (0, 500, 1030):
+        one = cupy.asnumpy(fused_cupy.run_table(table, m, (1, 3), seed=5, offset=p))
+        np.testing.assert_array_equal(one[0], big[p])

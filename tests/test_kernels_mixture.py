@@ -1,6 +1,7 @@
 """The mixture score / log-density twins (refdiff.kernels.mixture_numba, mixture_cupy) against the reference.
 
-One test body runs every backend (numpy reference, numba, cupy on a GPU) on
+One test body runs every backend (numpy reference, numba, cupy on a GPU, and
+the cupy twin's launcher and kernel compiled for the host, tests/cuda_host.py) on
 awkward sizes (1, primes, not multiples of the kernels' block of 64), every
 covariance kind, float32 and float64, and times from the data (no process)
 through t near 0 and t = 1 to one t per row; the oracle is a slow plain loop
@@ -28,7 +29,9 @@ TOL = {"float64": dict(rtol=1e-10, atol=1e-10), "float32": dict(rtol=2e-4, atol=
 PROCESS = VPSDE()
 
 gpu_backend = pytest.param("cupy", marks=pytest.mark.gpu)
-BACKENDS = ["numpy", "numba", gpu_backend]
+# "cupy-host": the CuPy twin's launcher and kernel (kernels/mixture_score.cu), run on the host by the CuPy
+# stand-in of tests/cuda_host.py; the tests then call it as backend="cupy"
+BACKENDS = ["numpy", "numba", "cupy-host", gpu_backend]
 
 
 def make_mixture(kind, K, D, seed=0):
@@ -109,6 +112,9 @@ def check(got, want, dtype_name, what):
 def backend(request):
     if request.param == "numba":
         pytest.importorskip("numba", reason="numba is not installed (pip install 'refdiff[fast]')")
+    if request.param == "cupy-host":
+        request.getfixturevalue("cuda_host")
+        return "cupy"
     return request.param
 
 
