@@ -2,9 +2,9 @@
 
 Reference twin: ``refdiff/samplers/fused.py`` (``run_table``, same arguments;
 the result is a CuPy array on the current device). One thread per particle
-runs every table row in registers. The start (a drawn ``prior_std * z`` or the
-given ``x_T``) and the table constants are made on the host in float64 and
-copied once; the .cu is compiled once per process (``cupy.RawModule`` with
+runs every table row in registers. A drawn start (``prior_std * z`` at draw 0)
+is drawn by the kernel; a given ``x_T`` and the table constants are made on
+the host in float64 and copied once; the .cu is compiled once per process (``cupy.RawModule`` with
 ``name_expressions``), specialised for float/double and a register bound
 ``MAXD`` >= D (4, 16 or 64; larger D is refused). Scalars are passed as
 NumPy scalars of the kernel's exact types (CuPy does not check them).
@@ -50,10 +50,12 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
 
     if not isinstance(x_T, (tuple, list)) and hasattr(x_T, "__cuda_array_interface__"):
         x_T = cupy.asnumpy(x_T)
-    x, noise, first = start_state(table, mixture, x_T, rng, seed, offset, dtype)
-    if x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"the state dtype must be float32 or float64, got {x.dtype}")
-    N, D = x.shape
+    x, noise, first = start_state(table, mixture, x_T, rng, seed, offset, dtype, draw=False)
+    draw_start = x is None  # the kernel draws the start (the host's draw of 1e6 particles outlasts the run)
+    state_dtype = np.dtype(np.float64 if dtype is None else dtype) if draw_start else x.dtype
+    if state_dtype not in (np.float32, np.float64):
+        raise TypeError(f"the state dtype must be float32 or float64, got {state_dtype}")
+    N, D = tuple(x_T) if draw_start else x.shape
     maxd = next((m for m in MAXDS if m >= D), None)
     if maxd is None:
         raise ValueError(f"fused_cupy supports D <= {MAXDS[-1]}, got D = {D}")
@@ -64,13 +66,14 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
     dev = {k: cupy.asarray(np.ascontiguousarray(v)) for k, v in
            (("coefs", coefs), ("draws", table.draw), ("means", const["means"]), ("inv_c", const["inv_c"]),
             ("log_norm", const["log_norm"]), ("U", U))}  # fmt: skip
-    x_d = cupy.asarray(np.ascontiguousarray(x))
+    x_d = cupy.empty((N, D), dtype=state_dtype) if draw_start else cupy.asarray(np.ascontiguousarray(x))
     K = const["log_norm"].shape[1]
-    kernel = _module().get_function(name_expression(x.dtype, maxd))
+    kernel = _module().get_function(name_expression(state_dtype, maxd))
     grid = ((N + _BLOCK - 1) // _BLOCK,)
     args = (x_d, dev["coefs"], dev["draws"], np.int64(first), np.uint32(noise.seed & 0xFFFFFFFF),
             np.uint32(noise.seed >> 32), np.uint64(noise.offset), dev["means"], dev["inv_c"], dev["log_norm"],
-            dev["U"], np.int32(full), np.int64(N), np.int32(D), np.int32(K), np.int32(table.n_rows))  # fmt: skip
+            dev["U"], np.int32(full), np.int64(N), np.int32(D), np.int32(K), np.int32(table.n_rows), np.int32(draw_start),
+            np.float64(table.prior_std))  # fmt: skip
     kernel(grid, (_BLOCK,), args)
     if not bool(cupy.all(cupy.isfinite(x_d))):
         raise ValueError("the state became non-finite (the step size is too large for this target)")

@@ -152,12 +152,14 @@ def _normals_block(z, wr, wt, key0, key1, p_lo, p_hi, draw):
 
 # --------------------------------------------------------------------------- the run
 @njit(parallel=True, **_OPTS)
-def _run(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, full, lanes):
+def _run(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, full, lanes, draw_start, prior_std):
     """Run every row for every particle, in place on x (N, D); coefs (R, 4) = a, b, b_prev, c.
 
     ``prange`` over blocks of LANES particles (the last block padded with
     zero-state lanes whose results are dropped); a block keeps its state in
-    float64 (D, L) and rounds it to the state dtype once per row.
+    float64 (D, L) and rounds it to the state dtype once per row. With
+    ``draw_start`` x is not read: the start is ``prior_std * z`` at draw 0,
+    rounded to the state dtype, as the reference's host draw.
     """
     N, D = x.shape
     R, K = coefs.shape[0], log_norm.shape[1]
@@ -188,10 +190,17 @@ def _run(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, 
             particle = offset + np.uint64(p0 + l)
             p_lo[l] = particle & _MASK
             p_hi[l] = particle >> _S32
-        for l in range(n_lanes):
+        if draw_start:
+            _normals_block(z, wr, wt, key0, key1, p_lo, p_hi, np.int64(0))
             for j in range(D):
-                xb[j, l] = x[p0 + l, j]
-                xs[j, l] = xb[j, l]
+                for l in range(L):
+                    xb[j, l] = prior_std * z[j, l]
+                    xs[j, l] = xb[j, l]
+        else:
+            for l in range(n_lanes):
+                for j in range(D):
+                    xb[j, l] = x[p0 + l, j]
+                    xs[j, l] = xb[j, l]
         for i in range(R):
             a, b, bp, c = coefs[i, 0], coefs[i, 1], coefs[i, 2], coefs[i, 3]
             if b != 0.0:
@@ -224,7 +233,10 @@ def _run(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, 
 
 def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None):
     """Numba twin of :func:`refdiff.samplers.fused.run_table` (same arguments and result)."""
-    x, noise, first = start_state(table, mixture, x_T, rng, seed, offset, dtype)
+    x, noise, first = start_state(table, mixture, x_T, rng, seed, offset, dtype, draw=False)
+    draw_start = x is None  # the kernel draws the start
+    if draw_start:
+        x = np.empty(tuple(x_T), dtype=np.float64 if dtype is None else dtype)
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"the state dtype must be float32 or float64, got {x.dtype}")
     x = np.ascontiguousarray(x)
@@ -234,7 +246,8 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
     coefs = np.ascontiguousarray(np.stack([table.a, table.b, table.b_prev, table.c], axis=1))  # (R, 4)
     draws = np.ascontiguousarray(table.draw)
     _run(x, coefs, draws, np.int64(first), np.uint64(noise.seed & 0xFFFFFFFF), np.uint64(noise.seed >> 32),
-         np.uint64(noise.offset), const["means"], const["inv_c"], const["log_norm"], U, full, np.int64(min(LANES, x.shape[0])))  # fmt: skip
+         np.uint64(noise.offset), const["means"], const["inv_c"], const["log_norm"], U, full, np.int64(min(LANES, x.shape[0])),
+         draw_start, float(table.prior_std))  # fmt: skip
     if not np.all(np.isfinite(x)):
         raise ValueError("the state became non-finite (the step size is too large for this target)")
     return x

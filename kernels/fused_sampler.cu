@@ -46,25 +46,40 @@ __device__ __forceinline__ void box_muller(u32 w_r, u32 w_t, double* z0, double*
     *z1 = r * sin(theta);
 }
 
+// The contract's normals z[0 .. D) of one particle at draw index k_draw: four per Philox call, counter
+// (group, draw, particle low word, particle high word); a last group of one or two values uses one pair.
+__device__ __forceinline__ void draw_normals(double* z, int D, u32 k_draw, u64 particle, u32 key0, u32 key1) {
+    for (int jb = 0; 4 * jb < D; ++jb) {
+        u32 ctr[4] = {(u32)jb, k_draw, (u32)(particle & 0xFFFFFFFFull), (u32)(particle >> 32)};
+        philox4x32_10(ctr, key0, key1);
+        box_muller(ctr[0], ctr[1], &z[4 * jb], &z[4 * jb + 1]);
+        if (4 * jb + 2 < D) box_muller(ctr[2], ctr[3], &z[4 * jb + 2], &z[4 * jb + 3]);
+    }
+}
+
 __device__ __forceinline__ float exp_t(float v) { return expf(v); }
 __device__ __forceinline__ double exp_t(double v) { return exp(v); }
 
 // coefs (R, 4) = a, b, b_prev, c; draws (R,) int64 (-1: none); means, inv_c (R, K, D);
-// log_norm (R, K); U (K, D, D) eigenvectors when full != 0. x (N, D) in T, in place.
+// log_norm (R, K); U (K, D, D) eigenvectors when full != 0. x (N, D) in T, in place; with
+// draw_start != 0 x is only written: the start is prior_std * z at draw 0 (in double, then cast to T,
+// as the reference draws it on the host).
 template <typename T, int MAXD>
 __global__ void fused_run(T* x, const double* coefs, const long long* draws, long long first, u32 key0,
                           u32 key1, u64 offset, const double* means, const double* inv_c,
-                          const double* log_norm, const double* U, int full, long long N, int D, int K, int R) {
+                          const double* log_norm, const double* U, int full, long long N, int D, int K, int R,
+                          int draw_start, double prior_std) {
     long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= N) return;
     T xs[MAXD], s[MAXD], sp[MAXD], acc[MAXD], y[MAXD];
     double z[MAXD + 3];
+    u64 particle = offset + (u64)p;
+    if (draw_start) draw_normals(z, D, 0u, particle, key0, key1);
     for (int j = 0; j < D; ++j) {
-        xs[j] = x[p * D + j];
+        xs[j] = draw_start ? (T)(prior_std * z[j]) : x[p * D + j];
         s[j] = T(0);
         sp[j] = T(0);
     }
-    u64 particle = offset + (u64)p;
     for (int i = 0; i < R; ++i) {
         T a = (T)coefs[4 * i], b = (T)coefs[4 * i + 1], bp = (T)coefs[4 * i + 2], c = (T)coefs[4 * i + 3];
         if (coefs[4 * i + 1] != 0.0) {
@@ -107,15 +122,7 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
             for (int j = 0; j < D; ++j) s[j] = acc[j] / total;
         }
         long long d = draws[i];
-        if (d >= 0) {
-            u32 k_draw = (u32)(first + d);
-            for (int jb = 0; 4 * jb < D; ++jb) {
-                u32 ctr[4] = {(u32)jb, k_draw, (u32)(particle & 0xFFFFFFFFull), (u32)(particle >> 32)};
-                philox4x32_10(ctr, key0, key1);
-                box_muller(ctr[0], ctr[1], &z[4 * jb], &z[4 * jb + 1]);
-                if (4 * jb + 2 < D) box_muller(ctr[2], ctr[3], &z[4 * jb + 2], &z[4 * jb + 3]);
-            }
-        }
+        if (d >= 0) draw_normals(z, D, (u32)(first + d), particle, key0, key1);
         for (int j = 0; j < D; ++j) {
             T v = a * xs[j] + b * s[j];
             if (coefs[4 * i + 2] != 0.0) v += bp * sp[j];
