@@ -289,6 +289,26 @@ def _asnumpy(a):
     return np.array(a.view(np.ndarray) if isinstance(a, DeviceArray) else a, copy=True)
 
 
+class HostDevice:
+    """``cupy.cuda.Device``: the one host "device"; launches run to completion, so synchronising is a no-op."""
+
+    def __init__(self, device=0):
+        self.id = int(device)
+
+    def synchronize(self):
+        pass
+
+
+def _device_properties(device):
+    """``cupy.cuda.runtime.getDeviceProperties``: a name and one multiprocessor."""
+    return {"name": b"host (tests/cuda_host.py)", "multiProcessorCount": 1, "clockRate": 0}
+
+
+def _raw_kernel(code, name, options=(), **kwargs):
+    """``cupy.RawKernel(code, name)``: the ``extern "C"`` kernel ``name`` of ``code``."""
+    return HostRawModule(code=code, options=options, name_expressions=(name,)).get_function(name)
+
+
 @functools.cache
 def host_cupy() -> types.ModuleType:
     """A module with the part of CuPy's API the launchers use, running kernels on the host (see above)."""
@@ -302,4 +322,10 @@ def host_cupy() -> types.ModuleType:
     mod.asnumpy = _asnumpy
     mod.all = lambda a: _device(np.all(a.view(np.ndarray)))
     mod.isfinite = lambda a: _device(np.isfinite(a.view(np.ndarray)))
+    # what benchmarks/gpu.py uses besides (its smoke run on a machine without a GPU)
+    mod.RawKernel = _raw_kernel
+    mod.arange = lambda *a, dtype=None: np.arange(*a, dtype=dtype).view(DeviceArray)
+    mod.empty_like = lambda a, dtype=None: _empty(a.shape, a.dtype if dtype is None else dtype)
+    mod.int32, mod.int64, mod.float32, mod.float64 = np.int32, np.int64, np.float32, np.float64
+    mod.cuda = types.SimpleNamespace(Device=HostDevice, runtime=types.SimpleNamespace(getDeviceProperties=_device_properties))
     return mod

@@ -1,6 +1,7 @@
 """refdiff bench: command lines, the parsers of each script's JSON, the missing-checkout error, one quick run."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -305,7 +306,7 @@ def scripts():
 
 def test_common_stays_light():
     """Workers under other interpreters import _common and the scripts: no NumPy or matplotlib at module level."""
-    code = (f"import sys; sys.path.insert(0, {str(BENCH_DIR)!r}); import _common, fused_sampler, mixture_score; "
+    code = (f"import sys; sys.path.insert(0, {str(BENCH_DIR)!r}); import _common, fused_sampler, gpu, mixture_score; "
             "heavy = [m for m in ('numpy', 'matplotlib', 'refdiff') if m in sys.modules]; assert not heavy, heavy")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stderr
@@ -549,3 +550,55 @@ def test_mixture_peer_failing_its_check_is_left_out(scripts, monkeypatch, capsys
     assert rows[0]["torch"]["rel_err"] == pytest.approx(1e-7) and "torch_compile" not in rows[0]
     assert rows[0]["peer_check_failed"] == {"torch_compile": pytest.approx(1e-2)}
     assert "torch_compile score differs" in capsys.readouterr().err
+
+
+# --- benchmarks/gpu.py: the GPU goals, run end to end on the host stand-in for CuPy ---------------------
+
+
+@pytest.fixture
+def gpu_script(scripts):
+    import gpu
+
+    return gpu
+
+
+def gpu_quick(gpu_script, tmp_path, *peer_args):
+    out = tmp_path / "gpu.json"
+    argv = ["--quick", "--warmup", "0", "--repeat", "1", "--json", str(out), "--torch-python", "", "--jax-python", ""]
+    assert gpu_script.main(argv + list(peer_args)) == 0
+    return json.loads(out.read_text())
+
+
+def test_gpu_script_runs_on_the_host_stand_in(gpu_script, cuda_host, tmp_path):
+    """Every section of benchmarks/gpu.py at --quick sizes, the CuPy twins run by tests/cuda_host.py: each
+    check passes, every row gets a floor, and the peers' goals say they were not measured."""
+    d = gpu_quick(gpu_script, tmp_path)
+    assert d["ceilings"]["copy"]["bytes_per_s"] > 0 and d["ceilings"]["fp32"]["flops_per_s"] > 0
+    assert [(r["N"], r["D"], r["K"]) for r in d["mixture_score"]] == [(1000, 2, 8), (300, 16, 32), (100, 64, 128)]
+    assert all(r["check"]["ok"] and r["floor_fraction"] > 0 for r in d["mixture_score"])
+    assert d["fused_sampler"]["check"]["ok"] and d["fused_sampler"]["cupy"]["median_ms"] > 0
+    assert {p["status"] for p in d["peers"].values()} == {"skipped"}
+    assert [g["met"] for g in d["goal_status"][-2:]] == [None, None]
+
+
+def test_gpu_script_goal_status(gpu_script):
+    payload = {
+        "mixture_score": [{"N": 10, "D": 2, "K": 8, "floor_fraction": 0.6, "bound": "bytes"},
+                          {"N": 10, "D": 64, "K": 128, "floor_fraction": 0.4, "bound": "flops"},
+                          {"N": 10, "D": 4, "K": 8}],  # failed its check: not timed
+        "fused_sampler": {"n": 10, "cupy": {"median_ms": 10.0}},
+        "peers": {"torch": {"status": "ok", "times": {"median_ms": 250.0}}, "jax": {"status": "ok", "times": {"median_ms": 15.0}}},
+    }  # fmt: skip
+    status = [(round(v, 3) if v is not None else None, met) for _, v, _, met in gpu_script.goals(payload)]
+    assert status == [(0.6, True), (0.4, False), (None, None), (25.0, True), (1.5, False)]
+    payload["peers"]["jax"]["status"] = "failed"  # a sample that failed its check gives no ratio
+    assert gpu_script.goals(payload)[-1][1:] == (None, 2.0, None)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.environ.get("REFDIFF_TORCH_PYTHON", "")),
+                    reason="REFDIFF_TORCH_PYTHON names no interpreter with PyTorch")
+def test_gpu_script_torch_peer_on_cpu(gpu_script, cuda_host, tmp_path):
+    """The PyTorch eager worker, on the CPU: it runs the table and its sample matches refdiff's in distribution."""
+    d = gpu_quick(gpu_script, tmp_path, "--torch-python", os.environ["REFDIFF_TORCH_PYTHON"], "--peer-device", "cpu")
+    torch = d["peers"]["torch"]
+    assert torch["status"] == "ok" and torch["check"]["ok"] and torch["device"] == "cpu", torch
