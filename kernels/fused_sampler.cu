@@ -4,8 +4,8 @@
 // Self-contained (no #include): compiled by CuPy's RawModule (NVRTC) with
 // name_expressions "fused_run<float, MAXD>" / "fused_run<double, MAXD>", and by
 // nvcc in the test suite. Each thread keeps its particle's state, score and
-// previous score in registers (MAXD >= D, a compile-time bound) and runs every
-// table row: score of the diffused mixture (constants from score_constants),
+// previous score in arrays of a compile-time bound MAXD >= D (in registers up
+// to MAXD = 16, see FOR_EACH_COORD) and runs every table row: score of the diffused mixture (constants from score_constants),
 // Philox4x32-10 + Box-Muller normals per the contract of refdiff/noise.py,
 // then x <- a x + b s + b_prev s_prev + c z. The state and the score are in T;
 // the normals are computed in double, as the contract requires, then cast.
@@ -48,8 +48,13 @@ __device__ __forceinline__ void box_muller(u32 w_r, u32 w_t, double* z0, double*
 
 // The contract's normals z[0 .. D) of one particle at draw index k_draw: four per Philox call, counter
 // (group, draw, particle low word, particle high word); a last group of one or two values uses one pair.
+// Unrolled to the compile-time MAXD, so that z can live in registers.
+template <int MAXD>
 __device__ __forceinline__ void draw_normals(double* z, int D, u32 k_draw, u64 particle, u32 key0, u32 key1) {
-    for (int jb = 0; 4 * jb < D; ++jb) {
+    constexpr int kUnroll = MAXD <= 16 ? (MAXD + 3) / 4 : 1;  // as FOR_EACH_COORD below
+#pragma unroll kUnroll
+    for (int jb = 0; jb < (MAXD <= 16 ? (MAXD + 3) / 4 : (D + 3) / 4); ++jb) {
+        if (4 * jb >= D) break;
         u32 ctr[4] = {(u32)jb, k_draw, (u32)(particle & 0xFFFFFFFFull), (u32)(particle >> 32)};
         philox4x32_10(ctr, key0, key1);
         box_muller(ctr[0], ctr[1], &z[4 * jb], &z[4 * jb + 1]);
@@ -60,6 +65,13 @@ __device__ __forceinline__ void draw_normals(double* z, int D, u32 k_draw, u64 p
 __device__ __forceinline__ float exp_t(float v) { return expf(v); }
 __device__ __forceinline__ double exp_t(double v) { return exp(v); }
 
+// the coordinates j < D. Up to MAXD = 16 a loop to the compile-time MAXD, unrolled: the per-particle arrays
+// below are indexed by constants and stay in registers (a loop to the run-time D would put them in local
+// memory). Beyond, a loop to D: unrolling the full covariance's nested loops 64 x 64 took nvcc minutes.
+// (kUnroll: a constant of the kernel's, the pragma's argument must be one)
+#define FOR_EACH_COORD(j) \
+    _Pragma("unroll kUnroll") for (int j = 0; j < (kUnroll > 1 ? MAXD : D); ++j) if (j < D)
+
 // coefs (R, 4) = a, b, b_prev, c; draws (R,) int64 (-1: none); means, inv_c (R, K, D);
 // log_norm (R, K); U (K, D, D) eigenvectors when full != 0. x (N, D) in T, in place; with
 // draw_start != 0 x is only written: the start is prior_std * z at draw 0 (in double, then cast to T,
@@ -69,13 +81,14 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
                           u32 key1, u64 offset, const double* means, const double* inv_c,
                           const double* log_norm, const double* U, int full, long long N, int D, int K, int R,
                           int draw_start, double prior_std) {
+    constexpr int kUnroll = MAXD <= 16 ? MAXD : 1;  // FOR_EACH_COORD
     long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= N) return;
     T xs[MAXD], s[MAXD], sp[MAXD], acc[MAXD], y[MAXD];
     double z[MAXD + 3];
     u64 particle = offset + (u64)p;
-    if (draw_start) draw_normals(z, D, 0u, particle, key0, key1);
-    for (int j = 0; j < D; ++j) {
+    if (draw_start) draw_normals<MAXD>(z, D, 0u, particle, key0, key1);
+    FOR_EACH_COORD(j) {
         xs[j] = draw_start ? (T)(prior_std * z[j]) : x[p * D + j];
         s[j] = T(0);
         sp[j] = T(0);
@@ -85,16 +98,16 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
         if (coefs[4 * i + 1] != 0.0) {
             // exact mixture score: streaming log-sum-exp over the components
             T m = T(0), total = T(0);
-            for (int j = 0; j < D; ++j) acc[j] = T(0);
+            FOR_EACH_COORD(j) acc[j] = T(0);
             for (int k = 0; k < K; ++k) {
                 const double* mu = means + ((long long)i * K + k) * D;
                 const double* ic = inv_c + ((long long)i * K + k) * D;
                 T quad = T(0);
-                for (int a2 = 0; a2 < D; ++a2) {
+                FOR_EACH_COORD(a2) {
                     T ya;
                     if (full) {
                         ya = T(0);
-                        for (int j = 0; j < D; ++j) ya += (T)U[((long long)k * D + j) * D + a2] * (xs[j] - (T)mu[j]);
+                        FOR_EACH_COORD(j) ya += (T)U[((long long)k * D + j) * D + a2] * (xs[j] - (T)mu[j]);
                     } else {
                         ya = xs[a2] - (T)mu[a2];
                     }
@@ -107,11 +120,11 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
                 T scale = (k == 0) ? T(0) : exp_t(m - m_new);
                 T w = exp_t(logit - m_new);
                 total = total * scale + w;
-                for (int j = 0; j < D; ++j) {
+                FOR_EACH_COORD(j) {
                     T g;
                     if (full) {
                         g = T(0);
-                        for (int a2 = 0; a2 < D; ++a2) g += (T)U[((long long)k * D + j) * D + a2] * y[a2];
+                        FOR_EACH_COORD(a2) g += (T)U[((long long)k * D + j) * D + a2] * y[a2];
                     } else {
                         g = y[j];
                     }
@@ -119,18 +132,18 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
                 }
                 m = m_new;
             }
-            for (int j = 0; j < D; ++j) s[j] = acc[j] / total;
+            FOR_EACH_COORD(j) s[j] = acc[j] / total;
         }
         long long d = draws[i];
-        if (d >= 0) draw_normals(z, D, (u32)(first + d), particle, key0, key1);
-        for (int j = 0; j < D; ++j) {
+        if (d >= 0) draw_normals<MAXD>(z, D, (u32)(first + d), particle, key0, key1);
+        FOR_EACH_COORD(j) {
             T v = a * xs[j] + b * s[j];
             if (coefs[4 * i + 2] != 0.0) v += bp * sp[j];
             if (d >= 0) v += c * (T)z[j];
             xs[j] = v;
         }
         if (coefs[4 * i + 1] != 0.0)
-            for (int j = 0; j < D; ++j) sp[j] = s[j];
+            FOR_EACH_COORD(j) sp[j] = s[j];
     }
-    for (int j = 0; j < D; ++j) x[p * D + j] = xs[j];
+    FOR_EACH_COORD(j) x[p * D + j] = xs[j];
 }

@@ -8,12 +8,17 @@ arguments and semantics, on CuPy arrays:
 
 One thread per particle evaluates every component in x's dtype (float32 or
 float64; other float dtypes are computed in float64 and cast back) with an
-online log-sum-exp; per-component data (log weights, means, eigenvalues and
-eigenvectors of :math:`\Sigma_k`) and :math:`\gamma_t,\sigma_t^2` are computed
-in float64 on the host and cast once. The module is compiled once per process
-(``cupy.RawModule`` with ``name_expressions``), on first use; importing this
-file imports no CuPy. Scalars are passed as ``np.int64`` to the kernel's
-``long long`` parameters (CuPy does not check kernel argument types).
+online log-sum-exp, its point and running score in registers (the kernel's
+instance for the smallest register bound in ``MAXDS`` that holds D; beyond
+them one that works in memory). Per-component data (log weights, means,
+eigenvalues and eigenvectors of :math:`\Sigma_k`) and
+:math:`\gamma_t,\sigma_t^2` are computed in float64 on the host and cast once;
+for one t so are the component constants :math:`\gamma_t\mu_k`, :math:`1/c_k`
+and the log normalisers, which the kernel otherwise forms per row. The module
+is compiled once per process (``cupy.RawModule`` with ``name_expressions``),
+on first use; importing this file imports no CuPy. Scalars are passed as
+``np.int64`` to the kernel's ``long long`` parameters (CuPy does not check
+kernel argument types).
 
 Requires a ``gpu-cuda12`` or ``gpu-cuda13`` extra (``pip install "refdiff[gpu-cuda12]"``).
 """
@@ -25,12 +30,23 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["mixture_score", "mixture_log_prob", "NAME_EXPRESSIONS"]
+__all__ = ["mixture_score", "mixture_log_prob", "NAME_EXPRESSIONS", "MAXDS", "name_expression"]
 
 SOURCE = Path(__file__).with_name("mixture_score.cu")
-NAME_EXPRESSIONS = ("mixture_score<float>", "mixture_score<double>")
+#: Register bounds the kernel is instantiated for (0: any D, in memory).
+MAXDS = (4, 16, 32, 64, 0)
 _THREADS = 128
 _KIND = {"isotropic": 0, "diagonal": 1, "full": 2}
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def name_expression(dtype, D: int) -> str:
+    """The template instance for a dtype and dimension, e.g. ``mixture_score<float, 4>`` for D = 3."""
+    maxd = next(m for m in MAXDS if m == 0 or m >= D)
+    return f"mixture_score<{'float' if np.dtype(dtype) == np.float32 else 'double'}, {maxd}>"
+
+
+NAME_EXPRESSIONS = tuple(f"mixture_score<{t}, {m}>" for t in ("float", "double") for m in MAXDS)
 
 
 @functools.cache
@@ -40,9 +56,16 @@ def _module():
     return cupy.RawModule(code=SOURCE.read_text(), options=("-std=c++17",), name_expressions=NAME_EXPRESSIONS)
 
 
-def _kernel(dtype):
-    name = "mixture_score<float>" if dtype == np.float32 else "mixture_score<double>"
-    return _module().get_function(name)
+def _kernel(dtype, D):
+    return _module().get_function(name_expression(dtype, D))
+
+
+def one_t_constants(log_w, mu, lam, gamma, var):
+    """Host float64 ``(gamma mu_k, 1 / c_k, ln_k)`` of one t: (K, D), (K, D), (K,), with c_k = gamma^2 lam_k +
+    var and ln_k = log w_k - (D log 2 pi + sum_i log c_ki) / 2, the kernel's constants when n_t == 1."""
+    c = gamma * gamma * lam + var
+    D = mu.shape[1]
+    return gamma * mu, 1.0 / c, log_w - 0.5 * (D * _LOG_2PI + np.sum(np.log(c), axis=1))
 
 
 def _evaluate(mixture, x, process, t, want_score):
@@ -70,16 +93,20 @@ def _evaluate(mixture, x, process, t, want_score):
     n_t = gamma.shape[0] if gamma.ndim else 1
     g = dev(np.reshape(gamma, (n_t,)))
     v = dev(np.broadcast_to(var, (n_t,)))
+    if n_t == 1:  # one t (also a per-row t of one row): the kernel reads these
+        gmu, ic, ln = one_t_constants(log_w, mu, lam, float(np.reshape(gamma, ())), float(np.reshape(var, ())))
+    else:  # the kernel forms them per row; these are not read
+        gmu = ic = ln = np.zeros(1)
     score = cupy.empty((N, D) if want_score else (1, D), dtype=kdtype)  # never read when not wanted
     logp = cupy.empty((N,), dtype=kdtype)
     if N:
         args = (
             xk, g, v, np.int64(n_t),
-            dev(log_w), dev(mu), dev(lam), dev(U),
+            dev(log_w), dev(mu), dev(lam), dev(U), dev(gmu), dev(ic), dev(ln),
             np.int64(_KIND[mixture.kind]), np.int64(N), np.int64(K), np.int64(D), np.int64(bool(want_score)),
             score, logp,
         )  # fmt: skip
-        _kernel(kdtype)(((N + _THREADS - 1) // _THREADS,), (_THREADS,), args)
+        _kernel(kdtype, D)(((N + _THREADS - 1) // _THREADS,), (_THREADS,), args)
     out = score if want_score else logp
     return out.astype(dtype, copy=False)
 
