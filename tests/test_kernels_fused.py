@@ -195,17 +195,24 @@ def test_numba_path_does_not_depend_on_batch_size(FN):
     np.testing.assert_allclose(big[:3], F.run_table(table, m, (3, 3), seed=5), rtol=1e-10, atol=1e-10)
 
 
-@needs_numba
-def test_numba_sizes_one_and_primes(FN):
+def check_sizes(run_table, dims):
+    """A twin's ``run_table`` (its result as a NumPy array) against the reference at each D of ``dims``, on
+    two-component mixtures of every covariance kind, with 1 and 13 particles."""
     table = F.euler_maruyama_table(VPSDE(), steps=5)
-    for D in (1, 2, 5):
+    for D in dims:
         rng = np.random.default_rng(D)
         for kind, covs in (("iso", np.array([0.2, 0.4])), ("diag", rng.uniform(0.1, 0.5, (2, D))),
                            ("full", np.stack([np.eye(D) * 0.3, np.eye(D) * 0.2]))):  # fmt: skip
             m = GaussianMixture([0.4, 0.6], rng.standard_normal((2, D)), covs)
             for n in (1, 13):
                 want = F.run_table(table, m, (n, D), seed=8)
-                np.testing.assert_allclose(FN.run_table(table, m, (n, D), seed=8), want, rtol=1e-10, atol=1e-10, err_msg=kind)
+                got = run_table(table, m, (n, D), seed=8)
+                np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10, err_msg=f"D={D} {kind} n={n}")
+
+
+@needs_numba
+def test_numba_sizes_one_and_primes(FN):
+    check_sizes(FN.run_table, (1, 2, 5))
 
 
 # --------------------------------------------------------------------------- the CUDA twin
@@ -249,16 +256,8 @@ def test_cupy_twin_every_register_bound(cupy_twin):
     """D = 1, 2, 5 and 17: the kernel's instances for MAXD = 4, 16 and 64, with D below each bound; a partial
     last group of four normals (D = 1, 2, 5, 17 mod 4 = 1, 2, 1, 1); every covariance kind."""
     cupy, fused_cupy = cupy_twin
+    check_sizes(lambda *a, **kw: cupy.asnumpy(fused_cupy.run_table(*a, **kw)), (1, 2, 5, 17))
     table = F.euler_maruyama_table(VPSDE(), steps=5)
-    for D in (1, 2, 5, 17):
-        rng = np.random.default_rng(D)
-        for kind, covs in (("iso", np.array([0.2, 0.4])), ("diag", rng.uniform(0.1, 0.5, (2, D))),
-                           ("full", np.stack([np.eye(D) * 0.3, np.eye(D) * 0.2]))):  # fmt: skip
-            m = GaussianMixture([0.4, 0.6], rng.standard_normal((2, D)), covs)
-            for n in (1, 13):
-                want = F.run_table(table, m, (n, D), seed=8)
-                got = cupy.asnumpy(fused_cupy.run_table(table, m, (n, D), seed=8))
-                np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10, err_msg=f"D={D} {kind}")
     with pytest.raises(ValueError, match="D <= 64"):
         fused_cupy.run_table(table, GaussianMixture([1.0], np.zeros((1, 65)), np.ones(1)), (2, 65), seed=1)
 
