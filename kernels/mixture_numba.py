@@ -116,8 +116,14 @@ CPUs prefers 256); there is no ``fastmath`` and no random number inside a
 kernel. The GEMM path works in x's dtype (float32 runs twice the SIMD lanes
 of float64, and the float32 exp ``_exp_weight32``),
 keeps its softmax weights unnormalised until the score (one division per
-point) and raises log-weights below ``log(tiny) + log K + 20`` to that floor,
-so no operand is subnormal (``_weight_floor``).
+point) and drops (sets to 0) the weights whose log lies below
+``log(tiny) + log K + 20``, so no operand is subnormal (``_weight_floor``).
+The lane kernels drop theirs below ``_log_weight_floor`` the same way. A
+dropped weight is not raised to the floor: times the field of a narrow
+component far away (C_k^{-1} z_k, some 1e39 at a variance of 1e-30 and
+z = 1e9) a raised weight outweighed the score, and where such a field
+overflows the dtype the two-pass block adds nothing for it (0 * inf would
+be NaN).
 
 Per-point device function
 -------------------------
@@ -202,10 +208,11 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy")
 # --------------------------------------------------------------------------- lanes: the block score
 @njit(inline="always", **_JIT)
 def _log_weight_floor(a):
-    """Floor of the lane kernels' log-weights (relative to the largest), in a's dtype: weights stay >= exp(floor),
-    so a weight times any field above 1e-13 is a normal number (a subnormal operand costs a microcode assist per
-    SIMD instruction). exp(-57) ~ 2e-25 for float32, exp(-678) ~ 1e-294 for float64: far below the dtype's
-    rounding of the largest weight, 1."""
+    """Floor of the lane kernels' log-weights (relative to the largest), in a's dtype: a weight below exp(floor) is
+    dropped (0), so every weight kept times any field above 1e-13 is a normal number (a subnormal operand costs a
+    microcode assist per SIMD instruction). exp(-57) ~ 2e-25 for float32, exp(-678) ~ 1e-294 for float64: far
+    below the dtype's rounding of the largest weight, 1 (a dropped weight changes the score by less than
+    exp(floor) times its field)."""
     return a.dtype.type(-57.0 if a.itemsize == 4 else -678.0)
 
 
@@ -213,7 +220,7 @@ def _log_weight_floor(a):
 def _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out):
     """_score_block for D = 2 and diagonal covariances: the same arithmetic, one lane loop per component and pass."""
     K, L = log_norm.shape[1], xs.shape[1]
-    half, floor = xs.dtype.type(0.5), _log_weight_floor(xs)
+    half, floor, zero = xs.dtype.type(0.5), _log_weight_floor(xs), xs.dtype.type(0.0)
     x0, x1, o0, o1 = xs[0], xs[1], out[0], out[1]
     for l in range(L):
         m[l] = -np.inf
@@ -237,10 +244,11 @@ def _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out):
         lk = logit[k]
         for l in range(L):
             d = lk[l] - m[l]
-            w = exp_weight(d if d > floor else floor)
+            keep = d > floor  # else the weight is dropped and adds nothing, even where its field overflowed
+            w = exp_weight(d) if keep else zero
             tot[l] += w
-            o0[l] -= w * ((x0[l] - mu0) * ic0)
-            o1[l] -= w * ((x1[l] - mu1) * ic1)
+            o0[l] = o0[l] - w * ((x0[l] - mu0) * ic0) if keep else o0[l]
+            o1[l] = o1[l] - w * ((x1[l] - mu1) * ic1) if keep else o1[l]
     for l in range(L):
         o0[l] /= tot[l]
         o1[l] /= tot[l]
@@ -250,22 +258,26 @@ def _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out):
 def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, tot, acc, out):
     """Exact mixture score at LANES points xs (D, LANES) for table row i, into ``out`` (D, LANES).
 
-    Pass 1 keeps each component's logit and q_k = C_k^{-1} y_k (eigen coordinates,
-    y_k = U_k^T (x - gamma mu_k)); pass 2 sums the softmax weights times -U_k q_k.
-    Every loop over lanes is innermost and element-wise (SIMD); per lane the
-    arithmetic and its order are those of one point alone.
+    Pass 1 keeps each component's logit and, for full covariances, q_k = C_k^{-1} y_k
+    (eigen coordinates, y_k = U_k^T (x - gamma mu_k)); pass 2 sums the softmax weights
+    times -U_k q_k (diagonal C_k: -C_k^{-1}(x - gamma mu_k), formed there again, the
+    same numbers). A weight below exp(floor) (:func:`_log_weight_floor`) is dropped
+    and adds nothing, even where its field overflowed. Every loop over lanes is
+    innermost and element-wise (SIMD); per lane the arithmetic and its order are
+    those of one point alone.
     """
     K, D, L = log_norm.shape[1], xs.shape[0], xs.shape[1]
     if D == 2 and not full:
         _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out)
         return
-    half, floor = xs.dtype.type(0.5), _log_weight_floor(xs)
+    half, floor, zero = xs.dtype.type(0.5), _log_weight_floor(xs), xs.dtype.type(0.0)
     for l in range(L):
         m[l] = -np.inf
     for k in range(K):
         for l in range(L):
             quad[l] = 0.0
         for a in range(D):
+            ic = inv_c[i, k, a]
             if full:
                 for l in range(L):
                     ya[l] = 0.0
@@ -274,15 +286,15 @@ def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, 
                     mu = means[i, k, j]
                     for l in range(L):
                         ya[l] += u * (xs[j, l] - mu)
-            else:
+                for l in range(L):
+                    qa = ya[l] * ic
+                    quad[l] += ya[l] * qa
+                    q[k, a, l] = qa
+            else:  # diagonal: q_ka = (x_a - mu_ka) / c_ka is formed again in pass 2, not stored (faster)
                 mu = means[i, k, a]
                 for l in range(L):
-                    ya[l] = xs[a, l] - mu
-            ic = inv_c[i, k, a]
-            for l in range(L):
-                qa = ya[l] * ic
-                quad[l] += ya[l] * qa
-                q[k, a, l] = qa
+                    y = xs[a, l] - mu
+                    quad[l] += y * (y * ic)
         ln = log_norm[i, k]
         for l in range(L):
             lg = ln - half * quad[l]
@@ -293,11 +305,16 @@ def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, 
     for j in range(D):
         for l in range(L):
             out[j, l] = 0.0
+    # a weight below the floor is dropped (0), not raised to it: times the field of a narrow component far
+    # away, exp(floor) outweighed the score. A dropped weight adds nothing, even where its field overflowed (q
+    # is infinite where the quadratic form was, and 0 * inf is NaN): each term is tested. With the diagonal
+    # field formed here instead of stored in pass 1, the block ran 1-7% faster than it had untested (D = 5..16,
+    # K D < 32, one thread), and the test cost the full blocks nothing measurable
     for k in range(K):
         for l in range(L):
             d = logit[k, l] - m[l]
-            w = exp_weight(d if d > floor else floor)
-            logit[k, l] = w  # now the unnormalised weight
+            w = exp_weight(d) if d > floor else zero  # exp_weight clamps its argument: never subnormal
+            logit[k, l] = w  # now the unnormalised weight, 0 where dropped
             tot[l] += w
         for j in range(D):
             if full:
@@ -308,10 +325,13 @@ def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, 
                     for l in range(L):
                         acc[l] += u * q[k, a, l]
                 for l in range(L):
-                    out[j, l] -= logit[k, l] * acc[l]
+                    w = logit[k, l]
+                    out[j, l] = out[j, l] - w * acc[l] if w > zero else out[j, l]
             else:
+                mu, ic = means[i, k, j], inv_c[i, k, j]
                 for l in range(L):
-                    out[j, l] -= logit[k, l] * q[k, j, l]
+                    w = logit[k, l]
+                    out[j, l] = out[j, l] - w * ((xs[j, l] - mu) * ic) if w > zero else out[j, l]
     for j in range(D):
         for l in range(L):
             out[j, l] /= tot[l]
@@ -319,8 +339,8 @@ def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, 
 
 @njit(inline="always", **_JIT)
 def _block_scratch(x, K, D, L):
-    """The scratch of ``_score_block`` for L lanes, in x's dtype: out (D, L), logit (K, L), q (K, D, L),
-    and ya, quad, m, tot, acc (L,)."""
+    """The scratch of ``_score_block`` for L lanes, in x's dtype: out (D, L), logit (K, L), q (K, D, L) (used with
+    full covariances), and ya, quad, m, tot, acc (L,)."""
     dt = x.dtype
     return (np.zeros((D, L), dt), np.zeros((K, L), dt), np.zeros((K, D, L), dt), np.zeros(L, dt), np.zeros(L, dt),
             np.zeros(L, dt), np.zeros(L, dt), np.zeros(L, dt))
@@ -622,8 +642,8 @@ def _store_lanes(sf, D, p0, n_lanes, a0, a1, a2, a3, t):
 
 @njit(inline="always", **_JIT)
 def _redo_far(x, idx, n, mu, ic, ln, want_score, rows, score, logp):
-    """The two-pass block's arithmetic (``_score_block``, diagonal C_k; weights below its floor dropped, not
-    clamped) on the points ``idx[:n]`` of x: the ones
+    """The two-pass block's arithmetic (``_score_block``, diagonal C_k; weights below its floor dropped) on the
+    points ``idx[:n]`` of x: the ones
     the one-pass kernel left because their weights fell out of its range. They are gathered LANES at a time
     into the first rows of ``rows`` (rows D .. 3 are zeroed, as are their constants), which also hold the
     pass's lane sums: no scratch of K rows, so a task needs none made. mu, ic (K, 4): gamma mu_k and
@@ -885,8 +905,8 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
     dtype, from :func:`_gemm_operands`: c_k = const_k - q2_k / 2 (q2_k =
     sum_d s_kd gmu_kd^2), e_k = kappa (2 const_k + D) - 2 q2_k, b_k = 2 max_d
     s_kd, h_k (s_k / 2 isotropic, 0 diagonal), s_k (isotropic), e_k with
-    SCORE_KAPPA, and in kc[6, :4] 2 kappa, the exp's floor
-    (:func:`_weight_floor`), 1 and 2 SCORE_KAPPA (constants in x's dtype: a
+    SCORE_KAPPA, and in kc[6, :4] 2 kappa, the log-weight below which a
+    weight is dropped (:func:`_weight_floor`), 1 and 2 SCORE_KAPPA (constants in x's dtype: a
     Python float would promote float32 arithmetic to float64).
 
     A logit is suspect (recomputed from the difference, in float64) where
@@ -910,6 +930,7 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
     L = lanes
     c, e, b, h, s0, e_s = kc[0], kc[1], kc[2], kc[3], kc[4], kc[5]
     kappa2, cut, one, kappa2_s = kc[6, 0], kc[6, 1], kc[6, 2], kc[6, 3]
+    zero = one - one
     n_blocks = (N + L - 1) // L
     per_task = max(1, min(BLOCKS_PER_TASK, n_blocks // 16))  # at least 16 tasks where there are 16 blocks
     n_tasks = (n_blocks + per_task - 1) // per_task
@@ -979,13 +1000,13 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
                         logit[k, l] = const[k] - qk / 2
                     mx = max(mx, logit[k, l])
                 m[l] = mx
-            # unnormalised weights w_k <= 1 (at least exp(cut): no subnormal operand below) and their sums;
-            # the score divides by the sum once, after the product
+            # unnormalised weights w_k <= 1 and their sums (the score divides by the sum once, after the
+            # product); one below exp(cut) is dropped, not raised to it (:func:`_weight_floor`)
             for k in range(K):
                 sk = s0[k]
                 for l in range(L):
                     dl = logit[k, l] - m[l]
-                    w = exp_weight(dl if dl > cut else cut)
+                    w = exp_weight(dl) if dl > cut else zero  # exp_weight clamps its argument: never subnormal
                     logit[k, l] = w
                     tot[l] += w
                     ts[l] += w * sk
@@ -1029,10 +1050,12 @@ def _score_from_differences(x, p, W, l, gmu, s, tot, acc, score):
 
 @njit(inline="always", **_JIT)
 def _weight_floor(tiny, K):
-    """log-weight floor log(tiny) + log K + 20: every weight, its share of the sum and that times a moderate
-    factor stay normal numbers. A subnormal operand costs a microcode assist per SIMD instruction (the
-    D = 64, K = 128 score ran 1.5x slower without it); a weight raised to the floor is below 1e-26 of the
-    largest in float32 (1e-290 in float64), far under the dtype's rounding."""
+    """log-weight floor log(tiny) + log K + 20 of the GEMM path: a weight below it is dropped (0), so every weight
+    kept, its share of the sum and that times a moderate factor stay normal numbers. A subnormal operand costs
+    a microcode assist per SIMD instruction (the D = 64, K = 128 score ran 1.5x slower without it); a dropped
+    weight is below 1e-26 of the largest in float32 (1e-290 in float64), far under the dtype's rounding. It
+    is dropped, not raised to the floor: times a narrow component's s_k (1e30 at a variance of 1e-30) a
+    raised weight outweighed the score."""
     return np.log(tiny) + np.log(K) + 20.0
 
 
@@ -1296,7 +1319,9 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
             else:
                 means, inv_c, log_norm, _, _, _ = _lane_operands(log_w, mu, lam, float(gamma), float(var), SHIFT_BITS[i],
                                                                  xk[:0])
-                _score_lanes(xk, means, inv_c, log_norm, U.astype(dt), kind == _FULL, want_score, lanes, score, logp)
+                with _quiet():  # a narrow component's field may overflow where its weight is dropped
+                    _score_lanes(xk, means, inv_c, log_norm, U.astype(dt), kind == _FULL, want_score, lanes, score,
+                                 logp)
     return score.astype(dtype, copy=False) if want_score else logp.astype(dtype, copy=False)
 
 

@@ -68,6 +68,7 @@ __global__ void mixture_score(const T* __restrict__ x, const T* __restrict__ gam
         FOR_EACH_COORD(d) acc[d] = (T)0;
     }
     T m = (T)0, total = (T)0;
+    bool seen = false;  // a component with a finite logit
     for (long long k = 0; k < K; ++k) {
         const T* muk = mu + k * D;
         const T* lamk = lam + k * D;
@@ -101,10 +102,11 @@ __global__ void mixture_score(const T* __restrict__ x, const T* __restrict__ gam
             lnk = log_w[k] - (T)0.5 * ((T)D * LOG_2PI + logdet);
         }
         const T logit = lnk - (T)0.5 * quad;
+        if (!(logit * (T)0 == (T)0)) continue;  // -inf (quad overflowed): weight 0, and the field may be infinite
         // online log-sum-exp: a rescales the sum so far, b weighs component k
         T a, b;
-        if (k == 0) {
-            m = logit; a = (T)0; b = (T)1;
+        if (!seen) {
+            m = logit; a = (T)0; b = (T)1; seen = true;
         } else if (logit > m) {
             a = rd_exp<T>(m - logit); b = (T)1; m = logit;
         } else {
@@ -112,17 +114,21 @@ __global__ void mixture_score(const T* __restrict__ x, const T* __restrict__ gam
         }
         total = total * a + b;
         if (!want_score) continue;
-        // the score's sum <- a * sum - b * C_k^{-1} z_k
+        // the score's sum <- a * sum - b * C_k^{-1} z_k, where a weight that is exactly 0 (a for the sum so far,
+        // b for component k) adds exactly 0: the field it would multiply may have overflowed (0 * inf is NaN)
         if (kind == 2) {
-            FOR_EACH_COORD(d) acc[d] *= a;
-            for (long long e = 0; e < D; ++e) {
+            FOR_EACH_COORD(d) acc[d] = a == (T)0 ? (T)0 : acc[d] * a;
+            if (b != (T)0) for (long long e = 0; e < D; ++e) {
                 T ye = (T)0;
                 FOR_EACH_COORD(d) ye += Uk[d * D + e] * (xs[d] - shift(d));
                 const T qe = b * ye * inv_c(e);
                 FOR_EACH_COORD(d) acc[d] -= Uk[d * D + e] * qe;
             }
         } else {
-            FOR_EACH_COORD(d) acc[d] = acc[d] * a - b * (xs[d] - shift(d)) * inv_c(d);
+            FOR_EACH_COORD(d) {
+                const T kept = a == (T)0 ? (T)0 : acc[d] * a;
+                acc[d] = b == (T)0 ? kept : kept - b * (xs[d] - shift(d)) * inv_c(d);
+            }
         }
     }
     logp[n] = m + rd_log<T>(total);

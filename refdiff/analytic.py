@@ -111,6 +111,12 @@ def _per_column(coef, xT):
     return c if c.ndim == 0 else namespace(xT).reshape(c, (1, -1))
 
 
+def _has_nan(a):
+    """Whether a holds a NaN, by one reduction and no temporary: a NaN among the values makes their maximum NaN."""
+    xp = namespace(a)
+    return a.size > 0 and bool(xp.isnan(xp.max(a)))
+
+
 def _kernel_module(backend):
     """Import refdiff.kernels.mixture_<backend>, or an ImportError naming the extra to install."""
     package, extra, module = _EXTRA[backend]
@@ -324,11 +330,33 @@ class GaussianMixture:
         if not want:
             return logp, {}
         r = e / total  # p(k | x_t), (K, N)
-        acc = {}
-        for i, (_, fields) in enumerate(self._components(xT, gamma, var, want, logits=False)):
-            for f, v in fields.items():  # (D, N)
-                acc[f] = r[i, :] * v if i == 0 else acc[f] + r[i, :] * v
+        # A weight that underflowed to exactly 0 must add exactly 0, but its field (C_k^{-1} z_k of a narrow
+        # component far away) may have overflowed to infinity, and 0 * inf is NaN. Masking every term cost
+        # 20-30%, so the plain sums come first, are checked for NaN once, and only then summed again with
+        # those terms dropped.
+        acc = self._posterior_sums(xT, gamma, var, want, r, drop_zero_weights=False)
+        if any(_has_nan(v) for v in acc.values()):
+            acc = self._posterior_sums(xT, gamma, var, want, r, drop_zero_weights=True)
         return logp, {f: _transpose(v) for f, v in acc.items()}
+
+    def _posterior_sums(self, xT, gamma, var, want, r, drop_zero_weights, vT=None):
+        r"""Pass 2 of :meth:`_stream`: :math:`\sum_kr_kf_k` for each requested field f of
+        :meth:`_components` (``vT`` as there), from the posterior r (K, N). With ``drop_zero_weights`` a
+        component adds nothing where its r_k is exactly 0, whatever its field holds there (infinity or NaN);
+        without, such a term is 0 * f, as written. The NaN that an overflowed field makes here (0 * inf, or
+        inside the product by U_k) is not reported: pass 1 reported the overflow, and a NaN left in the sums
+        shows in them."""
+        xp = namespace(xT)
+        acc = {}
+        with np.errstate(invalid="ignore"):
+            for i, (_, fields) in enumerate(self._components(xT, gamma, var, want, vT=vT, logits=False)):
+                r_i = r[i, :]
+                live = r_i > 0 if drop_zero_weights else None
+                for f, v in fields.items():  # (D, N)
+                    if drop_zero_weights:
+                        v = xp.where(live, v, 0.0)
+                    acc[f] = r_i * v if i == 0 else acc[f] + r_i * v  # no named temporary: freed at once
+        return acc
 
     def _stream_hessian(self, x, process, t, v):
         r"""One streaming pass for the Hessian :math:`H` of :math:`\log p_t`: its trace (N,) if ``v`` is None, else :math:`Hv` (N, D).
@@ -342,6 +370,11 @@ class GaussianMixture:
         large numbers. Weights are rescaled to the running maximum logit
         (a streaming log-sum-exp). Works in the (D, N) layout of
         :meth:`_components`.
+
+        A component whose weight underflowed to 0 may have fields that
+        overflowed (0 * inf is NaN), and a first logit of -inf makes
+        exp(-inf + inf); where the result holds a NaN, it is summed again by
+        :meth:`_hessian_dropping_zero_weights` (as :meth:`_stream` does).
         """
         xp = namespace(x)
         N, D = x.shape
@@ -357,22 +390,47 @@ class GaussianMixture:
         out_shape = (D, N) if hvp else (N,)
         curv = xp.zeros(out_shape, dtype=x.dtype, device=dev)  # sum_k b_k (-C_k^{-1}) [v]
         spread = xp.zeros(out_shape, dtype=x.dtype, device=dev)  # sum_k b_k (s_k - s)(s_k - s)^T [v]
-        for logit, fields in self._components(xT, gamma, var, want, vT=vT):
-            m_new = xp.maximum(m, logit)
-            a, b = xp.exp(m - m_new), xp.exp(logit - m_new)
-            W_old = W * a
-            W = W_old + b
-            delta = fields["grad"] - s  # (D, N)
-            s = s + (b / W) * delta
-            frac = b * W_old / W  # (N,)
-            if hvp:
-                spread = spread * a + (frac * xp.sum(delta * vT, axis=0)) * delta
-                curv = curv * a - b * fields["inv_v"]
-            else:
-                spread = spread * a + frac * xp.sum(delta * delta, axis=0)
-                curv = curv * a - b * fields["inv_trace"]
-            m = m_new
-        return _transpose((curv + spread) / W) if hvp else (curv + spread) / W
+        with np.errstate(invalid="ignore"):  # a NaN made here is caught below (see _posterior_sums)
+            for logit, fields in self._components(xT, gamma, var, want, vT=vT):
+                m_new = xp.maximum(m, logit)
+                a, b = xp.exp(m - m_new), xp.exp(logit - m_new)
+                W_old = W * a
+                W = W_old + b
+                delta = fields["grad"] - s  # (D, N)
+                s = s + (b / W) * delta
+                frac = b * W_old / W  # (N,)
+                if hvp:
+                    spread = spread * a + (frac * xp.sum(delta * vT, axis=0)) * delta
+                    curv = curv * a - b * fields["inv_v"]
+                else:
+                    spread = spread * a + frac * xp.sum(delta * delta, axis=0)
+                    curv = curv * a - b * fields["inv_trace"]
+                m = m_new
+        out = (curv + spread) / W
+        if _has_nan(out):
+            out = self._hessian_dropping_zero_weights(xT, gamma, var, vT)
+        return _transpose(out) if hvp else out
+
+    def _hessian_dropping_zero_weights(self, xT, gamma, var, vT):
+        r""":meth:`_stream_hessian`'s sums, (N,) or (D, N), from the final posterior r (K, N), a component adding
+        exactly 0 where its :math:`r_k` is exactly 0. Three passes over the components: the logits; then
+        :math:`s=\sum_kr_ks_k` and :math:`\sum_kr_k(-C_k^{-1})[v]`; then the centred spread
+        :math:`\sum_kr_k(s_k-s)(s_k-s)^\top[v]` (no difference of large numbers either)."""
+        xp = namespace(xT)
+        hvp = vT is not None
+        inv = "inv_v" if hvp else "inv_trace"
+        logits = xp.stack([logit for logit, _ in self._components(xT, gamma, var, ())], axis=0)  # (K, N)
+        e = xp.exp(logits - xp.max(logits, axis=0))
+        r = e / xp.sum(e, axis=0)  # p(k | x_t), (K, N)
+        sums = self._posterior_sums(xT, gamma, var, ("grad", inv), r, drop_zero_weights=True, vT=vT)
+        s, curv = sums["grad"], -sums[inv]  # (D, N); (D, N) or (N,)
+        spread = 0.0
+        with np.errstate(invalid="ignore"):  # as in _posterior_sums
+            for i, (_, fields) in enumerate(self._components(xT, gamma, var, ("grad",), logits=False)):
+                r_i = r[i, :]
+                delta = xp.where(r_i > 0, fields["grad"], s) - s  # s_k - s, and 0 where r_k = 0
+                spread = spread + r_i * (xp.sum(delta * vT, axis=0) * delta if hvp else xp.sum(delta * delta, axis=0))
+        return curv + spread
 
     def _logits(self, x, process, t):
         """Per-component logits as a (K_active, N) array (components on the leading axis)."""

@@ -181,6 +181,46 @@ def test_far_points_stay_finite():
     np.testing.assert_allclose(gm.component_posterior(x).sum(1), 1.0)
 
 
+def narrow_and_far(kind, D, variance=1e-30, far=1e9):
+    """Equal weights on N(0, variance I) and N(far (1, .., 1), I), covariances of the given kind."""
+    means = np.zeros((2, D))
+    means[1] = far
+    covs = {"isotropic": np.array([variance, 1.0]), "diagonal": np.array([[variance] * D, [1.0] * D]),
+            "full": np.stack([variance * np.eye(D), np.eye(D)])}[kind]
+    return GaussianMixture(np.array([0.5, 0.5]), means, covs)
+
+
+@pytest.mark.parametrize("D", [1, 2, 6])
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_posterior_weight_adds_nothing_where_its_field_overflows(kind, D):
+    """float32 points at and beside the mean 1e9 of the unit component: there the narrow one (variance 1e-30 at
+    0) has posterior weight exactly 0, and its field C^{-1}(x - mu), about 1e39, overflows float32. 0 * inf made
+    the score, the divergence, the Hessian-vector product and the denoiser NaN; the weight must add exactly 0."""
+    gm = narrow_and_far(kind, D)
+    x = np.array([[1e9] * D, [1e9 + 64] * D], dtype=np.float32)  # both exact in float32
+    v = np.ones_like(x)
+    with np.errstate(over="ignore"):  # the narrow component's field does overflow; nothing else may warn
+        score, logp = gm.score(x, backend="numpy"), gm.log_prob(x, backend="numpy")
+        div, hvp, x0 = gm.score_divergence(x), gm.score_hvp(x, v), gm.denoise(x, None, None)
+    np.testing.assert_array_equal(score, np.array([[0.0] * D, [-64.0] * D], dtype=np.float32))
+    np.testing.assert_array_equal(div, np.full(2, -D, dtype=np.float32))  # -tr C^{-1} of the unit component
+    np.testing.assert_array_equal(hvp, -v)
+    np.testing.assert_array_equal(x0, x)  # t = 0: E[x_0 | x] = x
+    np.testing.assert_allclose(logp, math.log(0.5) - 0.5 * D * math.log(2 * math.pi) - np.array([0.0, 2048.0 * D]),
+                               rtol=1e-6)
+
+
+def test_tiny_posterior_weight_times_a_huge_field_still_counts():
+    """Where the narrow component's posterior weight is tiny (2e-19) but not 0, its field (1e19) is a genuine
+    share of the score (about -1.9 of it): it must stay, unlike the weights that are exactly 0."""
+    gm = GaussianMixture(np.array([1e-15, 1.0 - 1e-15]), np.zeros((2, 1)), np.array([1e-36, 1.0]))
+    x = np.array([[1e-17], [-1e-17]], dtype=np.float32)  # 10 standard deviations of the narrow component
+    want = gm.score(x.astype(np.float64), backend="numpy")
+    assert 1.0 < abs(want[0, 0]) < 10.0  # the case: the narrow component's share dominates
+    np.testing.assert_allclose(gm.score(x, backend="numpy"), want, rtol=1e-4)
+    np.testing.assert_allclose(gm.score_divergence(x), gm.score_divergence(x.astype(np.float64)), rtol=1e-4)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_float32_in_float32_out(kind):
     gm = make_mixture(kind)

@@ -392,6 +392,57 @@ def test_one_pass_kernel_dropped_weight_adds_nothing_where_the_field_overflows(n
     np.testing.assert_allclose(got.astype(np.float64), want_score, rtol=1e-5, atol=1e-12)
 
 
+def narrow_and_far(kind, D):
+    """Equal weights on N(0, 1e-30 I) and N(1e9 (1, .., 1), I), covariances of the given kind."""
+    means = np.zeros((2, D))
+    means[1] = 1e9
+    covs = {"isotropic": np.array([1e-30, 1.0]), "diagonal": np.array([[1e-30] * D, [1.0] * D]),
+            "full": np.stack([1e-30 * np.eye(D), np.eye(D)])}[kind]
+    return GaussianMixture(np.array([0.5, 0.5]), means, covs)
+
+
+@pytest.mark.parametrize("path,kind,D", [("lanes", "isotropic", 6), ("lanes", "diagonal", 5), ("lanes", "full", 2),
+                                          ("lanes", "full", 6), ("gemm", "isotropic", 16), ("gemm", "diagonal", 6)])
+def test_two_pass_and_gemm_paths_drop_a_weight_whose_field_overflows(numba_twin, path, kind, D):
+    """float32 points at and beside 1e9, where the narrow component's weight underflows and its field
+    C^{-1}(x - mu), about 1e39, overflows. The two-pass lane block raised that weight to its floor, exp(-57), and
+    multiplied it by the infinite field (score -inf; NaN with full covariances, inside the rotation); the GEMM
+    path raised it to exp(cut), which times s_k = 1e30 gave -1.1e10 where the score is 0."""
+    gm = narrow_and_far(kind, D)
+    x = np.array([[1e9] * D, [1e9 + 64] * D], dtype=np.float32)  # both exact in float32
+    want_logp, want_score = oracle(gm, x.astype(np.float64), None, None)
+    np.testing.assert_array_equal(want_score, [[0.0] * D, [-64.0] * D])
+    np.testing.assert_array_equal(numba_twin._evaluate(gm, x, None, None, True, path=path), want_score)
+    check(numba_twin._evaluate(gm, x, None, None, False, path=path), want_logp, "float32", "log_prob")
+
+
+@pytest.mark.parametrize("kind,D", [("isotropic", 2), ("isotropic", 6), ("diagonal", 5), ("full", 2), ("full", 6)])
+def test_every_backend_drops_a_weight_whose_field_overflows(backend, kind, D):
+    """The case above through each backend's default path (the CUDA kernel's online log-sum-exp took the narrow
+    component's logit of -inf as its first maximum and rescaled an infinite sum by 0)."""
+    gm = narrow_and_far(kind, D)
+    x = on_backend(backend, np.array([[1e9] * D, [1e9 + 64] * D], dtype=np.float32))
+    with np.errstate(over="ignore"):  # the reference's field does overflow
+        score, logp = gm.score(x, backend=backend), gm.log_prob(x, backend=backend)
+    np.testing.assert_array_equal(to_host(score), [[0.0] * D, [-64.0] * D])
+    check(to_host(logp), oracle(gm, to_host(x).astype(np.float64), None, None)[0], "float32", "log_prob")
+
+
+def test_two_dimensional_lane_block_drops_a_weight_whose_field_overflows(numba_twin):
+    """The block score of the fused sampler at D = 2, diagonal covariances (its own loop, _score_block_2d; the
+    mixture twin takes the one-pass kernel there) on the case above: it too raised the weight to its floor."""
+    gm = narrow_and_far("diagonal", 2)
+    x = np.array([[1e9, 1e9], [1e9 + 64, 1e9 + 64]], dtype=np.float32)
+    log_w, mu, lam, U, _ = numba_twin.mixture_arrays(gm)
+    means, inv_c, log_norm, _, _, _ = numba_twin._lane_operands(log_w, mu, lam, 1.0, 0.0, numba_twin.SHIFT_BITS[0],
+                                                                x[:0])
+    out, logit, q, ya, quad, m, tot, acc = numba_twin._block_scratch(x, 2, 2, 2)
+    with np.errstate(over="ignore"):  # run as plain Python (NUMBA_DISABLE_JIT), the field's overflow warns
+        numba_twin._score_block(np.ascontiguousarray(x.T), 0, means, inv_c, log_norm, U.astype(np.float32), False,
+                                logit, q, ya, quad, m, tot, acc, out)
+    np.testing.assert_array_equal(out.T, [[0.0, 0.0], [-64.0, -64.0]])
+
+
 @pytest.mark.parametrize("D", [1, 2, 4])
 def test_one_pass_kernel_log_prob_to_float64_precision(numba_twin, D):
     """log p = max_k log_norm_k + log(t 2**-865): the power-of-two scaling is exact, so log p near 0 keeps
