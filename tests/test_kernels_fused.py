@@ -217,7 +217,7 @@ def test_numba_sizes_one_and_primes(FN):
 
 # --------------------------------------------------------------------------- the CUDA twin
 # "host": kernels/fused_sampler.cu and its launcher run on the host by the CuPy stand-in of tests/cuda_host.py
-CUDA_DEVICES = ["host", pytest.param("gpu", marks=pytest.mark.gpu)]
+CUDA_DEVICES = [pytest.param("host", marks=pytest.mark.cuda_host), pytest.param("gpu", marks=pytest.mark.gpu)]
 
 
 @pytest.fixture(params=CUDA_DEVICES)

@@ -33,7 +33,7 @@ PROCESS = VPSDE()
 gpu_backend = pytest.param("cupy", marks=pytest.mark.gpu)
 # "cupy-host": the CuPy twin's launcher and kernel (kernels/mixture_score.cu), run on the host by the CuPy
 # stand-in of tests/cuda_host.py; the tests then call it as backend="cupy"
-BACKENDS = ["numpy", "numba", "cupy-host", gpu_backend]
+BACKENDS = ["numpy", "numba", pytest.param("cupy-host", marks=pytest.mark.cuda_host), gpu_backend]
 
 
 def make_mixture(kind, K, D, seed=0):
