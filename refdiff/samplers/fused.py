@@ -392,9 +392,9 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
     s_prev = None
     for i in range(table.n_rows):
         s = None
-        if table.b[i] != 0.0:  # the exact score of the diffused mixture, one call
+        if table.b[i] != 0.0:  # the exact score of the diffused mixture, one call of the NumPy reference
             process = None if (table.gamma[i] == 1.0 and table.sigma2[i] == 0.0) else _Marginal(table.gamma[i], table.sigma2[i])
-            s = mixture.score(x, process, None if process is None else 0.0)
+            s = mixture.score(x, process, None if process is None else 0.0, backend="numpy")
         x_new = x if table.a[i] == 1.0 else cast(table.a[i]) * x
         if s is not None:
             x_new = x_new + cast(table.b[i]) * s
