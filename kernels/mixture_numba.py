@@ -1065,7 +1065,8 @@ def _gemm_operands(log_w, mu, lam, g, v, kappa, kappa_s, isotropic, x):
     expressions these were some 20 small array operations, 65 us a call):
     ``(M1, A, B, kc)`` in x's dtype and ``(gmu, s, const)`` in float64, from the
     active components' log w_k, means and eigenvalues (K, D) and the process's
-    gamma_t = g, sigma_t^2 = v. ``kappa`` and ``kappa_s`` are :data:`REFINE_KAPPA`
+    gamma_t = g, sigma_t^2 = v, and whether M1, A, B and kc's rows 0, 2, 3, 4
+    are finite in x's dtype. ``kappa`` and ``kappa_s`` are :data:`REFINE_KAPPA`
     and :data:`SCORE_KAPPA`; ``inf`` never refines (the tests use it to show a
     case needs refining)."""
     K, D = mu.shape
@@ -1116,7 +1117,10 @@ def _gemm_operands(log_w, mu, lam, g, v, kappa, kappa_s, isotropic, x):
     kc[6, 1] = _weight_floor(np.finfo(dt).tiny, K)
     kc[6, 2] = 1.0
     kc[6, 3] = 2.0 * kappa_s if np.isfinite(kappa_s) else 0.0
-    return M1, A, B, kc, gmu, s, const
+    finite_ops = np.isfinite(M1).all() and np.isfinite(A).all() and np.isfinite(B).all()
+    for row in (0, 2, 3, 4):
+        finite_ops = finite_ops and np.isfinite(kc[row]).all()
+    return M1, A, B, kc, gmu, s, const, finite_ops
 
 
 @njit(**_JIT)
@@ -1279,6 +1283,12 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
     path = default if path is None else path
     if path not in ("lanes", "gemm", "pointwise") or (path == "gemm" and kind == _FULL) or ((path == "pointwise") != (gamma.ndim > 0)):
         raise ValueError(f"path {path!r} does not apply to this mixture and t")
+    if path == "gemm":
+        with _quiet():  # an operand may overflow x's dtype, as checked here (NumPy warns under NUMBA_DISABLE_JIT)
+            *operands, finite_ops = _gemm_operands(log_w, mu, lam, float(gamma), float(var), REFINE_KAPPA,
+                                                   SCORE_KAPPA, kind == _ISOTROPIC, xk[:0])
+        if not finite_ops:  # a variance so small that C_k^{-1} gamma mu_k overflows x's dtype: the products would
+            path = "lanes"  # form 0 * inf where a weight is dropped; the lane kernels work from the differences
     one_pass = path == "lanes" and D <= ONE_PASS_MAX_D and kind != _FULL  # _score_lanes_1pass
     if path != "gemm" and not one_pass:  # those two kernels count non-finite values as they read x
         check_finite(xk, "x")
@@ -1294,8 +1304,7 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
             lanes = gemm_lanes(K, D if isotropic else 2 * D)
             if not lanes:
                 raise ValueError(f'path "gemm" does not apply to D = {D}: 8 points of one row would exceed GEMM_BLOCK_WORK')
-            M1, A, B, kc, gmu, s, const = _gemm_operands(log_w, mu, lam, float(gamma), float(var), REFINE_KAPPA,
-                                                         SCORE_KAPPA, isotropic, xk[:0])
+            M1, A, B, kc, gmu, s, const = operands
             # the kernel meets a non-finite x before it can refuse it (NumPy scalars warn under NUMBA_DISABLE_JIT)
             with _quiet():
                 n_bad = _score_gemm(xk, M1, A, B, isotropic, gmu, s, const, kc, want_score, lanes, score, logp)

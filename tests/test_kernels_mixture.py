@@ -428,6 +428,22 @@ def test_every_backend_drops_a_weight_whose_field_overflows(backend, kind, D):
     check(to_host(logp), oracle(gm, to_host(x).astype(np.float64), None, None)[0], "float32", "log_prob")
 
 
+def test_gemm_path_hands_over_operands_that_overflow(numba_twin):
+    """At D = 16 the narrow component's C^{-1} gamma mu_k (1e30 * 1e9) overflows float32 in the GEMM operands,
+    and the products formed 0 * inf (NaN) at points near the unit component, where the score is -x: such a
+    call runs on the lane kernels."""
+    means = np.zeros((2, 16))
+    means[1] = 1e9
+    gm = GaussianMixture([0.5, 0.5], means, np.array([1.0, 1e-30]))  # the unit component at 0, the narrow at 1e9
+    assert numba_twin.choose_path(numba_twin.mixture_arrays(gm)[4], np.dtype(np.float32), 2, 16, False) == "gemm"
+    x = np.full((3, 16), 3.0, dtype=np.float32)
+    x[1] = -2.0
+    with np.errstate(over="ignore"):
+        want_logp, want_score = oracle(gm, x.astype(np.float64), None, None)
+    np.testing.assert_allclose(gm.score(x, backend="numba"), want_score, rtol=1e-6)
+    check(gm.log_prob(x, backend="numba"), want_logp, "float32", "log_prob")
+
+
 def test_two_dimensional_lane_block_drops_a_weight_whose_field_overflows(numba_twin):
     """The block score of the fused sampler at D = 2, diagonal covariances (its own loop, _score_block_2d; the
     mixture twin takes the one-pass kernel there) on the case above: it too raised the weight to its floor."""
