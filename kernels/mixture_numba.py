@@ -1117,7 +1117,8 @@ def _gemm_operands(log_w, mu, lam, g, v, kappa, kappa_s, isotropic, x):
     kc[6, 1] = _weight_floor(np.finfo(dt).tiny, K)
     kc[6, 2] = 1.0
     kc[6, 3] = 2.0 * kappa_s if np.isfinite(kappa_s) else 0.0
-    finite_ops = np.isfinite(M1).all() and np.isfinite(A).all() and np.isfinite(B).all()
+    # (B is neither set nor read for isotropic components)
+    finite_ops = np.isfinite(M1).all() and np.isfinite(A).all() and (isotropic or np.isfinite(B).all())
     for row in (0, 2, 3, 4):
         finite_ops = finite_ops and np.isfinite(kc[row]).all()
     return M1, A, B, kc, gmu, s, const, finite_ops
