@@ -51,11 +51,11 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
     if not isinstance(x_T, (tuple, list)) and hasattr(x_T, "__cuda_array_interface__"):
         x_T = cupy.asnumpy(x_T)
     x, noise, first = start_state(table, mixture, x_T, rng, seed, offset, dtype, draw=False)
-    draw_start = x is None  # the kernel draws the start (the host's draw of 1e6 particles outlasts the run)
-    state_dtype = np.dtype(np.float64 if dtype is None else dtype) if draw_start else x.dtype
+    draw_start = first == 1  # x is unset: the kernel draws the start (the host's draw of 1e6 particles outlasts the run)
+    state_dtype = x.dtype
     if state_dtype not in (np.float32, np.float64):
         raise TypeError(f"the state dtype must be float32 or float64, got {state_dtype}")
-    N, D = tuple(x_T) if draw_start else x.shape
+    N, D = x.shape
     maxd = next((m for m in MAXDS if m >= D), None)
     if maxd is None:
         raise ValueError(f"fused_cupy supports D <= {MAXDS[-1]}, got D = {D}")

@@ -234,9 +234,7 @@ def _run(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, 
 def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None):
     """Numba twin of :func:`refdiff.samplers.fused.run_table` (same arguments and result)."""
     x, noise, first = start_state(table, mixture, x_T, rng, seed, offset, dtype, draw=False)
-    draw_start = x is None  # the kernel draws the start
-    if draw_start:
-        x = np.empty(tuple(x_T), dtype=np.float64 if dtype is None else dtype)
+    draw_start = first == 1  # x is unset: the kernel draws the start
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"the state dtype must be float32 or float64, got {x.dtype}")
     x = np.ascontiguousarray(x)

@@ -1078,7 +1078,7 @@ def _gemm_operands(log_w, mu, lam, g, v, kappa, kappa_s, isotropic, x):
     const = np.empty(K)
     M1 = np.empty((K, E), dt)
     A = np.empty((K, D), dt)
-    B = np.empty((K, D) if not isotropic else (1, D), dt)
+    B = np.empty((K, D), dt) if not isotropic else np.zeros((1, D), dt)  # unread for isotropic components
     kc = np.zeros((7, max(K, 4)), dt)  # row 6 holds four scalars
     c = np.empty(D)  # eigenvalues of C_k
     log_c = np.empty(D)
@@ -1117,8 +1117,7 @@ def _gemm_operands(log_w, mu, lam, g, v, kappa, kappa_s, isotropic, x):
     kc[6, 1] = _weight_floor(np.finfo(dt).tiny, K)
     kc[6, 2] = 1.0
     kc[6, 3] = 2.0 * kappa_s if np.isfinite(kappa_s) else 0.0
-    # (B is neither set nor read for isotropic components)
-    finite_ops = np.isfinite(M1).all() and np.isfinite(A).all() and (isotropic or np.isfinite(B).all())
+    finite_ops = np.isfinite(M1).all() and np.isfinite(A).all() and np.isfinite(B).all()
     for row in (0, 2, 3, 4):
         finite_ops = finite_ops and np.isfinite(kc[row]).all()
     return M1, A, B, kc, gmu, s, const, finite_ops
@@ -1202,12 +1201,16 @@ def mixture_score_point(x, g, v, log_w, mu, lam, U, kind, out, work):
                 if kind == _DIAGONAL:
                     logdet += math.log(c)
         logit = log_w[k] - 0.5 * (D * _LOG_2PI + logdet) - 0.5 * quad
+        if not logit > -np.inf:  # a zero weight (w_k = 0, or q_k = inf) adds exactly 0, even where q overflowed
+            continue
         # online log-sum-exp: rescale what was accumulated to the new running max
         if logit > m:
             a, b = math.exp(m - logit), 1.0
             m = logit
         else:
             a, b = 1.0, math.exp(logit - m)
+            if b == 0.0:  # as above: an underflowed weight times an overflowed field would be 0 * inf
+                continue
         total = total * a + b
         if kind == _FULL:
             for d in range(D):

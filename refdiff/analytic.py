@@ -324,9 +324,12 @@ class GaussianMixture:
         xT = _transpose(x)  # (D, N)
         logits = xp.stack([logit for logit, _ in self._components(xT, gamma, var, ())], axis=0)  # (K, N)
         m = xp.max(logits, axis=0)  # (N,)
-        e = xp.exp(logits - m)  # (K, N), its largest entry per column is 1
-        total = xp.sum(e, axis=0)  # (N,), in [1, K]
-        logp = m + xp.log(total)
+        # where every logit is -inf (each q_k overflowed) the shift is 0, not -inf: log p = -inf, not NaN
+        m = xp.where(m > -math.inf, m, xp.zeros_like(m))
+        e = xp.exp(logits - m)  # (K, N), its largest entry per column is 1 (or every entry 0, as above)
+        total = xp.sum(e, axis=0)  # (N,), in [1, K] (or 0)
+        with np.errstate(divide="ignore"):  # log 0 = -inf: pass 1 reported the overflow
+            logp = m + xp.log(total)
         if not want:
             return logp, {}
         r = e / total  # p(k | x_t), (K, N)

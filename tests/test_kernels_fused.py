@@ -106,6 +106,23 @@ def test_table_rows_and_validation():
         F.run_table(e, MIXTURES["full"], (3, 2), seed=0)
 
 
+def test_start_state_drawn_given_and_left_to_the_kernel():
+    m, table = MIXTURES["diagonal"], F.euler_maruyama_table(VPSDE(), steps=3)
+    x, noise, first = F.start_state(table, m, (4, 3), seed=9)
+    assert first == 1 and x.dtype == np.float64
+    np.testing.assert_array_equal(x, table.prior_std * counter_normals(9, np.arange(4), 0, 3))
+    for dtype in (None, np.float32):  # a twin's kernel draws the start: only its shape and dtype come back
+        u, noise_u, first_u = F.start_state(table, m, (4, 3), seed=9, dtype=dtype, draw=False)
+        assert first_u == 1 and u.shape == (4, 3) and u.dtype == (np.float64 if dtype is None else dtype)
+        assert noise_u.seed == noise.seed
+    given = np.ones((4, 3), np.float32)
+    g, _, first_g = F.start_state(table, m, given, seed=9, draw=False)
+    assert first_g == 0 and g.dtype == np.float32 and g is not given
+    np.testing.assert_array_equal(g, given)
+    with pytest.raises(ValueError, match="shape"):
+        F.start_state(table, m, (4, 2), seed=9, draw=False)
+
+
 def _gaussian_law(table, mu, var, m0, v0):
     """Mean and variance after the table's rows for x ~ N(m0, v0) on N(mu, var) (1-D, per dimension)."""
     for i in range(table.n_rows):

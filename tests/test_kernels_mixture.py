@@ -428,6 +428,24 @@ def test_every_backend_drops_a_weight_whose_field_overflows(backend, kind, D):
     check(to_host(logp), oracle(gm, to_host(x).astype(np.float64), None, None)[0], "float32", "log_prob")
 
 
+@pytest.mark.parametrize("per_example_t", [False, True])
+def test_every_backend_drops_a_logit_of_minus_infinity(backend, per_example_t):
+    """float64, means 0 and 1e5 at variance 1e-300: at x = (1e5, 0) the first component's q_k (1e310) overflows,
+    so its logit is -inf and it must add exactly 0 (the per-particle-t Numba kernel's online log-sum-exp took
+    it as its first maximum, exp(-inf + inf), and returned NaN). At x = (5e5, 0) every q_k overflows and log p
+    underflows to -inf (the reference formed exp(-inf + inf) there too); the score at that point, -4e305 / 1e-5,
+    is not checked. The time is t = 0 of the VP process (gamma = 1, sigma^2 = 0), per particle or not."""
+    gm = GaussianMixture(np.array([0.5, 0.5]), np.array([[0.0, 0.0], [1e5, 0.0]]), np.array([1e-300, 1e-300]))
+    x_host = np.array([[0.0, 0.0], [1e5, 0.0], [5e5, 0.0]])
+    x = on_backend(backend, x_host)
+    process, t = (VPSDE(), np.zeros(3)) if per_example_t else (None, None)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the reference does overflow
+        score, logp = to_host(gm.score(x, process, t, backend=backend)), to_host(gm.log_prob(x, process, t, backend=backend))
+    np.testing.assert_array_equal(score[:2], np.zeros((2, 2)))
+    want = math.log(0.5) - math.log(2 * math.pi * 1e-300)  # either component at its mean (D = 2)
+    np.testing.assert_allclose(logp, [want, want, -np.inf], rtol=1e-14)
+
+
 def test_gemm_path_hands_over_operands_that_overflow(numba_twin):
     """At D = 16 the narrow component's C^{-1} gamma mu_k (1e30 * 1e9) overflows float32 in the GEMM operands,
     and the products formed 0 * inf (NaN) at points near the unit component, where the score is -x: such a

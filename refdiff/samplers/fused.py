@@ -337,9 +337,10 @@ def start_state(table, mixture, x_T, rng=None, seed=None, offset=0, dtype=None, 
 
     ``x_T`` is an (N, D) array or a shape (N, D) drawn as ``prior_std * z`` at
     draw 0. Shared by the reference and its twins. With ``draw=False`` a
-    shape is checked but not drawn: the state comes back as None, for a twin
-    that draws ``prior_std * z`` at draw 0 in its kernel (at a million
-    particles the host draw took longer than the whole run on a GPU).
+    shape is checked but not drawn: the state comes back unset (``np.empty``,
+    in the state dtype) with ``first`` = 1, for a twin that draws
+    ``prior_std * z`` at draw 0 in its kernel (at a million particles the host
+    draw took longer than the whole run on a GPU).
     """
     _check_table_mixture(table, mixture)
     D = mixture.dim
@@ -349,9 +350,9 @@ def start_state(table, mixture, x_T, rng=None, seed=None, offset=0, dtype=None, 
         if not ok or shape[1] != D:
             raise ValueError(f"x_T as a shape must be (N, {D}) with N >= 1, got {x_T!r}")
         noise = NoiseStream(rng, n=shape[0], offset=offset, seed=seed)
-        if not draw:
-            return None, noise, 1
         dtype = np.dtype(np.float64 if dtype is None else dtype)
+        if not draw:
+            return np.empty(shape, dtype), noise, 1
         x = (table.prior_std * noise.normal(shape)).astype(dtype)
         return x, noise, 1
     x = np.asarray(to_numpy(as_float_array(x_T, "x_T")))
