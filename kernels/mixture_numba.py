@@ -1223,7 +1223,7 @@ def mixture_score_point(x, g, v, log_w, mu, lam, U, kind, out, work):
                 out[d] = out[d] * a - b * q[d]
     for d in range(D):
         out[d] /= total
-    return m + math.log(total)
+    return m + math.log(total) if total > 0.0 else -np.inf  # every weight underflowed: log p = -inf
 
 
 @njit(parallel=True, **_JIT)
