@@ -54,7 +54,7 @@ except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError("refdiff.kernels.fused_numba needs numba: pip install 'refdiff[fast]'") from exc
 
 from refdiff.kernels._numba_math import _log, _sincos, prefer_wide_vectors
-from refdiff.kernels.mixture_numba import _score_block
+from refdiff.kernels.mixture_numba import _NO_ROTATION, _score_block
 from refdiff.samplers.fused import score_constants, start_state
 
 __all__ = ["run_table", "philox4x32_10", "normals"]
@@ -235,12 +235,10 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
     """Numba twin of :func:`refdiff.samplers.fused.run_table` (same arguments and result)."""
     x, noise, first = start_state(table, mixture, x_T, rng, seed, offset, dtype, draw=False)
     draw_start = first == 1  # x is unset: the kernel draws the start
-    if x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"the state dtype must be float32 or float64, got {x.dtype}")
     x = np.ascontiguousarray(x)
     const = score_constants(table, mixture)
     full = const["U"] is not None
-    U = const["U"] if full else np.zeros((1, 1, 1))
+    U = const["U"] if full else _NO_ROTATION  # read-only, as the mixture's U: one compiled kernel for both
     coefs = np.ascontiguousarray(np.stack([table.a, table.b, table.b_prev, table.c], axis=1))  # (R, 4)
     draws = np.ascontiguousarray(table.draw)
     _run(x, coefs, draws, np.int64(first), np.uint64(noise.seed & 0xFFFFFFFF), np.uint64(noise.seed >> 32),

@@ -173,8 +173,8 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_math import (_log, _log_pow2, exp_weight, fma, pow2_factors, pow2_row, prefer_wide_vectors,
-                                         scaled_pow2)
+from refdiff.kernels._numba_math import (_INVLN2, _LN2_HI, _LN2_LO, _log, _log_pow2, exp_weight, fma, pow2_factors,
+                                         pow2_row, prefer_wide_vectors, scaled_pow2)
 
 __all__ = ["mixture_score", "mixture_log_prob", "mixture_score_point", "mixture_arrays", "LANES", "GEMM_MIN_KD"]
 
@@ -1150,8 +1150,13 @@ def _lane_operands(log_w, mu, lam, g, v, bits, x):
     cut = np.empty(K)
     log_tiny = np.log(np.finfo(x.dtype).tiny)
     for k in range(K):
-        log_nu = const[k] - top + bits * math.log(2.0)
-        nu[k] = np.ldexp(np.exp(const[k] - top), bits)
+        d = const[k] - top
+        log_nu = d + bits * math.log(2.0)
+        # nu_k = e**d 2**bits as e**r 2**(bits + n), d = n ln 2 + r (Cody-Waite): e**d alone is subnormal below
+        # d = -708 and 0 below -745, yet in float64 a component down to some e**-1200 of the largest may
+        # dominate a point that is not redone (SHIFT_LIMIT); below n = -4000 nu_k is 0 in any dtype
+        n = max(np.round(d * _INVLN2), -4000.0)
+        nu[k] = np.ldexp(np.exp((d - n * _LN2_HI) - n * _LN2_LO), bits + int(n))
         cut[k] = log_tiny + 10.0 - log_nu if nu[k] > 0 else np.inf
     return means, inv_c, log_norm, nu, cut, top
 
@@ -1314,6 +1319,13 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
                 n_bad = _score_gemm(xk, M1, A, B, isotropic, gmu, s, const, kc, want_score, lanes, score, logp)
             if n_bad:
                 check_finite(xk, "x")  # raises unless |x|^2 merely overflowed
+                # there the expanded logits are not finite: redo those points from the differences (any point whose
+                # |x|^2, summed in float64, lies within a factor 4 of the overflow, to cover the kernel's rounding)
+                with np.errstate(over="ignore"):
+                    sq = np.einsum("nd,nd->n", xk, xk, dtype=np.float64)
+                rows = np.flatnonzero(~(sq <= np.finfo(xk.dtype).max / 4))
+                redone = _evaluate(mixture, xk[rows], process, t, want_score, path="lanes")
+                (score if want_score else logp)[rows] = redone
         else:
             dt = xk.dtype
             i = int(dt == np.float64)

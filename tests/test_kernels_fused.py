@@ -121,6 +121,13 @@ def test_start_state_drawn_given_and_left_to_the_kernel():
     np.testing.assert_array_equal(g, given)
     with pytest.raises(ValueError, match="shape"):
         F.start_state(table, m, (4, 2), seed=9, draw=False)
+    # the kernels' state types only (an int32 state ran the table with b cast to 0, and returned the start)
+    for x_T, dtype in (((4, 3), np.int32), ((4, 3), np.float16), (given, np.int64), (given.astype(np.float16), None)):
+        for draw in (True, False):
+            with pytest.raises(TypeError, match="float32 or float64"):
+                F.start_state(table, m, x_T, seed=9, dtype=dtype, draw=draw)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        F.run_table(table, m, (4, 3), seed=9, dtype=np.int32)
 
 
 def _gaussian_law(table, mu, var, m0, v0):

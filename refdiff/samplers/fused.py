@@ -350,7 +350,7 @@ def start_state(table, mixture, x_T, rng=None, seed=None, offset=0, dtype=None, 
         if not ok or shape[1] != D:
             raise ValueError(f"x_T as a shape must be (N, {D}) with N >= 1, got {x_T!r}")
         noise = NoiseStream(rng, n=shape[0], offset=offset, seed=seed)
-        dtype = np.dtype(np.float64 if dtype is None else dtype)
+        dtype = _state_dtype(np.float64 if dtype is None else dtype)
         if not draw:
             return np.empty(shape, dtype), noise, 1
         x = (table.prior_std * noise.normal(shape)).astype(dtype)
@@ -360,8 +360,17 @@ def start_state(table, mixture, x_T, rng=None, seed=None, offset=0, dtype=None, 
         raise ValueError(f"x_T must have shape (N, {D}) with N >= 1, got {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError("x_T must be finite, got NaN or infinity")
-    x = x.astype(x.dtype if dtype is None else dtype, copy=True)
+    x = x.astype(_state_dtype(x.dtype if dtype is None else dtype), copy=True)
     return x, NoiseStream(rng, n=x.shape[0], offset=offset, seed=seed), 0
+
+
+def _state_dtype(dtype):
+    """``dtype`` as a NumPy dtype, float32 or float64 (the kernels' state types; another would run the
+    table's coefficients cast to it: an integer state takes b = 0)."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"the state dtype must be float32 or float64, got {dtype}")
+    return dtype
 
 
 def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None):
