@@ -9,7 +9,8 @@ occur in the kernels are not handled); against NumPy on 2e7 points each:
 ``mixture_numba``. Under ``NUMBA_DISABLE_JIT=1`` the bit casts and the FMA
 have plain-Python equivalents, so the kernels compute the same numbers.
 Also :data:`PRANGE_ONLY`, the ``parallel=`` option of the kernels with a
-one-thread path (``mlp_numba``, ``conv_numba``), the dtype-generic
+one-thread path (``mlp_numba``, ``conv_numba``), :func:`add_block_sums`
+(their per-block parameter gradients, summed in order), the dtype-generic
 :func:`fma`, and :func:`prefer_wide_vectors` (512-bit lane loops).
 """
 
@@ -36,6 +37,20 @@ _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 #: (GroupNorm + SiLU forward and backward took 80 us on one thread at 128 values instead of 7).
 PRANGE_ONLY = dict(prange=True, comprehension=False, reduction=False, inplace_binop=False, setitem=False,
                    numpy=False, stencil=False, fusion=False)
+
+
+@njit(**_OPTS)
+def add_block_sums(out, parts):
+    """out += the sum of the rows of ``parts`` (one per block of a parallel kernel), added row by row in order,
+    so that the result does not depend on the thread count; no rows (an empty batch) add nothing."""
+    if parts.shape[0] == 0:
+        return
+    total = parts[0].copy()
+    for k in range(1, parts.shape[0]):
+        for j in range(parts.shape[1]):
+            total[j] += parts[k, j]
+    for j in range(out.shape[0]):
+        out[j] += total[j]
 
 
 # --------------------------------------------------------------------------- float64 <-> int64 bit casts

@@ -5,10 +5,11 @@ Reference twins, same names, arguments and argument order:
 * :func:`group_norm_silu_forward`  <- ``refdiff.nn.conv.group_norm_silu_forward``
 * :func:`group_norm_silu_backward` <- ``refdiff.nn.conv.group_norm_silu_backward``
 
-They differ from the reference only in the order of the sums (the group
+They differ from the reference in the order of the sums (the group
 statistics, and dgamma/dbeta: per-image partial sums added image by image in
-order, so the result does not depend on the thread count); every elementwise
-operation is the reference's, in the same order and dtype.
+order, so the result does not depend on the thread count) and, in float32,
+in the forward's tanh (below); every other elementwise operation is the
+reference's, in the same order and dtype.
 
 One loop iteration is one image (on Numba's threads from :data:`PARALLEL_MIN`
 values where the workers sleep between kernels, :func:`runs_parallel`; on the
@@ -17,10 +18,13 @@ of kB here) stays in L1/L2 while the kernel takes its channel sums, its group
 statistics and writes the outputs, instead of NumPy's five to eight passes
 over the whole batch. These passes are memory-bound, so the cache holds as
 little as it can: x (kept by the caller anyway), the (N, C) mean and rstd,
-the output h and the sigmoid s; the centred x is recomputed, not stored. The sigmoid is :math:`\\tfrac12 + \\tfrac12\\tanh(z/2)`
-with NumPy's SIMD ``np.tanh`` run between two fused passes (Numba's
-``math.tanh`` is a scalar libm call), as :mod:`refdiff.kernels.mlp_numba`
-does. Constants are passed in the array's dtype so float32 stays float32.
+the output h and the sigmoid s; the centred x is recomputed, not stored. The sigmoid is :math:`\\tfrac12 + \\tfrac12\\tanh(z/2)`:
+in float64 with NumPy's SIMD ``np.tanh`` run between two fused passes
+(Numba's ``math.tanh`` is a scalar libm call), as :mod:`refdiff.kernels.mlp_numba`
+does; in float32 inside the one pass, with a rational tanh within 6 ulp
+(``_tanh32``; from z = -16 down its sigmoid is 0, the reference's 1.1e-7 and less:
+an absolute difference below float32's rounding of values near 1).
+Constants are passed in the array's dtype so float32 stays float32.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.conv_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_math import PRANGE_ONLY
+from refdiff.kernels._numba_math import PRANGE_ONLY, add_block_sums
 from refdiff.nn.fused import numba_yields_to_blas
 
 __all__ = ["group_norm_silu_forward", "group_norm_silu_backward", "PARALLEL_MIN", "runs_parallel"]
@@ -252,17 +256,6 @@ def _gn_silu_backward(dh, x, h, s, mu, rstd, gamma, groups, count, one, need_dx,
             _gn_silu_backward_image(dh, x, h, s, mu, rstd, gamma, groups, count, one, need_dx, dx, part_dyx, part_dy, i)
 
 
-@njit(**_JIT)
-def _add_rows(out, parts):
-    """out += sum of the rows of parts, row by row in order."""
-    total = parts[0].copy()
-    for k in range(1, parts.shape[0]):
-        for j in range(parts.shape[1]):
-            total[j] += parts[k, j]
-    for j in range(out.shape[0]):
-        out[j] += total[j]
-
-
 def group_norm_silu_backward(dh, x, h, s, mu, rstd, gamma, groups, dgamma=None, dbeta=None, need_dx=True):
     """Twin of :func:`refdiff.nn.conv.group_norm_silu_backward`: the input gradient or None."""
     n, hw, c = h.shape
@@ -274,7 +267,7 @@ def group_norm_silu_backward(dh, x, h, s, mu, rstd, gamma, groups, dgamma=None, 
     _gn_silu_backward(dh, x, h, s, mu, rstd, gamma, int(groups), kind(hw * (c // groups)), kind(1.0), bool(need_dx),
                       dx, part_dyx, part_dy, runs_parallel(h.size))
     if dgamma is not None:
-        _add_rows(dgamma, part_dyx)
+        add_block_sums(dgamma, part_dyx)
     if dbeta is not None:
-        _add_rows(dbeta, part_dy)
+        add_block_sums(dbeta, part_dy)
     return dx if need_dx else None

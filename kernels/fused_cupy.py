@@ -32,12 +32,18 @@ def name_expression(dtype, maxd: int) -> str:
     return f"fused_run<{'float' if np.dtype(dtype) == np.float32 else 'double'}, {int(maxd)}>"
 
 
-@functools.cache
-def _module():
+def _cupy():
+    """The cupy module, or an ImportError that names the extra to install."""
     try:
         import cupy
     except ImportError as exc:
         raise ImportError("refdiff.kernels.fused_cupy needs cupy: pip install 'refdiff[gpu-cuda12]' (or gpu-cuda13)") from exc
+    return cupy
+
+
+@functools.cache
+def _module():
+    cupy = _cupy()
     names = [name_expression(dt, m) for dt in (np.float32, np.float64) for m in MAXDS]
     mod = cupy.RawModule(code=SOURCE.read_text(), options=("--std=c++17",), name_expressions=names)
     mod.compile()
@@ -46,7 +52,7 @@ def _module():
 
 def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None):
     """Run ``table`` on ``mixture``'s exact score on the GPU; returns a CuPy array (N, D)."""
-    import cupy
+    cupy = _cupy()
 
     if not isinstance(x_T, (tuple, list)) and hasattr(x_T, "__cuda_array_interface__"):
         x_T = cupy.asnumpy(x_T)

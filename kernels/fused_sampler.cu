@@ -98,6 +98,7 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
         if (coefs[4 * i + 1] != 0.0) {
             // exact mixture score: streaming log-sum-exp over the components
             T m = T(0), total = T(0);
+            bool seen = false;  // a component with a finite logit
             FOR_EACH_COORD(j) acc[j] = T(0);
             for (int k = 0; k < K; ++k) {
                 const double* mu = means + ((long long)i * K + k) * D;
@@ -116,10 +117,20 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
                     y[a2] = qa;  // q_k = C_k^{-1} y_k in eigen coordinates
                 }
                 T logit = (T)log_norm[(long long)i * K + k] - T(0.5) * quad;
-                T m_new = (k == 0 || logit > m) ? logit : m;
-                T scale = (k == 0) ? T(0) : exp_t(m - m_new);
-                T w = exp_t(logit - m_new);
+                if (!(logit * T(0) == T(0))) continue;  // -inf (quad overflowed): weight 0, the field may be infinite
+                // scale rescales the sum so far, w weighs component k; a weight that is exactly 0 adds exactly 0,
+                // whatever the field it would multiply holds (0 * inf is NaN)
+                T scale, w;
+                if (!seen) {
+                    m = logit; scale = T(0); w = T(1); seen = true;
+                } else if (logit > m) {
+                    scale = exp_t(m - logit); w = T(1); m = logit;
+                } else {
+                    scale = T(1); w = exp_t(logit - m);
+                }
                 total = total * scale + w;
+                FOR_EACH_COORD(j) acc[j] = scale == T(0) ? T(0) : acc[j] * scale;
+                if (w == T(0)) continue;
                 FOR_EACH_COORD(j) {
                     T g;
                     if (full) {
@@ -128,9 +139,8 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
                     } else {
                         g = y[j];
                     }
-                    acc[j] = acc[j] * scale - w * g;
+                    acc[j] -= w * g;
                 }
-                m = m_new;
             }
             FOR_EACH_COORD(j) s[j] = acc[j] / total;
         }

@@ -81,12 +81,12 @@ __global__ void mixture_score(const T* __restrict__ x, const T* __restrict__ gam
             for (long long e = 0; e < D; ++e) {
                 T ye = (T)0;
                 FOR_EACH_COORD(d) ye += Uk[d * D + e] * (xs[d] - shift(d));
-                quad += ye * ye * inv_c(e);
+                quad += ye * (ye * inv_c(e));  // the reference's order: ye * ye alone overflows first
             }
         } else {
             FOR_EACH_COORD(d) {
                 const T zd = xs[d] - shift(d);
-                quad += zd * zd * inv_c(d);
+                quad += zd * (zd * inv_c(d));
             }
         }
         T lnk;

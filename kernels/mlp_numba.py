@@ -33,7 +33,7 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mlp_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_math import PRANGE_ONLY
+from refdiff.kernels._numba_math import PRANGE_ONLY, add_block_sums
 from refdiff.nn.fused import numba_yields_to_blas
 
 __all__ = ["bias_silu_forward", "bias_silu_backward", "adam_update", "PARALLEL_MIN", "runs_parallel"]
@@ -148,17 +148,6 @@ def _silu_backward(dh, a, s, dh_add, has_add, da, parts, one, parallel):
             _silu_backward_rows(dh, a, s, dh_add, has_add, da, parts, one, k)
 
 
-@njit(**_JIT)
-def _add_column_sums(db, parts):
-    """db += sum over blocks of parts, block by block in order."""
-    total = parts[0].copy()
-    for k in range(1, parts.shape[0]):
-        for j in range(parts.shape[1]):
-            total[j] += parts[k, j]
-    for j in range(db.shape[0]):
-        db[j] += total[j]
-
-
 def bias_silu_backward(dh, a, s, db=None, dh_add=None):
     """Twin of :func:`refdiff.nn.fused.bias_silu_backward`: a new (N, W) array; ``db`` incremented."""
     n, w = a.shape
@@ -167,7 +156,7 @@ def bias_silu_backward(dh, a, s, db=None, dh_add=None):
     _silu_backward(dh, a, s, dh if dh_add is None else dh_add, dh_add is not None, da, parts, a.dtype.type(1.0),
                    runs_parallel(a.size))
     if db is not None:
-        _add_column_sums(db, parts)
+        add_block_sums(db, parts)
     return da
 
 

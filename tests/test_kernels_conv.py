@@ -76,6 +76,23 @@ def test_group_norm_silu_twin_matches_reference(backend, dtype, n, s, c, groups,
 
 
 @pytest.mark.parametrize("backend", TWINS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_group_norm_silu_empty_batch(backend, dtype, force_parallel):
+    """N = 0: empty results, and the parameter gradients incremented by exactly 0 (the twin summed its per-image
+    parts from a first one that an empty batch does not have, reading past the array; the reference's reshape
+    to (0, G, -1) failed)."""
+    ops = ops_of(backend, force_parallel)
+    x, gamma, beta, dh = _inputs(0, 5, 6, dtype)
+    out = ops.group_norm_silu_forward(x, gamma, beta, 3, 1e-5)
+    assert [(a.shape, a.dtype) for a in out] == [((0, 5, 6), dtype), ((0, 5, 6), dtype), ((0, 6), dtype), ((0, 6), dtype)]
+    dgamma, dbeta = np.full(6, 0.5, dtype), np.full(6, -0.25, dtype)
+    dx = ops.group_norm_silu_backward(dh, x, *out, gamma, 3, dgamma, dbeta)
+    assert dx.shape == (0, 5, 6) and dx.dtype == dtype
+    np.testing.assert_array_equal(dgamma, np.full(6, 0.5, dtype))
+    np.testing.assert_array_equal(dbeta, np.full(6, -0.25, dtype))
+
+
+@pytest.mark.parametrize("backend", TWINS)
 def test_group_norm_silu_twin_leaves_inputs_alone(backend, force_parallel):
     ops = ops_of(backend, force_parallel)
     x, gamma, beta, dh = _inputs(3, 5, 4, np.float32)

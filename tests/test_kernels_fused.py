@@ -294,3 +294,45 @@ def test_cupy_path_does_not_depend_on_batch_size(cupy_twin):
     for p in (0, 500, 1030):
         one = cupy.asnumpy(fused_cupy.run_table(table, m, (1, 3), seed=5, offset=p))
         np.testing.assert_array_equal(one[0], big[p])
+
+
+# --------------------------------------------------------------------------- every twin
+@pytest.fixture(params=[pytest.param("numba")] + CUDA_DEVICES)
+def twin_run(request):
+    """``run_table`` of the Numba twin or of the CUDA twin (host stand-in, GPU), returning a host array."""
+    if request.param == "numba":
+        return request.getfixturevalue("FN").run_table
+    if request.param == "host":
+        request.getfixturevalue("cuda_host")
+    import cupy
+
+    from refdiff.kernels import fused_cupy
+
+    return lambda *a, **kw: cupy.asnumpy(fused_cupy.run_table(*a, **kw))
+
+
+@pytest.mark.parametrize("dtype,covs,far", [(np.float64, [1e-300, 1.0], 1e5), (np.float32, [1e-30, 1.0], 1e5),
+                                            (np.float32, [1.0, 1e-36], 1e3)])
+def test_every_twin_drops_a_component_whose_weight_is_zero(twin_run, dtype, covs, far):
+    """At x = ``far`` the narrow component's quadratic form overflows: its logit is -inf and its field may be
+    infinite. It must add exactly 0, first in the loop or not (the CUDA kernel's streaming log-sum-exp took a
+    first logit of -inf as its maximum, exp(-inf + inf), or multiplied an infinite field by a weight of 0, and
+    raised that the state became non-finite)."""
+    m = GaussianMixture([0.5, 0.5], [[0.0], [0.0]], covs)
+    table = F.langevin_table(step_size=1e-3, n_steps=2)
+    x_T = np.array([[far], [1.0], [-far]], dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # the reference's field does overflow
+        want = F.run_table(table, m, x_T, seed=1)
+    assert np.all(np.isfinite(want))
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(twin_run(table, m, x_T, seed=1), want, rtol=rtol)
+
+
+def test_cupy_twin_without_cupy_names_the_extra(monkeypatch):
+    import sys
+
+    from refdiff.kernels import fused_cupy
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    with pytest.raises(ImportError, match=r"refdiff\[gpu-cuda12\]"):
+        fused_cupy.run_table(F.langevin_table(step_size=0.1, n_steps=1), MIXTURES["isotropic"], (2, 3), seed=1)

@@ -19,7 +19,7 @@ import pytest
 
 from refdiff import analytic
 from refdiff.analytic import GaussianMixture
-from refdiff.sde import VPSDE
+from refdiff.sde import VESDE, VPSDE
 
 KINDS = ("isotropic", "diagonal", "full")
 # (N, K, D): every N in (1, 2, 7, 31, 67, 1000, 1031), K in (1, 3, 5, 8), D in (1, 2, 3, 4, 16) at least once;
@@ -469,6 +469,23 @@ def test_every_backend_drops_a_weight_whose_field_overflows(backend, kind, D):
         score, logp = gm.score(x, backend=backend), gm.log_prob(x, backend=backend)
     np.testing.assert_array_equal(to_host(score), [[0.0] * D, [-64.0] * D])
     check(to_host(logp), oracle(gm, to_host(x).astype(np.float64), None, None)[0], "float32", "log_prob")
+
+
+@pytest.mark.parametrize("per_example_t", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype_name,far", [("float32", 1e20), ("float64", 2e154)])
+def test_every_backend_forms_the_quadratic_form_without_overflowing_first(backend, dtype_name, far, kind,
+                                                                          per_example_t):
+    """VE at t = 1 (every C_k about 2500 I) at x = ``far``: z_d^2 overflows the dtype, z_d (z_d / c) does not.
+    The CUDA kernel formed z_d z_d / c (log p = -inf, the score NaN) where the others are finite."""
+    gm = make_mixture(kind, 3, 3, seed=4)
+    x_host = np.array([[far, far, far], [far, -far, 0.5 * far], [0.1, 0.2, 0.3]], dtype=dtype_name)
+    process, t = VESDE(), (np.ones(3) if per_example_t else 1.0)
+    want_logp, want_score = oracle(gm, x_host.astype(np.float64), process, np.broadcast_to(t, (3,)))
+    assert np.all(np.isfinite(want_logp)) and np.all(np.isfinite(want_score))
+    x = on_backend(backend, x_host)
+    check(to_host(gm.score(x, process, t, backend=backend)), want_score, dtype_name, "score")
+    check(to_host(gm.log_prob(x, process, t, backend=backend)), want_logp, dtype_name, "log_prob")
 
 
 @pytest.mark.parametrize("per_example_t", [False, True])

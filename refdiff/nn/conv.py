@@ -330,7 +330,7 @@ class Conv2d(_Spatial):
 def _group_sums(s, groups):
     """(N, C) per-channel sums -> (N, C) group sums, each repeated over its channels."""
     n, c = s.shape
-    sg = s.reshape(n, groups, -1).sum(axis=2)  # (N, G)
+    sg = s.reshape(n, groups, c // groups).sum(axis=2)  # (N, G); no -1: N may be 0
     return np.repeat(sg, c // groups, axis=1)  # (N, C)
 
 
