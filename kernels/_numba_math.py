@@ -64,12 +64,15 @@ if numba.config.DISABLE_JIT:  # plain Python (NUMBA_DISABLE_JIT=1): the same bit
 
     def _fma(a, b, c):
         """a * b + c rounded once, as llvm.fma (exact rationals, one correctly rounded division)."""
-        if hasattr(math, "fma"):  # Python >= 3.13
-            return math.fma(float(a), float(b), float(c))
         a, b, c = float(a), float(b), float(c)
         if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)):
             return a * b + c  # NaN / infinity: one rounding or two give the same
-        return float(Fraction(a) * Fraction(b) + Fraction(c))
+        try:
+            if hasattr(math, "fma"):  # Python >= 3.13
+                return math.fma(a, b, c)
+            return float(Fraction(a) * Fraction(b) + Fraction(c))
+        except OverflowError:  # beyond the largest float: llvm.fma gives the infinity of that sign, as this does
+            return a * b + c
 
     def _f2i32(x):
         return int(np.array(x, dtype=np.float32).view(np.int32))

@@ -54,7 +54,7 @@ except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError("refdiff.kernels.fused_numba needs numba: pip install 'refdiff[fast]'") from exc
 
 from refdiff.kernels._numba_math import _log, _sincos, prefer_wide_vectors
-from refdiff.kernels.mixture_numba import _NO_ROTATION, _score_block
+from refdiff.kernels.mixture_numba import _NO_ROTATION, _quiet, _score_block
 from refdiff.samplers.fused import score_constants, start_state
 
 __all__ = ["run_table", "philox4x32_10", "normals"]
@@ -241,9 +241,10 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
     U = const["U"] if full else _NO_ROTATION  # read-only, as the mixture's U: one compiled kernel for both
     coefs = np.ascontiguousarray(np.stack([table.a, table.b, table.b_prev, table.c], axis=1))  # (R, 4)
     draws = np.ascontiguousarray(table.draw)
-    _run(x, coefs, draws, np.int64(first), np.uint64(noise.seed & 0xFFFFFFFF), np.uint64(noise.seed >> 32),
-         np.uint64(noise.offset), const["means"], const["inv_c"], const["log_norm"], U, full, np.int64(min(LANES, x.shape[0])),
-         draw_start, float(table.prior_std))  # fmt: skip
+    with _quiet():  # a narrow component's field may overflow where its weight is dropped (NumPy warns without the JIT)
+        _run(x, coefs, draws, np.int64(first), np.uint64(noise.seed & 0xFFFFFFFF), np.uint64(noise.seed >> 32),
+             np.uint64(noise.offset), const["means"], const["inv_c"], const["log_norm"], U, full,
+             np.int64(min(LANES, x.shape[0])), draw_start, float(table.prior_std))  # fmt: skip
     if not np.all(np.isfinite(x)):
         raise ValueError("the state became non-finite (the step size is too large for this target)")
     return x

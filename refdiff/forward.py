@@ -150,20 +150,20 @@ def q_posterior(process, x_t, x0, t, s=None):
     -------
     mean : array like ``x_t``
     variance, log_variance : arrays broadcast to ``x_t``'s shape (read-only
-        views). For a discrete schedule with s = t - 1, ``log_variance`` is
-        the schedule's ``posterior_log_variance`` (clipped at t = 1, where the
-        true variance is 0); otherwise it is the log of the variance, and
-        ``-inf`` where the variance is 0 (s = 0).
+        views). For a discrete schedule, in the rows with s = t - 1,
+        ``log_variance`` is the schedule's ``posterior_log_variance`` (clipped
+        at t = 1, where the true variance is 0); otherwise it is the log of
+        the variance, and ``-inf`` where the variance is 0 (s = 0).
     """
     x_t = as_float_array(x_t, "x_t")
     x0 = _check_like(x0, x_t, "x0", "x_t")
     s = _earlier_time(process, t, s)
     coef_x0, coef_xt, var = posterior_coefs(process, s, t)
-    if isinstance(process, DiscreteSchedule) and np.all(process.check_step(s, "s") == process.check_step(t) - 1):
-        log_var = process.posterior_log_variance[process.check_step(t)]
-    else:
-        with np.errstate(divide="ignore"):
-            log_var = np.log(var)
+    with np.errstate(divide="ignore"):
+        log_var = np.log(var)
+    if isinstance(process, DiscreteSchedule):  # row by row: a row's value must not depend on the others'
+        t_step = process.check_step(t)
+        log_var = np.where(process.check_step(s, "s") == t_step - 1, process.posterior_log_variance[t_step], log_var)
     xp = namespace(x_t)
     mean = per_example(coef_x0, x_t) * x0 + per_example(coef_xt, x_t) * x_t
     variance = xp.broadcast_to(per_example(var, x_t), x_t.shape)

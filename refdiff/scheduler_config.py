@@ -70,10 +70,11 @@ after Lin et al. 2024, Table 2), 0-based, in sampling order (descending):
 Other classes space their timesteps in their own way (fractional
 ``linspace`` timesteps in ``EulerDiscreteScheduler``, an ``n + 1``-point grid
 in ``DPMSolverMultistepScheduler``); :func:`schedule_report` says so in its
-notes. ``np.round`` rounds half to even, so diffusers' ``"linspace"`` plus 1
-is not always :func:`refdiff.schedules.spaced_timesteps` (T = 1000, n = 3:
-diffusers 999, 500, 0, i.e. t = 1000, 501, 1, where ``spaced_timesteps``
-gives 1000, 500, 1); this module reproduces diffusers.
+notes. Plus 1, diffusers' ``"linspace"`` and ``"leading"`` timesteps are
+:func:`refdiff.schedules.spaced_timesteps` (the same rounding, half to even:
+T = 1000, n = 3 gives 999, 500, 0, i.e. t = 1000, 501, 1); ``"trailing"``
+is too where diffusers gives n timesteps (for some T and n it gives n + 1).
+This module reproduces diffusers.
 """
 
 from __future__ import annotations

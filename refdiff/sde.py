@@ -290,7 +290,9 @@ class VPSDE(_VPFamily):
     def _t_from_integral(self, B):
         # root of (d/2) t^2 + beta_min t - B = 0, written without cancellation
         d = self.beta_max - self.beta_min
-        return 2.0 * B / (self.beta_min + np.sqrt(self.beta_min**2 + 2.0 * d * B))
+        with np.errstate(invalid="ignore"):  # B = inf (lambda = -inf) is t = inf, not inf / inf
+            t = 2.0 * B / (self.beta_min + np.sqrt(self.beta_min**2 + 2.0 * d * B))
+        return np.where(B == np.inf, np.inf, t)
 
     def diffusion(self, t):
         return np.sqrt(self.beta(t))
@@ -530,7 +532,7 @@ def _check_lam(lam) -> np.ndarray:
 
 
 def _check_inverse_time(t) -> np.ndarray:
-    if np.any(t > 1.0 + 1e-12) or np.any(t < 0.0):
+    if not np.all((t >= 0.0) & (t <= 1.0 + 1e-12)):  # also NaN
         raise ValueError(
             f"lam lies outside the range of log_snr on [0, 1] (it maps to t in [{np.min(t)}, {np.max(t)}])"
         )

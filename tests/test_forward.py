@@ -136,6 +136,18 @@ def test_q_sample_from_discrete(spec, shape, dtype, seed, data):
         assert_lin_close(got, forward.q_sample(S, x_s, t, noise), np.abs(g * x64) + np.abs(sd * n64), dtype)
 
 
+def test_q_posterior_log_variance_of_a_row_does_not_depend_on_the_others():
+    """Rows (s, t) = (0, 1) and (2, 5): the first keeps the clipped table value as it does alone (it was -inf
+    batched with a row whose s is not t - 1), the second is log of its variance."""
+    S = DiscreteSchedule(sch.linear_betas(10))
+    x_t, x0 = data_arrays(4, (2, 3), np.float64)
+    _, _, alone = forward.q_posterior(S, x_t[:1], x0[:1], np.array([1]), s=np.array([0]))
+    _, var, both = forward.q_posterior(S, x_t, x0, np.array([1, 5]), s=np.array([0, 2]))
+    np.testing.assert_array_equal(both[0], alone[0])
+    assert np.all(both[0] == S.posterior_log_variance[2])
+    np.testing.assert_allclose(both[1], np.log(var[1]), rtol=1e-15)
+
+
 @given(
     spec=st.one_of(schedule_specs(variants=False), st.sampled_from(sorted(SDES))),
     shape=SHAPES,

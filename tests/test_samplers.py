@@ -24,6 +24,7 @@ What is checked here:
   callback's ``(i, t, x)`` once per step.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -336,6 +337,42 @@ def test_ode_solver_order_on_exact_gaussian_flow(solver, order, kind, steps):
     assert abs(measured - order) < 0.3, (errs, measured)
 
 
+@pytest.mark.parametrize("sampler", ["ode_heun", "edm_stochastic"])
+def test_edm_samplers_end_an_explicit_grid_at_t_zero_with_an_euler_step(sampler):
+    """A grid ending at t = 0: the last step is Euler's alone, which lands on D (Karras et al. 2022,
+    Algorithm 1 takes no correction at sigma = 0, where the slope is 0 / 0; the state became NaN). Without
+    churn that is the final denoising step of the grid without its 0, call for call."""
+    g = Gaussian(np.array([0.7]), np.array([[0.3]]))
+    x1 = np.random.default_rng(15).standard_normal((6, 1))
+    grid = time_grid(PROCESS, 6, "karras")
+    run = {"ode_heun": ode_heun, "edm_stochastic": functools.partial(edm_stochastic, S_churn=0.0)}[sampler]
+    score = lambda y, t: g.score(y, PROCESS, t)  # noqa: E731
+    to_zero = run(score, PROCESS, x1, grid=np.append(grid, 0.0), rng=1)
+    denoised = run(score, PROCESS, x1, grid=grid, final_denoise=True, rng=1)
+    np.testing.assert_allclose(to_zero.x, denoised.x, rtol=1e-12, atol=1e-12)
+    assert to_zero.nfe == denoised.nfe
+    churned = edm_stochastic(score, PROCESS, x1, grid=np.append(grid, 0.0), rng=1)
+    assert np.all(np.isfinite(churned.x))
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_dpm_solvers_end_an_explicit_grid_at_t_zero_on_the_denoiser(order):
+    """A grid ending at t = 0 (lambda = inf): the last step is the first-order step's limit, gamma_0 x0(x_s)
+    (it formed sigma_t (e^h - 1) = 0 * inf, and log 0 in DPM-Solver++). For the singlestep solver that is the
+    final denoising step of the grid without its 0, call for call; DPM-Solver++ ends finite (its step before
+    the last is then second order, so the two runs differ)."""
+    g = Gaussian(np.array([0.7]), np.array([[0.3]]))
+    x1 = np.random.default_rng(16).standard_normal((6, 1))
+    grid = time_grid(PROCESS, 5, "log_snr")
+    score = lambda y, t: g.score(y, PROCESS, t)  # noqa: E731
+    to_zero = dpm_solver(score, PROCESS, x1, prediction="score", order=order, grid=np.append(grid, 0.0))
+    denoised = dpm_solver(score, PROCESS, x1, prediction="score", order=order, grid=grid, final_denoise=True)
+    np.testing.assert_allclose(to_zero.x, denoised.x, rtol=1e-13, atol=1e-13)
+    assert to_zero.nfe == denoised.nfe == order * 5 + 1
+    pp = dpm_solver_pp(score, PROCESS, x1, prediction="score", grid=np.append(grid, 0.0))
+    assert np.all(np.isfinite(pp.x)) and pp.nfe == 6
+
+
 def test_rk45_is_close_to_exact_gaussian_flow():
     g = Gaussian(np.array([1.0, -2.0]), np.array([[0.5, 0.2], [0.2, 0.3]]))
     x1 = np.random.default_rng(14).standard_normal((8, 2))
@@ -466,6 +503,23 @@ def test_step_grid_matches_spaced_timesteps(spacing, n):
     assert grid.dtype == np.int64 and grid[-1] == 0
     assert np.all(np.diff(grid) < 0)
     np.testing.assert_array_equal(grid, np.concatenate((spaced_timesteps(1000, n, spacing)[::-1], [0])))
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "plms", "deis"])
+def test_discrete_samplers_call_the_model_at_the_spaced_steps(name, spacing):
+    """Each sampler with a ``spacing`` argument asks the model at SCHEDULE.timesteps(n, spacing), last to first
+    (ddpm and ddim took the trailing steps whatever the argument)."""
+    seen = []
+
+    def model(x, t):
+        seen.append(int(np.asarray(t).reshape(-1)[0]))
+        return np.zeros_like(x)
+
+    sampler = {"ddpm": ddpm, "ddim": ddim, "plms": plms, "deis": deis}[name]
+    sampler(model, SCHEDULE, (2, 1), steps=5, spacing=spacing, rng=0)
+    want = list(SCHEDULE.timesteps(5, spacing)[::-1])
+    assert sorted(set(seen), reverse=True) == want, (seen, want)
 
 
 def test_step_grid_all_steps():

@@ -377,8 +377,9 @@ def test_t_from_log_snr_rejects_out_of_range(spec):
         assert lo == -np.inf and P.t_from_log_snr(-np.inf) == 1.0
         assert 0.999 < P.t_from_log_snr(-1e3) <= 1.0
     else:
-        with pytest.raises(ValueError, match="lam"):
-            P.t_from_log_snr(lo - 1.0)
+        for lam in (lo - 1.0, -np.inf):  # -inf: VP and sub-VP formed inf / inf, NaN, and returned it
+            with pytest.raises(ValueError, match="lam"):
+                P.t_from_log_snr(lam)
     with pytest.raises(ValueError, match="lam"):
         P.t_from_log_snr(np.array([0.0, np.nan]))
 

@@ -112,7 +112,7 @@ def ddpm(
     if variance not in _VARIANCES:
         raise ValueError(f"variance must be one of {_VARIANCES}, got {variance!r}")
     clip_x0 = _check_clip(clip_x0)
-    grid = resolve_grid(process, steps, grid, default_steps=_default_steps(process, 1000))
+    grid = resolve_grid(process, steps, grid, default_steps=_default_steps(process, 1000), spacing=spacing)
     f = ModelCall(model, prediction, process)
     x, noise = start(x_T, rng, prior_std=prior_std_of(process))
     for i in range(grid.shape[0] - 1):
@@ -158,7 +158,7 @@ def ddim(
     if eta > 1:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     clip_x0 = _check_clip(clip_x0)
-    grid = resolve_grid(process, steps, grid, default_steps=_default_steps(process, 100))
+    grid = resolve_grid(process, steps, grid, default_steps=_default_steps(process, 100), spacing=spacing)
     f = ModelCall(model, prediction, process)
     x, noise = start(x_T, rng, prior_std=prior_std_of(process))
     for i in range(grid.shape[0] - 1):

@@ -56,6 +56,19 @@ def _lam(process, t):
     return 0.5 * np.asarray(process.log_snr(t), dtype=np.float64)
 
 
+def _lands_on_data(process, t):
+    """Whether a step ends where sigma_t = 0 (an explicit grid ending at t = 0): lambda_t = inf there."""
+    return float(process.variance(t)) == 0.0
+
+
+def _step_to_data(f, process, x, s, t, i):
+    r"""A step from s to a t with :math:`\sigma_t=0`: the limit :math:`h\to\infty` of the first-order
+    step, :math:`\alpha_t\hat x_0(x_s)` (Tweedie's denoiser; one model call). The higher-order terms have no
+    finite limit there (DPM-Solver++(2M)'s weight 1 / (2 r), r = h_prev / h, grows without bound), so the last
+    step is first order, as in diffusers with ``final_sigmas_type="zero"``."""
+    return per_example(process.mean_coef(t), x) * f(x, s, "x0", i)
+
+
 def _t_at(process, lam):
     """Time whose half log-SNR is ``lam``."""
     return float(process.t_from_log_snr(2.0 * lam))
@@ -117,6 +130,9 @@ def dpm_solver(
 
     for i in range(grid.shape[0] - 1):
         s, t = grid[i], grid[i + 1]
+        if _lands_on_data(process, t):
+            x = finish_step(i, t, _step_to_data(f, process, x, s, t, i), callback)
+            continue
         lam_s, lam_t = _lam(process, s), _lam(process, t)
         h = lam_t - lam_s
         eps_s = f(x, s, "eps", i)
@@ -171,6 +187,9 @@ def dpm_solver_pp(
     x0_prev, h_prev = None, None
     for i in range(n):
         s, t = grid[i], grid[i + 1]
+        if _lands_on_data(process, t):
+            x = finish_step(i, t, _step_to_data(f, process, x, s, t, i), callback)
+            continue
         h = _lam(process, t) - _lam(process, s)
         x0_s = f(x, s, "x0", i)
         if x0_prev is None or lower_order_final_applies(i, n, lower_order_final):

@@ -188,9 +188,12 @@ def edm_heun_loop(f, process, x, grid, callback, noise=None, S_churn=0.0, S_tmin
         # Euler step from sigma_hat to sigma_{i+1}
         d_cur = denoiser_slope(x_hat, sigma_hat, t_hat, i)
         x_next = x_hat + float(sigma[i + 1] - sigma_hat) * d_cur
-        # second-order correction with the slope at the new point
-        d_next = denoiser_slope(x_next, sigma[i + 1], t_next, i)
-        x_tilde = x_hat + float(sigma[i + 1] - sigma_hat) * 0.5 * (d_cur + d_next)
+        # second-order correction with the slope at the new point; none at sigma_{i+1} = 0, where the slope is
+        # 0 / 0 and the Euler step has landed on D (an explicit grid ending at t = 0; Algorithm 1's "if")
+        if sigma[i + 1] != 0.0:
+            d_next = denoiser_slope(x_next, sigma[i + 1], t_next, i)
+            x_next = x_hat + float(sigma[i + 1] - sigma_hat) * 0.5 * (d_cur + d_next)
+        x_tilde = x_next
         x = finish_step(i, t_next, per_example(process.mean_coef(t_next), x) * x_tilde, callback)
     return x
 
