@@ -36,13 +36,24 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         no_default = action.default is None or action.default is False or action.default is argparse.SUPPRESS
-        if no_default or "%(default)" in text or not action.option_strings:
+        if no_default or "%(default)" in text or "(default" in text or not action.option_strings:
             return text
         return (text + " " if text else "") + "(default: %(default)s)"
 
 
 class UsageError(ValueError):
     """A bad argument or input file: one line on stderr, exit status 2."""
+
+
+def _seed(text):
+    """The type of ``--seed``: an integer >= 0, as NumPy's seeds are (argparse reports a bad one, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 EPILOG_DEMO = """examples:
@@ -137,7 +148,7 @@ def add_demo(sub):
                                    "score: PNG figures plus a printed summary.", epilog=EPILOG_DEMO,
                        formatter_class=_Formatter)
     p.add_argument("--out", default="refdiff-demo", metavar="DIR", help="folder for the figures (created)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (printed in the output)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of every random draw (printed in the output)")
     p.add_argument("--steps", type=int, default=8000, help="training steps (default 8000)")
     p.add_argument("--n", type=int, default=4000, help="samples per sampler (default 4000)")
     p.set_defaults(func=cmd_demo)
@@ -188,7 +199,7 @@ def add_train(sub):
     p.add_argument("--conditional", action="store_true", help="class-conditional (images; label dropped 20%%)")
     p.add_argument("--n-data", type=int, default=100_000, help="2-D points (or generated glyph images) to train on")
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (printed in the output)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of every random draw (printed in the output)")
     p.set_defaults(func=cmd_train)
 
 
@@ -239,6 +250,8 @@ def cmd_train(args):
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.batch is not None and args.batch < 1:  # not `args.batch or ...`: 0 took the default
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
     _out_path(args.out)
     objective, net, x, labels = _training_setup(args)
     batch = args.batch or (128 if x.ndim > 2 else 512)
@@ -288,7 +301,7 @@ def add_sample(sub):
                         "fastest installed")
     p.add_argument("--clip-x0", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                    help="clip the predicted x0 to [LO, HI] (ddpm and ddim; e.g. -1 1 for pixel data)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (printed in the output)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of every random draw (printed in the output)")
     p.set_defaults(func=cmd_sample)
 
 
@@ -362,9 +375,13 @@ def cmd_sample(args):
     if args.backend == "cupy":
         raise UsageError("--backend cupy: refdiff sample draws on the host; run the CuPy twins from Python on CuPy arrays")
     target = None
+    if args.guidance != 1.0 and args.label is None:  # it scales the class-conditional model only: else unused
+        raise UsageError(f"--guidance needs --label (and a class-conditional checkpoint), got --guidance {args.guidance}")
     if args.checkpoint:
         model, prediction, process, shape = _checkpoint_model(args)
     else:
+        if args.label is not None:
+            raise UsageError("--label needs a class-conditional checkpoint; an analytic --target has no classes")
         target, process = _target(args.target), _process(args.process)
         prediction, shape = "score", (args.n, target.dim)
 
@@ -421,7 +438,7 @@ def add_likelihood(sub):
     p.add_argument("--data", required=True, metavar="FILE.npy", help="points (N, ...) as a .npy array")
     p.add_argument("--rtol", type=float, default=1e-5, help="ODE solver tolerance (relative and absolute)")
     p.add_argument("--out", default=None, metavar="FILE.npy", help="also write the per-row log-likelihoods")
-    p.add_argument("--seed", type=int, default=0, help="recorded for the report (the exact divergence draws nothing)")
+    p.add_argument("--seed", type=_seed, default=0, help="recorded for the report (the exact divergence draws nothing)")
     p.set_defaults(func=cmd_likelihood)
 
 

@@ -197,6 +197,8 @@ def _resume_state(path, network, objective, config, params, ema, optimizer):
         raise ValueError(f"cannot resume from {path}: training settings differ in {differ}")
     if ckpt.params.dtype != params.dtype or ckpt.optimizer is None or ckpt.ema is None:
         raise ValueError(f"cannot resume from {path}: dtype differs or optimiser/EMA state is missing")
+    if ckpt.step > config.steps:  # the run cannot go back; saving would label step-N weights as an earlier step
+        raise ValueError(f"cannot resume from {path}: it is at step {ckpt.step}, past steps={config.steps}")
     params.flat[...] = ckpt.params.flat
     ema.flat[...] = ckpt.ema.flat
     optimizer.load_state(ckpt.optimizer)

@@ -142,6 +142,15 @@ def test_likelihood_of_a_checkpoint(ring_checkpoint, tmp_path):
         (("sample", "--checkpoint", "missing.npz", "--sampler", "ddim", "--out", "x.npy"), "does not exist"),
         (("sample", "--sampler", "ddim", "--out", "x.npy"), "one of the arguments --target --checkpoint is required"),
         (("likelihood", "--checkpoint", "missing.npz", "--data", "x.npy"), "does not exist"),
+        # 0 is falsy: `args.batch or default` trained at the default batch
+        (("train", "--data", "ring8", "--steps", "5", "--out", "x.npz", "--batch", "0"), "--batch must be >= 1"),
+        # a negative seed reached NumPy and ended in a traceback, exit 1
+        (("train", "--data", "ring8", "--steps", "5", "--out", "x.npz", "--seed", "-1"), "--seed: must be >= 0"),
+        (("sample", "--target", "ring8", "--sampler", "ddim", "--steps", "5", "--n", "4", "--out", "x.npy", "--seed",
+          "-3"), "--seed: must be >= 0"),
+        # guidance and labels apply to class-conditional checkpoints only (they were ignored)
+        (("sample", "--target", "ring8", "--sampler", "ddim", "--out", "x.npy", "--guidance", "-1"), "--guidance needs"),
+        (("sample", "--target", "ring8", "--sampler", "ddim", "--out", "x.npy", "--label", "2"), "--label needs"),
     ],
 )
 def test_model_commands_reject_bad_arguments(args, message, tmp_path):
@@ -283,6 +292,8 @@ def test_wrong_kinds_of_file_and_range_give_one_line(ring_checkpoint, tmp_path, 
 def test_help_shows_defaults():
     out = run("train", "--help")
     assert "Adam learning rate (default: 0.002)" in out.stdout and "(default: 0)" in out.stdout
+    # a help text that states its default is not given a second one
+    assert "(default: 1.0)" not in run("sample", "--help").stdout and "(default: vp)" not in out.stdout
 
 
 def test_every_sampler_runs_from_the_command_line(tmp_path):

@@ -163,6 +163,12 @@ def test_resume_refuses_other_settings(tmp_path):
     other = EpsObjective(DiscreteSchedule(linear_betas(100)))
     with pytest.raises(ValueError, match="another objective"):
         train(small_net(other), data, other, steps=6, batch_size=8, checkpoint=path, resume=True, progress=False)
+    # fewer steps than the checkpoint holds: refused, and the file is left as it was (it was overwritten with the
+    # step-3 weights labelled as step 2)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="at step 3, past steps=2"):
+        train(small_net(obj), data, obj, steps=2, batch_size=8, checkpoint=path, resume=True, progress=False)
+    assert path.read_bytes() == before and load_checkpoint(path).step == 3
 
 
 def test_classifier_free_label_dropout_rate():
