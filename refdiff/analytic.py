@@ -117,6 +117,17 @@ def _has_nan(a):
     return a.size > 0 and bool(xp.isnan(xp.max(a)))
 
 
+def _softmax_parts(logits):
+    """``(m, e, total)`` of (K, N) logits, the softmax down axis 0: the column maxima m, e = exp(logits - m) (its
+    largest entry per column 1) and total, the column sums of e (in [1, K]). Where a whole column is -inf (every
+    q_k overflowed) m is 0, not -inf: e and total are 0 there and log p = m + log(total) is -inf, not NaN."""
+    xp = namespace(logits)
+    m = xp.max(logits, axis=0)
+    m = xp.where(m > -math.inf, m, xp.zeros_like(m))
+    e = xp.exp(logits - m)
+    return m, e, xp.sum(e, axis=0)
+
+
 def _kernel_module(backend):
     """Import refdiff.kernels.mixture_<backend>, or an ImportError naming the extra to install."""
     package, extra, module = _EXTRA[backend]
@@ -322,12 +333,7 @@ class GaussianMixture:
         xp = namespace(x)
         gamma, var = self._coefs(x, process, t)
         xT = _transpose(x)  # (D, N)
-        logits = xp.stack([logit for logit, _ in self._components(xT, gamma, var, ())], axis=0)  # (K, N)
-        m = xp.max(logits, axis=0)  # (N,)
-        # where every logit is -inf (each q_k overflowed) the shift is 0, not -inf: log p = -inf, not NaN
-        m = xp.where(m > -math.inf, m, xp.zeros_like(m))
-        e = xp.exp(logits - m)  # (K, N), its largest entry per column is 1 (or every entry 0, as above)
-        total = xp.sum(e, axis=0)  # (N,), in [1, K] (or 0)
+        m, e, total = _softmax_parts(self._stacked_logits(xT, gamma, var))  # (N,), (K, N), (N,)
         with np.errstate(divide="ignore"):  # log 0 = -inf: pass 1 reported the overflow
             logp = m + xp.log(total)
         if not want:
@@ -422,9 +428,8 @@ class GaussianMixture:
         xp = namespace(xT)
         hvp = vT is not None
         inv = "inv_v" if hvp else "inv_trace"
-        logits = xp.stack([logit for logit, _ in self._components(xT, gamma, var, ())], axis=0)  # (K, N)
-        e = xp.exp(logits - xp.max(logits, axis=0))
-        r = e / xp.sum(e, axis=0)  # p(k | x_t), (K, N)
+        _, e, total = _softmax_parts(self._stacked_logits(xT, gamma, var))
+        r = e / total  # p(k | x_t), (K, N)
         sums = self._posterior_sums(xT, gamma, var, ("grad", inv), r, drop_zero_weights=True, vT=vT)
         s, curv = sums["grad"], -sums[inv]  # (D, N); (D, N) or (N,)
         spread = 0.0
@@ -437,9 +442,12 @@ class GaussianMixture:
 
     def _logits(self, x, process, t):
         """Per-component logits as a (K_active, N) array (components on the leading axis)."""
-        xp = namespace(x)
         gamma, var = self._coefs(x, process, t)
-        return xp.stack([logit for logit, _ in self._components(_transpose(x), gamma, var, ())], axis=0)
+        return self._stacked_logits(_transpose(x), gamma, var)
+
+    def _stacked_logits(self, xT, gamma, var):
+        """:meth:`_components`' logits from the (D, N) layout, stacked as (K_active, N)."""
+        return namespace(xT).stack([logit for logit, _ in self._components(xT, gamma, var, ())], axis=0)
 
     # --------------------------------------------------------------- queries
     def _twin(self, x, backend):
@@ -516,10 +524,8 @@ class GaussianMixture:
         r""":math:`p(k|x_t)`, shape (N, K); zero for zero-weight components."""
         x = _check_points(x, self.dim)
         xp = namespace(x)
-        logits = self._logits(x, process, t)  # (K_active, N)
-        mx = xp.max(logits, axis=0)
-        r = xp.exp(logits - mx)
-        r = r / xp.sum(r, axis=0)
+        _, e, total = _softmax_parts(self._logits(x, process, t))  # (K_active, N)
+        r = e / total
         if self._active.shape[0] == self.n_components:
             return xp.permute_dims(r, (1, 0))
         full = xp.zeros((self.n_components, x.shape[0]), dtype=x.dtype, device=device_of(x))
