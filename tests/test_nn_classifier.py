@@ -52,6 +52,15 @@ def test_cross_entropy_matches_direct_formula():
     np.testing.assert_allclose(np.exp(log_softmax(logits)).sum(axis=1), 1.0, rtol=1e-14)
 
 
+@pytest.mark.parametrize(
+    "labels, match",
+    [([0, -1], "lie in 0..2"), ([0, 3], "lie in 0..2"), ([0.0, 1.0], "must be ints"), ([0], "shape")],
+)
+def test_cross_entropy_refuses_labels_outside_the_classes(labels, match):
+    with pytest.raises(ValueError, match=match):  # -1 once indexed the last class without a word
+        cross_entropy(np.zeros((2, 3)), np.array(labels))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cross_entropy_at_extreme_logits(dtype):
     # exp(1e4) overflows; any RuntimeWarning is an error in this suite

@@ -334,6 +334,20 @@ def test_need_dx_false_returns_none():
     assert np.all(g["c.b"] == 32.0)
 
 
+@pytest.mark.parametrize("stride, padding, channels_last", [(1, 1, False), (2, 1, False), (1, 0, True), (1, 3, False)])
+def test_conv2d_backward_of_an_empty_batch(stride, padding, channels_last):
+    rng = np.random.default_rng(18)
+    layer = Conv2d("c", 2, 3, 3, stride=stride, padding=padding, channels_last=channels_last)
+    p = random_params(layer, rng, np.float32)
+    shape = (0, 5, 5, 2) if channels_last else (0, 2, 5, 5)
+    y, cache = layer.forward(p, np.zeros(shape, np.float32))
+    g = p.zeros_like()
+    dx = layer.backward(p, g, cache, y)
+    assert dx.shape == shape and dx.dtype == np.float32
+    assert not np.any(g.flat)
+    assert layer.backward(p, g, cache, y, need_dx=False) is None
+
+
 def test_conv_errors():
     layer = Conv2d("c", 3, 4, 3)
     p = random_params(layer, np.random.default_rng(0))

@@ -144,6 +144,9 @@ def test_sinusoidal_embedding():
     np.testing.assert_allclose(e[2].astype(np.float64), np.r_[np.cos(999 * omega), np.sin(999 * omega)], atol=1e-7)
     with pytest.raises(ValueError, match="even"):
         sinusoidal_embedding(u, 7)
+    for bad in (5.0, np.zeros((2, 1))):  # a scalar once gave dim / 2 rows, each the one time's features
+        with pytest.raises(ValueError, match=r"u must have shape \(N,\)"):
+            sinusoidal_embedding(bad, 8)
 
 
 # --- MLP --------------------------------------------------------------------------
@@ -205,6 +208,12 @@ def test_bound_network_returns_input_dtype_and_fixes_labels():
     assert f(x, 0.3).dtype == np.float64
     np.testing.assert_array_equal(f(x, 0.3), net.apply(p, x, 0.3, np.full(5, 1)).astype(np.float64))
     assert not np.allclose(f(x, 0.3), f.with_labels(None)(x, 0.3))
+    xi = np.array([[1, 2], [3, 4]])  # integer points: the parameters' dtype, not outputs truncated to integers
+    for g, dtype in ((net.bind(p, y=1), np.float32), (net.bind(p.astype(np.float64), y=1), np.float64)):
+        out = g(xi, 0.3)
+        assert out.dtype == dtype
+        np.testing.assert_array_equal(out, g(xi.astype(dtype), 0.3))
+        assert g.vjp(xi, 0.3, np.ones_like(out)).dtype == dtype
 
 
 @pytest.mark.parametrize(

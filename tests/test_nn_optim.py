@@ -74,6 +74,35 @@ def test_adam_state_round_trip_and_errors():
         opt.step(p, _params([1.0, 2.0, 3.0]))
 
 
+def test_adam_refuses_bad_betas_lr_and_state_before_changing_anything():
+    p = _params([1.0, 2.0])
+    for betas in (0.5, (0.9, 0.99, 0.9), "ab"):
+        with pytest.raises(ValueError, match="betas must be a pair"):
+            Adam(p, betas=betas)
+    opt = Adam(p)
+    for lr in (float("nan"), -1.0, 0.0):
+        with pytest.raises(ValueError, match="lr"):
+            opt.step(p, _params([1.0, 1.0]), lr=lr)
+    np.testing.assert_array_equal(p.flat, [1.0, 2.0])
+    zeros = np.zeros(2)
+    for step in (-1, 2.9, True, "3"):
+        with pytest.raises(ValueError, match="step must be an int >= 0"):
+            opt.load_state({"m": zeros + 1, "v": zeros + 1, "step": step})
+        assert opt.step_count == 0 and not np.any(opt.m) and not np.any(opt.v)
+    opt.load_state({"m": zeros, "v": zeros, "step": np.int64(3)})
+    assert opt.step_count == 3
+
+
+def test_clip_grad_norm_of_a_float32_gradient_whose_square_overflows():
+    layout = Layout((ParamSpec("a", (3,), "zeros"),))
+    g = Params(layout, np.array([1e20, 0.0, -1e20], np.float32))
+    norm = clip_grad_norm(g, 1.0)
+    assert norm == pytest.approx(1e20 * np.sqrt(2), rel=1e-6)
+    np.testing.assert_allclose(g.flat, [2**-0.5, 0.0, -(2**-0.5)], rtol=1e-6)
+    g = Params(layout, np.array([np.inf, 0.0, 1.0], np.float32))
+    assert clip_grad_norm(g, 1.0) == np.inf and g.flat[0] == np.inf  # a gradient that is not finite stays as it is
+
+
 def test_clip_grad_norm():
     g = _params([3.0, 4.0])
     assert clip_grad_norm(g, 1.0) == 5.0
@@ -95,6 +124,12 @@ def test_warmup_and_ema():
     np.testing.assert_allclose(ema.flat, [0.1, 9.0])
     ema_update(ema, p, 0.0)
     np.testing.assert_array_equal(ema.flat, p.flat)
+    for decay in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="decay"):
+            ema_update(ema, p, decay)
+    for step in (-5, 1.5):
+        with pytest.raises(ValueError, match="step must be an int >= 0"):
+            warmup_lr(step, 1e-3, 4)
 
 
 # --- checkpoints -------------------------------------------------------------------
@@ -168,6 +203,17 @@ def test_newer_version_and_wrong_buffer_are_refused(trained, tmp_path):
     np.savez(tmp_path / "short.npz", **short)
     with pytest.raises(ValueError, match="entry 'params'"):
         load_checkpoint(tmp_path / "short.npz")
+
+
+def test_save_refuses_what_load_would_refuse(trained, tmp_path):
+    net, p, *_ = trained
+    with pytest.raises(ValueError, match="optimizer.m must have shape"):
+        save_checkpoint(tmp_path / "a.npz", net, p, optimizer=Adam(p.astype(np.float64)))
+    with pytest.raises(TypeError, match="dtype object"):
+        save_checkpoint(tmp_path / "b.npz", net, p, arrays={"names": np.array(["a", None], dtype=object)})
+    assert not (tmp_path / "a.npz").exists() and not (tmp_path / "b.npz").exists()
+    save_checkpoint(tmp_path / "c.npz", net, p, arrays={"names": np.array(["ab", "c"])})
+    assert load_checkpoint(tmp_path / "c.npz").arrays["names"].tolist() == ["ab", "c"]
 
 
 def test_failed_write_leaves_the_old_file(trained, monkeypatch):

@@ -129,6 +129,17 @@ def test_backward_modes_agree():
     assert dx.shape == x.shape and dx.flags.c_contiguous
 
 
+def test_backward_of_an_empty_batch():
+    net = tiny()
+    p = random_params(net, 13, np.float32)
+    x = np.zeros((0, *net.data_shape), np.float32)
+    out, cache = net.forward(p, x, 5.0)
+    g = p.zeros_like()
+    dx = net.backward(p, g, cache, out, need_dx=True)
+    assert dx.shape == x.shape and not np.any(g.flat)
+    assert net.vjp(p, x, 5.0, out).shape == x.shape
+
+
 def test_checkpoint_round_trip(tmp_path):
     net = tiny(n_classes=2, time_scale=1000.0)
     p = random_params(net, 15, np.float32)

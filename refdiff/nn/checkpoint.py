@@ -90,6 +90,19 @@ def save_checkpoint(
     if not isinstance(params, Params) or params.layout != network.layout:
         raise ValueError("params must be Params of this network's layout")
     _same_layout("ema", ema, params)
+    if optimizer is not None:  # checked here: load_checkpoint refuses state of another size or dtype
+        for name in ("m", "v"):
+            buf = getattr(optimizer, name, None)
+            if not isinstance(buf, np.ndarray) or buf.shape != params.flat.shape or buf.dtype != params.dtype:
+                got = (buf.shape, buf.dtype) if isinstance(buf, np.ndarray) else type(buf).__name__
+                raise ValueError(f"optimizer.{name} must have shape {params.flat.shape} and dtype {params.dtype} as "
+                                 f"params, got {got}")
+    stored = {}
+    for name, a in (arrays or {}).items():
+        a = np.asarray(a)
+        if a.dtype.hasobject:  # np.savez would pickle it, and a checkpoint is read without pickles
+            raise TypeError(f"arrays[{name!r}] has dtype {a.dtype}: a checkpoint stores numeric, bool or string arrays")
+        stored[f"x.{name}"] = a
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -110,8 +123,7 @@ def save_checkpoint(
         entries["ema"] = ema.flat
     if optimizer is not None:
         entries["adam_m"], entries["adam_v"] = optimizer.m, optimizer.v
-    for name, a in (arrays or {}).items():
-        entries[f"x.{name}"] = np.asarray(a)
+    entries.update(stored)
 
     return atomic_write(path, lambda fh: np.savez(fh, **entries), suffix=".npz")
 

@@ -145,7 +145,12 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray):
     -------
     (float, array of shape (N, K) in the logits' dtype)
     """
-    n = logits.shape[0]
+    n, k = logits.shape
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be ints of shape ({n},), got dtype {labels.dtype} and shape {labels.shape}")
+    if n and not (labels.min() >= 0 and labels.max() < k):
+        raise ValueError(f"labels must lie in 0..{k - 1}, got values from {labels.min()} to {labels.max()}")
     rows = np.arange(n)
     logp = log_softmax(logits)  # (N, K)
     loss = -float(np.sum(logp[rows, labels], dtype=np.float64)) / n

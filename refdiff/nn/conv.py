@@ -278,6 +278,8 @@ class Conv2d(_Spatial):
         n, h, w, c = x.shape
         k, pad = self.k, self.padding
         dy = self._in(dy)
+        if n == 0:  # an empty batch adds no parameter gradient
+            return self._out(np.zeros(x.shape, dtype=np.result_type(dy.dtype, p[self.W].dtype))) if need_dx else None
         dy2 = dy.reshape(-1, self.c_out)  # (N Ho Wo, C_out)
         rows = dy2.shape[0] // n
         if g is not None and self.bias:

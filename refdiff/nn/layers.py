@@ -215,9 +215,12 @@ def sinusoidal_embedding(u, dim: int, max_period: float = 10000.0, dtype=np.floa
     """
     if dim < 2 or dim % 2:
         raise ValueError(f"dim must be an even int >= 2, got {dim!r}")
+    u = np.asarray(u, dtype=np.float64)
+    if u.ndim != 1:
+        raise ValueError(f"u must have shape (N,), got shape {u.shape}")
     half = dim // 2
     omega = np.exp(-math.log(max_period) * np.arange(half) / half)
-    arg = np.multiply.outer(np.asarray(u, dtype=np.float64), omega)  # (N, half)
+    arg = np.multiply.outer(u, omega)  # (N, half)
     dtype = np.dtype(dtype)
     if dtype == np.float32:
         arg -= (2 * np.pi) * np.rint(arg * (1 / (2 * np.pi)))

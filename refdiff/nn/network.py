@@ -148,8 +148,14 @@ class Network:
         return f"{type(self).__name__}({cfg})"
 
 
+def _result_dtype(x, out):
+    """x's dtype where it is a float one, else the network's (an integer x holds no network output)."""
+    dt = np.asarray(x).dtype
+    return dt if dt.kind == "f" else out.dtype
+
+
 class BoundNetwork:
-    """``f(x, t) = network.apply(params, x, t, y)``, returning x's dtype.
+    """``f(x, t) = network.apply(params, x, t, y)``, returning x's dtype (the parameters' for an integer x).
 
     The form every sampler and :mod:`refdiff.likelihood` takes as a model.
     ``y`` is fixed at binding (an int, one label per example, or None for
@@ -161,11 +167,11 @@ class BoundNetwork:
 
     def __call__(self, x, t):
         out = self.network.apply(self.params, x, t, self.y)
-        return out.astype(self.out_dtype or np.asarray(x).dtype, copy=False)
+        return out.astype(self.out_dtype or _result_dtype(x, out), copy=False)
 
     def vjp(self, x, t, v):
         dx = self.network.vjp(self.params, x, t, v, self.y)
-        return dx.astype(self.out_dtype or np.asarray(x).dtype, copy=False)
+        return dx.astype(self.out_dtype or _result_dtype(x, dx), copy=False)
 
     def with_labels(self, y) -> "BoundNetwork":
         return BoundNetwork(self.network, self.params, y, self.out_dtype)

@@ -76,6 +76,8 @@ class Adam:
 
     def __init__(self, params: Params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, backend="numpy"):
         self.lr = _finite_number(lr, "lr", lo=0.0, lo_open=True)
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         b1, b2 = betas
         self.beta1 = _finite_number(b1, "betas[0]", lo=0.0, hi=1.0, hi_open=True)
         self.beta2 = _finite_number(b2, "betas[1]", lo=0.0, hi=1.0, hi_open=True)
@@ -92,7 +94,7 @@ class Adam:
         g, theta, m, v, tmp = grads.flat, params.flat, self.m, self.v, self._tmp
         if g.shape != m.shape or theta.shape != m.shape:
             raise ValueError(f"params and grads must have {m.shape[0]} entries, got {theta.shape[0]} and {g.shape[0]}")
-        lr = self.lr if lr is None else lr
+        lr = self.lr if lr is None else _finite_number(lr, "lr", lo=0.0, lo_open=True)
         self.step_count += 1
         ops = fused.elementwise(self.backend, theta.shape[0])
         ops.adam_update(theta, g, m, v, lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.step_count, tmp)
@@ -102,12 +104,15 @@ class Adam:
         return {"m": self.m, "v": self.v, "step": self.step_count}
 
     def load_state(self, state: dict) -> None:
-        m, v = np.asarray(state["m"]), np.asarray(state["v"])
+        """Take ``{"m", "v", "step"}`` (as :meth:`state` gives it); checked whole before anything changes."""
+        m, v, step = np.asarray(state["m"]), np.asarray(state["v"]), state["step"]
         if m.shape != self.m.shape or v.shape != self.v.shape:
             raise ValueError(f"optimiser state must have {self.m.shape[0]} entries, got {m.shape} and {v.shape}")
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"optimiser state step must be an int >= 0, got {step!r}")
         self.m[...] = m
         self.v[...] = v
-        self.step_count = int(state["step"])
+        self.step_count = int(step)
 
     def hyper(self) -> dict:
         return {"lr": self.lr, "betas": [self.beta1, self.beta2], "eps": self.eps, "weight_decay": self.weight_decay}
@@ -121,7 +126,12 @@ def clip_grad_norm(grads: Params, max_norm: float) -> float:
     """
     max_norm = _finite_number(max_norm, "max_norm", lo=0.0, lo_open=True)
     g = grads.flat
-    norm = math.sqrt(float(np.dot(g, g)))
+    with np.errstate(over="ignore"):
+        norm = math.sqrt(float(np.dot(g, g)))
+    if norm == math.inf and np.all(np.isfinite(g)):  # g . g overflowed (float32: |g| past 1.8e19), not |g|
+        top = float(np.max(np.abs(g)))
+        r = g.astype(np.float64) / top
+        norm = top * math.sqrt(float(np.dot(r, r)))
     if math.isfinite(norm) and norm > max_norm:
         g *= max_norm / norm
     return norm
@@ -129,6 +139,8 @@ def clip_grad_norm(grads: Params, max_norm: float) -> float:
 
 def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
     """Linear warm-up: ``lr * min(1, (step + 1) / warmup_steps)`` for 0-based ``step``."""
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"step must be an int >= 0, got {step!r}")
     if warmup_steps <= 0:
         return lr
     return lr * min(1.0, (step + 1) / warmup_steps)
@@ -136,6 +148,7 @@ def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
 
 def ema_update(ema: Params, params: Params, decay: float) -> None:
     r"""Exponential moving average of the weights, in place: :math:`\bar\theta \leftarrow d\bar\theta + (1-d)\theta`."""
+    decay = _finite_number(decay, "decay", lo=0.0, hi=1.0)
     # ema += (1 - d)(theta - ema): one scratch array, exact when d = 0
     diff = params.flat - ema.flat
     diff *= 1.0 - decay
