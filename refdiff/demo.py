@@ -135,8 +135,8 @@ def format_summary(summary) -> str:
     lines.append("")
     lines.append("learned score, relative error E|s - s*|^2 / E|s*|^2: " +
                  ", ".join(f"t={r['t']:g}: {r['rel_mse']:.3g}" for r in summary["score_error"]))
-    best = {k: min(e for _, e in v) for k, v in summary["error_vs_nfe"].items()}
-    lines.append("PF-ODE error at the largest NFE tried: " + ", ".join(f"{k} {v:.2e}" for k, v in best.items()))
+    last = {k: max(v)[1] for k, v in summary["error_vs_nfe"].items() if v}  # (NFE, error) pairs: the largest NFE's
+    lines.append("PF-ODE error at the largest NFE tried: " + ", ".join(f"{k} {v:.2e}" for k, v in last.items()))
     lines.append("")
     lines += [f"figure {name:<16} {p}" for name, p in summary["figures"].items()]
     lines.append(f"done in {summary['seconds']:.0f} s (seed {summary['seed']})")

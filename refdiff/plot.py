@@ -91,7 +91,9 @@ def density_and_score(mixture, process=None, t=None, *, lim=5.0, n_grid=120, n_a
 def forward_strip(x0, process, times, *, rng=0, lim=5.0, path=None):
     """Scatter of :math:`x_t \\sim q(x_t|x_0)` at each of ``times`` (2-D data)."""
     plt = _plt()
-    times = list(times)
+    times = [float(t) for t in np.ravel(times)]  # one time or several
+    if not times:
+        raise ValueError("times must hold at least one time")
     fig, axes = plt.subplots(1, len(times), figsize=(3 * len(times), 3.2), squeeze=False)
     gen = np.random.default_rng(rng)
     for ax, t in zip(axes[0], times):
@@ -142,11 +144,15 @@ def samples_vs_truth(samples: dict, truth, *, lim=5.0, max_points=4000, path=Non
 
 def image_grid(images, *, rows=None, path=None, title=None):
     """Images (N, 1, H, W) or (N, H, W) with values in [-1, 1] as a grid (``rows`` rows)."""
-    plt = _plt()
     x = np.asarray(images)
+    if not (x.ndim == 3 or (x.ndim == 4 and x.shape[1] == 1)) or x.shape[0] == 0:
+        raise ValueError(f"images must be one-channel, (N, 1, H, W) or (N, H, W) with N >= 1, got shape {x.shape}")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1):
+        raise ValueError(f"rows must be an int >= 1 or None, got {rows!r}")
+    plt = _plt()
     x = x[:, 0] if x.ndim == 4 else x
     n, h, w = x.shape
-    rows = rows or int(np.ceil(np.sqrt(n)))
+    rows = min(rows or int(np.ceil(np.sqrt(n))), n)
     cols = int(np.ceil(n / rows))
     canvas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), -1.0)
     for i in range(n):

@@ -55,6 +55,23 @@ def test_image_grid_places_images_row_by_row():
     assert data[0, 3] == 1.0 and data[0, 6] == 0.0
 
 
+@pytest.mark.parametrize(
+    "shape, rows",
+    [((2, 3, 8, 8), None), ((0, 1, 8, 8), None), ((2, 64), None), ((2, 1, 4, 4), 0), ((2, 1, 4, 4), 1.5)],
+)
+def test_image_grid_refuses_what_it_cannot_draw(shape, rows):
+    # an RGB batch once drew its first channel alone, an empty one divided by zero
+    with pytest.raises(ValueError, match="images must be one-channel" if rows is None else "rows must be"):
+        plot.image_grid(np.zeros(shape), rows=rows)
+
+
+def test_forward_strip_takes_one_time():
+    fig = plot.forward_strip(TWO.sample(50, rng=0), VPSDE(), 0.5)
+    assert [ax.get_title() for ax in fig.axes] == ["t = 0.5"]
+    with pytest.raises(ValueError, match="at least one time"):
+        plot.forward_strip(TWO.sample(5, rng=0), VPSDE(), [])
+
+
 def test_density_and_score_refuses_other_dimensions():
     three = GaussianMixture(np.ones(1), np.zeros((1, 3)), np.ones(1))
     with pytest.raises(ValueError, match="2-D"):
