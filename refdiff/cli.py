@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -23,11 +24,13 @@ EPILOG_VERIFY = """examples:
 
 
 def _write_json_atomic(path: str, payload) -> None:
-    """Write JSON to ``path`` atomically: never half-written."""
+    """Write strict JSON to ``path`` atomically: never half-written, and never a bare NaN or Infinity."""
     from ._atomic import atomic_write
 
+    text = json.dumps(payload, indent=2, allow_nan=False)  # raises before the file is touched
+
     def write(fh):
-        json.dump(payload, fh, indent=2)
+        fh.write(text)
         fh.write("\n")
 
     atomic_write(path, write, suffix=".json", binary=False)
@@ -53,6 +56,15 @@ def _format_table(checks) -> str:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _check_json(check) -> dict:
+    """A check as a JSON object; a non-finite error or tolerance (NaN, inf) is written as null."""
+    out = check.as_dict()
+    for key in ("error", "tolerance"):
+        value = float(out[key])
+        out[key] = value if math.isfinite(value) else None
+    return out
 
 
 def cmd_verify(args) -> int:
@@ -82,7 +94,7 @@ def cmd_verify(args) -> int:
     n_fail = sum(not c.passed for c in checks)
     print(f"\n{len(checks) - n_fail} passed, {n_fail} failed (Monte Carlo checks use fixed seeds)")
     if args.json:
-        _write_json_atomic(args.json, {"refdiff_version": __version__, "checks": [c.as_dict() for c in checks]})
+        _write_json_atomic(args.json, {"refdiff_version": __version__, "checks": [_check_json(c) for c in checks]})
         print(f"wrote {args.json}")
     return 1 if n_fail else 0
 

@@ -164,27 +164,35 @@ def entry_13():
     return _ode_orders() + _em_weak_order() + [_rk45_converges()]
 
 
+def _labelled_ring():
+    """``(lm, process, x, t)``: the 8-mode ring in two classes (even and odd modes) and points of its p_t."""
+    from .guidance import LabelledMixture
+    from .targets import ring_mixture
+
+    process, t = VPSDE(), 0.3
+    ring = ring_mixture()
+    lm = LabelledMixture(ring, np.arange(8) % 2)
+    return lm, process, ring.diffuse(process, t).sample(256, rng=14), t
+
+
 def entry_14():
-    from .guidance import LabelledMixture, classifier_free_guidance
+    from .guidance import classifier_free_guidance
     from .metrics import mode_weights
     from .param import convert
     from .samplers import dpm_solver_pp
-    from .targets import ring_mixture
 
-    process = VPSDE()
-    ring = ring_mixture()
-    lm = LabelledMixture(ring, np.arange(8) % 2)  # two classes: even and odd modes
-    x = ring.diffuse(process, 0.3).sample(256, rng=14)
-    exact_cond = lm.cond_model(1, process)(x, 0.3)
-    err_cg = np.max(np.abs(lm.guided_model(1, 1.0, process, kind="classifier")(x, 0.3) - exact_cond))
-    err_cfg = np.max(np.abs(lm.guided_model(1, 1.0, process, kind="cfg")(x, 0.3) - exact_cond))
+    lm, process, x, t = _labelled_ring()
+    ring = lm.mixture
+    exact_cond = lm.cond_model(1, process)(x, t)
+    err_cg = np.max(np.abs(lm.guided_model(1, 1.0, process, kind="classifier")(x, t) - exact_cond))
+    err_cfg = np.max(np.abs(lm.guided_model(1, 1.0, process, kind="cfg")(x, t) - exact_cond))
     scale = max(1.0, float(np.max(np.abs(exact_cond))))
     checks = [
         _check("14.1", "classifier guidance at gamma = 1 is the exact conditional score", err_cg / scale, 1e-10, "Dhariwal & Nichol 2021; Song et al. 2021 sec. 5"),
         _check("14.2", "classifier-free guidance at gamma = 1 is the exact conditional score", err_cfg / scale, 1e-10, "Ho & Salimans 2022"),
     ]
     # CFG in eps form equals CFG in score form after conversion
-    gamma, t = 3.0, 0.3
+    gamma = 3.0
     u_s, c_s = lm.uncond_model(process)(x, t), lm.cond_model(1, process)(x, t)
     as_score = classifier_free_guidance(lambda y, s: u_s, lambda y, s: c_s, gamma)(x, t)
     u_e, c_e = (convert(v, "score", "eps", x, process, t) for v in (u_s, c_s))
@@ -198,7 +206,66 @@ def entry_14():
     target = np.zeros(8)
     target[1::2] = cond.weights
     checks.append(_check("14.4", "gamma = 1 guided samples have the conditional mode weights (max abs error)", float(np.max(np.abs(w - target))), 0.03, "Dhariwal & Nichol 2021"))
-    return checks
+    return checks + _classifier_checks(lm, process, x, t) + _guidance_scale_law(lm, process, x, t)
+
+
+def _classifier_checks(lm, process, x, t):
+    r"""The exact noisy classifier of a labelled mixture: Bayes' rule on SciPy's densities, and its gradient.
+
+    :math:`\log p_t(y|x)=\log\sum_{c(k)=y}w_k\mathcal N(x;\gamma_t\mu_k,C_k)-\log\sum_kw_k\mathcal N(x;\gamma_t\mu_k,C_k)`,
+    :math:`C_k=\gamma_t^2\Sigma_k+\sigma_t^2I`, written with ``scipy.stats`` (nothing of refdiff but the
+    process's coefficients); the gradient that classifier guidance adds is then held to central
+    differences of :meth:`~refdiff.guidance.LabelledMixture.class_log_prob`, so 14.1 does not rest on
+    the gradient's own definition (conditional score minus unconditional score).
+    """
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    from .verify import FD_TOL, _fd_grad, _rel_norm
+
+    gm = lm.mixture
+    g, v = float(process.mean_coef(t)), float(process.variance(t))
+    covs = g**2 * gm.full_covs() + v * np.eye(gm.dim)
+    log_joint = np.stack([np.log(gm.weights[k]) + multivariate_normal(g * gm.means[k], covs[k]).logpdf(x) for k in range(gm.n_components)], 1)
+    y = lm.classes[np.random.default_rng(141).integers(0, lm.n_classes, size=x.shape[0])]  # one label per row
+    in_class = lm.labels[None, :] == y[:, None]
+    bayes = logsumexp(np.where(in_class, log_joint, -np.inf), axis=1) - logsumexp(log_joint, axis=1)
+    err_bayes = _rel_norm(lm.class_log_prob(x, y, process, t), bayes)
+    fd = _fd_grad(lambda z: lm.class_log_prob(z, y, process, t), x)
+    err_fd = _rel_norm(lm.classifier_log_prob_grad(x, y, process, t), fd)
+    return [
+        _check("14.5", "noisy classifier log p_t(y|x) equals Bayes' rule on SciPy's diffused densities", err_bayes, 1e-10, "Bayes' rule; Dhariwal & Nichol 2021"),
+        _check("14.6", "classifier gradient equals central differences of log p_t(y|x)", err_fd, FD_TOL, "Dhariwal & Nichol 2021 sec. 4.1"),
+    ]
+
+
+def _guidance_scale_law(lm, process, x, t):
+    r"""The guidance scale law at :math:`\gamma\ne1`, against the formulas written out from the model outputs.
+
+    Classifier-free: :math:`(1-\gamma)u+\gamma c` in score and in eps form (Ho & Salimans 2022 eq. 6,
+    with :math:`\gamma=1+w`). Classifier: :math:`s+\gamma\nabla\log p_t(y|x)`, and in eps form
+    :math:`\epsilon-\gamma\sigma_t\nabla\log p_t(y|x)` (Dhariwal & Nichol 2021, Algorithm 2).
+    The error is relative to the largest magnitude of the reference, over gamma in (0.5, 3).
+    """
+    from .guidance import classifier_free_guidance, classifier_guidance
+
+    models = {kind: (lm.uncond_model(process, kind), lm.cond_model(1, process, kind)) for kind in ("score", "eps")}
+    grad = lm.classifier_grad(1, process)
+    g_x, sigma = grad(x, t), float(process.std(t))
+    err_cfg, err_cg = 0.0, 0.0
+    for gamma in (0.5, 3.0):
+        for kind, (uncond, cond) in models.items():
+            u, c = uncond(x, t), cond(x, t)
+            ref = (1.0 - gamma) * u + gamma * c
+            got = classifier_free_guidance(uncond, cond, gamma, prediction=kind)(x, t)
+            err_cfg = max(err_cfg, float(np.max(np.abs(got - ref))) / max(1.0, float(np.max(np.abs(ref)))))
+            ref = u + gamma * g_x if kind == "score" else u - gamma * sigma * g_x
+            got = classifier_guidance(uncond, grad, gamma, prediction=kind, process=process)(x, t)
+            err_cg = max(err_cg, float(np.max(np.abs(got - ref))) / max(1.0, float(np.max(np.abs(ref)))))
+    return [
+        _check("14.7", "classifier-free guidance at gamma = 0.5, 3 is (1 - gamma) u + gamma c (score and eps)", err_cfg, 1e-12, "Ho & Salimans 2022 eq. 6"),
+        _check("14.8", "classifier guidance at gamma = 0.5, 3 is s + gamma grad log p_t(y|x) (eps: eps - gamma sigma_t grad)", err_cg, 1e-12, "Dhariwal & Nichol 2021 Algorithms 1-2"),
+    ]
 
 
 def entry_15():
