@@ -7,6 +7,7 @@ it too.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -186,8 +187,30 @@ def time_calls(fn, warmup: int, repeat: int, max_seconds: float | None = None, m
     return times
 
 
+def positive_int(text) -> int:
+    """An ``argparse`` type: ``text`` as an int of at least 1 (``--repeat 0`` would leave nothing to summarise).
+
+    Raises ``argparse.ArgumentTypeError``, which argparse reports with the
+    option's name, for anything else.
+    """
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (1 or more), not {text!r}")
+    return value
+
+
 def summary_ms(times) -> dict:
-    """min / median / max of ``times`` (seconds) in milliseconds, and the sample count."""
+    """min / median / max of ``times`` (seconds) in milliseconds, and the sample count.
+
+    Raises ``ValueError`` when ``times`` is empty: a summary of no timed call
+    would be made up.
+    """
+    times = list(times)
+    if not times:
+        raise ValueError("summary_ms: times is empty; time at least one call (repeat >= 1)")
     return {
         "min_ms": min(times) * 1e3,
         "median_ms": statistics.median(times) * 1e3,

@@ -14,10 +14,16 @@ every gradient is non-zero), the images, times and target, and hands them to
 both workers through a temporary ``.npz``; the PyTorch worker rebuilds the
 architecture from the U-Net's config and copies the weights in (``Conv2d``
 weights unchanged, ``Linear`` weights transposed; the sinusoidal time
-features come precomputed). First one step on each side checks that both
-give the same loss and the same gradient (relative error below 1e-4 in
-float32); the script stops if not. Then ``--rounds`` worker processes per
-side, alternating, each time ``--repeat`` steps after ``--warmup``.
+features come precomputed). Before anything is timed, one step checks each
+implementation against the reference: refdiff on ``--backend`` against
+refdiff on ``backend="numpy"`` (the NumPy reference) on the same weights and
+batch, loss and gradient within :data:`TWIN_RTOL` of the parameters' dtype
+(relative; 1e-5 in float32), then PyTorch against the ``--backend`` run
+(relative error below 1e-4 in float32). Both results go to the JSON
+(``check``); when one fails the script writes the JSON without timings
+(``check_failures``) and exits with status 2. Then ``--rounds`` worker
+processes per side, alternating, each time ``--repeat`` steps after
+``--warmup``.
 
 refdiff runs with ``--backend`` (default ``auto``: the fused GroupNorm + SiLU
 of :class:`~refdiff.nn.conv.GroupNormSiLU` on Numba when it is installed,
@@ -59,6 +65,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (the benchmarks folder, first on sys.path)
 
 REPO = _common.REPO
+
+#: Largest relative error of the loss and of the gradient (2-norm of the difference over the reference's) of
+#: refdiff's ``--backend`` step against its NumPy reference, by the parameters' dtype: some hundred roundings
+#: (GroupNorm's sums run in another order in the Numba twin; measured ~1e-6 in float32).
+TWIN_RTOL = {"float32": 1e-5, "float64": 1e-12}
+#: The same for PyTorch against refdiff's ``--backend`` step (another library's convolutions and reductions).
+TORCH_RTOL = 1e-4
 
 # --- the PyTorch twin (only the worker imports torch) ------------------------------
 
@@ -178,7 +191,7 @@ def worker_refdiff(data, args):
 
     loss = step()
     grad = g.flat.copy()
-    times, cpu = timed(step, args.warmup, args.repeat)
+    times, cpu = ([], []) if args.check_only else timed(step, args.warmup, args.repeat)
     versions = {"numpy": np.__version__}
     if args.backend != "numpy":
         try:
@@ -219,7 +232,7 @@ def worker_torch(data, args):
 
     loss = step()
     grad = np.concatenate([(q.grad.T if tr else q.grad).contiguous().numpy().ravel() for q, tr in params])
-    times, cpu = timed(step, args.warmup, args.repeat)
+    times, cpu = ([], []) if args.check_only else timed(step, args.warmup, args.repeat)
     return {"loss": loss, "grad": grad, "times": times, "cpu": cpu, "versions": {"torch": torch.__version__, "numpy": np.__version__}}
 
 
@@ -245,14 +258,19 @@ def run_worker(args):
 # --- parent ------------------------------------------------------------------------
 
 
-def spawn(python, side, data_path, args, tmp, warmup, repeat):
-    """Run one worker in a fresh process; its loss, gradient and step times."""
-    grad_path = Path(tmp) / f"grad_{side}.npy"
+def spawn(python, side, data_path, args, tmp, warmup, repeat, backend=None):
+    """Run one worker in a fresh process; its loss, gradient and step times.
+
+    ``repeat`` None takes the one checked step and times nothing;
+    ``backend`` (default ``args.backend``) is refdiff's U-Net backend.
+    """
+    backend = backend or args.backend
+    grad_path = Path(tmp) / f"grad_{side}_{backend}.npy"
     command = [
         python, __file__, "--worker", side, "--data", str(data_path), "--out", str(grad_path),
-        "--threads", str(args.threads), "--warmup", str(warmup), "--repeat", str(repeat),
-        "--backend", args.backend,
+        "--threads", str(args.threads), "--warmup", str(warmup), "--backend", backend,
     ]
+    command += ["--check-only"] if repeat is None else ["--repeat", str(repeat)]
     done = subprocess.run(command, env=_common.child_env(args.threads), capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{side} worker failed:\n{done.stderr}")
@@ -261,6 +279,21 @@ def spawn(python, side, data_path, args, tmp, warmup, repeat):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["grad"] = np.load(grad_path)
     return result
+
+
+def compare_step(ours, ref, tolerance) -> dict:
+    """One step's loss and gradient against a reference step's: relative errors and whether both are within ``tolerance``.
+
+    The loss error is ``|loss - loss_ref| / |loss_ref|``, the gradient's the
+    2-norm of the difference over the reference gradient's 2-norm (the whole
+    flat gradient, every parameter).
+    """
+    import numpy as np
+
+    loss_err = abs(ours["loss"] - ref["loss"]) / abs(ref["loss"])
+    grad_err = float(np.linalg.norm(ours["grad"] - ref["grad"]) / np.linalg.norm(ref["grad"]))
+    ok = bool(loss_err <= tolerance and grad_err <= tolerance)
+    return {"loss_rel_error": loss_err, "grad_rel_error": grad_err, "tolerance": tolerance, "ok": ok}
 
 
 def torch_available(python):
@@ -285,8 +318,10 @@ def main(argv=None):
     parser.add_argument("--backend", choices=["numpy", "numba", "auto"], default="auto",
                         help="refdiff U-Net backend (default auto: Numba for GroupNorm + SiLU when installed)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeat", type=int, default=20, help="timed steps per worker process (default 20)")
-    parser.add_argument("--rounds", type=int, default=2, help="worker processes per side, alternating (default 2)")
+    parser.add_argument("--repeat", type=_common.positive_int, default=20,
+                        help="timed steps per worker process (default 20)")
+    parser.add_argument("--rounds", type=_common.positive_int, default=2,
+                        help="worker processes per side, alternating (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--torch-python", default=None, help="interpreter with torch (default: this one, if it has torch)")
     parser.add_argument("--json", metavar="PATH")
@@ -294,6 +329,7 @@ def main(argv=None):
     parser.add_argument("--worker", choices=["refdiff", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--check-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return run_worker(args)
@@ -321,6 +357,9 @@ def main(argv=None):
     target = gen.standard_normal(x.shape).astype(np.float32)
     features = net.time_features(t, np.float32)
     y = None if args.n_classes is None else gen.integers(0, args.n_classes + 1, n)
+    dtype = p.flat.dtype.name  # the checks' tolerance follows the parameters' dtype
+    header = {"benchmark": "cnn_step", "model": {"kind": net.kind, "config": config, "n_params": net.n_params},
+              "batch": n, "dtype": dtype, "threads": args.threads, "backend": args.backend, "rounds": args.rounds}
 
     torch_python = args.torch_python or sys.executable
     have_torch = torch_available(torch_python)
@@ -339,18 +378,37 @@ def main(argv=None):
             arrays["y"] = y
         with open(data_path, "wb") as f:
             np.savez(f, **arrays)
-        # 1. check: one step on each side, same weights and data, before any timing
-        ours = spawn(sys.executable, "refdiff", data_path, args, tmp, 0, 0)
-        theirs = spawn(torch_python, "torch", data_path, args, tmp, 0, 0) if have_torch else None
-        check = None
-        if theirs is not None:
-            loss_err = abs(ours["loss"] - theirs["loss"]) / abs(theirs["loss"])
-            grad_err = float(np.linalg.norm(ours["grad"] - theirs["grad"]) / np.linalg.norm(theirs["grad"]))
-            check = {"loss_rel_error": loss_err, "grad_rel_error": grad_err, "tolerance": 1e-4}
-            print(f"check: loss {ours['loss']:.6f} vs {theirs['loss']:.6f} (rel. error {loss_err:.1e}), "
-                  f"gradient rel. error {grad_err:.1e}")
-            if not (loss_err < 1e-4 and grad_err < 1e-4):
-                raise SystemExit("refdiff and PyTorch disagree; not timing a wrong computation")
+        # 1. check, before any timing, one step each on the same weights and batch: the --backend run against
+        # the NumPy reference (the project's rule for every implementation), then PyTorch against it
+        ref = spawn(sys.executable, "refdiff", data_path, args, tmp, 0, None, backend="numpy")
+        ours = ref if args.backend == "numpy" else spawn(sys.executable, "refdiff", data_path, args, tmp, 0, None)
+        c = compare_step(ours, ref, TWIN_RTOL[dtype])
+        check = {"reference": {"backend": args.backend, "against": "numpy", "dtype": dtype, "loss": ours["loss"],
+                               "loss_reference": ref["loss"], **c}, "torch": None}
+        print(f"check: refdiff {args.backend} vs numpy: loss {ours['loss']:.6f} vs {ref['loss']:.6f} "
+              f"(rel. error {c['loss_rel_error']:.1e}), gradient rel. error {c['grad_rel_error']:.1e} "
+              f"(tolerance {c['tolerance']:g})")
+        failures = []
+        if not c["ok"]:
+            failures.append(f"refdiff backend {args.backend} differs from the NumPy reference beyond {c['tolerance']:g} "
+                            f"(loss {c['loss_rel_error']:.1e}, gradient {c['grad_rel_error']:.1e})")
+        theirs = None
+        if have_torch and not failures:  # PyTorch against refdiff only once refdiff matches its reference
+            theirs = spawn(torch_python, "torch", data_path, args, tmp, 0, None)
+            c = compare_step(ours, theirs, TORCH_RTOL)
+            check["torch"] = {"loss": theirs["loss"], **c}
+            print(f"check: loss {ours['loss']:.6f} vs torch {theirs['loss']:.6f} (rel. error {c['loss_rel_error']:.1e}), "
+                  f"gradient rel. error {c['grad_rel_error']:.1e}")
+            if not c["ok"]:
+                failures.append(f"refdiff and PyTorch disagree beyond {c['tolerance']:g} "
+                                f"(loss {c['loss_rel_error']:.1e}, gradient {c['grad_rel_error']:.1e})")
+        check["ok"] = not failures
+        if failures:  # as mlp_step.py: the JSON records the failed check, nothing is timed, exit status 2
+            if args.json:
+                _common.write_json(args.json, {**header, "check": check, "check_failures": failures})
+            print("CORRECTNESS CHECK FAILED; not timing a wrong computation:\n  " + "\n  ".join(failures),
+                  file=sys.stderr)
+            return 2
         # 2. time: the two sides alternate, so a slow spell of a shared machine hits both
         runs = {"refdiff": {"times": [], "cpu": []}, "torch": {"times": [], "cpu": []}}
         for _ in range(args.rounds):
@@ -361,13 +419,7 @@ def main(argv=None):
                 runs[side]["cpu"] += r["cpu"]
 
     result = {
-        "benchmark": "cnn_step",
-        "model": {"kind": net.kind, "config": config, "n_params": net.n_params},
-        "batch": n,
-        "dtype": "float32",
-        "threads": args.threads,
-        "backend": args.backend,
-        "rounds": args.rounds,
+        **header,
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
@@ -381,7 +433,7 @@ def main(argv=None):
         "check": check,
     }
     print(f"U-Net {config['image_shape']} channels {config['channels']} x {config['channel_mult']}, "
-          f"{net.n_params} parameters, batch {n}, float32, {args.threads} threads, backend {args.backend}, "
+          f"{net.n_params} parameters, batch {n}, {dtype}, {args.threads} threads, backend {args.backend}, "
           f"{args.rounds} x {args.repeat} steps per side")
 
     def line(name, r):
@@ -398,7 +450,7 @@ def main(argv=None):
         result["ratio_min"] = result["refdiff"]["min_ms"] / result["torch"]["min_ms"]
         print(f"ratio refdiff / pytorch: {result['ratio_median']:.2f} (medians), {result['ratio_min']:.2f} (minima)")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        _common.write_json(args.json, result)
     return 0
 
 

@@ -92,7 +92,7 @@ def parse_args(argv=None):
     ap.add_argument("--sizes", nargs="+", default=None, metavar="N,D,K", help="mixture score sizes")
     ap.add_argument("--copy-mib", type=int, default=None, help="the copy ceiling's array (default 2048; --quick 4)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=_common.positive_int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--torch-python", default=sys.executable, help="interpreter with torch; '' skips PyTorch")
     ap.add_argument("--jax-python", default=sys.executable, help="interpreter with jax; '' skips JAX")

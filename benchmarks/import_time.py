@@ -86,6 +86,8 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=5, help="fresh interpreters per measurement (default 5)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args(argv)
+    if args.repeat < 1:  # nothing to take the minimum of (this script imports no helpers: it times imports)
+        parser.error(f"--repeat must be a positive integer (1 or more), not {args.repeat}")
 
     # `import numpy` has no budget of its own: it is the floor under refdiff's.
     baseline = summary("import numpy (baseline)", time_import(args.repeat, "numpy"), None)

@@ -37,11 +37,14 @@ the thread pools pinned (``child_env``), best of a few repeats:
   ``refdiff.kernels._numba_math._exp_weight`` (float64: the softmax weights
   of the lane kernels and the fused sampler) and ``_exp_weight32`` (float32:
   the mixture score's GEMM path), in the same two builds as the FMA
-  kernel; for comparison ``numpy.exp`` float32 / float64 (one thread: NumPy
-  ufuncs do not thread) and Numba's ``math.exp`` (a scalar libm call).
+  kernel; and ``numpy.exp`` float32 / float64 (one thread: NumPy ufuncs do
+  not thread) and Numba's ``math.exp`` (a scalar libm call), which count
+  towards the exp peak as well.
 
 ``measure_peaks`` returns all of it plus a ``"peak"`` section: the figures a
-floor divides by (the best measured, whichever build or library got it).
+floor divides by (the best measured, whichever build or library got it: for
+exp the project's exps, NumPy's and Numba's ``math.exp`` alike, so that no
+measured implementation beats its floor; ``source`` names the winner).
 ``mixture_score_floor`` turns those into the minimum time of an isotropic
 mixture score evaluation; ``achieved`` sets a measured time against it.
 ``load_or_measure_peaks`` reuses a recent JSON (re-measuring in a child
@@ -371,7 +374,7 @@ def measure_gemm(threads, quick=False) -> dict:
 
 
 def measure_numba(threads, quick=False) -> dict:
-    """The figures that depend on Numba's code generation: FMA and the project's exps."""
+    """The figures that depend on Numba's code generation: FMA and the exps (:func:`measure_exp`)."""
     return {"fma": measure_fma(threads, quick), "exp": measure_exp(threads, quick)}
 
 
@@ -403,16 +406,28 @@ def measure_numba_zmm(threads, timeout=300) -> dict:
     return res
 
 
+def _exp_source(build, exp) -> str:
+    """How :func:`peak_rates` names the exp that set a peak: ``"numba_zmm _exp_weight"``, ``"numpy.exp (1 thread)"``..."""
+    where = "" if build == "numba" else f", {build} process"  # the process that timed it (the table's label)
+    if exp == "numpy":
+        return f"numpy.exp (1 thread{where})"
+    if exp == "numba_math_exp":
+        return f"{build} math.exp (1 thread)"
+    return f"{build} {exp}"
+
+
 def peak_rates(figures: dict, default_build_only: bool = False) -> dict:
-    """The ``"peak"`` section: the best measured rate of each kind, with where it came from.
+    """The ``"peak"`` section: the best measured rate of each kind, with where it came from (``source``).
 
     ``flops_per_s[dtype]``: max of the FMA kernel (either build, all threads)
-    and the BLAS gemm; ``exp_per_s[dtype]``: max of the project's own
-    vectorised exps of that dtype (either build, all threads); ``bytes_per_s``:
-    the triad.
-    ``default_build_only``: Numba's default build only, no BLAS (the
-    ``"peak_numba_default"`` section: what a kernel compiled like the
-    project's can reach).
+    and the BLAS gemm; ``exp_per_s[dtype]``: max of every exp of that dtype
+    measured, so that no measured implementation runs faster than a floor
+    built on it: the project's vectorised exps (either build, all threads),
+    Numba's ``math.exp`` and ``numpy.exp`` (one thread: NumPy ufuncs do not
+    thread); ``bytes_per_s``: the triad.
+    ``default_build_only``: Numba's default build only, no library (no BLAS,
+    no NumPy exp; the ``"peak_numba_default"`` section: what a kernel
+    compiled like the project's can reach).
     """
     flops, exps, src = {}, {}, {}
     builds = [("numba", figures.get("numba", {}))]
@@ -425,12 +440,14 @@ def peak_rates(figures: dict, default_build_only: bool = False) -> dict:
         if cands:
             flops[dtype], src[f"flops_{dtype}"] = max(cands)
     for dtype in ("float32", "float64"):
-        cands = [
-            (row["per_s_all"], f"{name} {exp}")
-            for name, b in builds
-            for exp, row in b.get("exp", {}).get(dtype, {}).items()
-            if exp.startswith("_exp") and "per_s_all" in row
-        ]
+        cands = []
+        for name, b in builds:
+            for exp, row in b.get("exp", {}).get(dtype, {}).items():
+                if "error" in row or (default_build_only and exp == "numpy"):
+                    continue
+                rate = row.get("per_s_all", row.get("per_s_per_core"))  # one thread where only that was measured
+                if rate is not None:
+                    cands.append((rate, _exp_source(name, exp)))
         if cands:
             exps[dtype], src[f"exp_{dtype}"] = max(cands)
     mem = figures.get("memory", {})
@@ -633,9 +650,8 @@ def table(p: dict) -> str:
             continue
         for dtype in ("float64", "float32"):
             for name, row in figs.get(dtype, {}).items():
-                if build == "numba_zmm" and not name.startswith("_exp"):
-                    continue
-                label = f"{build if name.startswith('_exp') else ''} {name} {dtype}".strip()
+                # every exp here may set the peak (peak_rates); the child process's are labelled with its build
+                label = f"{build if name.startswith('_exp') or build != 'numba' else ''} {name} {dtype}".strip()
                 if "error" in row:
                     lines.append(f"  {label:<32} not measured: {row['error']}")
                     continue
@@ -644,7 +660,7 @@ def table(p: dict) -> str:
                 all_ = _fmt(row.get(f"per_s_{T}t") if T > 1 else None, 1e9, 2)
                 lines.append(f"  {label:<32} {one:>10} {all_:>10}  {'-' if err is None else f'{err:.1e}'}")
     for key, title in (("peak", "peaks used for floors (best measured)"),
-                       ("peak_numba_default", "peaks of Numba's default build (no BLAS, no zmm)")):  # fmt: skip
+                       ("peak_numba_default", "peaks of Numba's default build (no BLAS, no NumPy, no zmm)")):  # fmt: skip
         pk = p.get(key)
         if not pk:
             continue

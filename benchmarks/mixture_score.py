@@ -66,8 +66,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    REPO, bar, child_env, jax_env, machine_info, peer_python, plot_bar_groups, plot_path, recorded_env, run_worker,
-    summary_ms, time_calls, write_json,
+    REPO, bar, child_env, jax_env, machine_info, peer_python, plot_bar_groups, plot_path, positive_int, recorded_env,
+    run_worker, summary_ms, time_calls, write_json,
 )
 
 DEFAULT_SIZES = ["100000,2,8", "100000,4,8", "100000,16,32", "10000,64,128"]
@@ -290,7 +290,7 @@ def plot(path, payload):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--repeat", type=positive_int, default=30)
     ap.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES)
     ap.add_argument("--crossover", action="store_true")
     ap.add_argument("--torch-python", default=peer_python("torch"))

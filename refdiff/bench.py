@@ -42,8 +42,8 @@ QUICK_ARGS = {
 #: Benchmarks that time a Numba twin and cannot run without Numba.
 NEEDS_NUMBA = ("mixture_score", "fused_sampler")
 
-#: Benchmarks with PyTorch as the peer.
-TORCH_PEER = ("mlp_step", "cnn_step", "mixture_score")
+#: Benchmarks with PyTorch as a peer (fused_sampler: its DDPM row, diffusers' DDPMScheduler on torch eager).
+TORCH_PEER = ("mlp_step", "cnn_step", "mixture_score", "fused_sampler")
 
 #: Environment variable naming an interpreter with PyTorch (the peers run in their own virtualenvs).
 TORCH_PYTHON_VAR = "REFDIFF_TORCH_PYTHON"
@@ -105,8 +105,11 @@ def build_command(name, folder, json_path, quick=False, torch_python=None, pytho
     """The command line that runs benchmark ``name`` and writes its JSON to ``json_path``.
 
     ``torch_python`` None leaves PyTorch out where the script allows it
-    (mlp_step ``--torch-python none``, mixture_score ``--torch-python ''``;
-    cnn_step then tries this interpreter and skips PyTorch if it lacks torch).
+    (mlp_step ``--torch-python none``, mixture_score and fused_sampler
+    ``--torch-python ''``; cnn_step then tries this interpreter and skips
+    PyTorch if it lacks torch). It is always passed to a script that would
+    otherwise fall back to ``$REFDIFF_TORCH_PYTHON`` on its own, so that
+    ``refdiff bench --torch-python`` (``none`` included) holds for every row.
     """
     if name not in QUICK_ARGS:
         raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
@@ -115,7 +118,7 @@ def build_command(name, folder, json_path, quick=False, torch_python=None, pytho
         cmd += QUICK_ARGS[name]
     if name == "mlp_step":
         cmd += ["--torch-python", torch_python or "none"]
-    elif name == "mixture_score":
+    elif name in ("mixture_score", "fused_sampler"):
         cmd += ["--torch-python", torch_python or ""]
     elif name == "cnn_step" and torch_python:
         cmd += ["--torch-python", torch_python]
@@ -217,7 +220,10 @@ def parse_mixture_score(payload) -> list:
 def parse_fused_sampler(payload) -> list:
     """The fused Numba loop against the NumPy loop (extrapolated) and JAX's whole-loop jit, minima.
 
-    JAX as the script measured it, or its recorded time (``jax_whole_loop_source``; older JSON: recorded).
+    JAX as the script measured it, or its recorded time (``jax_whole_loop_source``; older JSON: recorded). The
+    recorded time is for one size only: elsewhere the script leaves the speedup and ``goal_met`` null (its
+    ``jax_goal_reason`` says why) and the row has no peer time, no ratio and no verdict, its goal marked not
+    comparable.
     A second row where the script ran its DDPM section (``ddpm_vs_diffusers``): the fused DDPM run against
     diffusers' DDPMScheduler loop, minima, goal :data:`BEAT_PEER`.
     """
@@ -226,12 +232,18 @@ def parse_fused_sampler(payload) -> list:
     check = payload.get("check", {})
     if not check.get("ok", False):
         return [_row("fused_sampler", size, None, "numba", note=f"check failed: max |diff| {check.get('max_abs_diff')}")]
-    jax_ms = payload["jax_whole_loop_s"] * 1e3
-    peer = f"JAX jit ({payload.get('jax_whole_loop_source', 'recorded')})"
-    rows = [_row("fused_sampler", size, payload["numba"]["min_ms"], "numba", payload["numpy_reference_extrapolated_ms"],
-                 peer, jax_ms, payload["speedup_vs_reference"], payload["speedup_vs_jax_whole_loop"],
-                 "vs peer >= 3", bool(payload["goal_met"]),
-                 f"reference timed on {payload['numpy_reference_measured']['rows']} steps, extrapolated; minima")]
+    note = f"reference timed on {payload['numpy_reference_measured']['rows']} steps, extrapolated; minima"
+    if payload["goal_met"] is None:  # no JAX time at this size: nothing to set the kernel against
+        reason = payload.get("jax_goal_reason") or "no JAX time at this size"
+        rows = [_row("fused_sampler", size, payload["numba"]["min_ms"], "numba",
+                     payload["numpy_reference_extrapolated_ms"], "JAX jit (recorded at another size)", None,
+                     payload["speedup_vs_reference"], None, "vs peer >= 3: not comparable", None, f"{note}; {reason}")]
+    else:
+        peer = f"JAX jit ({payload.get('jax_whole_loop_source') or 'recorded'})"
+        rows = [_row("fused_sampler", size, payload["numba"]["min_ms"], "numba",
+                     payload["numpy_reference_extrapolated_ms"], peer, payload["jax_whole_loop_s"] * 1e3,
+                     payload["speedup_vs_reference"], payload["speedup_vs_jax_whole_loop"], "vs peer >= 3",
+                     bool(payload["goal_met"]), note)]
     ddpm = payload.get("ddpm_vs_diffusers")
     if ddpm and ddpm.get("status") == "ok":  # skipped or failed: the script's own table says why
         ours, theirs = ddpm["refdiff"]["numba"]["min_ms"], ddpm["diffusers"]["times"]["min_ms"]

@@ -115,7 +115,7 @@ def test_build_command_quick_and_full(tmp_path):
     assert mix[0] == sys.executable
     assert mix[2:] == ["--repeat", "5", "--no-torch-compile", "--torch-python", "", "--json", str(out)]
     fused = bench.build_command("fused_sampler", folder, out, quick=True, torch_python="/t/python")
-    assert "--torch-python" not in fused and fused[-2:] == ["--json", str(out)] and "--ref-steps" in fused
+    assert fused[-4:] == ["--torch-python", "/t/python", "--json", str(out)] and "--ref-steps" in fused
     with pytest.raises(ValueError, match="unknown benchmark"):
         bench.build_command("ring_quality", folder, out)
 
@@ -602,3 +602,163 @@ def test_gpu_script_torch_peer_on_cpu(gpu_script, cuda_host, tmp_path):
     d = gpu_quick(gpu_script, tmp_path, "--torch-python", os.environ["REFDIFF_TORCH_PYTHON"], "--peer-device", "cpu")
     torch = d["peers"]["torch"]
     assert torch["status"] == "ok" and torch["check"]["ok"] and torch["device"] == "cpu", torch
+
+
+# --- the scripts' own rules: comparable goals, checks before timing, ratios, --repeat ----------------------
+
+
+@pytest.fixture
+def script(monkeypatch):
+    """Import a benchmark script's module by name (benchmarks/ on sys.path for the test)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    return importlib.import_module
+
+
+def run_fused_main(fused, monkeypatch, tmp_path, n, steps):
+    """fused_sampler.main at ``n`` particles and ``steps`` steps, no peers, its timed worker faked: the payload."""
+    worker = {"check": {"max_abs_diff": 0.0, "tol": 1e-10, "ok": True}, "numba": stats(20.0, 18.0, 25.0),
+              "numpy_reference_measured": {**stats(100.0), "rows": 20}, "numpy_reference_extrapolated_ms": 105.0,
+              "speedup_vs_reference": 105.0 / 18.0, "threading": "omp", "rows": steps + 1, "nfe": steps + 1}
+
+    real_run = subprocess.run
+
+    def fake_run(cmd, **kw):
+        if "--worker" not in cmd:  # e.g. platform.processor() asking uname
+            return real_run(cmd, **kw)
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(worker) + "\n", "")
+
+    monkeypatch.setattr(fused.subprocess, "run", fake_run)
+    out = tmp_path / f"fused_{n}_{steps}.json"
+    argv = ["--n", str(n), "--steps", str(steps), "--jax-python", "", "--torch-python", "", "--no-floor", "--no-plot",
+            "--json", str(out)]
+    assert fused.main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_fused_sampler_recorded_jax_time_only_at_its_size(script, monkeypatch, tmp_path, capsys):
+    """Without JAX, the recorded time (n=1e5, 1000 steps) is no peer at another size: no speedup, no verdict."""
+    fused = script("fused_sampler")
+    small = run_fused_main(fused, monkeypatch, tmp_path, 2000, 20)
+    assert small["goal_met"] is None and small["speedup_vs_jax_whole_loop"] is None
+    assert small["jax_whole_loop_s"] is None and small["speedup_vs_jax_recorded"] is None
+    assert "not comparable" in small["jax_goal_reason"] and "n=2000" in small["jax_goal_reason"]
+    assert "goal >= 3x: not judged" in capsys.readouterr().out
+    (row,) = bench.parse_result("fused_sampler", small)
+    assert row["met"] is None and row["vs_peer"] is None and row["peer_ms"] is None
+    assert row["goal"] == "vs peer >= 3: not comparable" and row["vs_reference"] == pytest.approx(105 / 18)
+    text = bench.format_table([{"name": "fused_sampler", "status": "ok", "reason": None, "rows": [row]}])
+    line = next(ln for ln in text.splitlines() if ln.startswith("fused_sampler"))
+    assert "not comparable" in line and line.endswith("n/a")
+    assert fused.plot_groups(small)[0]["note"] == "no jax time at this size"
+    full = run_fused_main(fused, monkeypatch, tmp_path, 100_000, 1000)  # the recorded size: the goal is judged
+    assert full["jax_whole_loop_source"] == "recorded" and full["jax_whole_loop_s"] == fused.JAX_WHOLE_LOOP_S
+    assert full["speedup_vs_jax_whole_loop"] == pytest.approx(3000 / 18) and full["goal_met"] is True
+    assert full["jax_goal_reason"] is None and bench.parse_result("fused_sampler", full)[0]["met"] is True
+
+
+def test_fused_sampler_gets_the_torch_python_of_refdiff_bench(tmp_path, monkeypatch):
+    """refdiff bench --torch-python (a path, or none) reaches the fused sampler's diffusers row, as every script's."""
+    folder, out = tmp_path / "benchmarks", tmp_path / "fused_sampler.json"
+    cmd = bench.build_command("fused_sampler", folder, out, torch_python=None, python="py")
+    assert cmd[cmd.index("--torch-python") + 1] == ""  # '' skips diffusers, never $REFDIFF_TORCH_PYTHON
+    seen = []
+
+    def fake_run(name, cmd, log_path, cwd=None, timeout=None):
+        seen.append(cmd)
+        Path(log_path).write_text("fake\n")
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps(fused_payload()))
+        return 0, 0.1
+
+    def fake_find(requested=None):
+        if requested and requested.lower() == "none":
+            return None, None, "--torch-python none"
+        return "/t/python", "2.x", None
+
+    monkeypatch.setattr(bench, "run_one", fake_run)
+    monkeypatch.setattr(bench, "have_numba", lambda: True)
+    monkeypatch.setattr(bench, "find_torch_python", fake_find)
+    for i, (given, forwarded) in enumerate((("none", ""), ("/t/python", "/t/python"))):
+        assert cli.main(["bench", "--only", "fused_sampler", "--torch-python", given, "--out", str(tmp_path / f"{i}")]) == 0
+        assert seen[-1][seen[-1].index("--torch-python") + 1] == forwarded
+
+
+def fake_cnn_spawn(calls, grad_scale):
+    """cnn_step.spawn stand-in: the ``--backend`` run's gradient is the NumPy one times ``grad_scale``."""
+    import numpy as np
+
+    def spawn(python, side, data_path, args, tmp, warmup, repeat, backend=None):
+        backend = backend or args.backend
+        calls.append((side, backend, repeat))
+        grad = np.linspace(1.0, 2.0, 50) * (1.0 if backend == "numpy" else grad_scale)
+        n = repeat or 0
+        return {"loss": 0.5, "grad": grad, "times": [1e-3] * n, "cpu": [1e-3] * n, "versions": {}}
+
+    return spawn
+
+
+def test_cnn_step_checks_the_backend_against_numpy_before_timing(script, monkeypatch, tmp_path, capsys):
+    """Without PyTorch the --backend step is still checked against backend="numpy", and not timed when it differs."""
+    cnn = script("cnn_step")
+    monkeypatch.setattr(cnn, "torch_available", lambda python: False)
+    argv = ["--batch", "2", "--channels", "8", "--image", "4", "--backend", "numba", "--repeat", "3", "--rounds", "1"]
+    calls = []
+    monkeypatch.setattr(cnn, "spawn", fake_cnn_spawn(calls, 1.0 + 1e-3))  # 1e-3 relative: beyond float32's 1e-5
+    bad = tmp_path / "bad.json"
+    assert cnn.main(argv + ["--json", str(bad)]) == 2
+    assert {(b, r) for _, b, r in calls} == {("numpy", None), ("numba", None)}  # the checks ran, nothing was timed
+    d = json.loads(bad.read_text())
+    ref = d["check"]["reference"]
+    assert d["check"]["ok"] is False and ref["ok"] is False and ref["against"] == "numpy" and ref["backend"] == "numba"
+    assert ref["grad_rel_error"] == pytest.approx(1e-3) and ref["tolerance"] == cnn.TWIN_RTOL["float32"]
+    assert "refdiff" not in d and "numba differs from the NumPy reference" in d["check_failures"][0]
+    assert "CORRECTNESS CHECK FAILED" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(cnn, "spawn", fake_cnn_spawn(calls, 1.0 + 1e-7))  # float32 rounding: within tolerance
+    good = tmp_path / "good.json"
+    assert cnn.main(argv + ["--json", str(good)]) == 0
+    assert calls[:2] == [("refdiff", "numpy", None), ("refdiff", "numba", None)] and calls[2:] == [("refdiff", "numba", 3)]
+    d = json.loads(good.read_text())
+    assert d["check"]["ok"] is True and d["check"]["reference"]["ok"] is True and d["check"]["torch"] is None
+    assert d["refdiff"]["runs"] == 3 and bench.parse_result("cnn_step", d)[0]["backend"] == "numba"
+
+
+def test_mlp_step_ratio_min_is_fastest_sample_over_every_backend(script, monkeypatch):
+    """ratio_min: fastest torch sample / fastest refdiff sample of any backend, not of the fastest by median."""
+    mlp = script("mlp_step")
+    samples = {"numpy": [2e-3, 2e-3, 2e-3], "numba": [0.5e-3, 3e-3, 3e-3]}  # numpy wins by median, numba by min
+
+    def fake_worker(python, framework, spec, env):
+        if framework == "torch":
+            return {"variants": {v: {"times_s": [1e-3] * 3, "phases_ms": {}} for v in spec["variants"]},
+                    "gemm_floor_s": [1e-4]}
+        return {"times_s": samples[spec["backend"]], "phases_ms": {}, "gemm_floor_s": [1e-4], "versions": {},
+                "n_params": 10}
+
+    monkeypatch.setattr(mlp, "run_worker", fake_worker)
+    args = type("Args", (), {"dtype": "float32", "seed": 0, "threads": 1, "warmup": 0, "repeat": 3, "max_seconds": 1.0,
+                             "phase_repeat": 1, "rounds": 1, "refdiff_backend": ["numpy", "numba"]})()
+    entry, _, _ = mlp.time_config(args, "torch-python", {}, 8, 4, ["fused"])
+    assert entry["refdiff_best"] == "numpy" and entry["ratio_median"] == pytest.approx(0.5)
+    assert entry["ratio_min"] == pytest.approx(1.0 / 0.5)  # numba's 0.5 ms sample, not numpy's 2 ms
+
+
+def test_repeat_must_be_positive(script, capsys):
+    """--repeat 0 is refused when the arguments are parsed, naming the option; summary_ms refuses no samples."""
+    common = script("_common")
+    for name, parse in (("fused_sampler", lambda m, a: m.parse_args(a)), ("cnn_step", lambda m, a: m.main(a)),
+                        ("mlp_step", lambda m, a: m.main(a)), ("mixture_score", lambda m, a: m.main(a)),
+                        ("gpu", lambda m, a: m.parse_args(a))):
+        for bad in ("0", "-2", "x"):
+            with pytest.raises(SystemExit) as exc:
+                parse(script(name), ["--repeat", bad])
+            assert exc.value.code == 2
+            assert f"argument --repeat: must be a positive integer (1 or more), not '{bad}'" in capsys.readouterr().err
+    assert script("fused_sampler").parse_args(["--repeat", "1"]).repeat == 1
+    with pytest.raises(SystemExit) as exc:  # the import-time script parses on its own (it imports no helpers)
+        script("import_time").main(["--repeat", "0"])
+    assert exc.value.code == 2 and "--repeat must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="times is empty"):
+        common.summary_ms([])
+    assert common.summary_ms([2e-3])["min_ms"] == pytest.approx(2.0)

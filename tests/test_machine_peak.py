@@ -94,8 +94,8 @@ def test_achieved_against_the_floor():
 def test_peak_rates_takes_the_best_and_says_where():
     def numba_figs(f32, f64, weight, weight32):
         return {"fma": {"float32": {"gflops_all": f32}, "float64": {"gflops_all": f64}},
-                "exp": {"float64": {"_exp_weight": {"per_s_all": weight}, "numpy": {"per_s_per_core": 1e12}},
-                        "float32": {"_exp_weight32": {"per_s_all": weight32}, "numpy": {"per_s_per_core": 1e12}}}}  # fmt: skip
+                "exp": {"float64": {"_exp_weight": {"per_s_all": weight}, "numpy": {"per_s_per_core": 1e8}},
+                        "float32": {"_exp_weight32": {"per_s_all": weight32}, "numpy": {"per_s_per_core": 1e8}}}}  # fmt: skip
 
     figures = {
         "numba": numba_figs(100.0, 50.0, 2e9, 5e9),
@@ -106,13 +106,37 @@ def test_peak_rates_takes_the_best_and_says_where():
     p = machine_peak.peak_rates(figures)
     assert p["flops_per_s"] == {"float32": 200e9, "float64": 95e9}
     assert p["source"]["flops_float32"] == "numba_zmm FMA kernel" and p["source"]["flops_float64"] == "BLAS dgemm"
-    assert p["exp_per_s"] == {"float32": 5e9, "float64": 3e9}  # the project's exps only, never NumPy's
+    assert p["exp_per_s"] == {"float32": 5e9, "float64": 3e9}  # the project's exps beat NumPy's here
     assert p["source"]["exp_float32"] == "numba _exp_weight32"
     assert p["bytes_per_s"] == 30e9
     d = machine_peak.peak_rates(figures, default_build_only=True)
     assert d["flops_per_s"] == {"float32": 100e9, "float64": 50e9} and d["exp_per_s"] == {"float32": 5e9, "float64": 2e9}
     figures["numba_zmm"] = {"error": "no llvmlite"}
     assert machine_peak.peak_rates(figures)["flops_per_s"]["float32"] == 150e9
+
+
+def test_exp_peak_counts_every_measured_exp():
+    """A floor must not be beatable by an exp this machine measured: NumPy's sets the peak when it is the fastest."""
+    figures = {
+        "numba": {"exp": {"float64": {"_exp_weight": {"per_s_all": 2e9},
+                                      "numba_math_exp": {"per_s_per_core": 2.5e8},
+                                      "numpy": {"per_s_per_core": 4e9}},
+                          "float32": {"_exp_weight32": {"error": "ImportError: under edit"},
+                                      "numpy": {"per_s_per_core": 3e9}}}},
+        "numba_zmm": {"exp": {"float64": {"_exp_weight": {"per_s_all": 3e9}, "numpy": {"per_s_per_core": 3.9e9}}}},
+        "memory": {"triad_gbs": 30.0},
+    }  # fmt: skip
+    p = machine_peak.peak_rates(figures)
+    assert p["exp_per_s"] == {"float64": 4e9, "float32": 3e9}
+    assert p["source"]["exp_float64"] == "numpy.exp (1 thread)"  # which implementation set it is recorded
+    assert p["source"]["exp_float32"] == "numpy.exp (1 thread)"  # the project's exp failed to import: not counted
+    numpy_s = 1000 * 8 / 4e9  # NumPy's exps of a score at N = 1000, K = 8
+    floor = machine_peak.mixture_score_floor(1000, 2, 8, {**p, "flops_per_s": {"float32": 1e12}})
+    assert floor["exp_s"] == pytest.approx(numpy_s)  # NumPy's exp alone does not run below the floor
+    figures["numba"]["exp"]["float64"]["numba_math_exp"]["per_s_per_core"] = 5e9  # a faster libm: it counts too
+    assert machine_peak.peak_rates(figures)["source"]["exp_float64"] == "numba math.exp (1 thread)"
+    d = machine_peak.peak_rates(figures, default_build_only=True)  # Numba's default build: no library's exp
+    assert d["exp_per_s"] == {"float64": 5e9} and "exp_float32" not in d["source"]
 
 
 def test_load_or_measure_reuses_a_fresh_json_only(tmp_path, monkeypatch):
