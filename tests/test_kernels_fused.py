@@ -79,6 +79,31 @@ def test_table_reproduces_its_sampler(proc, cov):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.parametrize("proc", list(PROCESSES))
+def test_tables_on_a_grid_ending_at_zero_reproduce_their_samplers(proc):
+    """An explicit grid down to t = 0: the last step lands on the denoised value. Heun has no corrector
+    there (the slope at sigma = 0 is 0 / 0); its table once kept one and returned the midpoint of x and D."""
+    process, m = PROCESSES[proc], MIXTURES["diagonal"]
+    grid = np.array([1.0, 0.5, 0.1, 0.0])
+    x_T = np.random.default_rng(8).standard_normal((6, 3))
+
+    def model(x, t):
+        return m.score(x, process, t)
+
+    runs = {
+        "ode_heun": (F.ode_heun_table(process, grid=grid), lambda: ode_heun(model, process, x_T, grid=grid).x),
+        "ode_euler": (F.ode_euler_table(process, grid=grid), lambda: ode_euler(model, process, x_T, grid=grid).x),
+        "euler_maruyama": (F.euler_maruyama_table(process, grid=grid),
+                           lambda: euler_maruyama(model, process, x_T, grid=grid, rng=3).x),
+        "ddpm": (F.ddpm_table(process, grid=grid),
+                 lambda: ddpm(model, process, x_T, prediction="score", grid=grid, rng=3).x),
+    }  # fmt: skip
+    for name, (table, sampler) in runs.items():
+        np.testing.assert_allclose(F.run_table(table, m, x_T, rng=3), sampler(), rtol=1e-11, atol=1e-11, err_msg=name)
+    heun = runs["ode_heun"][0]
+    assert heun.n_rows == 5 and heun.nfe == 5  # predictor and corrector twice, then the predictor alone
+
+
 def test_langevin_and_discrete_ddpm_tables_reproduce_their_samplers():
     m = MIXTURES["full"]
     want = langevin(m.score, (4, 3), step_size=0.01, n_steps=25, rng=2).x
@@ -196,6 +221,7 @@ def test_numba_twin_matches_reference(FN, cov, dtype):
     m = MIXTURES[cov]
     tables = [t for _, t, _ in _tables(VPSDE())] + [F.langevin_table(step_size=0.005, n_steps=10)]
     tables.append(F.euler_maruyama_table(VESDE(sigma_max=10.0), steps=10))
+    tables.append(F.ode_heun_table(VPSDE(), grid=[1.0, 0.5, 0.1, 0.0]))  # a last step without its corrector
     rtol = 1e-10 if dtype == np.float64 else 2e-4
     for n in (1, 7):
         for table in tables:

@@ -74,7 +74,8 @@ that slope is exactly :math:`d=-\sigma_t s`, so with
 
 * predictor (score at :math:`t_i`): :math:`x'=\frac{\gamma_{i+1}}{\gamma_i}x-\gamma_{i+1}\Delta\sigma_i\,s_i`;
 * corrector (score at :math:`t_{i+1}`, ``b_prev`` takes :math:`s_i`):
-  :math:`x_{i+1}=x'-\tfrac12\gamma_{i+1}\Delta\sigma_{i+1}\,s'+\tfrac12\gamma_{i+1}\Delta\sigma_i\,s_i`.
+  :math:`x_{i+1}=x'-\tfrac12\gamma_{i+1}\Delta\sigma_{i+1}\,s'+\tfrac12\gamma_{i+1}\Delta\sigma_i\,s_i`;
+  none where :math:`\tilde\sigma_{i+1}=0` (the predictor has landed on D).
 
 This is the reference's arithmetic rearranged (it agrees to rounding, not bit
 for bit). Samplers whose state is not linear in (x, s, z) with fixed
@@ -292,6 +293,9 @@ def ode_euler_table(process, *, steps=None, grid=None, final_denoise=True) -> Fu
 def ode_heun_table(process, *, steps=None, grid=None, rho=7.0, final_denoise=True) -> FusedTable:
     r"""EDM's Heun sampler (Karras et al. 2022, Alg. 1; :func:`~refdiff.samplers.ode_heun`): a predictor and a corrector row per step.
 
+    A step that lands on :math:`\tilde\sigma=0` (an explicit grid ending at t = 0) has the predictor alone, as
+    Algorithm 1's "if": the Euler step lands on the denoised value, and the slope there is 0 / 0.
+
     See the module notes for the rows; :math:`\tilde\sigma=e^{-\lambda/2}` as in the reference.
     """
     require_sde(process, "ode_heun_table")
@@ -305,6 +309,8 @@ def ode_heun_table(process, *, steps=None, grid=None, rho=7.0, final_denoise=Tru
         std_t, std_s = float(process.std(t)), float(process.std(s))
         # predictor: Euler step in x~ to sigma~_{i+1}, mapped back to x at t_{i+1}
         rows.add(t, g_s / g_t, -g_s * delta * std_t, 0.0, g_t, float(process.variance(t)))
+        if sigma_tilde[i + 1] == 0.0:  # landed on D at t = 0: the slope there is 0 / 0, no corrector (edm_heun_loop)
+            continue
         # corrector: the trapezoid, with d = -sigma s at both ends
         half = 0.5 * g_s * delta
         rows.add(s, 1.0, -half * std_s, 0.0, g_s, float(process.variance(s)), b_prev=half * std_t)
