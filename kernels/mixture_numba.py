@@ -173,8 +173,8 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_math import (_INVLN2, _LN2_HI, _LN2_LO, _log, _log_pow2, exp_weight, fma, pow2_factors,
-                                         pow2_row, prefer_wide_vectors, scaled_pow2)
+from refdiff.kernels._numba_math import (_INVLN2, _LN2_HI, _LN2_LO, _log, _log_pow2, aligned_empty, exp_weight, fma,
+                                         pow2_factors, pow2_row, prefer_wide_vectors, scaled_pow2)
 
 __all__ = ["mixture_score", "mixture_log_prob", "mixture_score_point", "mixture_arrays", "LANES", "GEMM_MIN_KD"]
 
@@ -791,7 +791,7 @@ def _one_pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, task
         # a chunk's points, transposed (rows D .. P - 1 zero), then t and a_0 .. a_3 (and a row more for _redo_far):
         # rows of one array of a fixed width, so that LLVM sees the rows a constant stride apart and vectorises
         # without run-time alias checks
-        buf = np.empty((10, ONE_PASS_ROW), x.dtype)
+        buf = aligned_empty((10, ONE_PASS_ROW), x.dtype)
         x0, x1, x2, x3, t, a0, a1, a2, a3 = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], buf[8]
         xf, sf = x.reshape(-1), score.reshape(-1)
         fa = np.empty(stop - start, np.int64)  # the task's far points

@@ -233,6 +233,22 @@ def _axpy_asm(wide):
 
 
 @pytest.mark.skipif(not JIT, reason="assembly needs the JIT")
+@numba.njit
+def _aligned_pair(n):
+    return NM.aligned_empty((3, n), np.float32), NM.aligned_empty((n,), np.float64)
+
+
+@pytest.mark.parametrize("n", [1, 5, 512])
+def test_aligned_empty_starts_on_a_cache_line(n):
+    for _ in range(5):  # several allocations: the offset must not depend on where the allocator lands
+        a, b = _aligned_pair(n)
+        assert a.shape == (3, n) and a.dtype == np.float32 and a.flags.c_contiguous
+        assert b.shape == (n,) and b.dtype == np.float64
+        assert a.ctypes.data % NM.CACHE_LINE == 0 and b.ctypes.data % NM.CACHE_LINE == 0
+        a[...] = 1.0  # the whole view is writable memory of its own
+        assert a.sum() == 3 * n
+
+
 def test_prefer_wide_vectors_gives_512_bit_lane_loops():
     """With the attribute a loop uses zmm registers where the CPU has AVX-512; without it LLVM's tuning for
     recent AVX-512 CPUs keeps to ymm (which is why the hot kernels ask)."""
