@@ -120,22 +120,26 @@ SNR_TOL = 1e-4
 _SCHEDULE_KEYS = frozenset({
     "_class_name", "_diffusers_version", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end",
     "trained_betas", "rescale_betas_zero_snr", "prediction_type", "predict_epsilon", "timestep_spacing",
-    "steps_offset", "clip_sample", "clip_sample_range", "set_alpha_to_one",
+    "steps_offset", "clip_sample", "clip_sample_range", "set_alpha_to_one", "thresholding",
 })
 # diffusers sampler settings: recognised, not part of the beta schedule
 _SAMPLER_KEYS = frozenset({
-    "variance_type", "thresholding", "dynamic_thresholding_ratio", "sample_max_value", "skip_prk_steps",
+    "variance_type", "dynamic_thresholding_ratio", "sample_max_value", "skip_prk_steps",
     "interpolation_type", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "timestep_type",
     "algorithm_type", "solver_order", "solver_type", "lower_order_final", "euler_at_final", "final_sigmas_type",
     "lambda_min_clipped", "use_lu_lambdas", "predict_x0", "solver_p", "disable_corrector", "sigma_min",
     "sigma_max", "sigma_data", "rho", "original_inference_steps", "timestep_scaling", "set_alpha_to_zero",
     "noise_sampler_seed", "use_flow_sigmas", "flow_shift",
 })
-# classes whose set_timesteps is the one reproduced by diffusers_timesteps
-_DDIM_LIKE = frozenset({
-    "DDIMScheduler", "DDPMScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler", "LCMScheduler",
-    "TCDScheduler", "PNDMScheduler",
-})
+# classes whose set_timesteps is the one reproduced by diffusers_timesteps (not PNDM, which repeats a step
+# when it skips the Runge-Kutta ones and adds steps when it does not, nor LCM and TCD, which pick among
+# original_inference_steps steps whatever timestep_spacing says)
+_DDIM_LIKE = frozenset({"DDIMScheduler", "DDPMScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler"})
+# classes whose set_timesteps does not read timestep_spacing at all
+_SPACING_UNUSED = frozenset({"LCMScheduler", "TCDScheduler"})
+# diffusers' default set_alpha_to_one per class (the classes that have the option)
+_ALPHA_TO_ONE_DEFAULT = {"DDIMScheduler": True, "DDIMParallelScheduler": True, "LCMScheduler": True,
+                         "TCDScheduler": True, "PNDMScheduler": False}
 # diffusers' default timestep_spacing per class (configs saved before diffusers 0.17 lack the key)
 _DEFAULT_SPACING = {
     **dict.fromkeys(("DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "DDIMParallelScheduler",
@@ -306,14 +310,29 @@ def betas_from_config(config: dict):
             info["defaulted"]["clip_sample"] = True
     info["clip_sample"] = clip
     r = config.get("clip_sample_range")
-    info["clip_sample_range"] = float(r) if isinstance(r, numbers.Real) and not isinstance(r, bool) else 1.0
-    info["set_alpha_to_one"] = _bool(config, "set_alpha_to_one") if config.get("set_alpha_to_one") is not None else None
+    if r is None:
+        info["clip_sample_range"] = 1.0
+    elif isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) or r <= 0:
+        raise ValueError(f"clip_sample_range must be a positive number, got {r!r}")
+    else:
+        info["clip_sample_range"] = float(r)
+    # diffusers thresholds instead of clipping when both are set (step(): if thresholding ... elif clip_sample)
+    info["thresholding"] = _bool(config, "thresholding") if config.get("thresholding") is not None else False
+    if config.get("set_alpha_to_one") is not None:
+        info["set_alpha_to_one"] = _bool(config, "set_alpha_to_one")
+    elif cls in _ALPHA_TO_ONE_DEFAULT:
+        info["set_alpha_to_one"] = info["defaulted"]["set_alpha_to_one"] = _ALPHA_TO_ONE_DEFAULT[cls]
+    else:
+        info["set_alpha_to_one"] = None
 
     # 4. keys not read
     others = [k for k in config if k not in _SCHEDULE_KEYS]
     info["ignored_keys"] = sorted(k for k in others if k in _SAMPLER_KEYS or k.startswith("_"))
     info["unknown_keys"] = sorted(k for k in others if k not in _SAMPLER_KEYS and not k.startswith("_"))
-    if cls is not None and cls not in _DDIM_LIKE:
+    if cls in _SPACING_UNUSED:
+        info["notes"].append(f"timesteps are shown as DDIMScheduler.set_timesteps spaces them; {cls}.set_timesteps "
+                             f"ignores timestep_spacing and picks among original_inference_steps steps")
+    elif cls is not None and cls not in _DDIM_LIKE:
         info["notes"].append(f"timesteps are shown as DDIMScheduler.set_timesteps spaces them; "
                              f"{cls}.set_timesteps differs in details")
     return betas, info
@@ -509,16 +528,19 @@ def schedule_warnings(schedule, info: dict, steps: int = 50):
             out.append(("set_alpha_to_one", f"set_alpha_to_one is false: the last DDIM step ends at alpha_bar_1 = "
                                             f"{e['alpha_bar_1']:.6g}, not 1, leaving noise of std "
                                             f"{math.sqrt(max(0.0, 1 - e['alpha_bar_1'])):.3g} (PITFALLS 13)"))
-    if info.get("timestep_spacing") == "leading":
+    if info.get("timestep_spacing") == "leading" and info.get("class_name") not in _SPACING_UNUSED:
         ts = diffusers_timesteps(T, steps, "leading", info.get("steps_offset", 0))
         if ts.max() < T - 1:
             out.append(("leading_spacing", f"leading spacing with --steps {steps} starts at t = {int(ts.max()) + 1} "
                                            f"(diffusers {int(ts.max())}), never t = T = {T} (PITFALLS 9, 11); "
                                            "use \"trailing\""))
-    if info.get("clip_sample"):
+    if info.get("clip_sample") and not info.get("thresholding"):
         out.append(("clip_sample", f"clip_sample is true: predicted x0 is clipped to +-"
                                    f"{info.get('clip_sample_range', 1.0):g}, wrong for latent or unbounded data "
                                    "(PITFALLS 15)"))
+    if info.get("thresholding"):
+        out.append(("thresholding", "thresholding is true: predicted x0 is dynamically thresholded (Saharia et al. "
+                                    "2022; clip_sample is then not used), which refdiff's samplers do not do"))
     if info.get("unknown_keys"):
         out.append(("unknown_keys", "keys refdiff does not know (not used): " + ", ".join(info["unknown_keys"])))
     return out

@@ -248,11 +248,39 @@ def test_defaults_by_class_and_keys_reported():
 def test_clip_sample_and_set_alpha_to_one_warn():
     ddim_default = cfg(clip_sample=...)  # DDIMScheduler's clip_sample defaults to true
     assert betas_from_config(ddim_default)[1]["defaulted"] == {"prediction_type": "epsilon", "steps_offset": 0,
-                                                                 "clip_sample": True}
+                                                                 "clip_sample": True, "set_alpha_to_one": True}
     assert "clip_sample" in names(schedule_warnings(*betas_from_config(ddim_default)))
     assert "clip_sample" not in names(schedule_warnings(*betas_from_config(cfg())))
     w = dict(schedule_warnings(*betas_from_config(SD)))
     assert "0.0292" in w["set_alpha_to_one"]  # sqrt(1 - (1 - 0.00085))
+
+
+def test_pndm_lcm_and_tcd_timesteps_are_not_claimed_as_diffusers_own():
+    """PNDM repeats a step (skip_prk_steps) or adds Runge-Kutta ones; LCM and TCD pick among
+    original_inference_steps steps and never read timestep_spacing, so no warning about its leading spacing."""
+    info = betas_from_config(SD)[1]
+    assert any("PNDMScheduler.set_timesteps differs" in n for n in info["notes"])
+    for cls in ("LCMScheduler", "TCDScheduler"):
+        lcm = cfg(_class_name=cls, timestep_spacing="leading", steps_offset=1, original_inference_steps=50)
+        betas, info = betas_from_config(lcm)
+        assert any(f"{cls}.set_timesteps ignores timestep_spacing" in n for n in info["notes"])
+        assert "leading_spacing" not in names(schedule_warnings(betas, info, 4))
+    assert "leading_spacing" in names(schedule_warnings(*betas_from_config(cfg(timestep_spacing="leading")), 4))
+
+
+def test_set_alpha_to_one_takes_the_class_default():
+    no_key = {k: v for k, v in SD.items() if k != "set_alpha_to_one"}  # PNDMScheduler: false by default
+    info = betas_from_config(no_key)[1]
+    assert info["set_alpha_to_one"] is False and info["defaulted"]["set_alpha_to_one"] is False
+    assert "set_alpha_to_one" in names(schedule_warnings(*betas_from_config(no_key)))
+    assert betas_from_config(cfg())[1]["set_alpha_to_one"] is True  # DDIMScheduler: true by default
+    assert betas_from_config(cfg(_class_name="DDPMScheduler"))[1]["set_alpha_to_one"] is None  # no such option
+
+
+def test_thresholding_replaces_clipping():
+    betas, info = betas_from_config(cfg(clip_sample=True, thresholding=True))
+    w = names(schedule_warnings(betas, info))
+    assert "thresholding" in w and "clip_sample" not in w and "thresholding" not in info["ignored_keys"]
 
 
 # ---------------------------------------------------------------- bad betas and bad configs
@@ -288,6 +316,9 @@ def test_bad_trained_betas_fail_the_checks_not_the_parse():
         (cfg(steps_offset=-1), "steps_offset must be an integer >= 0"),
         (cfg(rescale_betas_zero_snr="yes"), "rescale_betas_zero_snr must be true or false"),
         (cfg(clip_sample=2), "clip_sample must be true or false"),
+        (cfg(clip_sample=True, clip_sample_range="2"), "clip_sample_range must be a positive number"),
+        (cfg(clip_sample_range=0.0), "clip_sample_range must be a positive number"),
+        (cfg(thresholding="yes"), "thresholding must be true or false"),
         (cfg(trained_betas=[0.1, 0.2]), "trained_betas has 2 entries"),
         (cfg(trained_betas="0.1"), "trained_betas must be a non-empty list"),
         (cfg(trained_betas=[]), "trained_betas must be a non-empty list"),
