@@ -29,6 +29,8 @@ __all__ = [
     "device_of",
     "as_rng",
     "standard_normal",
+    "host_noise_like",
+    "noise_dtype",
     "as_float_array",
     "per_example",
     "check_finite",
@@ -108,13 +110,42 @@ def standard_normal(shape, rng=None, like=None, dtype=None):
     The draw is always float64 on the host (the same numbers for every dtype
     and device), then cast to ``dtype`` (default: ``like``'s dtype, or float64).
     """
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (int(shape),)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise TypeError(f"shape must be an int or a tuple of ints, got {type(shape).__name__}") from None
     gen = as_rng(rng)
-    z = gen.standard_normal(tuple(shape))
+    return host_noise_like(gen.standard_normal(shape), like, dtype)
+
+
+def noise_dtype(like=None, dtype=None):
+    """The dtype noise is cast to: ``dtype``, else ``like``'s, else float64; TypeError unless real floating."""
+    target = (np.float64 if like is None else like.dtype) if dtype is None else dtype
+    xp = np if like is None else namespace(like)
+    try:
+        floating = xp.isdtype(target, "real floating")
+    except (AttributeError, TypeError):  # a namespace without isdtype, or a dtype it does not know
+        floating = np.dtype(target).kind == "f"
+    if not floating:
+        source = "dtype" if dtype is not None else "like's dtype"
+        raise TypeError(f"noise needs a real floating dtype; {source} is {np.dtype(target)}")
+    return target
+
+
+def host_noise_like(z, like=None, dtype=None):
+    """Host float64 noise ``z`` cast to ``dtype`` (default: ``like``'s dtype, or float64) on ``like``'s device.
+
+    Noise has a real floating dtype: an integer or boolean one (given, or ``like``'s) raises TypeError
+    rather than rounding every draw to 0 or True.
+    """
+    target = noise_dtype(like, dtype)
     if like is None:
         return z if dtype is None else z.astype(dtype)
     xp = namespace(like)
     out = xp.asarray(z, device=device_of(like))
-    return xp.astype(out, like.dtype if dtype is None else dtype)
+    return xp.astype(out, target)
 
 
 def as_float_array(x, name: str, xp=None):

@@ -98,7 +98,7 @@ def _check_dtype(dtype) -> np.dtype:
 
 
 def _check_noise(noise) -> float:
-    if not isinstance(noise, numbers.Real) or not np.isfinite(noise) or noise < 0:
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not np.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     return float(noise)
 

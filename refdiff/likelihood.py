@@ -158,7 +158,7 @@ def _check_tol(value, name):
 
 
 def _check_span(process, t_start, t_end):
-    """Validated (t_start, t_end) with 0 <= t_start < t_end <= 1, defaults from the process."""
+    """Validated (t_start, t_end) with 0 <= t_start < t_end <= min(1, process.t_max), defaults from the process."""
     t0 = process.t_min if t_start is None else t_start
     t1 = process.t_max if t_end is None else t_end
     for name, t in (("t_start", t0), ("t_end", t1)):
@@ -166,6 +166,9 @@ def _check_span(process, t_start, t_end):
             raise ValueError(f"{name} must be a real scalar in [0, 1], got {t!r}")
     if not t0 < t1:
         raise ValueError(f"t_start must be smaller than t_end, got t_start={t0!r}, t_end={t1!r}")
+    t_max = float(process.t_max)
+    if t1 > t_max:  # e.g. the cosine VP process, whose diffusion is infinite at t = 1
+        raise ValueError(f"t_end must be at most the process's t_max = {t_max!r}, got {t1!r}")
     return float(t0), float(t1)
 
 

@@ -80,7 +80,7 @@ import numbers
 
 import numpy as np
 
-from .backend import as_rng, device_of, namespace, to_numpy
+from .backend import as_rng, host_noise_like, noise_dtype, to_numpy
 
 __all__ = [
     "philox4x32",
@@ -512,18 +512,10 @@ class NoiseStream:
         self.draws += 1
         return k
 
-    @staticmethod
-    def _to_like(z, like, dtype):
-        """Host float64 ``z`` cast to ``dtype`` (default ``like``'s) on ``like``'s device."""
-        if like is None:
-            return z if dtype is None else z.astype(dtype)
-        xp = namespace(like)
-        out = xp.asarray(z, device=device_of(like))
-        return xp.astype(out, like.dtype if dtype is None else dtype)
-
     def _draw(self, fn, draw, shape, like, dtype):
         shape, dim = self._dim(shape)
-        if draw is None:  # the next draw index, taken only once the shape is valid
+        noise_dtype(like, dtype)
+        if draw is None:  # the next draw index, taken only once the shape and dtype are valid
             draw = self._next_draw()
         if self.n == 0 or dim == 0:
             if not isinstance(draw, numbers.Integral):  # still validate the draw indices
@@ -531,7 +523,7 @@ class NoiseStream:
             z = np.zeros(shape, dtype=np.float64)
         else:
             z = fn(self.seed, self.particles, draw, dim).reshape(shape)
-        return self._to_like(z, like, dtype)
+        return host_noise_like(z, like, dtype)
 
     def normal(self, shape, like=None, dtype=None):
         """Standard normals for the next draw index, shaped ``shape`` with ``shape[0] == n``.

@@ -23,6 +23,7 @@ def ring_mixture(n_modes: int = 8, radius: float = 4.0, std: float = 0.25, weigh
     """
     if isinstance(n_modes, bool) or not isinstance(n_modes, (int, np.integer)) or n_modes < 1:
         raise ValueError(f"n_modes must be a positive int, got {n_modes!r}")
+    radius, std = _positive(radius, "radius", zero_ok=True), _positive(std, "std")
     angles = 2.0 * np.pi * np.arange(n_modes) / n_modes
     means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     if weights is None:
@@ -30,7 +31,25 @@ def ring_mixture(n_modes: int = 8, radius: float = 4.0, std: float = 0.25, weigh
     elif isinstance(weights, str) and weights == "equal":
         weights = np.ones(n_modes)
     weights = np.asarray(weights, dtype=np.float64)
-    return GaussianMixture(weights / weights.sum(), means, np.full(n_modes, float(std) ** 2))
+    if weights.shape != (n_modes,) or not np.all(np.isfinite(weights)) or np.any(weights < 0) or not weights.sum() > 0:
+        raise ValueError(f"weights must be None, 'equal' or {n_modes} finite numbers >= 0 with a positive sum, "
+                         f"got {weights!r}")
+    return GaussianMixture(weights / weights.sum(), means, np.full(n_modes, std**2))
+
+
+def _positive(value, name, zero_ok=False):
+    """A finite real number > 0 (>= 0 where ``zero_ok``), as a float; ValueError naming ``name`` otherwise."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = ok and np.isfinite(value) and (value >= 0 if zero_ok else value > 0)
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'>=' if zero_ok else '>'} 0, got {value!r}")
+    return float(value)
+
+
+def _count(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
 
 
 def random_mixture(dim: int = 16, n_components: int = 10, rng=0, mean_scale: float = 3.0, eig_range=(0.05, 0.5)):
@@ -39,10 +58,18 @@ def random_mixture(dim: int = 16, n_components: int = 10, rng=0, mean_scale: flo
     Means ~ N(0, mean_scale^2 I); each covariance is Q diag(lam) Q^T with Q a
     random rotation and lam log-uniform in ``eig_range``; weights Dirichlet(2).
     """
+    dim, n_components = _count(dim, "dim"), _count(n_components, "n_components")
+    mean_scale = _positive(mean_scale, "mean_scale", zero_ok=True)
+    try:
+        lo, hi = (_positive(v, "eig_range entries") for v in eig_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"eig_range must be two finite numbers 0 < low <= high, got {eig_range!r}") from None
+    if not lo <= hi:
+        raise ValueError(f"eig_range must be two finite numbers 0 < low <= high, got {eig_range!r}")
     gen = as_rng(rng)
     means = mean_scale * gen.standard_normal((n_components, dim))
     covs = np.empty((n_components, dim, dim))
-    lo, hi = np.log(eig_range[0]), np.log(eig_range[1])
+    lo, hi = np.log(lo), np.log(hi)
     for k in range(n_components):
         q, r = np.linalg.qr(gen.standard_normal((dim, dim)))
         q = q * np.sign(np.diag(r))

@@ -93,6 +93,16 @@ def test_standard_normal_dtype_override(xp):
     np.testing.assert_array_equal(backend.to_numpy(out), expected)
 
 
+def test_noise_refuses_a_dtype_that_is_not_floating_and_takes_an_int_shape():
+    """An integer or boolean dtype once rounded every draw to 0 (or True) without a word."""
+    for kw in (dict(like=np.zeros(3, int)), dict(like=np.zeros(3, bool)), dict(dtype=np.int32)):
+        with pytest.raises(TypeError, match="noise needs a real floating dtype"):
+            backend.standard_normal((3,), 0, **kw)
+    np.testing.assert_array_equal(backend.standard_normal(3, 4), backend.standard_normal((3,), 4))
+    with pytest.raises(TypeError, match="shape must be an int or a tuple of ints"):
+        backend.standard_normal(None, 0)
+
+
 def test_standard_normal_without_like_is_float64_host_draw():
     out = backend.standard_normal([4, 3], rng=np.random.SeedSequence(9))
     assert isinstance(out, np.ndarray) and out.dtype == np.float64 and out.shape == (4, 3)

@@ -83,7 +83,7 @@ def test_2d_bad_dtype(name):
 
 
 @pytest.mark.parametrize("fn", [data.two_moons, data.swiss_roll, data.concentric_rings])
-@pytest.mark.parametrize("noise", [-0.1, np.nan, "0.1"])
+@pytest.mark.parametrize("noise", [-0.1, np.nan, "0.1", True])
 def test_2d_bad_noise(fn, noise):
     with pytest.raises(ValueError, match=r"noise must be a finite number >= 0"):
         fn(10, 0, noise=noise)

@@ -29,7 +29,7 @@ from refdiff.likelihood import (
     round_trip_error,
 )
 from refdiff.schedules import DiscreteSchedule, linear_betas
-from refdiff.sde import VESDE, VPSDE, SubVPSDE
+from refdiff.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
 
 PROCESSES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 
@@ -429,6 +429,11 @@ def test_encode_decode_reject_bad_input():
         decode(process, score, np.zeros(2))
     with pytest.raises(ValueError, match="t_start must be smaller than t_end"):
         encode(process, score, x, t_start=0.9, t_end=0.1)
+    cosine = CosineVPSDE()  # t_max < 1: its diffusion is infinite at t = 1 (the model was once blamed for it)
+    with pytest.raises(ValueError, match="t_end must be at most the process's t_max"):
+        encode(cosine, score, x, t_end=1.0)
+    with pytest.raises(ValueError, match="t_end must be at most the process's t_max"):
+        ode_log_likelihood(cosine, score, x, score_divergence=lambda y, t: np.zeros(len(y)), t_end=1.0)
     with pytest.raises(ValueError, match="score_fn returned shape"):
         round_trip_error(process, lambda y, t: y[:, :1], x)
     with pytest.raises(TypeError, match="process must be a continuous-time SDE"):

@@ -417,6 +417,16 @@ def test_stream_like_dtype_and_namespace(xp, float_dtype):
     np.testing.assert_array_equal(np.asarray(za), np.asarray(z))
 
 
+def test_stream_refuses_a_dtype_that_is_not_floating():
+    s = NoiseStream.from_seed(31, n=2)
+    for kw in (dict(like=np.zeros((2, 3), bool)), dict(like=np.zeros((2, 3), np.int64)), dict(dtype=np.int32)):
+        with pytest.raises(TypeError, match="noise needs a real floating dtype"):
+            s.normal((2, 3), **kw)
+        with pytest.raises(TypeError, match="noise needs a real floating dtype"):
+            s.uniform((2, 3), **kw)
+    assert s.draws == 0  # a refused call takes no draw index
+
+
 def test_stream_explicit_dtype():
     s = NoiseStream.from_seed(31, n=2)
     z = s.normal((2, 3), dtype=np.float32)
