@@ -184,11 +184,15 @@ def require_sde(process, name):
         raise TypeError(f"{name} needs a continuous process (an SDE from refdiff.sde), got a DiscreteSchedule")
 
 
-def final_denoise_step(f, x, grid, final_denoise, callback, n_steps=None):
-    """Tweedie's denoiser at the last time, reported to ``callback`` as step ``n_steps`` (default: the grid's)."""
+def final_denoise_step(f, x, grid, final_denoise, callback, n_steps=None, clip=None):
+    r"""Tweedie's denoiser at the last time, reported to ``callback`` as step ``n_steps`` (default: the grid's);
+    ``clip`` (lo, hi) clips it as the steps before clipped their :math:`\hat x_0`."""
     if final_denoise and float(f.process.variance(grid[-1])) > 0.0:
         n = grid.shape[0] - 1 if n_steps is None else n_steps
-        x = finish_step(n, 0.0, f(x, grid[-1], "x0", n), callback)
+        x0 = f(x, grid[-1], "x0", n)
+        if clip is not None:
+            x0 = namespace(x0).clip(x0, *clip)
+        x = finish_step(n, 0.0, x0, callback)
     return x
 
 

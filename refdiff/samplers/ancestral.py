@@ -26,7 +26,8 @@ ending at :math:`t_{min}>0`, ``final_denoise`` replaces the last state by
 Tweedie's :math:`\hat x_0` (one more model evaluation).
 
 ``clip_x0`` (off by default) clips :math:`\hat x_0` to a range as Ho et al.'s
-code does for images (it is not in Algorithm 2; PITFALLS 15-17); with it the
+code does for images (it is not in Algorithm 2; PITFALLS 15-17), the final
+denoise's too, so the samples lie in the range; with it the
 :math:`\hat\epsilon` that DDIM uses is recomputed from the clipped
 :math:`\hat x_0`.
 """
@@ -102,6 +103,10 @@ def ddpm(
         :math:`\sigma_t^2=\tilde\beta_t` (Ho et al.'s lower bound, exact for a
         point mass) or :math:`\beta_t` (their upper bound, exact for
         :math:`x_0\sim\mathcal N(0,I)`).
+    clip_x0 : (lo, hi), optional
+        Clip every :math:`\hat x_0` to this range, the final denoise's included (e.g. (-1, 1) for pixel data).
+    final_denoise : bool
+        On a continuous grid ending at :math:`t_{min}>0`, end with Tweedie's :math:`\hat x_0` (one more model call).
     rng : SPEC 7 seed of the per-example noise.
     callback : callable ``(i, t, x)`` after each step, optional.
 
@@ -130,7 +135,7 @@ def ddpm(
         if float(process.variance(s)) > 0.0:
             x_next = x_next + per_example(np.sqrt(var), x) * noise.normal(x.shape, like=x)
         x = finish_step(i, s, x_next, callback)
-    x = final_denoise_step(f, x, grid, final_denoise, callback)
+    x = final_denoise_step(f, x, grid, final_denoise, callback, clip=clip_x0)
     return SampleResult(x, f.nfe, grid=grid)
 
 
@@ -179,5 +184,5 @@ def ddim(
         if eta > 0 and var_s > 0.0:
             x_next = x_next + per_example(np.sqrt(sigma_eta2), x) * noise.normal(x.shape, like=x)
         x = finish_step(i, s, x_next, callback)
-    x = final_denoise_step(f, x, grid, final_denoise, callback)
+    x = final_denoise_step(f, x, grid, final_denoise, callback, clip=clip_x0)
     return SampleResult(x, f.nfe, grid=grid)
