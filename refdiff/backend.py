@@ -34,6 +34,7 @@ __all__ = [
     "as_float_array",
     "per_example",
     "check_finite",
+    "finite_float_array",
     "to_numpy",
     "keep_freed_memory",
     "check_int",
@@ -197,6 +198,11 @@ def check_finite(x, name: str, xp=None):
         n_bad = int(xp.sum(xp.astype(xp.logical_not(finite), xp.int64)))
         raise ValueError(f"{name} must be finite, got {n_bad} non-finite value(s)")
     return x
+
+
+def finite_float_array(x, name: str, xp=None):
+    """:func:`as_float_array`, then :func:`check_finite`: data that must hold neither NaN nor infinity."""
+    return check_finite(as_float_array(x, name, xp), name)
 
 
 def per_example(coef, x, name: str = "t"):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import as_float_array, namespace, per_example
+from .backend import finite_float_array, namespace, per_example
 from .schedules import DiscreteSchedule
 
 __all__ = [
@@ -43,7 +43,7 @@ __all__ = [
 
 
 def _check_like(a, x, name, ref="x"):
-    a = as_float_array(a, name)
+    a = finite_float_array(a, name)
     if tuple(a.shape) != tuple(x.shape):
         raise ValueError(f"{name} must have the shape of {ref} {tuple(x.shape)}, got {tuple(a.shape)}")
     return a
@@ -73,7 +73,7 @@ def q_step(schedule: DiscreteSchedule, x_prev, t, noise):
     """
     if not isinstance(schedule, DiscreteSchedule):
         raise TypeError(f"schedule must be a DiscreteSchedule, got {type(schedule).__name__}")
-    x_prev = as_float_array(x_prev, "x_prev")
+    x_prev = finite_float_array(x_prev, "x_prev")
     noise = _check_like(noise, x_prev, "noise", "x_prev")
     t = schedule.check_step(t, lo=1)
     return (
@@ -89,14 +89,14 @@ def q_sample(process, x0, t, noise):
     :math:`\sigma_t=\sqrt{1-\bar\alpha_t}` (not :math:`1-\bar\alpha_t`: the
     square root is easy to lose when copying the slide). t = 0 returns x0.
     """
-    x0 = as_float_array(x0, "x0")
+    x0 = finite_float_array(x0, "x0")
     noise = _check_like(noise, x0, "noise", "x0")
     return per_example(process.mean_coef(t), x0) * x0 + per_example(process.std(t), x0) * noise
 
 
 def q_sample_from(process, x_s, s, t, noise):
     r"""Draw from :math:`q(x_t|x_s)=\mathcal N(\gamma_{t|s}x_s,\sigma^2_{t|s}I)`, s <= t."""
-    x_s = as_float_array(x_s, "x_s")
+    x_s = finite_float_array(x_s, "x_s")
     noise = _check_like(noise, x_s, "noise", "x_s")
     gamma_ts, sigma2_ts = process.transition(s, t)
     return per_example(gamma_ts, x_s) * x_s + per_example(np.sqrt(sigma2_ts), x_s) * noise
@@ -155,7 +155,7 @@ def q_posterior(process, x_t, x0, t, s=None):
         at t = 1, where the true variance is 0); otherwise it is the log of
         the variance, and ``-inf`` where the variance is 0 (s = 0).
     """
-    x_t = as_float_array(x_t, "x_t")
+    x_t = finite_float_array(x_t, "x_t")
     x0 = _check_like(x0, x_t, "x0", "x_t")
     s = _earlier_time(process, t, s)
     coef_x0, coef_xt, var = posterior_coefs(process, s, t)
@@ -185,7 +185,7 @@ def posterior_mean_from_eps(process, x_t, eps, t, s=None):
         schedule: there :math:`\epsilon` carries no information about
         :math:`x_0`; predict v or x0 instead, Lin et al. 2024).
     """
-    x_t = as_float_array(x_t, "x_t")
+    x_t = finite_float_array(x_t, "x_t")
     eps = _check_like(eps, x_t, "eps", "x_t")
     s = _earlier_time(process, t, s)
     gamma_ts, sigma2_ts = process.transition(s, t)

@@ -19,11 +19,13 @@ Every per-example quantity is summed over the non-batch axes unless a
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import as_float_array, as_rng, check_finite, is_numpy_namespace, namespace, per_example, standard_normal, to_numpy
+from .backend import (as_float_array, as_rng, check_finite, finite_float_array, is_numpy_namespace, namespace, per_example,
+                      standard_normal, to_numpy)
 from .forward import posterior_mean_from_eps, q_posterior, q_sample
 from .schedules import DiscreteSchedule
 
@@ -54,8 +56,17 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     :math:`\tfrac12\big(v_2-v_1+e^{v_1-v_2}+(\mu_1-\mu_2)^2e^{-v_2}-1\big)`.
     """
     xp = namespace(mean1, logvar1, mean2, logvar2)
-    mean1, mean2 = xp.asarray(mean1), xp.asarray(mean2)
-    logvar1, logvar2 = xp.asarray(logvar1), xp.asarray(logvar2)
+    # Python numbers stay Python numbers: they take the arrays' dtype (float32 stays float32), as in an expression
+    args = [a if isinstance(a, (int, float)) and not isinstance(a, bool) else xp.asarray(a)
+            for a in (mean1, logvar1, mean2, logvar2)]
+    for a, name in zip(args, ("mean1", "logvar1", "mean2", "logvar2")):
+        if isinstance(a, float) and not math.isfinite(a):
+            raise ValueError(f"{name} must be finite, got {a!r}")
+        if not isinstance(a, (int, float)):
+            check_finite(a, name, xp)
+    if all(isinstance(a, (int, float)) for a in args):  # numbers alone: a float64 result, as before
+        args[0] = xp.asarray(float(args[0]), dtype=xp.float64)
+    mean1, logvar1, mean2, logvar2 = args
     d = logvar1 - logvar2
     # e^d - 1 - d, written with expm1 so that equal variances give exactly 0
     return 0.5 * ((xp.expm1(d) - d) + (mean1 - mean2) ** 2 * xp.exp(-logvar2))
@@ -87,11 +98,16 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, n_bits: int = 8):
     no tail mass cancels to 0 (improved-diffusion uses a tanh approximation
     of the CDF instead).
 
-    Returns an array of x's shape (elementwise log-likelihood, nats).
+    Returns an array of x's shape (elementwise log-likelihood, nats). x must
+    lie in [-1, 1] (checked); only on the levels :math:`2k/(2^n-1)-1` do the
+    bins tile [-1, 1] and the masses sum to 1 over the data's values: an x
+    between levels gets the mass of its own interval, not checked.
     """
     x = as_float_array(x, "x")
     xp = namespace(x)
     check_finite(x, "x")
+    if isinstance(n_bits, bool) or not isinstance(n_bits, numbers.Integral) or not 1 <= n_bits <= 24:
+        raise ValueError(f"n_bits must be an int in 1..24, got {n_bits!r}")
     if bool(xp.any(xp.abs(x) > 1.0)):
         raise ValueError("x must lie in [-1, 1] (data scaled from 2**n_bits levels)")
     mean, log_scale = xp.asarray(mean, dtype=x.dtype), xp.asarray(log_scale, dtype=x.dtype)
@@ -116,8 +132,8 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, n_bits: int = 8):
 
 def eps_mse(eps_pred, eps, reduce: str = "mean"):
     r""":math:`L_{simple}` per example: :math:`\|\epsilon-\epsilon_\theta\|^2` averaged (default) or summed over features."""
-    eps = as_float_array(eps, "eps")
-    eps_pred = as_float_array(eps_pred, "eps_pred")
+    eps = finite_float_array(eps, "eps")
+    eps_pred = finite_float_array(eps_pred, "eps_pred")
     if tuple(eps_pred.shape) != tuple(eps.shape):
         raise ValueError(f"eps_pred must have the shape of eps {tuple(eps.shape)}, got {tuple(eps_pred.shape)}")
     d = eps_pred - eps
@@ -147,7 +163,7 @@ def dsm_loss(score, x0, process, t, weighting: str = "sigma2", rng=None, noise=N
     """
     if weighting not in _WEIGHTINGS:
         raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
-    x0 = as_float_array(x0, "x0")
+    x0 = finite_float_array(x0, "x0")
     if noise is None:
         noise = standard_normal(x0.shape, rng, like=x0)
     x_t = q_sample(process, x0, t, noise)
@@ -157,6 +173,7 @@ def dsm_loss(score, x0, process, t, weighting: str = "sigma2", rng=None, noise=N
     s = score(x_t, t)
     if tuple(s.shape) != tuple(x0.shape):
         raise ValueError(f"score returned shape {tuple(s.shape)}, expected {tuple(x0.shape)}")
+    check_finite(s, "the score model's output")
     if weighting == "sigma2":
         lam = sigma**2
     elif weighting == "likelihood":
@@ -209,8 +226,10 @@ def vlb_terms(eps_model, schedule: DiscreteSchedule, x0, rng=None, variance: str
     Parameters
     ----------
     decoder : {"discretized", "gaussian"}
-        :math:`L_0` as the discretised Gaussian of Ho et al. eq. 13 (x0 must be
-        8-bit data in [-1, 1]) or the continuous Gaussian density.
+        :math:`L_0` as the discretised Gaussian of Ho et al. eq. 13 (x0 in
+        [-1, 1], checked; a likelihood of the data only where x0 lies on the
+        256 levels :math:`2k/255-1`, which is not checked) or the continuous
+        Gaussian density.
 
     Returns
     -------

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import as_float_array, namespace, per_example
+from .backend import finite_float_array, namespace, per_example
 
 __all__ = ["PREDICTIONS", "convert", "x0_from_eps", "eps_from_x0", "score_from_eps", "eps_from_score", "v_from_eps_x0"]
 
@@ -68,8 +68,8 @@ def convert(pred, src: str, dst: str, x_t, process, t):
     for name, kind in (("src", src), ("dst", dst)):
         if kind not in PREDICTIONS:
             raise ValueError(f"{name} must be one of {PREDICTIONS}, got {kind!r}")
-    x_t = as_float_array(x_t, "x_t")
-    pred = as_float_array(pred, "pred")
+    x_t = finite_float_array(x_t, "x_t")
+    pred = finite_float_array(pred, "pred")
     if tuple(pred.shape) != tuple(x_t.shape):
         raise ValueError(f"pred must have the shape of x_t {tuple(x_t.shape)}, got {tuple(pred.shape)}")
     if src == dst:
@@ -119,20 +119,20 @@ def eps_from_x0(x_t, x0, process, t):
 
 def score_from_eps(eps, process, t):
     r""":math:`s=-\epsilon/\sigma_t` (Song et al. 2021, appendix; Vincent 2011)."""
-    eps = as_float_array(eps, "eps")
+    eps = finite_float_array(eps, "eps")
     return -eps / _divisor(process.std(t), "sigma_t", eps)
 
 
 def eps_from_score(score, process, t):
     r""":math:`\epsilon=-\sigma_t s`."""
-    score = as_float_array(score, "score")
+    score = finite_float_array(score, "score")
     return -per_example(process.std(t), score) * score
 
 
 def v_from_eps_x0(eps, x0, process, t):
     r""":math:`v=\gamma_t\epsilon-\sigma_t x_0` (Salimans & Ho 2022, sec. 4)."""
-    eps = as_float_array(eps, "eps")
-    x0 = as_float_array(x0, "x0")
+    eps = finite_float_array(eps, "eps")
+    x0 = finite_float_array(x0, "x0")
     if tuple(eps.shape) != tuple(x0.shape):
         raise ValueError(f"x0 must have the shape of eps {tuple(eps.shape)}, got {tuple(x0.shape)}")
     return per_example(process.mean_coef(t), eps) * eps - per_example(process.std(t), eps) * x0

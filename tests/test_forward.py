@@ -570,3 +570,23 @@ def test_closed_forms_on_namespace(xp, float_dtype, proc):
         got, want = call(a, b), call(a_np, b_np)
         assert type(got) is type(a) and got.dtype == a.dtype
         np.testing.assert_allclose(backend.to_numpy(got), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda a, ok, s, vp: forward.q_sample(vp, a, 0.5, ok), "x0"),
+        (lambda a, ok, s, vp: forward.q_sample(vp, ok, 0.5, a), "noise"),
+        (lambda a, ok, s, vp: forward.q_sample_from(vp, a, 0.2, 0.5, ok), "x_s"),
+        (lambda a, ok, s, vp: forward.q_step(s, a, 3, ok), "x_prev"),
+        (lambda a, ok, s, vp: forward.q_posterior(s, ok, a, 3), "x0"),
+        (lambda a, ok, s, vp: forward.q_posterior(s, a, ok, 3), "x_t"),
+        (lambda a, ok, s, vp: forward.posterior_mean_from_eps(s, ok, a, 3), "eps"),
+    ],
+)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_data_is_refused_by_name(call, name, bad):
+    """NaN or infinity in the data once went through as NaN results, without a word."""
+    a, ok = np.array([[bad, 0.0]]), np.zeros((1, 2))
+    with pytest.raises(ValueError, match=f"{name} must be finite, got 1 non-finite value"):
+        call(a, ok, DiscreteSchedule(sch.linear_betas(10)), sde.VPSDE())

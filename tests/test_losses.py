@@ -176,3 +176,27 @@ def test_bits_per_dim():
         bits_per_dim(1.0, 0)
     with pytest.raises(ValueError, match="bin_width"):
         bits_per_dim(1.0, 2, bin_width=-1.0)
+
+
+def test_losses_refuse_non_finite_input_by_name():
+    vp, ok, a = VPSDE(), np.zeros((3, 2)), np.full((3, 2), np.nan)
+    with pytest.raises(ValueError, match="eps_pred must be finite"):
+        eps_mse(a, ok)
+    with pytest.raises(ValueError, match="x0 must be finite"):
+        dsm_loss(lambda x, t: x, a, vp, 0.5, rng=0)
+    with pytest.raises(ValueError, match="the score model's output must be finite"):
+        dsm_loss(lambda x, t: x * np.nan, ok, vp, 0.5, rng=0)
+    for args, name in (((a, ok, ok, ok), "mean1"), ((ok, 0.0, ok, float("inf")), "logvar2")):
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            normal_kl(*args)
+    with pytest.raises(ValueError, match="n_bits must be an int in 1..24"):
+        discretized_gaussian_log_likelihood(np.zeros(2), 0.0, 0.0, n_bits=0)
+
+
+def test_normal_kl_keeps_float32_with_python_numbers():
+    """Python numbers once became float64 arrays and promoted a float32 result to float64."""
+    m = np.array([0.5, -1.0], np.float32)
+    kl = normal_kl(m, 0.0, 0.0, np.zeros(2, np.float32))
+    assert kl.dtype == np.float32
+    np.testing.assert_allclose(kl, 0.5 * m.astype(np.float64) ** 2, rtol=1e-6)
+    assert normal_kl(0.0, 0.0, 1.0, 0.0) == 0.5 and normal_kl(0.0, 0.0, 1.0, 0.0).dtype == np.float64

@@ -223,6 +223,9 @@ def test_bound_network_returns_input_dtype_and_fixes_labels():
         (dict(x=np.zeros((4, 2)), t=np.zeros(3)), "t must be a scalar or have shape"),
         (dict(x=np.zeros((4, 2)), t=0.0, y=np.array([0, 1, 2, 9])), "labels must lie"),
         (dict(x=np.zeros((4, 2)), t=0.0, y=np.zeros(4)), "integer labels"),
+        (dict(x=np.array([[np.nan, 0.0]] * 4), t=0.0), "x must be finite"),
+        (dict(x=np.zeros((4, 2)), t=np.nan), "t must be finite"),
+        (dict(x=np.zeros((4, 2)), t=np.array([0.0, 1.0, np.inf, 0.0])), "t must be finite"),
     ],
 )
 def test_mlp_input_errors(kwargs, match):

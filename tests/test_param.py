@@ -359,3 +359,13 @@ def test_convert_on_namespace(xp, float_dtype, proc):
         got, want = call(a, b), call(a_np, b_np)
         assert type(got) is type(a) and got.dtype == a.dtype
         np.testing.assert_allclose(backend.to_numpy(got), want, rtol=tol, atol=tol * np.max(np.abs(want)))
+
+
+def test_non_finite_predictions_and_points_are_refused_by_name():
+    vp, ok, a = sde.VPSDE(), np.zeros((1, 2)), np.array([[np.nan, 0.0]])
+    with pytest.raises(ValueError, match="pred must be finite"):
+        param.convert(a, "eps", "x0", ok, vp, 0.5)
+    with pytest.raises(ValueError, match="x_t must be finite"):
+        param.convert(ok, "eps", "x0", a, vp, 0.5)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        param.score_from_eps(a, vp, 0.5)

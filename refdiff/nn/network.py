@@ -26,6 +26,7 @@ import numbers
 
 import numpy as np
 
+from ..backend import check_finite
 from .layers import sinusoidal_embedding
 from .params import Layout, Params
 
@@ -85,12 +86,13 @@ class Network:
                 f"got {tuple(x.shape)}"
             )
         n = x.shape[0]
-        x = x.astype(p.dtype, copy=False)
+        x = check_finite(x.astype(p.dtype, copy=False), "x")
         t = np.asarray(t, dtype=np.float64)
         if t.ndim == 0:
             t = np.full(n, float(t))
         elif t.shape != (n,):
             raise ValueError(f"t must be a scalar or have shape ({n},), got shape {t.shape}")
+        check_finite(t, "t")
         if self.n_classes is None:
             if y is not None:
                 raise ValueError(f"this {self.kind} is unconditional (n_classes=None); got labels y")
