@@ -3,7 +3,9 @@
 Used by every writer in refdiff (checkpoints, ``.npy`` and JSON outputs,
 figures). The temporary file lives in the target's folder (a rename across
 file systems is not atomic) and gets the permissions a plain ``open`` would
-give (``mkstemp`` makes it 0600).
+give (``mkstemp`` makes it 0600). An ``OSError`` names the path the caller
+asked for, never the temporary file (a missing folder reads as that path
+missing, as a plain ``open`` would report it).
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ def atomic_write(path, write, suffix: str = "", binary: bool = True) -> str:
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".refdiff-", suffix=suffix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".refdiff-", suffix=suffix)
+    except OSError as exc:  # no such folder, no permission: about path, not the temporary name
+        raise _about(exc, path) from None
     try:
         if binary is None:
             os.close(fd)
@@ -42,8 +47,17 @@ def atomic_write(path, write, suffix: str = "", binary: bool = True) -> str:
                 os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and tmp in (exc.filename, exc.filename2):
+            raise _about(exc, path) from None
         raise
     return path
+
+
+def _about(exc: OSError, path: str) -> OSError:
+    """The same error (class, errno, message) about ``path`` instead of the temporary file."""
+    if exc.errno is None:
+        return type(exc)(f"{exc}; writing {path}")
+    return type(exc)(exc.errno, exc.strerror, path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import math
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ OBJECTIVES = ("eps", "dsm", "ncsn")
 # Names spelled out here so that building the parser imports no NumPy; a test
 # checks them against refdiff.data, refdiff.targets and refdiff.samplers.
 DATA_NAMES = ("checkerboard", "moons", "ring8", "rings", "swiss_roll", "digits", "glyphs")
+IMAGE_DATA_NAMES = ("digits", "glyphs")  # trained with a U-Net; the others are 2-D, trained with an MLP
 TARGET_NAMES = ("mixture16", "ring8")
 SAMPLER_NAMES = (
     "annealed_langevin", "ddim", "ddpm", "deis", "dpm_solver", "dpm_solver_pp", "edm_stochastic", "euler_maruyama",
@@ -56,6 +58,26 @@ def _seed(text):
     return value
 
 
+def _finite(text, positive):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number {'>' if positive else '>='} 0, got {text}")
+    return value
+
+
+def _positive(text):
+    """The type of ``--lr`` and ``--rtol``: a finite number > 0 (argparse names the option, exit 2)."""
+    return _finite(text, positive=True)
+
+
+def _non_negative(text):
+    """The type of ``--guidance``: a finite number >= 0 (argparse names the option, exit 2)."""
+    return _finite(text, positive=False)
+
+
 EPILOG_DEMO = """examples:
   refdiff demo                          figures and a summary table in ./refdiff-demo
   refdiff demo --out figs --seed 3      another folder, another seed
@@ -67,6 +89,9 @@ EPILOG_TRAIN = """examples:
   refdiff train --data moons --objective dsm --process subvp --steps 5000 --out moons.npz
   refdiff train --data digits --conditional --steps 4000 --out digits.npz   (needs refdiff[images])
   refdiff train --data ring8 --steps 40000 --out ring.npz --resume          (continues at the stored step)
+
+--width and --depth shape the MLP of 2-D data, --channels the U-Net of images; each is refused for the
+other kind. A resume must repeat the run's data and settings (all but --steps and --checkpoint-every).
 """
 
 EPILOG_SAMPLE = """examples:
@@ -191,16 +216,42 @@ def add_train(sub):
     p.add_argument("--process", choices=PROCESSES, default=None,
                    help="vp (default), subvp, cosine, ve (default for ncsn) or ddpm (discrete, 1000 steps)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 512 for 2-D, 128 for images)")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    p.add_argument("--lr", type=_positive, default=2e-3, help="Adam learning rate")
     p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
-    p.add_argument("--width", type=int, default=128, help="MLP width")
-    p.add_argument("--depth", type=int, default=3, help="MLP hidden layers")
-    p.add_argument("--channels", type=int, default=32, help="U-Net channels")
+    p.add_argument("--width", type=int, default=None, help="MLP width (2-D data only; default 128)")
+    p.add_argument("--depth", type=int, default=None, help="MLP hidden layers (2-D data only; default 3)")
+    p.add_argument("--channels", type=int, default=None, help="U-Net channels (image data only; default 32)")
     p.add_argument("--conditional", action="store_true", help="class-conditional (images; label dropped 20%%)")
-    p.add_argument("--n-data", type=int, default=100_000, help="2-D points (or generated glyph images) to train on")
+    p.add_argument("--n-data", type=int, default=None,
+                   help="2-D points or generated glyph images to train on (default 100000; digits is a fixed set "
+                        "of 1797 images)")
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--seed", type=_seed, default=0, help="seed of every random draw (printed in the output)")
     p.set_defaults(func=cmd_train)
+
+
+def _check_applies(args):
+    """Refuse a network or data option that the chosen data set would ignore (2-D data: MLP; images: U-Net)."""
+    if args.data not in IMAGE_DATA_NAMES:
+        if args.conditional:
+            raise UsageError("--conditional needs an image data set (digits or glyphs)")
+        if args.channels is not None:
+            raise UsageError(f"--channels sets the U-Net of image data; {args.data} is 2-D data, trained with an "
+                             f"MLP: use --width and --depth")
+        return
+    for name in ("width", "depth"):
+        if getattr(args, name) is not None:
+            raise UsageError(f"--{name} sets the MLP of 2-D data; {args.data} is image data, trained with a U-Net: "
+                             f"use --channels")
+    if args.data == "digits" and args.n_data is not None:
+        raise UsageError(f"--n-data does not apply to digits, a fixed set of 1797 images (got --n-data {args.n_data}); "
+                         f"it sizes the 2-D sets and glyphs")
+
+
+def _data_source(args):
+    """What defines the training data, keyed by the option that sets it (stored in the checkpoint)."""
+    n_data = None if args.data == "digits" else (args.n_data or 100_000)
+    return {"data": args.data, "n_data": n_data, "seed": args.seed, "conditional": bool(args.conditional)}
 
 
 def _training_setup(args):
@@ -209,6 +260,9 @@ def _training_setup(args):
     from . import data as D
     from .nn import MLP, UNet
     from .objectives import DSMObjective, EpsObjective, NCSNObjective
+
+    _check_applies(args)
+    n_data = _data_source(args)["n_data"]
 
     process_name = args.process or ("ve" if args.objective == "ncsn" else "vp")
     process = _process(process_name)
@@ -224,30 +278,104 @@ def _training_setup(args):
         objective = NCSNObjective(process)
     labels = None
     if args.data in D.DATASETS_2D:
-        if args.conditional:
-            raise UsageError("--conditional needs an image data set (digits or glyphs)")
-        x = D.sample_2d(args.data, args.n_data, rng=np.random.SeedSequence([args.seed, 1]))
-        net = MLP(2, width=args.width, depth=args.depth, time_scale=objective.time_scale, backend="auto")
+        x = D.sample_2d(args.data, n_data, rng=np.random.SeedSequence([args.seed, 1]))
+        net = MLP(2, width=args.width or 128, depth=args.depth or 3, time_scale=objective.time_scale, backend="auto")
     else:
-        n = None if args.data == "digits" else args.n_data
         try:
-            x, labels = D.load_images(args.data, n=n, rng=np.random.SeedSequence([args.seed, 1]))
+            x, labels = D.load_images(args.data, n=n_data, rng=np.random.SeedSequence([args.seed, 1]))
         except ImportError as exc:
             raise UsageError(str(exc)) from None
-        net = UNet(image_shape=x.shape[1:], channels=args.channels, time_scale=objective.time_scale,
+        net = UNet(image_shape=x.shape[1:], channels=args.channels or 32, time_scale=objective.time_scale,
                    n_classes=10 if args.conditional else None, backend="auto")
         if not args.conditional:
             labels = None
     return objective, net, x, labels
 
 
+def _process_name(description):
+    """The --process name of a stored process description, or its repr when no name builds it."""
+    from .objectives import EpsObjective, process_from_config
+
+    for name in PROCESSES:
+        if EpsObjective(_process(name)).config()["process"] == description:
+            return name
+    try:
+        return repr(process_from_config(description))
+    except (KeyError, TypeError, ValueError):
+        return "an unknown process"
+
+
+def _value(value):
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "unset" if value is None else str(value)
+
+
+def _check_resume(args, objective, net, batch, source):
+    """Refuse, naming the options, a resume whose data or settings differ from the checkpoint at --out.
+
+    A checkpoint written before the data were recorded resumes with a warning on stderr; the training
+    settings and the network are still checked.
+    """
+    from .nn import load_checkpoint
+
+    try:
+        ck = load_checkpoint(args.out)
+    except ValueError as exc:
+        raise UsageError(f"--resume: {exc}") from None
+    stored = ck.train or {}
+    if stored.get("data") is None:
+        print(f"refdiff train: warning: {args.out} does not record its training data (written by an older refdiff); "
+              f"resuming without checking --data and --n-data against it", file=sys.stderr)
+    record = (stored.get("data") or {}).get("source") or {}  # none from train() without data_source: its digest
+    differ = []  # (key, stored, new)
+
+    def compare(key, old, new):
+        if old != new and key not in [d[0] for d in differ]:
+            differ.append((key, old, new))
+
+    for key, new in source.items():
+        if key in record:
+            compare(key, record[key], new)
+    config = stored.get("config") or {}
+    for key, option, new in (("batch_size", "batch", batch), ("lr", "lr", args.lr), ("warmup", "warmup", args.warmup),
+                             ("seed", "seed", args.seed)):
+        if key in config:
+            compare(option, config[key], new)
+    mine, theirs = objective.config(), stored.get("objective") or {}
+    compare("objective", theirs.get("objective"), mine["objective"])
+    if theirs.get("process") != mine["process"]:
+        compare("process", _process_name(theirs.get("process")), _process_name(mine["process"]))
+    if ck.network.kind == net.kind:
+        old_net, new_net = ck.network.config(), net.config()
+        for key in ("width", "depth", "channels"):
+            if key in new_net:
+                compare(key, old_net.get(key), new_net[key])
+        compare("conditional", old_net.get("n_classes") is not None, new_net.get("n_classes") is not None)
+    else:
+        trained_on = "2-D data (an MLP)" if ck.network.kind == "mlp" else f"image data (a {ck.network.kind})"
+        compare("data", trained_on, args.data)
+    if differ:
+        text = ", ".join(f"--{k.replace('_', '-')} {_value(old)} (now {_value(new)})" for k, old, new in differ)
+        raise UsageError(f"--resume: {args.out} was trained with {text}; a resume continues the same run: repeat "
+                         f"its options, or write a new --out")
+    if ck.step > args.steps:
+        raise UsageError(f"--resume: {args.out} is already at step {ck.step}, past --steps {args.steps} "
+                         f"(--steps counts in total)")
+
+
 def cmd_train(args):
+    import warnings
+
     from .backend import keep_freed_memory
     from .train import TrainingDiverged, train
 
     for name in ("steps", "checkpoint_every", "n_data"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("width", "depth", "channels"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
     if args.batch is not None and args.batch < 1:  # not `args.batch or ...`: 0 took the default
@@ -255,13 +383,23 @@ def cmd_train(args):
     _out_path(args.out)
     objective, net, x, labels = _training_setup(args)
     batch = args.batch or (128 if x.ndim > 2 else 512)
+    if batch > x.shape[0]:
+        given = f"--batch {batch}" if args.batch else f"--batch (default {batch})"
+        more = "" if args.data == "digits" else " or raise --n-data"
+        raise UsageError(f"{given} is larger than the training data ({x.shape[0]} examples of {args.data}): "
+                         f"lower --batch{more}")
+    source = _data_source(args)
+    if args.resume and os.path.exists(args.out):
+        _check_resume(args, objective, net, batch, source)
     keep_freed_memory()  # the CLI owns its process: recycle each step's temporaries
     print(f"refdiff train: data {args.data} ({x.shape[0]} examples), {net.kind} with {net.n_params} parameters, "
           f"objective {objective.name} on {objective.process!r}, seed {args.seed}")
     try:
-        res = train(net, x, objective, labels=labels, steps=args.steps, batch_size=batch, lr=args.lr,
-                    warmup=args.warmup, seed=args.seed, checkpoint=args.out,
-                    checkpoint_every=args.checkpoint_every, resume=args.resume)
+        with warnings.catch_warnings():  # _check_resume has said so on stderr, as one line
+            warnings.filterwarnings("ignore", message=".*records no training data", category=UserWarning)
+            res = train(net, x, objective, labels=labels, steps=args.steps, batch_size=batch, lr=args.lr,
+                        warmup=args.warmup, seed=args.seed, checkpoint=args.out,
+                        checkpoint_every=args.checkpoint_every, resume=args.resume, data_source=source)
     except TrainingDiverged as exc:
         print(f"refdiff train: {exc}", file=sys.stderr)
         return 1
@@ -291,10 +429,13 @@ def add_sample(sub):
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
     p.add_argument("--n", type=int, default=1000, help="number of samples")
     p.add_argument("--out", required=True, metavar="FILE.npy", help="where to write the samples")
-    p.add_argument("--process", choices=PROCESSES, default="vp", help="process for an analytic target (default vp)")
+    p.add_argument("--process", choices=PROCESSES, default=None,
+                   help="process for an analytic target (default vp); a checkpoint fixes its own, which --process "
+                        "must then name")
     p.add_argument("--label", type=int, default=None, help="class to sample (class-conditional checkpoints)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale gamma (default 1)")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--guidance", type=_non_negative, default=1.0,
+                   help="classifier-free guidance scale gamma >= 0, with --label (default 1)")
+    p.add_argument("--no-ema", action="store_true", help="use a checkpoint's raw weights instead of the EMA")
     p.add_argument("--backend", choices=("auto", "numpy", "numba", "cupy"), default="auto",
                    help="where the model runs: the mixture score's (analytic targets), or the MLP's elementwise "
                         "work and the U-Net's GroupNorm + SiLU (checkpoints; numpy or numba); auto picks the "
@@ -333,6 +474,13 @@ def _checkpoint_model(args):
     from .guidance import classifier_free_guidance
 
     ck, objective = _load_checkpoint(args.checkpoint)
+    if args.process is not None:
+        from .objectives import EpsObjective
+
+        if EpsObjective(_process(args.process)).config()["process"] != ck.train["objective"]["process"]:
+            raise UsageError(f"--process {args.process} conflicts with {args.checkpoint}, trained on "
+                             f"{_process_name(ck.train['objective']['process'])} ({objective.process!r}): a "
+                             f"checkpoint fixes its process (drop --process)")
     params = ck.params if args.no_ema or ck.ema is None else ck.ema
     net = ck.network
     if hasattr(net, "backend") and args.backend != "cupy":  # the MLP's elementwise work, the U-Net's GroupNorm + SiLU
@@ -382,7 +530,9 @@ def cmd_sample(args):
     else:
         if args.label is not None:
             raise UsageError("--label needs a class-conditional checkpoint; an analytic --target has no classes")
-        target, process = _target(args.target), _process(args.process)
+        if args.no_ema:
+            raise UsageError("--no-ema applies to a --checkpoint's weights; an analytic --target has none")
+        target, process = _target(args.target), _process(args.process or "vp")
         prediction, shape = "score", (args.n, target.dim)
 
         def model(x, t):
@@ -436,7 +586,7 @@ def add_likelihood(sub):
                        formatter_class=_Formatter)
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by refdiff train")
     p.add_argument("--data", required=True, metavar="FILE.npy", help="points (N, ...) as a .npy array")
-    p.add_argument("--rtol", type=float, default=1e-5, help="ODE solver tolerance (relative and absolute)")
+    p.add_argument("--rtol", type=_positive, default=1e-5, help="ODE solver tolerance (relative and absolute)")
     p.add_argument("--out", default=None, metavar="FILE.npy", help="also write the per-row log-likelihoods")
     p.add_argument("--seed", type=_seed, default=0, help="recorded for the report (the exact divergence draws nothing)")
     p.set_defaults(func=cmd_likelihood)
@@ -454,6 +604,10 @@ def cmd_likelihood(args):
     x = _load_npy(args.data, "--data")
     if x.ndim < 1 or tuple(x.shape[1:]) != tuple(ck.network.data_shape) or x.shape[0] < 1:
         raise UsageError(f"--data must have shape (N, {', '.join(map(str, ck.network.data_shape))}), got {x.shape}")
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise UsageError(f"--data {args.data} holds {bad} non-finite value(s) (NaN or infinity); the log-likelihood "
+                         f"needs finite points")
     if args.out:
         _out_path(args.out)
     params = (ck.ema if ck.ema is not None else ck.params).astype(np.float64)

@@ -15,26 +15,34 @@ Reproducibility: every random draw of step k comes from
 ``numpy.random.default_rng([seed, k])``, a pure function of the seed and the
 step. Together with the saved weights, EMA and Adam moments, resuming from a
 checkpoint therefore continues exactly as if training had never stopped
-(same losses, same weights, bit for bit).
+(same losses, same weights, bit for bit). A checkpoint records what it was
+trained on (the data's shape and a SHA-256 of its values and labels, plus an
+optional ``data_source`` description); a resume on other data is refused
+before any step runs. A checkpoint written before that record existed is
+resumed with a ``UserWarning`` that the data could not be checked.
 
 Failure: bad input (empty data, NaN, batch larger than the data, a shape the
-network does not take, labels out of range) raises ``ValueError`` before any
-step runs. A non-finite loss or gradient stops training with
-:class:`TrainingDiverged`, naming the step; the parameters are left as they
-were after the last good step and a checkpoint already on disk is not
-overwritten.
+network does not take, labels out of range, a checkpoint in a folder that
+does not exist) raises ``ValueError`` before any step runs. A non-finite
+loss or gradient stops training with :class:`TrainingDiverged`, naming the
+step; the parameters are left as they were after the last good step and a
+checkpoint already on disk is not overwritten.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._progress import ProgressLine
+from .backend import to_numpy
 from .nn.checkpoint import load_checkpoint, save_checkpoint
 from .nn.network import Network
 from .nn.optim import Adam, clip_grad_norm, ema_update, warmup_lr
@@ -182,7 +190,43 @@ def _check_inputs(network, data, labels, config):
     return data, labels.astype(np.int64)
 
 
-def _resume_state(path, network, objective, config, params, ema, optimizer):
+def _data_record(data, labels, source):
+    """What defines the training data: shape, dtype and SHA-256 of the rows (and labels), plus ``source``."""
+
+    def digest(a):
+        return hashlib.sha256(np.ascontiguousarray(to_numpy(a)).tobytes()).hexdigest()
+
+    return {
+        "shape": [int(s) for s in data.shape],
+        "dtype": str(data.dtype),
+        "sha256": digest(data),
+        "labels_sha256": None if labels is None else digest(labels),
+        "source": source,
+    }
+
+
+def _check_same_data(path, stored, mine):
+    """Refuse a resume on other data than the checkpoint's; warn when an older checkpoint cannot tell."""
+    if stored is None:
+        warnings.warn(f"{path} records no training data (written by an older refdiff): resuming without "
+                      f"checking that the data are the same", UserWarning, stacklevel=4)
+        return
+    if stored.get("source") is not None and mine["source"] is not None and stored["source"] != mine["source"]:
+        keys = sorted(k for k in {**stored["source"], **mine["source"]}
+                      if stored["source"].get(k) != mine["source"].get(k))
+        raise ValueError(f"cannot resume from {path}: data_source differs in {keys}: it was trained on "
+                         f"{stored['source']}, got {mine['source']}")
+    if stored.get("shape") != mine["shape"]:
+        raise ValueError(f"cannot resume from {path}: it was trained on data of shape {tuple(stored.get('shape'))}, "
+                         f"got shape {tuple(mine['shape'])}")
+    if stored.get("sha256") != mine["sha256"]:
+        raise ValueError(f"cannot resume from {path}: the data differ from the ones it was trained on (same shape "
+                         f"{tuple(mine['shape'])}, other values)")
+    if stored.get("labels_sha256") != mine["labels_sha256"]:
+        raise ValueError(f"cannot resume from {path}: the labels differ from the ones it was trained on")
+
+
+def _resume_state(path, network, objective, config, data_record, params, ema, optimizer):
     """Load ``path`` into the live buffers; return (step, losses)."""
     ckpt = load_checkpoint(path)
     if ckpt.network.kind != network.kind or ckpt.network.config() != network.config():
@@ -197,6 +241,7 @@ def _resume_state(path, network, objective, config, params, ema, optimizer):
         raise ValueError(f"cannot resume from {path}: training settings differ in {differ}")
     if ckpt.params.dtype != params.dtype or ckpt.optimizer is None or ckpt.ema is None:
         raise ValueError(f"cannot resume from {path}: dtype differs or optimiser/EMA state is missing")
+    _check_same_data(path, train_meta.get("data"), data_record)
     if ckpt.step > config.steps:  # the run cannot go back; saving would label step-N weights as an earlier step
         raise ValueError(f"cannot resume from {path}: it is at step {ckpt.step}, past steps={config.steps}")
     params.flat[...] = ckpt.params.flat
@@ -220,6 +265,7 @@ def train(
     checkpoint=None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    data_source: dict | None = None,
     progress=None,
     callback=None,
     **overrides,
@@ -237,7 +283,11 @@ def train(
     dtype : float32 or float64, the parameters' dtype (ignored when ``params`` is given)
     params : initial Params (default: ``network.init(seed, dtype)``)
     checkpoint : path of the checkpoint to write (every ``checkpoint_every`` steps and at the end)
-    resume : continue from ``checkpoint`` if it exists
+    resume : continue from ``checkpoint`` if it exists; the network, objective, settings (but ``steps``) and
+        data must be the ones it was trained with
+    data_source : JSON-serialisable dict or None
+        Where ``data`` came from (say ``{"name": "ring8", "n": 5000, "seed": 0}``), stored in the checkpoint
+        next to a SHA-256 of the data; a resume with another ``data_source`` is refused, naming the keys.
     progress : None (a line on stderr when it is a terminal), True or False
     callback : ``callback(step, loss)`` after every step
 
@@ -260,19 +310,30 @@ def train(
         )
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
+    if checkpoint is not None and not os.path.isdir(os.path.dirname(os.path.abspath(checkpoint))):
+        raise ValueError(f"checkpoint {os.fspath(checkpoint)!r} cannot be written: its folder "
+                         f"{os.path.dirname(os.path.abspath(checkpoint))} does not exist")
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be a positive int or None, got {checkpoint_every!r}")
+    if data_source is not None:
+        try:
+            if not isinstance(data_source, dict):
+                raise TypeError(f"got {type(data_source).__name__}")
+            data_source = json.loads(json.dumps(data_source, allow_nan=False))  # as a checkpoint stores it
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"data_source must be a JSON-serialisable dict or None ({exc})") from None
 
     params = network.init(config.seed, dtype) if params is None else params.copy()
     data = data.astype(params.dtype, copy=False)
+    data_record = None if checkpoint is None else _data_record(data, labels, data_source)
     grads = params.zeros_like()
     ema = params.copy()
     optimizer = Adam(params, config.lr, weight_decay=config.weight_decay)
     start, losses = 0, np.zeros(0)
     if resume and os.path.exists(checkpoint):
-        start, losses = _resume_state(checkpoint, network, objective, config, params, ema, optimizer)
+        start, losses = _resume_state(checkpoint, network, objective, config, data_record, params, ema, optimizer)
     losses = np.concatenate([losses, np.full(max(config.steps - start, 0), np.nan)])
-    meta = {"objective": objective.config(), "config": config.as_dict()}
+    meta = {"objective": objective.config(), "config": config.as_dict(), "data": data_record}
 
     def save(step):
         if checkpoint is not None:

@@ -66,6 +66,7 @@ def test_cli_names_match_the_library():
     from refdiff.targets import TARGETS
 
     assert set(cli_models.DATA_NAMES) == set(DATASETS_2D) | set(IMAGE_DATASETS)
+    assert set(cli_models.IMAGE_DATA_NAMES) == set(IMAGE_DATASETS)
     assert set(cli_models.TARGET_NAMES) == set(TARGETS)
     assert set(cli_models.SAMPLER_NAMES) == set(DIFFUSION_SAMPLERS)
 
@@ -149,8 +150,29 @@ def test_likelihood_of_a_checkpoint(ring_checkpoint, tmp_path):
         (("sample", "--target", "ring8", "--sampler", "ddim", "--steps", "5", "--n", "4", "--out", "x.npy", "--seed",
           "-3"), "--seed: must be >= 0"),
         # guidance and labels apply to class-conditional checkpoints only (they were ignored)
-        (("sample", "--target", "ring8", "--sampler", "ddim", "--out", "x.npy", "--guidance", "-1"), "--guidance needs"),
+        (("sample", "--target", "ring8", "--sampler", "ddim", "--out", "x.npy", "--guidance", "2"), "--guidance needs"),
         (("sample", "--target", "ring8", "--sampler", "ddim", "--out", "x.npy", "--label", "2"), "--label needs"),
+        # library argument names reached the user (batch_size, lr, rtol) instead of the option typed
+        (("train", "--data", "ring8", "--steps", "5", "--out", "x.npz", "--n-data", "500"),
+         "--batch (default 512) is larger than the training data (500 examples of ring8)"),
+        (("train", "--data", "ring8", "--steps", "5", "--out", "x.npz", "--n-data", "50", "--batch", "60"),
+         "--batch 60 is larger than the training data (50 examples"),
+        (("train", "--data", "ring8", "--steps", "5", "--out", "x.npz", "--lr", "nan"),
+         "argument --lr: must be a finite number > 0, got nan"),
+        (("train", "--data", "ring8", "--steps", "5", "--out", "x.npz", "--lr", "-1"), "argument --lr: must be"),
+        (("likelihood", "--checkpoint", "missing.npz", "--data", "x.npy", "--rtol", "-1"),
+         "argument --rtol: must be a finite number > 0, got -1"),
+        (("likelihood", "--checkpoint", "missing.npz", "--data", "x.npy", "--rtol", "nan"), "argument --rtol: must be"),
+        # options the chosen data set ignored: 2-D data trains an MLP, images a U-Net, digits is a fixed set
+        (("train", "--data", "ring8", "--steps", "5", "--out", "x.npz", "--channels", "8"),
+         "--channels sets the U-Net of image data; ring8 is 2-D data"),
+        (("train", "--data", "glyphs", "--steps", "5", "--out", "x.npz", "--width", "8"),
+         "--width sets the MLP of 2-D data; glyphs is image data"),
+        (("train", "--data", "digits", "--steps", "5", "--out", "x.npz", "--depth", "2"), "--depth sets the MLP"),
+        (("train", "--data", "digits", "--steps", "5", "--out", "x.npz", "--n-data", "100"),
+         "--n-data does not apply to digits"),
+        (("sample", "--target", "ring8", "--sampler", "ddim", "--out", "x.npy", "--no-ema"),
+         "--no-ema applies to a --checkpoint"),
     ],
 )
 def test_model_commands_reject_bad_arguments(args, message, tmp_path):
@@ -158,6 +180,144 @@ def test_model_commands_reject_bad_arguments(args, message, tmp_path):
     assert out.returncode == 2, out.stdout + out.stderr
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _drop_data_record(path):
+    """Rewrite a checkpoint as an older refdiff wrote it: no record of the training data."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:
+        entries = {k: z[k] for k in z.files}
+    meta = json.loads(entries["metadata"].tobytes().decode("utf-8"))
+    del meta["train"]["data"]
+    entries["metadata"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    with open(path, "wb") as fh:
+        np.savez(fh, **entries)
+
+
+RING_ARGS = ("--data", "ring8", "--width", "16", "--depth", "2", "--checkpoint-every", "30", "--n-data", "2000",
+             "--seed", "3")
+
+
+def _with(args, **changes):
+    """RING_ARGS with some options' values replaced (name without the dashes)."""
+    out = list(args)
+    for name, value in changes.items():
+        out[out.index("--" + name.replace("_", "-")) + 1] = value
+    return tuple(out)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(data="moons"), "--data ring8 (now moons)"),
+        (dict(n_data="1000"), "--n-data 2000 (now 1000)"),
+        (dict(seed="4"), "--seed 3 (now 4)"),
+        (dict(data="moons", width="17"), "--data ring8 (now moons), --width 16 (now 17)"),
+    ],
+)
+def test_train_resume_refuses_other_data(ring_checkpoint, tmp_path, changes, message):
+    # a resume on other data (moons, another size or seed) trained on silently and exited 0
+    import shutil
+
+    copy = tmp_path / "ring.npz"
+    shutil.copy(ring_checkpoint, copy)
+    before = copy.read_bytes()
+    out = run("train", "--steps", "80", "--out", str(copy), "--resume", *_with(RING_ARGS, **changes))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert message in out.stderr and "--resume:" in out.stderr and "Traceback" not in out.stderr
+    assert "trained" not in out.stdout and copy.read_bytes() == before
+
+
+def test_train_resume_names_the_options_of_other_settings(ring_checkpoint, tmp_path):
+    import shutil
+
+    copy = tmp_path / "ring.npz"
+    shutil.copy(ring_checkpoint, copy)
+    out = run("train", "--steps", "80", "--out", str(copy), "--resume", *RING_ARGS, "--batch", "64", "--lr", "1e-3",
+              "--process", "ve")
+    assert out.returncode == 2, out.stdout + out.stderr
+    for text in ("--batch 512 (now 64)", "--lr 0.002 (now 0.001)", "--process vp (now ve)"):
+        assert text in out.stderr, text
+    assert "batch_size" not in out.stderr
+    out = run("train", "--steps", "50", "--out", str(copy), "--resume", *RING_ARGS)
+    assert out.returncode == 2 and "already at step 60, past --steps 50" in out.stderr
+
+
+def test_train_resume_of_a_checkpoint_without_a_data_record_warns(ring_checkpoint, tmp_path):
+    import shutil
+
+    from refdiff.nn import load_checkpoint
+
+    copy = tmp_path / "ring.npz"
+    shutil.copy(ring_checkpoint, copy)
+    _drop_data_record(copy)
+    out = run("train", "--steps", "70", "--out", str(copy), "--resume", *RING_ARGS)
+    assert out.returncode == 0, out.stderr
+    assert "does not record its training data" in out.stderr and "UserWarning" not in out.stderr
+    assert "from step 60" in out.stdout
+    assert load_checkpoint(copy).train["data"]["source"] == {"data": "ring8", "n_data": 2000, "seed": 3,
+                                                            "conditional": False}
+
+
+@pytest.fixture(scope="module")
+def conditional_checkpoint(tmp_path_factory):
+    """A class-conditional MLP checkpoint of one training step (in-process: a U-Net run takes seconds)."""
+    import numpy as np
+
+    from refdiff.nn import MLP
+    from refdiff.objectives import EpsObjective
+    from refdiff.sde import VPSDE
+    from refdiff.train import train
+
+    obj = EpsObjective(VPSDE())
+    net = MLP(2, width=8, depth=1, time_scale=obj.time_scale, n_classes=3)
+    gen = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("cond") / "cond.npz"
+    train(net, gen.standard_normal((20, 2)), obj, labels=gen.integers(0, 3, 20), steps=1, batch_size=4,
+          checkpoint=path, progress=False)
+    return path
+
+
+@pytest.mark.parametrize("gamma", ["-1", "nan", "inf"])
+def test_sample_refuses_a_bad_guidance_scale_in_one_line(conditional_checkpoint, tmp_path, gamma):
+    # a traceback from refdiff.guidance and exit 1
+    out = run("sample", "--checkpoint", str(conditional_checkpoint), "--sampler", "ddim", "--steps", "5", "--n", "8",
+              "--label", "1", "--guidance", gamma, "--out", str(tmp_path / "x.npy"))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"argument --guidance: must be a finite number >= 0, got {gamma}" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "x.npy").exists()
+
+
+def test_sample_guided_by_a_conditional_checkpoint(conditional_checkpoint, tmp_path):
+    import numpy as np
+
+    out = run("sample", "--checkpoint", str(conditional_checkpoint), "--sampler", "ddim", "--steps", "5", "--n", "8",
+              "--label", "1", "--guidance", "0", "--out", str(tmp_path / "x.npy"))
+    assert out.returncode == 0, out.stderr
+    assert np.load(tmp_path / "x.npy").shape == (8, 2)
+
+
+def test_sample_refuses_a_process_other_than_the_checkpoints(ring_checkpoint, tmp_path):
+    # the checkpoint fixes its process: --process ve gave output identical to no --process
+    base = ("sample", "--checkpoint", str(ring_checkpoint), "--sampler", "ddim", "--steps", "5", "--n", "8")
+    out = run(*base, "--process", "ve", "--out", str(tmp_path / "x.npy"))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "--process ve conflicts with" in out.stderr and "trained on vp" in out.stderr
+    assert not (tmp_path / "x.npy").exists()
+    out = run(*base, "--process", "vp", "--out", str(tmp_path / "x.npy"))  # naming its own process is allowed
+    assert out.returncode == 0, out.stderr
+
+
+def test_likelihood_names_the_data_file_with_nan(ring_checkpoint, tmp_path):
+    # the library's "x0 must be finite" reached the user
+    import numpy as np
+
+    data = tmp_path / "pts.npy"
+    np.save(data, np.array([[0.0, np.nan], [1.0, 2.0], [np.inf, 0.0]]))
+    out = run("likelihood", "--checkpoint", str(ring_checkpoint), "--data", str(data))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"--data {data} holds 2 non-finite value(s)" in out.stderr and "x0" not in out.stderr
 
 
 def test_sample_refuses_a_label_for_an_unconditional_checkpoint(ring_checkpoint, tmp_path):

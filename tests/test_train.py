@@ -171,6 +171,61 @@ def test_resume_refuses_other_settings(tmp_path):
     assert path.read_bytes() == before and load_checkpoint(path).step == 3
 
 
+def _drop_data_record(path):
+    """Rewrite a checkpoint as an older refdiff wrote it: no record of the training data."""
+    import json
+
+    with np.load(path, allow_pickle=False) as z:
+        entries = {k: z[k] for k in z.files}
+    meta = json.loads(entries["metadata"].tobytes().decode("utf-8"))
+    del meta["train"]["data"]
+    entries["metadata"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    with open(path, "wb") as fh:
+        np.savez(fh, **entries)
+
+
+def test_resume_refuses_other_data_before_any_step(tmp_path):
+    # a resume on other rows, other labels or another described source trained on silently
+    obj = EpsObjective(SCHED)
+    gen = np.random.default_rng(0)
+    data, labels = gen.standard_normal((100, 2)), gen.integers(0, 3, 100)
+    path = tmp_path / "ck.npz"
+    kw = dict(batch_size=8, checkpoint=path, progress=False)
+    train(small_net(obj, n_classes=3), data, obj, labels=labels, steps=3, data_source={"name": "a", "n": 100}, **kw)
+    before = path.read_bytes()
+    again = dict(steps=6, resume=True, callback=_never_called, **kw)
+    with pytest.raises(ValueError, match=r"data differ from the ones it was trained on \(same shape \(100, 2\)"):
+        train(small_net(obj, n_classes=3), data + 1.0, obj, labels=labels, **again)
+    with pytest.raises(ValueError, match=r"trained on data of shape \(100, 2\), got shape \(99, 2\)"):
+        train(small_net(obj, n_classes=3), data[:99], obj, labels=labels[:99], **again)
+    with pytest.raises(ValueError, match="labels differ"):
+        train(small_net(obj, n_classes=3), data, obj, labels=(labels + 1) % 3, **again)
+    with pytest.raises(ValueError, match=r"data_source differs in \['name'\]: .*'a'.*got .*'b'"):
+        train(small_net(obj, n_classes=3), data, obj, labels=labels, data_source={"name": "b", "n": 100}, **again)
+    with pytest.raises(TypeError, match="data_source must be a JSON-serialisable dict"):
+        train(small_net(obj, n_classes=3), data, obj, labels=labels, data_source=["a"], **again)
+    assert path.read_bytes() == before
+    # the same data (any dtype that casts to the same values) resumes
+    res = train(small_net(obj, n_classes=3), data.astype(np.float32), obj, labels=labels, steps=6, resume=True,
+                data_source={"name": "a", "n": 100}, **kw)
+    assert res.info["resumed_from"] == 3 and load_checkpoint(path).train["data"]["source"] == {"name": "a", "n": 100}
+
+
+def test_resume_of_a_checkpoint_without_a_data_record_warns_and_continues(tmp_path):
+    obj = EpsObjective(SCHED)
+    data = np.random.default_rng(0).standard_normal((100, 2))
+    kw = dict(batch_size=8, seed=2, progress=False)
+    full = train(small_net(obj), data, obj, steps=8, **kw)
+    path = tmp_path / "ck.npz"
+    train(small_net(obj), data, obj, steps=4, checkpoint=path, **kw)
+    _drop_data_record(path)
+    assert "data" not in load_checkpoint(path).train
+    with pytest.warns(UserWarning, match="records no training data"):
+        res = train(small_net(obj), data, obj, steps=8, checkpoint=path, resume=True, **kw)
+    np.testing.assert_array_equal(res.params.flat, full.params.flat)
+    assert load_checkpoint(path).train["data"]["shape"] == [100, 2]  # written with the record from now on
+
+
 def test_classifier_free_label_dropout_rate():
     obj = EpsObjective(SCHED)
     seen = []
@@ -206,6 +261,8 @@ def _never_called(*a):
         (np.zeros((50, 2)), dict(lr=float("nan")), "lr"),
         (np.zeros((50, 2)), dict(p_uncond=1.5), "p_uncond"),
         (np.zeros((50, 2)), dict(resume=True), "checkpoint"),
+        # the steps ran, then writing the checkpoint failed
+        (np.zeros((50, 2)), dict(checkpoint="/nonexistent-folder/ck.npz"), "folder /nonexistent-folder does not exist"),
     ],
 )
 def test_bad_input_fails_before_any_step(data, kwargs, match):
