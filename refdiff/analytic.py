@@ -53,6 +53,7 @@ import math
 import numpy as np
 
 from .backend import as_float_array, as_rng, check_finite, device_of, namespace, per_example, to_numpy
+from .schedules import DiscreteSchedule
 
 __all__ = ["GaussianMixture", "Gaussian", "EmpiricalData", "NUMBA_MIN_WORK"]
 
@@ -602,6 +603,11 @@ class Gaussian(GaussianMixture):
         Either time may be a scalar or one per row.
         """
         x = _check_points(x, self.dim)
+        for t, name in ((t_from, "t_from"), (t_to, "t_to")):  # named here: the coefficients' own check calls it t
+            if isinstance(process, DiscreteSchedule):
+                process.check_step(t, name)
+            elif process is not None and t is not None:
+                process.check_time(t, name)
         g0, v0 = _process_coefs(process, t_from)
         g1, v1 = _process_coefs(process, t_to)
         lam = self._lam[0]

@@ -469,6 +469,8 @@ def far_from_modes(x, mixture, process=None, t=None, alpha: float = 1e-4) -> flo
     if process is not None or t is not None:
         if process is None or t is None:
             raise ValueError("process and t: pass both or neither")
+        if np.ndim(t) != 0:
+            raise ValueError(f"t must be one time for every sample (a scalar), got shape {np.shape(t)}")
         mixture = mixture.diffuse(process, t)
     r2 = chdtri(x.shape[1], alpha)  # squared radius of the (1 - alpha) ellipsoid
     far = np.ones(x.shape[0], dtype=bool)

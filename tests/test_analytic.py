@@ -269,6 +269,16 @@ def test_gaussian_ode_solution_is_a_flow():
     np.testing.assert_allclose(g.ode_solution(mid, process, 0.5, 1.0), x, rtol=1e-12, atol=1e-14)
 
 
+def test_gaussian_ode_solution_names_the_time_out_of_range():
+    g, x = Gaussian(np.zeros(1), np.ones(1)), np.zeros((2, 1))
+    with pytest.raises(ValueError, match=r"t_to must lie in \[0, 1\]"):
+        g.ode_solution(x, VPSDE(), 1.0, -0.1)
+    with pytest.raises(ValueError, match=r"t_from must lie in \[0, 1\]"):
+        g.ode_solution(x, VPSDE(), 2.0, 0.1)
+    with pytest.raises(ValueError, match=r"t_to must lie in 0..10"):
+        g.ode_solution(x, DiscreteSchedule(linear_betas(10)), 5, 30)
+
+
 def test_gaussian_ode_solution_pushes_marginals():
     """Mapping exact samples of p_1 through the flow gives the moments of p_t (z-test)."""
     g = Gaussian(np.array([1.0, -1.0]), np.array([[1.0, 0.6], [0.6, 0.5]]))

@@ -354,3 +354,9 @@ def test_score_error_by_time_is_zero_for_the_exact_score_and_scale_free():
     assert [r["rel_mse"] for r in exact] == [0.0, 0.0] and exact[1]["sigma"] == pytest.approx(float(vp.std(0.5)))
     off = score_error_by_time(lambda x, t: 1.1 * ring.score(x, vp, t), ring, vp, (0.1, 0.5), x0, rng=1)
     assert [r["rel_mse"] for r in off] == pytest.approx([0.01, 0.01], rel=1e-10)
+
+
+def test_far_from_modes_names_a_per_sample_t():
+    x = ring_mixture().sample(3, rng=0)
+    with pytest.raises(ValueError, match=r"t must be one time for every sample \(a scalar\), got shape \(3,\)"):
+        far_from_modes(x, ring_mixture(), VPSDE(), np.array([0.1, 0.2, 0.3]))

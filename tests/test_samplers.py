@@ -761,3 +761,9 @@ def test_annealed_langevin_callback_and_levels():
     lv = res.info["levels"]
     np.testing.assert_allclose(lv, time_grid(PROCESS, 2, "log_snr"))
     assert seen == [(0, lv[0]), (1, lv[0]), (2, lv[1]), (3, lv[1]), (4, lv[2]), (5, lv[2])]
+
+
+def test_too_many_steps_for_a_schedule_names_steps():
+    sched = DiscreteSchedule(linear_betas(50))
+    with pytest.raises(ValueError, match=r"steps must be an int in 1..T=50 for this schedule, got 60"):
+        ddpm(lambda x, t: x, sched, (2, 2), steps=60)

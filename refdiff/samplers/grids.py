@@ -103,7 +103,10 @@ def step_grid(schedule: DiscreteSchedule, steps=None, spacing: str = "trailing")
     if steps is None:
         kept = np.arange(1, schedule.T + 1)
     else:
-        kept = schedule.timesteps(check_int(steps, "steps"), spacing)
+        steps = check_int(steps, "steps")
+        if steps > schedule.T:
+            raise ValueError(f"steps must be an int in 1..T={schedule.T} for this schedule, got {steps}")
+        kept = schedule.timesteps(steps, spacing)
     return np.concatenate((kept[::-1], [0])).astype(np.int64)
 
 
