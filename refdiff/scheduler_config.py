@@ -461,7 +461,7 @@ def check_schedule(schedule, info: dict, steps: int = 50):
                                     f"t = {t} (diffusers index {t - 1}): {float(b[t])!r}"))
     else:
         last = " = 1 (zero terminal SNR)" if b[T] == 1 else f" = {b[T]:.6g}"
-        out.append(("betas", True, f"{T} betas finite, in (0, {']' if b[T] == 1 else ')'}: beta_1 = {b[1]:.6g}, "
+        out.append(("betas", True, f"{T} betas finite, in (0, 1{']' if b[T] == 1 else ')'}: beta_1 = {b[1]:.6g}, "
                                    f"beta_T{last}"))
 
     # alpha_bar strictly decreasing

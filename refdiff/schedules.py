@@ -197,8 +197,11 @@ def rescale_zero_terminal_snr(betas) -> np.ndarray:
 
     :math:`\sqrt{\bar\alpha_t}` is shifted so its last value is 0 and scaled
     so its first value (t = 1) is unchanged; the betas are then re-derived,
-    giving :math:`\beta_T = 1`. Everything in :class:`DiscreteSchedule` stays
-    finite except ``log_snr[T] = -inf``, which is the truth.
+    giving :math:`\beta_T = 1`. In the :class:`DiscreteSchedule` built from
+    them, ``alpha_bar[T]``, ``sqrt_alpha_bar[T]`` and ``alphas[T]`` are 0 and
+    ``log_alpha_bar[T] = log_snr[T] = -inf``, which is the truth; with
+    ``log_snr[0] = +inf`` (as in every schedule) these are the only
+    non-finite entries: the posterior tables stay finite at t = T.
     """
     betas = _validated_betas(betas)
     with np.errstate(divide="ignore"):  # beta_T = 1 (already zero SNR) gives log 0 = -inf, which is right

@@ -42,15 +42,28 @@ import numbers
 
 import numpy as np
 
-from .backend import as_float_array, namespace, per_example, standard_normal, to_numpy
+from .backend import finite_float_array, namespace, per_example, standard_normal, to_numpy
 
 __all__ = ["SDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE", "sde_from_config"]
 
 
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _positive(name, value):
-    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+    if not (_real(value) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite positive number, got {value!r}")
     return float(value)
+
+
+def _time_range(t_min, t_max):
+    """Validated constructor times: ``0 < t_min < t_max <= 1``, as floats."""
+    if not (_real(t_max) and 0.0 < t_max <= 1.0):
+        raise ValueError(f"t_max must be a number in (0, 1], got {t_max!r}")
+    if not (_real(t_min) and 0.0 < t_min < t_max):
+        raise ValueError(f"t_min must be a number in (0, t_max) with t_max = {float(t_max)}, got {t_min!r}")
+    return float(t_min), float(t_max)
 
 
 class SDE:
@@ -58,14 +71,18 @@ class SDE:
 
     Subclasses implement ``drift_coef``, ``diffusion``, ``log_mean_coef``,
     ``variance``, ``log_snr`` and ``t_from_log_snr`` on float64 host times;
-    everything else is derived here.
+    everything else is derived here. Data arguments (``x0``, ``x`` and a
+    given ``noise``) must be finite: NaN or infinity raises ``ValueError``
+    naming the argument.
 
     Attributes
     ----------
     t_min : float
-        Smallest time a sampler should reach (the score is singular at t=0).
+        Smallest time a sampler should reach (the score is singular at t=0);
+        a constructor refuses any outside (0, t_max) with ``ValueError``.
     t_max : float
-        Largest usable time (1, except where the process is singular at t=1).
+        Largest usable time (1, except where the process is singular at t=1),
+        in (0, 1].
     """
 
     t_min: float = 1e-3
@@ -157,7 +174,9 @@ class SDE:
 
     def drift(self, x, t):
         """:math:`f(x,t)=f(t)x`, in ``x``'s dtype."""
-        x = as_float_array(x, "x")
+        return self._drift(finite_float_array(x, "x"), t)
+
+    def _drift(self, x, t):
         return per_example(self.drift_coef(t), x) * x
 
     def marginal(self, x0, t):
@@ -168,17 +187,21 @@ class SDE:
         mean : array like ``x0``
         std : array of shape () or (N, 1, ..., 1), ``x0``'s dtype
         """
-        x0 = as_float_array(x0, "x0")
+        return self._marginal(finite_float_array(x0, "x0"), t)
+
+    def _marginal(self, x0, t):
         return per_example(self.mean_coef(t), x0) * x0, per_example(self.std(t), x0)
 
     def sample_marginal(self, x0, t, rng=None, noise=None):
         r"""Draw :math:`x_t\sim q(x_t|x_0)`: :math:`\gamma_t x_0+\sigma_t\epsilon`."""
-        x0 = as_float_array(x0, "x0")
+        x0 = finite_float_array(x0, "x0")
         if noise is None:
             noise = standard_normal(x0.shape, rng, like=x0)
-        elif tuple(noise.shape) != tuple(x0.shape):
-            raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}")
-        mean, std = self.marginal(x0, t)
+        else:
+            noise = finite_float_array(noise, "noise")
+            if tuple(noise.shape) != tuple(x0.shape):
+                raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}")
+        mean, std = self._marginal(x0, t)
         return mean + std * noise
 
     def prior_std(self) -> float:
@@ -194,7 +217,7 @@ class SDE:
 
         Works for any data shape (N, ...), not just images (PITFALLS 32).
         """
-        x = as_float_array(x, "x")
+        x = finite_float_array(x, "x")
         xp = namespace(x)
         if x.ndim < 1:
             raise ValueError("x must have a batch axis, got a scalar")
@@ -216,17 +239,17 @@ class SDE:
         ``score`` is the score at (x, t), or a callable ``score(x, t)``.
         Integrated from t = 1 to 0 with :math:`dt<0`.
         """
-        x = as_float_array(x, "x")
+        x = finite_float_array(x, "x")
         score = self._score_at(x, t, score)
         g2 = per_example(self.diffusion(t) ** 2, x)
-        return self.drift(x, t) - g2 * score
+        return self._drift(x, t) - g2 * score
 
     def ode_drift(self, x, t, score):
         r"""Velocity of the probability-flow ODE, :math:`f(x,t)-\tfrac12 g(t)^2\nabla\log p_t(x)` (Song et al. eq. 13)."""
-        x = as_float_array(x, "x")
+        x = finite_float_array(x, "x")
         score = self._score_at(x, t, score)
         half_g2 = per_example(0.5 * self.diffusion(t) ** 2, x)
-        return self.drift(x, t) - half_g2 * score
+        return self._drift(x, t) - half_g2 * score
 
 
 class _VPFamily(SDE):
@@ -270,7 +293,7 @@ class VPSDE(_VPFamily):
         self.beta_max = _positive("beta_max", beta_max)
         if self.beta_max < self.beta_min:
             raise ValueError(f"beta_max must be >= beta_min, got {beta_max} < {beta_min}")
-        self.t_min = _positive("t_min", t_min)
+        self.t_min, _ = _time_range(t_min, self.t_max)
 
     def __repr__(self):
         return f"{type(self).__name__}(beta_min={self.beta_min}, beta_max={self.beta_max})"
@@ -379,19 +402,19 @@ class CosineVPSDE(_VPFamily):
     :math:`\gamma_t=\cos(a_t)/\cos(a_0)` with :math:`a_t=\frac{t+s}{1+s}\frac\pi2`,
     :math:`\beta(t)=\frac{\pi}{1+s}\tan a_t`. The process is singular at
     t = 1 (:math:`\gamma_1=0`, :math:`\beta=\infty`), so ``t_max`` defaults to
-    0.9946, where DPM-Solver clips it (:math:`\lambda\approx-5.1`, PITFALLS 7).
+    0.9946, where DPM-Solver clips it (PITFALLS 7). There the log-SNR
+    :math:`\lambda_t=\log(\gamma_t^2/\sigma_t^2)` of :meth:`log_snr` is -9.56;
+    DPM-Solver's :math:`\lambda_t=\log(\alpha_t/\sigma_t)` (its
+    :math:`\alpha_t` is :math:`\gamma_t` here) is half the log-SNR, -4.78.
     :math:`\sigma_t^2=\sin(a_t+a_0)\sin(a_t-a_0)/\cos^2a_0` has no cancellation
     near t = 0.
     """
 
     def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946):
-        if not (isinstance(s, numbers.Real) and math.isfinite(s) and s >= 0):
+        if not (_real(s) and math.isfinite(s) and s >= 0):
             raise ValueError(f"s must be a finite number >= 0, got {s!r}")
         self.s = float(s)
-        self.t_min = _positive("t_min", t_min)
-        if not 0.0 < t_max <= 1.0:
-            raise ValueError(f"t_max must lie in (0, 1], got {t_max!r}")
-        self.t_max = float(t_max)
+        self.t_min, self.t_max = _time_range(t_min, t_max)
         self._a0 = self.s / (1.0 + self.s) * 0.5 * math.pi
 
     def __repr__(self):
@@ -480,7 +503,7 @@ class VESDE(SDE):
         self.sigma_max = _positive("sigma_max", sigma_max)
         if self.sigma_max <= self.sigma_min:
             raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_max} <= {sigma_min}")
-        self.t_min = _positive("t_min", t_min)
+        self.t_min, _ = _time_range(t_min, self.t_max)
         self._L = math.log(self.sigma_max / self.sigma_min)
 
     def __repr__(self):

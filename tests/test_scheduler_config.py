@@ -297,6 +297,16 @@ def test_bad_trained_betas_fail_the_checks_not_the_parse():
     assert not failed(check_schedule(*betas_from_config(ok), 2))
 
 
+def test_betas_check_message_states_the_interval():
+    """The passing betas check prints the whole interval: (0, 1), or (0, 1] when beta_T = 1."""
+    messages = {name: msg for name, _, msg in check_schedule(*betas_from_config(SD), 50)}
+    assert messages["betas"] == "1000 betas finite, in (0, 1): beta_1 = 0.00085, beta_T = 0.012"
+    zero = cfg(rescale_betas_zero_snr=True, prediction_type="v_prediction")
+    messages = {name: msg for name, _, msg in check_schedule(*betas_from_config(zero), 50)}
+    assert messages["betas"].startswith("1000 betas finite, in (0, 1]: beta_1 = ")
+    assert messages["betas"].endswith(", beta_T = 1 (zero terminal SNR)")
+
+
 @pytest.mark.parametrize(
     "config, message",
     [

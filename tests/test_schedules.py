@@ -114,6 +114,24 @@ def test_zero_terminal_snr_schedule(spec):
     np.testing.assert_allclose(new[1:], expected[1:], rtol=0, atol=RTOL * old[1])
 
 
+@pytest.mark.parametrize("betas", [sch.linear_betas(1000), sch.cosine_betas(1000), sch.linear_betas(2, 0.1, 0.2)],
+                         ids=["linear", "cosine", "T2"])
+def test_zero_terminal_snr_non_finite_entries(betas):
+    """After rescaling, log_alpha_bar[T] and log_snr[T] are -inf and log_snr[0] is +inf; every other entry is finite."""
+    S = DiscreteSchedule(sch.rescale_zero_terminal_snr(betas))
+    T = S.T
+    tables = ("betas", "alphas", "log_alpha_bar", "alpha_bar", "alpha_bar_prev", "one_minus_alpha_bar",
+              "sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "posterior_variance", "posterior_log_variance",
+              "posterior_mean_coef_x0", "posterior_mean_coef_xt", "log_snr")
+    expected = {("log_alpha_bar", T): -np.inf, ("log_snr", 0): np.inf, ("log_snr", T): -np.inf}
+    found = {}
+    for name in tables:
+        table = getattr(S, name)
+        found.update({(name, int(i)): table[i] for i in np.flatnonzero(~np.isfinite(table))})
+    assert found == expected
+    assert S.alpha_bar[T] == S.sqrt_alpha_bar[T] == S.alphas[T] == 0.0
+
+
 @pytest.mark.parametrize(
     "betas",
     [sch.rescale_zero_terminal_snr(sch.linear_betas(1000)), sch.cosine_betas(100, max_beta=None),

@@ -640,6 +640,53 @@ def test_bad_parameters(factory, pattern):
         factory()
 
 
+@pytest.mark.parametrize(
+    "factory, pattern",
+    [
+        (lambda: sde.VPSDE(t_min=2.0), "t_min"),
+        (lambda: sde.VPSDE(t_min=1.0), "t_min"),
+        (lambda: sde.VPSDE(t_min=float("inf")), "t_min"),
+        (lambda: sde.SubVPSDE(t_min=1.5), "t_min"),
+        (lambda: sde.VESDE(t_min=1.0), "t_min"),
+        (lambda: sde.VESDE(t_min=-1e-5), "t_min"),
+        (lambda: sde.CosineVPSDE(t_min=0.995), "t_min.*t_max = 0.9946"),  # above the default t_max
+        (lambda: sde.CosineVPSDE(t_min=0.5, t_max=0.4), "t_min.*t_max = 0.4"),
+        (lambda: sde.CosineVPSDE(t_max=True), "t_max"),
+        (lambda: sde.CosineVPSDE(s=True), "s must"),
+        (lambda: sde.VPSDE(beta_min=True), "beta_min"),
+        (lambda: sde.sde_from_config({"kind": "VPSDE", "beta_min": 0.1, "beta_max": 20.0, "t_min": 2.0}), "t_min"),
+    ],
+    ids=["vp_2", "vp_1", "vp_inf", "subvp_1.5", "ve_1", "ve_neg", "cosine_above_t_max", "cosine_reversed",
+         "cosine_t_max_bool", "cosine_s_bool", "vp_beta_bool", "from_config"],
+)
+def test_bad_time_range_is_refused_at_construction(factory, pattern):
+    """t_min outside (0, t_max) and bools fail in the constructor, naming the argument, not later in a sampler."""
+    with pytest.raises(ValueError, match=pattern):
+        factory()
+
+
+@pytest.mark.parametrize("spec", DEFAULTS, ids=KINDS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_data_names_the_argument(spec, bad):
+    P = make(spec)
+    x = np.zeros((3, 2))
+    x[1, 0] = bad
+    score = np.zeros((3, 2))
+    calls = {
+        "x0": [lambda: P.marginal(x, 0.5), lambda: P.sample_marginal(x, 0.5, rng=0)],
+        "x": [lambda: P.drift(x, 0.5), lambda: P.prior_log_prob(x), lambda: P.reverse_drift(x, 0.5, score),
+              lambda: P.ode_drift(x, 0.5, lambda xx, tt: score)],
+        "noise": [lambda: P.sample_marginal(np.zeros((3, 2)), 0.5, noise=x)],
+    }
+    for name, fns in calls.items():
+        for fn in fns:
+            with pytest.raises(ValueError, match=rf"^{name} must be finite, got 1 non-finite value"):
+                fn()
+    # float32 data and per-example times take the same check
+    with pytest.raises(ValueError, match="^x0 must be finite"):
+        P.marginal(x.astype(np.float32), np.array([0.1, 0.2, 0.3]))
+
+
 # ------------------------------------------------------ array API strict
 @pytest.mark.parametrize("spec", DEFAULTS, ids=KINDS)
 def test_closed_forms_on_namespace(xp, float_dtype, spec):

@@ -112,7 +112,13 @@ def ode_euler(model, process, x_T, *, prediction="score", steps=None, grid=None,
         (:func:`~refdiff.samplers.time_grid` ``kind="karras"``).
     grid : array or kind name, optional
     final_denoise : bool
-        Replace the state at :math:`t_{min}` by Tweedie's :math:`\hat x_0`.
+        Replace the state at :math:`t_{min}` by Tweedie's :math:`\hat x_0`
+        (one more model call; none where the grid ends at zero variance).
+    rng : seed for the start when ``x_T`` is a shape.
+    callback : callable ``callback(i, t, x)``, optional
+        Called after step i = 0..steps-1 with the state at its end time
+        :math:`t_{i+1}`, then once more (i = steps, t = 0) with Tweedie's
+        :math:`\hat x_0` when the final denoising step runs.
 
     Returns
     -------
@@ -150,7 +156,7 @@ def ode_heun(
     with :math:`d'` evaluated there. The default Karras grid (``rho``) with 17
     steps and the final denoising step (an Euler step to
     :math:`\tilde\sigma=0`, which lands on :math:`D`) is EDM's 18-step,
-    35-NFE sampler.
+    35-NFE sampler. ``callback`` is called as in :func:`ode_euler`.
     """
     require_sde(process, "ode_heun")
     grid = resolve_grid(process, steps, grid, default_steps=17, default_kind="karras", rho=rho)
@@ -223,8 +229,11 @@ def ode_rk45(
     Returns
     -------
     SampleResult ``(x, nfe)`` with ``info["n_steps"]`` (accepted steps) and
-    ``info["status"]`` from solve_ivp; ``callback(i, t, x)`` is called once,
-    at :math:`t_{min}` (solve_ivp keeps no intermediate states here).
+    ``info["status"]`` from solve_ivp. solve_ivp keeps no intermediate
+    states here, so ``callback(i, t, x)`` is called once at :math:`t_{min}`
+    (i = n_steps - 1) and, when the final denoising step runs (``final_denoise``,
+    the default, with :math:`\sigma_{t_{min}}>0`), once more with
+    :math:`\hat x_0` (i = n_steps, t = 0).
     """
     from scipy.integrate import solve_ivp
 
