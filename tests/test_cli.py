@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from old_checkpoints import drop_data_record
 
 
 def run(*args, cwd=None):
@@ -182,19 +183,6 @@ def test_model_commands_reject_bad_arguments(args, message, tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def _drop_data_record(path):
-    """Rewrite a checkpoint as an older refdiff wrote it: no record of the training data."""
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as z:
-        entries = {k: z[k] for k in z.files}
-    meta = json.loads(entries["metadata"].tobytes().decode("utf-8"))
-    del meta["train"]["data"]
-    entries["metadata"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    with open(path, "wb") as fh:
-        np.savez(fh, **entries)
-
-
 RING_ARGS = ("--data", "ring8", "--width", "16", "--depth", "2", "--checkpoint-every", "30", "--n-data", "2000",
              "--seed", "3")
 
@@ -251,7 +239,7 @@ def test_train_resume_of_a_checkpoint_without_a_data_record_warns(ring_checkpoin
 
     copy = tmp_path / "ring.npz"
     shutil.copy(ring_checkpoint, copy)
-    _drop_data_record(copy)
+    drop_data_record(copy)
     out = run("train", "--steps", "70", "--out", str(copy), "--resume", *RING_ARGS)
     assert out.returncode == 0, out.stderr
     assert "does not record its training data" in out.stderr and "UserWarning" not in out.stderr

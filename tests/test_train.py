@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from old_checkpoints import drop_data_record
 
 from refdiff.analytic import Gaussian
 from refdiff.nn import MLP, load_checkpoint
@@ -171,19 +172,6 @@ def test_resume_refuses_other_settings(tmp_path):
     assert path.read_bytes() == before and load_checkpoint(path).step == 3
 
 
-def _drop_data_record(path):
-    """Rewrite a checkpoint as an older refdiff wrote it: no record of the training data."""
-    import json
-
-    with np.load(path, allow_pickle=False) as z:
-        entries = {k: z[k] for k in z.files}
-    meta = json.loads(entries["metadata"].tobytes().decode("utf-8"))
-    del meta["train"]["data"]
-    entries["metadata"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    with open(path, "wb") as fh:
-        np.savez(fh, **entries)
-
-
 def test_resume_refuses_other_data_before_any_step(tmp_path):
     # a resume on other rows, other labels or another described source trained on silently
     obj = EpsObjective(SCHED)
@@ -218,7 +206,7 @@ def test_resume_of_a_checkpoint_without_a_data_record_warns_and_continues(tmp_pa
     full = train(small_net(obj), data, obj, steps=8, **kw)
     path = tmp_path / "ck.npz"
     train(small_net(obj), data, obj, steps=4, checkpoint=path, **kw)
-    _drop_data_record(path)
+    drop_data_record(path)
     assert "data" not in load_checkpoint(path).train
     with pytest.warns(UserWarning, match="records no training data"):
         res = train(small_net(obj), data, obj, steps=8, checkpoint=path, resume=True, **kw)
