@@ -298,7 +298,7 @@ class LabelledMixture:
         if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
             raise TypeError(f"y must be an int or an int array of labels, got {type(y).__name__} of dtype {arr.dtype}")
         if arr.ndim > 1 or (arr.ndim == 1 and n is not None and arr.shape[0] != n):
-            want = "a scalar" if n is None else f"a scalar or shape ({n},)"
+            want = "a scalar or shape (N,)" if n is None else f"a scalar or shape ({n},)"
             raise ValueError(f"y must be {want} (one label per example), got shape {arr.shape}")
         unknown = np.setdiff1d(arr, self.classes)
         if unknown.size:

@@ -767,3 +767,112 @@ def test_too_many_steps_for_a_schedule_names_steps():
     sched = DiscreteSchedule(linear_betas(50))
     with pytest.raises(ValueError, match=r"steps must be an int in 1..T=50 for this schedule, got 60"):
         ddpm(lambda x, t: x, sched, (2, 2), steps=60)
+
+
+# --------------------------------------------------------------------------- API edges
+def test_sde_adaptive_hands_the_callback_a_copy_and_stops_at_max_iters():
+    from refdiff.samplers import sde_adaptive
+
+    states = []
+    res = sde_adaptive(ring_score, PROCESS, (3, 2), rng=0, final_denoise=False, callback=lambda i, t, x: states.append(x))
+    # x is updated in place row by row: the callback once got that one array every time (all equal to the end)
+    assert len({id(s) for s in states}) == len(states) and not np.array_equal(states[0], res.x)
+    np.testing.assert_array_equal(states[-1], res.x)
+    again = sde_adaptive(ring_score, PROCESS, (3, 2), rng=0, final_denoise=False, max_iters=len(states))
+    np.testing.assert_array_equal(again.x, res.x)  # exactly enough iterations: once refused as too few
+    with pytest.raises(RuntimeError, match=f"within max_iters={len(states) - 1}"):
+        sde_adaptive(ring_score, PROCESS, (3, 2), rng=0, final_denoise=False, max_iters=len(states) - 1)
+
+
+def test_sde_adaptive_takes_a_model_conditioned_per_example():
+    """The model sees the whole batch on every call: one with a label per row once failed when an example finished."""
+    from refdiff.guidance import LabelledMixture
+    from refdiff.samplers import sde_adaptive
+
+    lm = LabelledMixture(RING, np.arange(8) % 2)
+    y = np.array([0, 1, 1, 0, 1])
+    res = sde_adaptive(lm.guided_model(y, 1.0, PROCESS), PROCESS, (5, 2), rng=0)
+    for i in (0, 1):  # each row is the run of its own label alone (the noise is per example)
+        alone = sde_adaptive(lm.guided_model(int(y[i]), 1.0, PROCESS), PROCESS, (5, 2), rng=0)
+        np.testing.assert_allclose(res.x[i], alone.x[i], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "log_prob, match",
+    [
+        (lambda x: RING.log_prob(x) * np.nan, "log_prob returned NaN or \\+inf"),
+        (lambda x: RING.log_prob(x)[:, None], r"log_prob output at step 0 has shape \(3, 1\), expected \(3,\)"),
+        (lambda x: 0.5, "log_prob output at step 0 has shape float"),
+    ],
+)
+def test_mala_checks_log_prob(log_prob, match):
+    # a NaN log-density once rejected every proposal without a word
+    with pytest.raises(ValueError, match=match):
+        mala(RING.score, log_prob, np.zeros((3, 2)), step_size=0.05, n_steps=5, rng=0)
+
+
+def test_mala_rejects_proposals_outside_the_support():
+    def log_prob(x):  # the right half-plane only
+        return np.where(x[:, 0] > 0, RING.log_prob(x), -np.inf)
+
+    res = mala(RING.score, log_prob, np.full((50, 2), [4.0, 0.0]), step_size=0.5, n_steps=40, rng=0)
+    assert np.all(res.x[:, 0] > 0) and 0 < res.info["acceptance_rate"].mean() < 1
+
+
+def test_multistep_defaults_fit_a_short_schedule():
+    short = DiscreteSchedule(linear_betas(20))
+    eps = lambda x, t: np.zeros_like(x)  # noqa: E731
+    assert plms(eps, short, (2, 2)).nfe == 20  # the default of 50 steps once exceeded T = 20
+    assert deis(eps, DiscreteSchedule(linear_betas(10)), (2, 2)).nfe == 10
+
+
+def test_plms_names_a_zero_terminal_snr_start():
+    from refdiff.schedules import rescale_zero_terminal_snr
+
+    zero = DiscreteSchedule(rescale_zero_terminal_snr(linear_betas(100)))
+    with pytest.raises(ValueError, match="plms needs gamma_t > 0"):
+        plms(lambda x, t: x, zero, (3, 2), prediction="v", steps=10)
+
+
+def test_grids_past_the_process_t_max_are_refused():
+    cosine = CosineVPSDE()  # t_max 0.9946: beta is infinite at t = 1
+    score = lambda x, t: RING.score(x, cosine, t)  # noqa: E731
+    for run in (lambda: ode_euler(score, cosine, (3, 2), grid=np.array([1.0, 0.5, 0.01])),
+                lambda: predictor_corrector(score, cosine, (3, 2), grid=np.array([1.0, 0.5, 0.01]))):
+        with pytest.raises(ValueError, match="grid must start at or below the process's t_max = 0.9946"):
+            run()
+    with pytest.raises(ValueError, match="t_max must be at most the process's t_max = 0.9946"):
+        ode_rk45(score, cosine, (3, 2), t_max=1.0)
+    with pytest.raises(ValueError, match="t_max must be at most"):
+        time_grid(cosine, 5, t_max=1.0)
+    with pytest.raises(ValueError, match="infinite at t = 0: t_min must be > 0"):
+        time_grid(PROCESS, 4, "log_snr", t_min=0.0)
+
+
+@pytest.mark.parametrize(
+    "run, exc, match",
+    [
+        (lambda: ddpm(ring_eps_discrete, SCHEDULE, (4, 2), clip_x0=(1.0,)), ValueError, "clip_x0 must be a range"),
+        (lambda: ddpm(ring_eps_discrete, SCHEDULE, (4, 2), clip_x0=1.0), ValueError, "clip_x0 must be a range"),
+        (lambda: deis(ring_score, PROCESS, (4, 2), prediction="score", order=2.0), ValueError, "order must be 1, 2, 3 or 4"),
+        (lambda: dpm_solver(ring_score, PROCESS, (4, 2), prediction="score", order=2.0), ValueError, "order must be 1, 2 or 3"),
+        (lambda: ddim(ring_score, "vp", (4, 2), prediction="score"), TypeError, "process must be a DiscreteSchedule or an SDE"),
+        (lambda: ode_euler(ring_score, PROCESS, (4, 2), steps=2, callback=5), TypeError, "callback must be a callable"),
+        (lambda: langevin(RING.score, np.zeros((0, 2)), step_size=0.1), ValueError, "x_init must have shape"),
+    ],
+)
+def test_sampler_arguments_are_named_in_errors(run, exc, match):
+    with pytest.raises(exc, match=match):
+        run()
+
+
+def test_a_list_start_is_data_and_a_tuple_is_a_shape():
+    start = [[0.1, 0.2], [0.3, 0.4]]  # once read as a shape, and refused as one
+    got = ode_euler(ring_score, PROCESS, start, steps=3, final_denoise=False).x
+    np.testing.assert_array_equal(got, ode_euler(ring_score, PROCESS, np.array(start), steps=3, final_denoise=False).x)
+    assert ode_euler(ring_score, PROCESS, (3, 2), steps=3, rng=0).x.shape == (3, 2)
+
+
+def test_a_one_point_discrete_grid_gets_its_zero():
+    res = ddpm(lambda x, t: np.zeros_like(x), DiscreteSchedule(linear_betas(20)), (2, 2), grid=[15], rng=0)
+    assert res.nfe == 1 and list(res.info["grid"]) == [15, 0]

@@ -88,6 +88,16 @@ def _describe_time(t):
     return f"[{a.min():.6g}, {a.max():.6g}]"
 
 
+def check_process(process):
+    """TypeError unless ``process`` is a DiscreteSchedule or an SDE (a name such as "vp" is neither)."""
+    from ..sde import SDE
+
+    if not isinstance(process, (DiscreteSchedule, SDE)):
+        raise TypeError(f"process must be a DiscreteSchedule or an SDE from refdiff.sde, got {type(process).__name__}"
+                        f"{f' {process!r}' if isinstance(process, str) else ''}")
+    return process
+
+
 class ModelCall:
     """The one model contract of every sampler.
 
@@ -105,6 +115,7 @@ class ModelCall:
     """
 
     def __init__(self, model, prediction: str, process):
+        check_process(process)
         if not callable(model):
             raise TypeError(f"model must be a callable f(x, t), got {type(model).__name__}")
         if prediction not in PREDICTIONS:
@@ -144,32 +155,34 @@ class ModelCall:
         return self.to(self.predict(x, t, step), want, x, t)
 
 
-def start(x_T, rng, prior_std: float = 1.0, dtype=None):
+def start(x_T, rng, prior_std: float = 1.0, dtype=None, name: str = "x_T"):
     """The starting array and the per-example noise stream.
 
     Parameters
     ----------
     x_T : array (N, ...) or tuple of ints
-        A starting point, or the shape to draw :math:`\\mathcal N(0,\\text{prior\\_std}^2I)` for
-        (draw 0 of the noise stream, so the start is per-example too).
+        A starting point (an array, or a list that becomes one, as in NumPy), or a tuple: the shape to draw
+        :math:`\\mathcal N(0,\\text{prior\\_std}^2I)` for (draw 0 of the noise stream, so the start is
+        per-example too).
     rng : SPEC 7 seed; the stream's 64-bit key is drawn from it once.
     dtype : dtype of a drawn start (default float64).
+    name : the sampler's name for ``x_T``, in errors.
     """
-    if isinstance(x_T, (tuple, list)):
-        shape = tuple(x_T)
+    if isinstance(x_T, tuple):
+        shape = x_T
         if not shape or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape):
-            raise ValueError(f"shape must be a tuple of positive ints (N, ...), got {x_T!r}")
+            raise ValueError(f"{name}: a shape must be a tuple of positive ints (N, ...), got {x_T!r}")
         noise = NoiseStream(rng, n=shape[0])
         x = noise.normal(shape)
         if dtype is not None:
             x = x.astype(dtype)
         return prior_std * x, noise
-    x = as_float_array(x_T, "x_T")
+    x = as_float_array(x_T, name)
     if x.ndim < 1 or x.shape[0] < 1:
-        raise ValueError(f"x_T must have shape (N, ...) with N >= 1, got {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape (N, ...) with N >= 1, got {tuple(x.shape)}")
     xp = namespace(x)
     if not bool(xp.all(xp.isfinite(x))):
-        raise ValueError("x_T must be finite, got NaN or infinity")
+        raise ValueError(f"{name} must be finite, got NaN or infinity")
     return x, NoiseStream(rng, n=x.shape[0])
 
 
@@ -198,6 +211,8 @@ def final_denoise_step(f, x, grid, final_denoise, callback, n_steps=None, clip=N
 
 def finish_step(i: int, t, x, callback):
     """Check the state after step ``i`` (at time ``t``) and hand it to ``callback(i, t, x)``."""
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable (i, t, x) or None, got {type(callback).__name__}")
     xp = namespace(x)
     if not bool(xp.all(xp.isfinite(x))):
         raise ValueError(

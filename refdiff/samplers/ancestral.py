@@ -64,7 +64,10 @@ def _default_steps(process, continuous: int):
 def _check_clip(clip_x0):
     if clip_x0 is None:
         return None
-    lo, hi = (float(v) for v in clip_x0)
+    try:
+        lo, hi = (float(v) for v in clip_x0)
+    except (TypeError, ValueError):  # not two numbers
+        raise ValueError(f"clip_x0 must be a range (lo, hi) with lo < hi, got {clip_x0!r}") from None
     if not lo < hi:
         raise ValueError(f"clip_x0 must be a range (lo, hi) with lo < hi, got {clip_x0!r}")
     return lo, hi
@@ -98,7 +101,8 @@ def ddpm(
         spacing)`` (all T steps if None); an SDE gets a uniform grid of
         ``steps`` (default 1000 for ddpm, 100 for ddim).
     grid : array or kind name, optional
-        An explicit decreasing grid (overrides ``steps``).
+        An explicit decreasing grid (``steps``, if also given, must equal its
+        number of steps); on a discrete schedule a final 0 is added when missing.
     variance : {"beta_tilde", "beta"}
         :math:`\sigma_t^2=\tilde\beta_t` (Ho et al.'s lower bound, exact for a
         point mass) or :math:`\beta_t` (their upper bound, exact for

@@ -35,6 +35,8 @@ DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) uses the data prediction
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from ..backend import per_example
@@ -113,10 +115,11 @@ def dpm_solver(
 
     Returns
     -------
-    SampleResult ``(x, nfe)`` with ``nfe = order * steps (+1)``.
+    SampleResult ``(x, nfe)`` with ``nfe = order * steps (+1)``; a step that
+    lands on t = 0 (an explicit grid ending there) takes one evaluation, not ``order``.
     """
     require_sde(process, "dpm_solver")
-    if order not in (1, 2, 3):
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     grid = resolve_grid(process, steps, grid, default_steps=10, default_kind="log_snr")
     f = ModelCall(model, prediction, process)

@@ -341,8 +341,8 @@ def _check_table_mixture(table, mixture):
 def start_state(table, mixture, x_T, rng=None, seed=None, offset=0, dtype=None, draw=True):
     """The starting state, the noise stream and the draw index of row 0's numbering (1 if the start was drawn).
 
-    ``x_T`` is an (N, D) array or a shape (N, D) drawn as ``prior_std * z`` at
-    draw 0. Shared by the reference and its twins. With ``draw=False`` a
+    ``x_T`` is an (N, D) array (a list becomes one) or a tuple, the shape
+    (N, D) drawn as ``prior_std * z`` at draw 0, as for the samplers. Shared by the reference and its twins. With ``draw=False`` a
     shape is checked but not drawn: the state comes back unset (``np.empty``,
     in the state dtype) with ``first`` = 1, for a twin that draws
     ``prior_std * z`` at draw 0 in its kernel (at a million particles the host
@@ -350,8 +350,8 @@ def start_state(table, mixture, x_T, rng=None, seed=None, offset=0, dtype=None, 
     """
     _check_table_mixture(table, mixture)
     D = mixture.dim
-    if isinstance(x_T, (tuple, list)):
-        shape = tuple(x_T)
+    if isinstance(x_T, tuple):
+        shape = x_T
         ok = len(shape) == 2 and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in shape)
         if not ok or shape[1] != D:
             raise ValueError(f"x_T as a shape must be (N, {D}) with N >= 1, got {x_T!r}")

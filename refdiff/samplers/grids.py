@@ -34,7 +34,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..schedules import DiscreteSchedule
-from ._common import check_int, check_positive
+from ._common import check_int, check_positive, check_process
 
 __all__ = ["GRID_KINDS", "time_grid", "step_grid", "describe_grid", "GridInfo", "resolve_grid"]
 
@@ -48,6 +48,8 @@ def _time_bounds(process, t_max, t_min):
     process.check_time(np.array([t_min, t_max]), "grid end points")
     if not t_min < t_max:
         raise ValueError(f"t_min must be smaller than t_max, got t_min={t_min}, t_max={t_max}")
+    if t_max > process.t_max:  # e.g. the cosine VP process, singular at t = 1
+        raise ValueError(f"t_max must be at most the process's t_max = {process.t_max}, got {t_max}")
     return t_max, t_min
 
 
@@ -75,6 +77,8 @@ def time_grid(process, steps: int, kind: str = "uniform", t_max=None, t_min=None
         grid = t_max + frac * (t_min - t_max)
         grid[0], grid[-1] = t_max, t_min
     else:
+        if t_min == 0.0:
+            raise ValueError(f"a {kind!r} grid is spaced in log-SNR, which is infinite at t = 0: t_min must be > 0")
         lam_max, lam_min = float(process.log_snr(t_max)), float(process.log_snr(t_min))
         if kind == "log_snr":
             lam = lam_max + frac * (lam_min - lam_max)
@@ -112,14 +116,20 @@ def step_grid(schedule: DiscreteSchedule, steps=None, spacing: str = "trailing")
 
 def _check_explicit(process, grid) -> np.ndarray:
     arr = to_numpy(grid)
-    if arr.ndim != 1 or arr.shape[0] < 2:
-        raise ValueError(f"grid must be 1-D with at least 2 points (1 step), got shape {arr.shape}")
-    if isinstance(process, DiscreteSchedule):
+    discrete = isinstance(process, DiscreteSchedule)
+    if arr.ndim != 1 or arr.shape[0] < (1 if discrete else 2):
+        least = "1 step (a discrete grid gets its final 0 added)" if discrete else "2 points (1 step)"
+        raise ValueError(f"grid must be 1-D with at least {least}, got shape {arr.shape}")
+    if discrete:
         arr = process.check_step(arr, "grid")
         if arr[-1] != 0:
             arr = np.concatenate((arr, [0]))
+        if arr.shape[0] < 2:
+            raise ValueError("grid must hold a step above 0: [0] alone is no step")
     else:
         arr = process.check_time(arr, "grid")
+        if arr[0] > process.t_max:
+            raise ValueError(f"grid must start at or below the process's t_max = {process.t_max}, got {arr[0]}")
     bad = np.flatnonzero(np.diff(arr) >= 0)
     if bad.size:
         i = int(bad[0])
@@ -137,14 +147,17 @@ def resolve_grid(
     ``grid`` may be an explicit decreasing array (of times, or of steps for a
     discrete schedule), a kind name from :data:`GRID_KINDS`, or None (the
     sampler's ``default_kind``). ``steps=None`` means the sampler's
-    ``default_steps``; for a discrete schedule ``None`` there means every
-    step, and ``spacing`` picks the subset otherwise.
+    ``default_steps``, at most every step of a discrete schedule (``None``
+    there means every step), and ``spacing`` picks the subset otherwise.
     """
+    check_process(process)
     if grid is not None and not isinstance(grid, str):
         arr = _check_explicit(process, grid)
         if steps is not None and check_int(steps, "steps") != arr.shape[0] - 1:
             raise ValueError(f"steps={steps} disagrees with the explicit grid of {arr.shape[0] - 1} steps")
         return arr
+    if steps is None and default_steps is not None and isinstance(process, DiscreteSchedule):
+        steps = min(default_steps, process.T)  # a default never asks a short schedule for more steps than it has
     steps = default_steps if steps is None else steps
     if isinstance(process, DiscreteSchedule):
         if grid is not None:

@@ -71,6 +71,18 @@ def _score_of(model, x, i):
     return out
 
 
+def _log_prob_of(log_prob, x, i):
+    """``log_prob(x)``, checked: shape (N,), no NaN, no +inf (-inf, outside the support, is a valid value)."""
+    out = log_prob(x)
+    if not hasattr(out, "shape") or tuple(out.shape) != (x.shape[0],):
+        got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+        raise ValueError(f"log_prob output at step {i} has shape {got}, expected ({x.shape[0]},): one value per example")
+    xp = namespace(x)
+    if bool(xp.any(xp.isnan(out))) or bool(xp.any(out == xp.inf)):
+        raise ValueError(f"log_prob returned NaN or +inf at step {i} (-inf is allowed: a point outside the support)")
+    return out
+
+
 def langevin(score, x_init, *, step_size, n_steps=1000, rng=None, callback=None):
     r"""Unadjusted Langevin algorithm: :math:`x\leftarrow x+\eta s(x)+\sqrt{2\eta}z`.
 
@@ -92,7 +104,7 @@ def langevin(score, x_init, *, step_size, n_steps=1000, rng=None, callback=None)
     n_steps = check_int(n_steps, "n_steps")
     if not callable(score):
         raise TypeError(f"score must be a callable s(x), got {type(score).__name__}")
-    x, noise = start(x_init, rng)
+    x, noise = start(x_init, rng, name="x_init")
     for i in range(n_steps):
         x = x + eta * _score_of(score, x, i) + math.sqrt(2.0 * eta) * noise.normal(x.shape, like=x)
         x = finish_step(i, (i + 1) * eta, x, callback)
@@ -110,7 +122,8 @@ def mala(score, log_prob, x_init, *, step_size, n_steps=1000, rng=None, callback
     Parameters
     ----------
     score, log_prob : callables of x; ``log_prob`` returns shape (N,)
-        (normalising constants cancel).
+        (normalising constants cancel): NaN or +inf raises ValueError, -inf
+        (a proposal outside the support) is rejected.
 
     Returns
     -------
@@ -121,7 +134,7 @@ def mala(score, log_prob, x_init, *, step_size, n_steps=1000, rng=None, callback
     n_steps = check_int(n_steps, "n_steps")
     if not (callable(score) and callable(log_prob)):
         raise TypeError("score and log_prob must be callables of x")
-    x, noise = start(x_init, rng)
+    x, noise = start(x_init, rng, name="x_init")
     xp = namespace(x)
     n = x.shape[0]
 
@@ -129,11 +142,11 @@ def mala(score, log_prob, x_init, *, step_size, n_steps=1000, rng=None, callback
         d = xp.reshape(to - frm - eta * s_frm, (n, -1))
         return -xp.sum(d * d, axis=1) / (4.0 * eta)
 
-    s_x, lp_x = _score_of(score, x, 0), log_prob(x)
+    s_x, lp_x = _score_of(score, x, 0), _log_prob_of(log_prob, x, 0)
     accepted = np.zeros(n, dtype=np.int64)
     for i in range(n_steps):
         y = x + eta * s_x + math.sqrt(2.0 * eta) * noise.normal(x.shape, like=x)
-        s_y, lp_y = _score_of(score, y, i), log_prob(y)
+        s_y, lp_y = _score_of(score, y, i), _log_prob_of(log_prob, y, i)
         log_alpha = lp_y - lp_x + log_q(x, y, s_y) - log_q(y, x, s_x)
         u = noise.uniform((n,), like=lp_x)
         ok = xp.log(u) < log_alpha

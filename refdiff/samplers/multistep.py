@@ -25,6 +25,8 @@ with :math:`\ell_j` the Lagrange basis through the last k nodes
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 from numpy.polynomial import polynomial as P
 
@@ -74,6 +76,9 @@ def plms(
     SampleResult ``(x, nfe)``.
     """
     grid = resolve_grid(process, steps, grid, default_steps=50, default_kind="uniform", spacing=spacing)
+    if np.any(np.asarray(process.mean_coef(grid[:-1]), dtype=np.float64) == 0):
+        raise ValueError("plms needs gamma_t > 0 where it steps from (zero terminal SNR has x0 = (x - sigma eps) / 0 "
+                         "at t = T); start below t = T, or use ddim")
     f = ModelCall(model, prediction, process)
     x, _ = start(x_T, rng, prior_std=prior_std_of(process))
     history = []  # eps predictions, newest first
@@ -138,7 +143,7 @@ def deis(
     -------
     SampleResult ``(x, nfe)``.
     """
-    if order not in (1, 2, 3, 4):
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order not in (1, 2, 3, 4):
         raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
     grid = resolve_grid(process, steps, grid, default_steps=20, default_kind="log_snr", spacing=spacing)
     n = grid.shape[0] - 1

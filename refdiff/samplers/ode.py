@@ -25,7 +25,8 @@ sampler         variable               NFE               order
 ``ode_heun``    :math:`\tilde\sigma`   2n                2 (Karras et al. Alg. 1)
 ==============  =====================  ================  =========================
 
-(+1 NFE each for the final denoising step.) Euler and RK4 run one generic
+(+1 NFE each for the final denoising step; on a grid ending at t = 0, Heun's
+last step is its Euler step alone, 2n - 1.) Euler and RK4 run one generic
 explicit Runge-Kutta step over a Butcher tableau, in the manner of
 ``scipy.integrate``.
 """
@@ -46,7 +47,7 @@ from ._common import (
     require_sde,
     start,
 )
-from .grids import resolve_grid
+from .grids import _time_bounds, resolve_grid
 
 __all__ = ["ode_euler", "ode_rk4", "ode_heun", "ode_rk45", "EULER", "RK4"]
 
@@ -239,8 +240,7 @@ def ode_rk45(
 
     require_sde(process, "ode_rk45")
     rtol, atol = check_positive(rtol, "rtol"), check_positive(atol, "atol")
-    t_max = process.t_max if t_max is None else float(t_max)
-    t_min = process.t_min if t_min is None else float(t_min)
+    t_max, t_min = _time_bounds(process, t_max, t_min)  # errors name t_max and t_min
     grid = resolve_grid(process, None, np.array([t_max, t_min]))
     f = ModelCall(model, prediction, process)
     x, _ = start(x_T, rng, prior_std=process.prior_std())

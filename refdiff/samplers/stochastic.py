@@ -217,8 +217,11 @@ def sde_adaptive(
     Returns
     -------
     SampleResult ``(x, nfe)``: ``nfe`` counts batched model calls (2 per
-    iteration while any example is running); ``info`` holds per-example
-    ``accepted`` and ``rejected`` step counts and the tolerances.
+    iteration while any example is running; each call takes the whole batch,
+    finished examples at :math:`t_{min}`, so that a model conditioned per
+    example sees its own rows); ``info`` holds per-example ``accepted`` and
+    ``rejected`` step counts and the tolerances. ``callback(i, t, x)`` gets
+    a copy of the state after each iteration, with ``t`` per example.
     """
     require_sde(process, "sde_adaptive")
     eps_abs, eps_rel = check_positive(eps_abs, "eps_abs"), check_positive(eps_rel, "eps_rel", allow_zero=True)
@@ -239,17 +242,18 @@ def sde_adaptive(
     accepted = np.zeros(n, dtype=np.int64)
     for it in range(max_iters):
         active = np.flatnonzero(t > t_min)
-        if active.size == 0:
-            break
         xa, ta, ha = x[active], t[active], h[active]
         z = noise.normal_at(trials, x.shape, like=x)[active]  # draw index = each example's own trial count
         trials[active] += 1
         sqrt_h = per_example(np.sqrt(ha), xa)
-        # Euler-Maruyama trial x'
-        x1 = xa - per_example(ha, xa) * process.reverse_drift(xa, ta, f(xa, ta, "score", it)) + per_example(process.diffusion(ta), xa) * sqrt_h * z
+        # Euler-Maruyama trial x'. The model sees the whole batch (finished examples at t_min, their results
+        # unused): a model with per-example conditioning (labels, guidance) is built for the batch's rows
+        x1 = xa - per_example(ha, xa) * process.reverse_drift(xa, ta, f(x, t, "score", it)[active]) + per_example(process.diffusion(ta), xa) * sqrt_h * z
         # improved Euler: the drift at (x', t - h), same noise
         ts = np.where(ha >= ta - t_min, t_min, ta - ha)  # land on t_min exactly
-        x_tilde = xa - per_example(ha, xa) * process.reverse_drift(x1, ts, f(x1, ts, "score", it)) + per_example(process.diffusion(ts), xa) * sqrt_h * z
+        x1_all, ts_all = xp.asarray(x, copy=True), t.copy()
+        x1_all[active], ts_all[active] = x1, ts
+        x_tilde = xa - per_example(ha, xa) * process.reverse_drift(x1, ts, f(x1_all, ts_all, "score", it)[active]) + per_example(process.diffusion(ts), xa) * sqrt_h * z
         x2 = 0.5 * (x1 + x_tilde)
         # scaled error and acceptance
         delta = xp.maximum(eps_abs, eps_rel * xp.maximum(xp.abs(x1), xp.abs(x_prev[active])))
@@ -264,10 +268,13 @@ def sde_adaptive(
         grow = safety * ha * np.where(err > 0, err, np.inf) ** (-exponent)  # inf ** -r = 0: a zero error...
         grow = np.where(err > 0, grow, np.inf)  # ...lets the step grow to the end
         h[active] = np.minimum(t[active] - t_min, grow)
-        finish_step(it, t.copy(), x, callback)
+        # the callback gets a copy: x is updated in place, row by row, on the next iteration
+        finish_step(it, t.copy(), x if callback is None else xp.asarray(x, copy=True), callback)
+        if not np.any(t > t_min):
+            break
     else:
         raise RuntimeError(f"sde_adaptive did not reach t_min within max_iters={max_iters} iterations")
-    x = final_denoise_step(f, x, np.array([t_max, t_min]), final_denoise, callback, it)
+    x = final_denoise_step(f, x, np.array([t_max, t_min]), final_denoise, callback, it + 1)
     rejected = trials - noise.draws - accepted
     return SampleResult(x, f.nfe, accepted=accepted, rejected=rejected, eps_abs=eps_abs, eps_rel=eps_rel)
 
