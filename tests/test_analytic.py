@@ -316,6 +316,7 @@ def test_empirical_data_matches_mixture_of_points():
     w = data.posterior(x, process, t)
     np.testing.assert_allclose(w.sum(1), 1.0)
     np.testing.assert_allclose(data.denoise(x, process, t), w @ pts, rtol=1e-13)
+    np.testing.assert_allclose(data.eps(x, process, t), -process.std(t)[:, None] * data.score(x, process, t), rtol=1e-12)
 
 
 def test_empirical_data_rejects_t0():

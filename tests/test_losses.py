@@ -200,3 +200,32 @@ def test_normal_kl_keeps_float32_with_python_numbers():
     assert kl.dtype == np.float32
     np.testing.assert_allclose(kl, 0.5 * m.astype(np.float64) ** 2, rtol=1e-6)
     assert normal_kl(0.0, 0.0, 1.0, 0.0) == 0.5 and normal_kl(0.0, 0.0, 1.0, 0.0).dtype == np.float64
+
+
+@pytest.mark.parametrize("variance", ["beta_tilde", "beta"])
+def test_vlb_terms_written_out_for_the_first_two_steps(variance):
+    """L_0 (both decoders) and L_1 of the bound, each from its formula on the bound's own draws: L_0 =
+    -sum log of the bin mass of x0 under N(mu, s^2) (open end bins), or the Gaussian density; L_1 = KL(q(x_1|
+    x_2, x_0) || N(mu, sigma^2)) with sigma^2 = beta_2 or beta-tilde_2 (Ho et al. eq. 5, 13)."""
+    from refdiff.forward import posterior_mean_from_eps, q_posterior, q_sample
+
+    sch = DiscreteSchedule(linear_betas(6, 1e-2, 0.2))
+    x0 = (2.0 * np.array([[0, 17, 128], [255, 90, 201]]) / 255 - 1.0)  # 8-bit levels, both end bins among them
+    eps_model = lambda x, t: 0.3 * x - 0.1  # noqa: E731  (any model: the terms hold for each)
+    z = np.random.default_rng(4).standard_normal((2,) + x0.shape)  # the bound draws x_1 then x_2 from its rng
+    x1, x2 = (q_sample(sch, x0, np.full(2, t), z[t - 1]) for t in (1, 2))
+    mu1 = posterior_mean_from_eps(sch, x1, eps_model(x1, sch.model_steps[np.full(2, 1)]), np.full(2, 1))
+    log_var1 = sch.posterior_log_variance[1] if variance == "beta_tilde" else np.log(sch.betas[1])
+    s, d = np.exp(0.5 * log_var1), 1 / 255
+    upper = np.where(x0 >= 1.0, 1.0, norm.cdf((x0 + d - mu1) / s))
+    lower = np.where(x0 <= -1.0, 0.0, norm.cdf((x0 - d - mu1) / s))
+    for decoder, L0 in (("discretized", -np.log(upper - lower).sum(1)),
+                        ("gaussian", -norm.logpdf(x0, mu1, s).sum(1))):
+        v = vlb_terms(eps_model, sch, x0, rng=4, variance=variance, decoder=decoder)
+        np.testing.assert_allclose(v.terms[:, 0], L0, rtol=1e-9, err_msg=decoder)
+    mu2 = posterior_mean_from_eps(sch, x2, eps_model(x2, sch.model_steps[np.full(2, 2)]), np.full(2, 2))
+    var2 = np.exp(sch.posterior_log_variance[2]) if variance == "beta_tilde" else sch.betas[2]
+    q_mean, _, q_log_var = q_posterior(sch, x2, x0, np.full(2, 2))
+    q_var = np.exp(q_log_var)
+    kl = 0.5 * (np.log(var2 / q_var) + (q_var + (q_mean - mu2) ** 2) / var2 - 1.0)
+    np.testing.assert_allclose(v.terms[:, 1], kl.sum(1), rtol=1e-9)

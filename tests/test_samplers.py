@@ -318,8 +318,9 @@ def test_prediction_kinds_agree():
         (ode_rk4, 4, "uniform", (16, 32, 64)),
         (dpm_solver_pp, 2, "log_snr", (32, 64, 128)),
         (deis, 3, "log_snr", (32, 64, 128)),
+        (functools.partial(dpm_solver, order=3), 3, "log_snr", (8, 16, 32)),
     ],
-    ids=["euler", "heun", "rk4", "dpm_solver_pp", "deis3"],
+    ids=["euler", "heun", "rk4", "dpm_solver_pp", "deis3", "dpm_solver3"],
 )
 def test_ode_solver_order_on_exact_gaussian_flow(solver, order, kind, steps):
     """Slope of log error against log steps, within 0.3 of the order (Euler, Heun and RK4 are also verify
@@ -876,3 +877,90 @@ def test_a_list_start_is_data_and_a_tuple_is_a_shape():
 def test_a_one_point_discrete_grid_gets_its_zero():
     res = ddpm(lambda x, t: np.zeros_like(x), DiscreteSchedule(linear_betas(20)), (2, 2), grid=[15], rng=0)
     assert res.nfe == 1 and list(res.info["grid"]) == [15, 0]
+
+
+# --------------------------------------------------------------------------- coefficients against the papers
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_adams_bashforth_weights_integrate_the_lagrange_basis(k):
+    """Order-k weights (newest first) are the integrals over one step of the Lagrange basis through the
+    k previous points: PLMS used order 2 and 3 only briefly, and no run could tell a wrong weight."""
+    from refdiff.samplers.multistep import ADAMS_BASHFORTH, lagrange_integrals
+
+    np.testing.assert_allclose(ADAMS_BASHFORTH[k], lagrange_integrals(-np.arange(k, dtype=float), 0.0, 1.0),
+                               rtol=1e-13, atol=1e-15)
+
+
+def test_dpm_solver_pp_on_an_uneven_grid_is_algorithm_2():
+    """Lu et al. 2022b, Algorithm 2, written out here with r_i = h_{i-1} / h_i: on a grid uniform in t the
+    steps in lambda differ, so the ratio must be the right way up (a log-SNR grid has r = 1)."""
+    g = Gaussian(np.array([0.7, -0.4]), np.array([[0.3, 0.1], [0.1, 0.2]]))
+    grid = time_grid(PROCESS, 12, "uniform")
+    x0_model = lambda x, t: g.denoise(x, PROCESS, t)  # noqa: E731
+    x = _start()
+    got = dpm_solver_pp(x0_model, PROCESS, x, prediction="x0", grid=grid, lower_order_final=False,
+                        final_denoise=False).x
+    lam = 0.5 * np.asarray(PROCESS.log_snr(grid), dtype=np.float64)  # log(alpha / sigma)
+    alpha, sigma = np.asarray(PROCESS.mean_coef(grid)), np.asarray(PROCESS.std(grid))
+    prev = None
+    for i in range(grid.shape[0] - 1):
+        h = lam[i + 1] - lam[i]
+        x0 = g.denoise(x, PROCESS, grid[i])
+        if prev is None:
+            D = x0
+        else:
+            r = (lam[i] - lam[i - 1]) / h
+            D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * prev
+        x = sigma[i + 1] / sigma[i] * x - alpha[i + 1] * np.expm1(-h) * D
+        prev = x0
+    np.testing.assert_allclose(got, x, rtol=1e-12, atol=1e-12)
+
+
+def test_predictor_corrector_step_is_written_out():
+    """One corrector step at t with epsilon = 2 gamma_{s|t}^2 (r sigma_t)^2 (Song et al. Algorithm 5 with the
+    scaling of the module notes), then the Euler-Maruyama predictor, on the sampler's own noise stream."""
+    from refdiff.noise import NoiseStream
+
+    t, s, snr = 0.6, 0.5, 0.16
+    x = _start()
+    got = predictor_corrector(ring_score, PROCESS, x, predictor="euler_maruyama", snr=snr, n_corrector=1,
+                              grid=np.array([t, s]), final_denoise=False, rng=9).x
+    noise = NoiseStream(9, n=x.shape[0])
+    eps = 2.0 * float(PROCESS.transition(s, t)[0]) ** 2 * (snr * float(PROCESS.std(t))) ** 2
+    y = x + eps * ring_score(x, t) + np.sqrt(2 * eps) * noise.normal(x.shape)
+    h = t - s
+    want = y - h * PROCESS.reverse_drift(y, t, ring_score(y, t)) + float(PROCESS.diffusion(t)) * np.sqrt(h) * noise.normal(x.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_ddim_eta_scales_the_noise_variance():
+    """One DDIM step at eta = 0.5 from a fixed x_t: x_s - its eta-free part is sigma_eta z with
+    sigma_eta^2 = eta^2 beta-tilde_{s|t} (Song et al. eq. 16); the noise is the sampler's own stream."""
+    from refdiff.forward import posterior_coefs
+    from refdiff.noise import NoiseStream
+
+    t, s, eta = 0.6, 0.4, 0.5
+    g = Gaussian(np.array([0.7, -0.4]), np.array([[0.3, 0.1], [0.1, 0.2]]))
+    eps_model = lambda x, tt: g.eps(x, PROCESS, tt)  # noqa: E731
+    x = _start()
+    got = ddim(eps_model, PROCESS, x, eta=eta, grid=np.array([t, s]), final_denoise=False, rng=5).x
+    var_eta = eta**2 * float(posterior_coefs(PROCESS, s, t)[2])
+    eps = eps_model(x, t)
+    x0 = (x - float(PROCESS.std(t)) * eps) / float(PROCESS.mean_coef(t))
+    det = float(PROCESS.mean_coef(s)) * x0 + np.sqrt(float(PROCESS.variance(s)) - var_eta) * eps
+    z = NoiseStream(5, n=x.shape[0]).normal(x.shape)
+    np.testing.assert_allclose(got, det + np.sqrt(var_eta) * z, rtol=1e-12, atol=1e-12)
+
+
+def test_ddim_recomputes_eps_from_a_clipped_x0():
+    """With a clip that bites, the eps DDIM carries forward is the one implied by the clipped x0 (PITFALLS 16):
+    x_s = gamma_s c + sigma_s (x_t - gamma_t c) / sigma_t, c = clip(x0_hat)."""
+    t, s = 0.6, 0.4
+    g = Gaussian(np.array([0.7, -0.4]), np.array([[0.3, 0.1], [0.1, 0.2]]))
+    eps_model = lambda x, tt: g.eps(x, PROCESS, tt)  # noqa: E731
+    x = 2.0 * _start()
+    got = ddim(eps_model, PROCESS, x, grid=np.array([t, s]), clip_x0=(-0.5, 0.5), final_denoise=False).x
+    c = np.clip(g.denoise(x, PROCESS, t), -0.5, 0.5)
+    assert np.any(np.abs(g.denoise(x, PROCESS, t)) > 0.5)  # the clip bites
+    gt, st = float(PROCESS.mean_coef(t)), float(PROCESS.std(t))
+    want = float(PROCESS.mean_coef(s)) * c + float(PROCESS.std(s)) * (x - gt * c) / st
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
