@@ -771,7 +771,6 @@ exit status: 0 all checks pass (warnings allowed), 1 a check fails, 2 bad argume
 """
 
 
-
 def add_schedule(sub):
     p = sub.add_parser("schedule", help="read a diffusers scheduler_config.json as a refdiff schedule and check it",
                        description="Rebuild the betas of a diffusers scheduler config (without diffusers) as "

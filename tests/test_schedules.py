@@ -21,8 +21,6 @@ from strategies import NAMES, build, schedule_specs
 RTOL = 1e-12  # float64 closed forms
 
 
-
-# ------------------------------------------------------------ strategies
 # ------------------------------------------------- independent references
 def ref_alpha_bar(betas):
     """Python-loop cumulative product, alpha_bar[0] = 1."""
