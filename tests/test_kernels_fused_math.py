@@ -232,7 +232,6 @@ def _axpy_asm(wide):
     return "".join(f.inspect_asm().values())
 
 
-@pytest.mark.skipif(not JIT, reason="assembly needs the JIT")
 @numba.njit
 def _aligned_pair(n):
     return NM.aligned_empty((3, n), np.float32), NM.aligned_empty((n,), np.float64)
@@ -249,6 +248,7 @@ def test_aligned_empty_starts_on_a_cache_line(n):
         assert a.sum() == 3 * n
 
 
+@pytest.mark.skipif(not JIT, reason="assembly needs the JIT")
 def test_prefer_wide_vectors_gives_512_bit_lane_loops():
     """With the attribute a loop uses zmm registers where the CPU has AVX-512; without it LLVM's tuning for
     recent AVX-512 CPUs keeps to ymm (which is why the hot kernels ask)."""
