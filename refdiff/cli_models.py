@@ -294,10 +294,10 @@ def _training_setup(args):
 
 def _process_name(description):
     """The --process name of a stored process description, or its repr when no name builds it."""
-    from .objectives import EpsObjective, process_from_config
+    from .objectives import EpsObjective, process_from_config, same_process
 
     for name in PROCESSES:
-        if EpsObjective(_process(name)).config()["process"] == description:
+        if same_process(EpsObjective(_process(name)).config()["process"], description):
             return name
     try:
         return repr(process_from_config(description))
@@ -318,6 +318,7 @@ def _check_resume(args, objective, net, batch, source):
     settings and the network are still checked.
     """
     from .nn import load_checkpoint
+    from .objectives import same_process
 
     try:
         ck = load_checkpoint(args.out)
@@ -344,7 +345,7 @@ def _check_resume(args, objective, net, batch, source):
             compare(option, config[key], new)
     mine, theirs = objective.config(), stored.get("objective") or {}
     compare("objective", theirs.get("objective"), mine["objective"])
-    if theirs.get("process") != mine["process"]:
+    if not same_process(theirs.get("process"), mine["process"]):
         compare("process", _process_name(theirs.get("process")), _process_name(mine["process"]))
     if ck.network.kind == net.kind:
         old_net, new_net = ck.network.config(), net.config()
@@ -475,9 +476,9 @@ def _checkpoint_model(args):
 
     ck, objective = _load_checkpoint(args.checkpoint)
     if args.process is not None:
-        from .objectives import EpsObjective
+        from .objectives import EpsObjective, same_process
 
-        if EpsObjective(_process(args.process)).config()["process"] != ck.train["objective"]["process"]:
+        if not same_process(EpsObjective(_process(args.process)).config()["process"], ck.train["objective"]["process"]):
             raise UsageError(f"--process {args.process} conflicts with {args.checkpoint}, trained on "
                              f"{_process_name(ck.train['objective']['process'])} ({objective.process!r}): a "
                              f"checkpoint fixes its process (drop --process)")

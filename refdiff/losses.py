@@ -60,10 +60,11 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     args = [a if isinstance(a, (int, float)) and not isinstance(a, bool) else xp.asarray(a)
             for a in (mean1, logvar1, mean2, logvar2)]
     for a, name in zip(args, ("mean1", "logvar1", "mean2", "logvar2")):
-        if isinstance(a, float) and not math.isfinite(a):
-            raise ValueError(f"{name} must be finite, got {a!r}")
-        if not isinstance(a, (int, float)):
-            check_finite(a, name, xp)
+        bad = (a != a or a == math.inf or (a == -math.inf and name.startswith("mean"))) if isinstance(a, (int, float)) \
+            else bool(xp.any(xp.isnan(a) | (a == xp.inf) | ((a == -xp.inf) if name.startswith("mean") else False)))
+        if bad:  # a log-variance of -inf is a point mass (q_posterior's at s = 0): its KL is +inf, as it should be
+            raise ValueError(f"{name} must be finite{'' if name.startswith('mean') else ' or -inf'}, got NaN or an "
+                             f"infinity")
     if all(isinstance(a, (int, float)) for a in args):  # numbers alone: a float64 result, as before
         args[0] = xp.asarray(float(args[0]), dtype=xp.float64)
     mean1, logvar1, mean2, logvar2 = args

@@ -72,6 +72,12 @@ def convert(pred, src: str, dst: str, x_t, process, t):
     pred = finite_float_array(pred, "pred")
     if tuple(pred.shape) != tuple(x_t.shape):
         raise ValueError(f"pred must have the shape of x_t {tuple(x_t.shape)}, got {tuple(pred.shape)}")
+    return _convert(pred, src, dst, x_t, process, t)
+
+
+def _convert(pred, src, dst, x_t, process, t):
+    """:func:`convert` without its argument checks, for callers that made them (the samplers check the model's
+    output and their state once a step; checking again in every conversion cost 10-25% with a cheap model)."""
     if src == dst:
         return pred
     gamma_h, sigma_h = process.mean_coef(t), process.std(t)  # float64, host

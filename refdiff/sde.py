@@ -240,14 +240,20 @@ class SDE:
         Integrated from t = 1 to 0 with :math:`dt<0`.
         """
         x = finite_float_array(x, "x")
-        score = self._score_at(x, t, score)
+        return self._reverse_drift(x, t, self._score_at(x, t, score))
+
+    def _reverse_drift(self, x, t, score):
+        """:meth:`reverse_drift` of a checked x and a score array (the samplers check both once a step)."""
         g2 = per_example(self.diffusion(t) ** 2, x)
         return self._drift(x, t) - g2 * score
 
     def ode_drift(self, x, t, score):
         r"""Velocity of the probability-flow ODE, :math:`f(x,t)-\tfrac12 g(t)^2\nabla\log p_t(x)` (Song et al. eq. 13)."""
         x = finite_float_array(x, "x")
-        score = self._score_at(x, t, score)
+        return self._ode_drift(x, t, self._score_at(x, t, score))
+
+    def _ode_drift(self, x, t, score):
+        """:meth:`ode_drift` of a checked x and a score array."""
         half_g2 = per_example(0.5 * self.diffusion(t) ** 2, x)
         return self._drift(x, t) - half_g2 * score
 

@@ -46,7 +46,7 @@ from .backend import to_numpy
 from .nn.checkpoint import load_checkpoint, save_checkpoint
 from .nn.network import Network
 from .nn.optim import Adam, clip_grad_norm, ema_update, warmup_lr
-from .objectives import EpsObjective
+from .objectives import EpsObjective, same_objective
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train", "regression_loss", "moving_average"]
 
@@ -232,7 +232,7 @@ def _resume_state(path, network, objective, config, data_record, params, ema, op
     if ckpt.network.kind != network.kind or ckpt.network.config() != network.config():
         raise ValueError(f"cannot resume from {path}: it holds a different network ({ckpt.network!r})")
     train_meta = ckpt.train or {}
-    if train_meta.get("objective") != objective.config():
+    if not same_objective(train_meta.get("objective"), objective.config()):
         raise ValueError(f"cannot resume from {path}: it was trained with another objective or process")
     stored = dict(train_meta.get("config", {}))
     mine = config.as_dict()

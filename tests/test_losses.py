@@ -193,6 +193,14 @@ def test_losses_refuse_non_finite_input_by_name():
         discretized_gaussian_log_likelihood(np.zeros(2), 0.0, 0.0, n_bits=0)
 
 
+def test_normal_kl_from_a_point_mass_is_infinite():
+    """A log-variance of -inf (q_posterior's at s = 0) is a point mass, not bad input: KL = +inf."""
+    assert normal_kl(0.0, -math.inf, 0.0, 0.0) == math.inf
+    assert np.all(normal_kl(np.zeros(2), np.full(2, -np.inf), np.zeros(2), np.zeros(2)) == np.inf)
+    with pytest.raises(ValueError, match="mean1 must be finite, got NaN or an infinity"):
+        normal_kl(-np.inf, 0.0, 0.0, 0.0)
+
+
 def test_normal_kl_keeps_float32_with_python_numbers():
     """Python numbers once became float64 arrays and promoted a float32 result to float64."""
     m = np.array([0.5, -1.0], np.float32)

@@ -848,6 +848,14 @@ def test_grids_past_the_process_t_max_are_refused():
         time_grid(cosine, 5, t_max=1.0)
     with pytest.raises(ValueError, match="infinite at t = 0: t_min must be > 0"):
         time_grid(PROCESS, 4, "log_snr", t_min=0.0)
+    karras = time_grid(PROCESS, 5, "karras", t_min=0.0)  # sigma~ -> 0 there: a valid end
+    assert karras[-1] == 0.0 and np.all(np.diff(karras) < 0)
+    # a float32 grid that starts at t_max (0.99 rounds up in float32) is the process's own end
+    short = CosineVPSDE(t_max=0.99)
+    grid32 = time_grid(short, 10).astype(np.float32)
+    assert float(grid32[0]) > 0.99
+    x32 = np.zeros((3, 2), np.float32)
+    assert ode_euler(lambda x, t: RING.score(x, short, t), short, x32, grid=grid32).x.dtype == np.float32
 
 
 @pytest.mark.parametrize(

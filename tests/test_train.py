@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from old_checkpoints import drop_data_record
+from old_checkpoints import drop_data_record, nudge_schedule
 
 from refdiff.analytic import Gaussian
 from refdiff.nn import MLP, load_checkpoint
@@ -212,6 +212,26 @@ def test_resume_of_a_checkpoint_without_a_data_record_warns_and_continues(tmp_pa
         res = train(small_net(obj), data, obj, steps=8, checkpoint=path, resume=True, **kw)
     np.testing.assert_array_equal(res.params.flat, full.params.flat)
     assert load_checkpoint(path).train["data"]["shape"] == [100, 2]  # written with the record from now on
+
+
+def test_resume_of_a_schedule_stored_in_other_last_bits(tmp_path):
+    """A discrete schedule is stored as its log alpha-bar to the last bit; one computed by an older refdiff
+    (1e-15 apart) is the same process, and its checkpoint resumes. One visibly different is refused."""
+    from refdiff.objectives import same_process
+
+    obj = EpsObjective(SCHED)
+    data = np.random.default_rng(0).standard_normal((100, 2))
+    kw = dict(batch_size=8, seed=2, progress=False)
+    path = tmp_path / "ck.npz"
+    train(small_net(obj), data, obj, steps=4, checkpoint=path, **kw)
+    nudge_schedule(path)
+    stored = load_checkpoint(path).train["objective"]
+    assert stored["process"] != obj.config()["process"] and same_process(stored["process"], obj.config()["process"])
+    assert objective_from_config(stored, SCHED).config() == obj.config()
+    train(small_net(obj), data, obj, steps=6, checkpoint=path, resume=True, **kw)  # once: "another objective"
+    nudge_schedule(path, rel=1e-6)
+    with pytest.raises(ValueError, match="another objective or process"):
+        train(small_net(obj), data, obj, steps=8, checkpoint=path, resume=True, **kw)
 
 
 def test_classifier_free_label_dropout_rate():

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..backend import as_float_array, namespace
 from ..noise import NoiseStream
-from ..param import PREDICTIONS, convert
+from ..param import PREDICTIONS, _convert
 from ..schedules import DiscreteSchedule
 
 __all__ = [
@@ -148,7 +148,7 @@ class ModelCall:
 
     def to(self, pred, want: str, x, t):
         """Convert a raw prediction made at (x, t) to ``want`` (no model call)."""
-        return convert(pred, self.prediction, want, x, self.process, t)
+        return _convert(pred, self.prediction, want, x, self.process, t)  # pred checked by predict, x by finish_step
 
     def __call__(self, x, t, want: str, step: int):
         """The model's prediction at (x, t) converted to ``want`` (score, eps, x0 or v)."""

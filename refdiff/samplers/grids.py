@@ -42,13 +42,18 @@ __all__ = ["GRID_KINDS", "time_grid", "step_grid", "describe_grid", "GridInfo", 
 GRID_KINDS = ("uniform", "log_snr", "karras")
 
 
+#: A grid may start this far above the process's t_max, relatively: a float32 grid that starts at t_max (0.99
+#: rounds up to 0.9900000095) is the process's own end, not a time past it.
+_T_MAX_SLACK = 1.0 + 2.0**-23
+
+
 def _time_bounds(process, t_max, t_min):
     t_max = process.t_max if t_max is None else float(t_max)
     t_min = process.t_min if t_min is None else float(t_min)
     process.check_time(np.array([t_min, t_max]), "grid end points")
     if not t_min < t_max:
         raise ValueError(f"t_min must be smaller than t_max, got t_min={t_min}, t_max={t_max}")
-    if t_max > process.t_max:  # e.g. the cosine VP process, singular at t = 1
+    if t_max > _T_MAX_SLACK * process.t_max:  # e.g. the cosine VP process, singular at t = 1
         raise ValueError(f"t_max must be at most the process's t_max = {process.t_max}, got {t_max}")
     return t_max, t_min
 
@@ -77,15 +82,17 @@ def time_grid(process, steps: int, kind: str = "uniform", t_max=None, t_min=None
         grid = t_max + frac * (t_min - t_max)
         grid[0], grid[-1] = t_max, t_min
     else:
-        if t_min == 0.0:
-            raise ValueError(f"a {kind!r} grid is spaced in log-SNR, which is infinite at t = 0: t_min must be > 0")
-        lam_max, lam_min = float(process.log_snr(t_max)), float(process.log_snr(t_min))
+        if t_min == 0.0 and kind == "log_snr":  # Karras spaces sigma~ = exp(-lambda / 2), which is 0 there
+            raise ValueError("a 'log_snr' grid is spaced in log-SNR, which is infinite at t = 0: t_min must be > 0")
+        with np.errstate(divide="ignore"):  # log-SNR(0) = +inf: a Karras grid's sigma~ is then exactly 0
+            lam_max, lam_min = float(process.log_snr(t_max)), float(process.log_snr(t_min))
         if kind == "log_snr":
             lam = lam_max + frac * (lam_min - lam_max)
         elif kind == "karras":
             inv_rho = 1.0 / check_positive(rho, "rho")
             s_max, s_min = np.exp(-0.5 * lam_max) ** inv_rho, np.exp(-0.5 * lam_min) ** inv_rho
-            lam = -2.0 * rho * np.log(s_max + frac * (s_min - s_max))
+            with np.errstate(divide="ignore"):  # the last point, sigma~ = 0 at t_min = 0, is lambda = +inf
+                lam = -2.0 * rho * np.log(s_max + frac * (s_min - s_max))
         else:
             raise ValueError(f"kind must be one of {GRID_KINDS}, got {kind!r}")
         grid = np.asarray(process.t_from_log_snr(lam[1:-1]), dtype=np.float64)
@@ -128,7 +135,7 @@ def _check_explicit(process, grid) -> np.ndarray:
             raise ValueError("grid must hold a step above 0: [0] alone is no step")
     else:
         arr = process.check_time(arr, "grid")
-        if arr[0] > process.t_max:
+        if arr[0] > _T_MAX_SLACK * process.t_max:
             raise ValueError(f"grid must start at or below the process's t_max = {process.t_max}, got {arr[0]}")
     bad = np.flatnonzero(np.diff(arr) >= 0)
     if bad.size:

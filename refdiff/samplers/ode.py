@@ -75,7 +75,7 @@ RK4 = Tableau(
 
 def _velocity(f, process, x, t, i):
     """Probability-flow velocity :math:`f(t)x-\\tfrac12g(t)^2s(x,t)` from one model call."""
-    return process.ode_drift(x, t, f(x, t, "score", i))
+    return process._ode_drift(x, t, f(x, t, "score", i))
 
 
 def _explicit_rk(tableau, model, process, x_T, prediction, steps, grid, final_denoise, rng, callback, name, default_steps):

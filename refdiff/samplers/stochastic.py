@@ -93,7 +93,7 @@ def euler_maruyama(
     x, noise = start(x_T, rng, prior_std=process.prior_std())
     for i in range(grid.shape[0] - 1):
         t, h = grid[i], float(grid[i] - grid[i + 1])
-        drift = process.reverse_drift(x, t, f(x, t, "score", i))
+        drift = process._reverse_drift(x, t, f(x, t, "score", i))
         x = x - h * drift + per_example(process.diffusion(t) * math.sqrt(h), x) * noise.normal(x.shape, like=x)
         x = finish_step(i, grid[i + 1], x, callback)
     return SampleResult(final_denoise_step(f, x, grid, final_denoise, callback), f.nfe, grid=grid)
@@ -104,7 +104,7 @@ def _predictor_step(kind, f, process, x, t, s, i, noise):
     z = noise.normal(x.shape, like=x)
     if kind == "euler_maruyama":
         h = float(t - s)
-        drift = process.reverse_drift(x, t, f(x, t, "score", i))
+        drift = process._reverse_drift(x, t, f(x, t, "score", i))
         return x - h * drift + per_example(process.diffusion(t) * math.sqrt(h), x) * z
     if kind == "reverse_diffusion":
         gamma_ts, sigma2_ts = process.transition(s, t)
@@ -248,12 +248,12 @@ def sde_adaptive(
         sqrt_h = per_example(np.sqrt(ha), xa)
         # Euler-Maruyama trial x'. The model sees the whole batch (finished examples at t_min, their results
         # unused): a model with per-example conditioning (labels, guidance) is built for the batch's rows
-        x1 = xa - per_example(ha, xa) * process.reverse_drift(xa, ta, f(x, t, "score", it)[active]) + per_example(process.diffusion(ta), xa) * sqrt_h * z
+        x1 = xa - per_example(ha, xa) * process._reverse_drift(xa, ta, f(x, t, "score", it)[active]) + per_example(process.diffusion(ta), xa) * sqrt_h * z
         # improved Euler: the drift at (x', t - h), same noise
         ts = np.where(ha >= ta - t_min, t_min, ta - ha)  # land on t_min exactly
         x1_all, ts_all = xp.asarray(x, copy=True), t.copy()
         x1_all[active], ts_all[active] = x1, ts
-        x_tilde = xa - per_example(ha, xa) * process.reverse_drift(x1, ts, f(x1_all, ts_all, "score", it)[active]) + per_example(process.diffusion(ts), xa) * sqrt_h * z
+        x_tilde = xa - per_example(ha, xa) * process._reverse_drift(x1, ts, f(x1_all, ts_all, "score", it)[active]) + per_example(process.diffusion(ts), xa) * sqrt_h * z
         x2 = 0.5 * (x1 + x_tilde)
         # scaled error and acceptance
         delta = xp.maximum(eps_abs, eps_rel * xp.maximum(xp.abs(x1), xp.abs(x_prev[active])))
