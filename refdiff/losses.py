@@ -50,6 +50,16 @@ def _reduce(a, reduce: str):
     raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
 
 
+def _not_finite(a, xp, minus_inf_ok):
+    """Whether ``a`` (a Python number or an array) holds NaN or +inf, or -inf where that is not allowed."""
+    if isinstance(a, (int, float)):
+        return a != a or a == math.inf or (a == -math.inf and not minus_inf_ok)
+    bad = xp.isnan(a) | (a == xp.inf)
+    if not minus_inf_ok:
+        bad = bad | (a == -xp.inf)
+    return bool(xp.any(bad))
+
+
 def normal_kl(mean1, logvar1, mean2, logvar2):
     r""":math:`KL(\mathcal N(\mu_1,e^{v_1})\,\|\,\mathcal N(\mu_2,e^{v_2}))` elementwise (broadcasting).
 
@@ -60,11 +70,10 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     args = [a if isinstance(a, (int, float)) and not isinstance(a, bool) else xp.asarray(a)
             for a in (mean1, logvar1, mean2, logvar2)]
     for a, name in zip(args, ("mean1", "logvar1", "mean2", "logvar2")):
-        bad = (a != a or a == math.inf or (a == -math.inf and name.startswith("mean"))) if isinstance(a, (int, float)) \
-            else bool(xp.any(xp.isnan(a) | (a == xp.inf) | ((a == -xp.inf) if name.startswith("mean") else False)))
-        if bad:  # a log-variance of -inf is a point mass (q_posterior's at s = 0): its KL is +inf, as it should be
-            raise ValueError(f"{name} must be finite{'' if name.startswith('mean') else ' or -inf'}, got NaN or an "
-                             f"infinity")
+        # a log-variance of -inf is a point mass (q_posterior's at s = 0): its KL is +inf, as it should be
+        log_variance = name.startswith("logvar")
+        if _not_finite(a, xp, minus_inf_ok=log_variance):
+            raise ValueError(f"{name} must be finite{' or -inf' if log_variance else ''}, got NaN or an infinity")
     if all(isinstance(a, (int, float)) for a in args):  # numbers alone: a float64 result, as before
         args[0] = xp.asarray(float(args[0]), dtype=xp.float64)
     mean1, logvar1, mean2, logvar2 = args
