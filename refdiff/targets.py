@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .analytic import GaussianMixture
-from .backend import as_rng
+from .backend import as_rng, check_int
 
 __all__ = ["ring_mixture", "random_mixture", "TARGETS", "make_target"]
 
@@ -21,8 +21,7 @@ def ring_mixture(n_modes: int = 8, radius: float = 4.0, std: float = 0.25, weigh
     ``weights=None`` gives the unequal weights proportional to 1, 2, ..., n_modes
     (so a sampler that equalises modes is caught); pass ``"equal"`` for equal ones.
     """
-    if isinstance(n_modes, bool) or not isinstance(n_modes, (int, np.integer)) or n_modes < 1:
-        raise ValueError(f"n_modes must be a positive int, got {n_modes!r}")
+    n_modes = check_int(n_modes, "n_modes")
     radius, std = _positive(radius, "radius", zero_ok=True), _positive(std, "std")
     angles = 2.0 * np.pi * np.arange(n_modes) / n_modes
     means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
@@ -46,11 +45,6 @@ def _positive(value, name, zero_ok=False):
     return float(value)
 
 
-def _count(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
 
 def random_mixture(dim: int = 16, n_components: int = 10, rng=0, mean_scale: float = 3.0, eig_range=(0.05, 0.5)):
     """A mixture of ``n_components`` full-covariance Gaussians in ``dim`` dimensions, drawn from ``rng``.
@@ -58,7 +52,7 @@ def random_mixture(dim: int = 16, n_components: int = 10, rng=0, mean_scale: flo
     Means ~ N(0, mean_scale^2 I); each covariance is Q diag(lam) Q^T with Q a
     random rotation and lam log-uniform in ``eig_range``; weights Dirichlet(2).
     """
-    dim, n_components = _count(dim, "dim"), _count(n_components, "n_components")
+    dim, n_components = check_int(dim, "dim"), check_int(n_components, "n_components")
     mean_scale = _positive(mean_scale, "mean_scale", zero_ok=True)
     try:
         lo, hi = (_positive(v, "eig_range entries") for v in eig_range)

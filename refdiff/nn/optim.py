@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 
+from ..backend import check_int
 from . import fused
 from .params import Params
 
@@ -108,8 +109,7 @@ class Adam:
         m, v, step = np.asarray(state["m"]), np.asarray(state["v"]), state["step"]
         if m.shape != self.m.shape or v.shape != self.v.shape:
             raise ValueError(f"optimiser state must have {self.m.shape[0]} entries, got {m.shape} and {v.shape}")
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"optimiser state step must be an int >= 0, got {step!r}")
+        step = check_int(step, "optimiser state step", lo=0)
         self.m[...] = m
         self.v[...] = v
         self.step_count = int(step)
@@ -139,8 +139,7 @@ def clip_grad_norm(grads: Params, max_norm: float) -> float:
 
 def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
     """Linear warm-up: ``lr * min(1, (step + 1) / warmup_steps)`` for 0-based ``step``."""
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    check_int(step, "step", lo=0)
     if warmup_steps <= 0:
         return lr
     return lr * min(1.0, (step + 1) / warmup_steps)
