@@ -371,12 +371,9 @@ def cmd_train(args):
     from .backend import keep_freed_memory
     from .train import TrainingDiverged, train
 
-    for name in ("steps", "checkpoint_every", "n_data"):
+    for name in ("steps", "checkpoint_every", "n_data", "width", "depth", "channels"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("width", "depth", "channels"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
     if args.batch is not None and args.batch < 1:  # not `args.batch or ...`: 0 took the default
