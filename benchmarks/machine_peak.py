@@ -27,7 +27,12 @@ the thread pools pinned (``child_env``), best of a few repeats:
   that the core runs faster than nominal (turbo).
 * **BLAS** sgemm / dgemm (``numpy.matmul``, square n = 2048, ``2 n^3``
   flops; threadpoolctl limits the pool to 1 thread, then all): a second,
-  "achievable" figure.
+  "achievable" figure. Where ``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE``
+  is set (some machines set them for old OpenBLAS builds), the products are
+  timed again in a child process without them (``gemm_coretype_unset``):
+  ``Haswell`` there confines OpenBLAS to 256-bit kernels on an AVX-512 CPU,
+  which ran sgemm at 245 GFLOP/s on two threads where the CPU's own kernels
+  ran 430-490, and a floor built on the slower figure would be too lenient.
 * **Memory** (Numba, ``prange``, float64 arrays of 64 MiB each, far beyond
   cache): STREAM triad ``a = b + s * c`` counting 3 x 8 bytes per element,
   and copy ``a = b`` counting 2 x 8 (the STREAM convention: write-allocate
@@ -79,7 +84,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, blas_info, child_env, machine_info, recorded_env, summary_ms, time_calls, write_json  # noqa: E402
+from _common import CORETYPE_VARS, REPO, blas_info, child_env, machine_info, recorded_env, summary_ms, time_calls, write_json  # noqa: E402
 
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "machine_peak.json"
 
@@ -373,6 +378,26 @@ def measure_gemm(threads, quick=False) -> dict:
     return out
 
 
+def measure_gemm_coretype_unset(threads, quick=False, timeout=300):
+    """:func:`measure_gemm` in a child process without :data:`CORETYPE_VARS`; None where none of them is set.
+
+    OpenBLAS reads them once, when it loads, so this process cannot drop them itself.
+    ``{"error": ...}`` where the child fails.
+    """
+    if not any(k in os.environ for k in CORETYPE_VARS):
+        return None
+    env = child_env(threads, unset_coretype=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "gemm", "--threads", str(threads)]
+    cmd += ["--quick"] if quick else []
+    try:
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    if run.returncode:
+        return {"error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit status {run.returncode}"}
+    return dict(json.loads(run.stdout), unset=[k for k in CORETYPE_VARS if k in os.environ])
+
+
 def measure_numba(threads, quick=False) -> dict:
     """The figures that depend on Numba's code generation: FMA and the exps (:func:`measure_exp`)."""
     return {"fma": measure_fma(threads, quick), "exp": measure_exp(threads, quick)}
@@ -420,7 +445,8 @@ def peak_rates(figures: dict, default_build_only: bool = False) -> dict:
     """The ``"peak"`` section: the best measured rate of each kind, with where it came from (``source``).
 
     ``flops_per_s[dtype]``: max of the FMA kernel (either build, all threads)
-    and the BLAS gemm; ``exp_per_s[dtype]``: max of every exp of that dtype
+    and the BLAS gemm (as the environment has it, and without
+    ``OPENBLAS_CORETYPE`` where that was measured); ``exp_per_s[dtype]``: max of every exp of that dtype
     measured, so that no measured implementation runs faster than a floor
     built on it: the project's vectorised exps (either build, all threads),
     Numba's ``math.exp`` and ``numpy.exp`` (one thread: NumPy ufuncs do not
@@ -435,8 +461,10 @@ def peak_rates(figures: dict, default_build_only: bool = False) -> dict:
         builds.append(("numba_zmm", figures["numba_zmm"]))
     for dtype in ("float32", "float64"):
         cands = [(b["fma"][dtype]["gflops_all"] * 1e9, f"{name} FMA kernel") for name, b in builds if "fma" in b]
-        if not default_build_only and dtype in figures.get("gemm", {}):
-            cands.append((figures["gemm"][dtype]["gflops_all"] * 1e9, f"BLAS {'s' if dtype == 'float32' else 'd'}gemm"))
+        for key, where in (("gemm", ""), ("gemm_coretype_unset", ", OPENBLAS_CORETYPE unset")):
+            if not default_build_only and dtype in figures.get(key, {}):
+                name = f"BLAS {'s' if dtype == 'float32' else 'd'}gemm{where}"
+                cands.append((figures[key][dtype]["gflops_all"] * 1e9, name))
         if cands:
             flops[dtype], src[f"flops_{dtype}"] = max(cands)
     for dtype in ("float32", "float64"):
@@ -467,7 +495,8 @@ def measure_peaks(threads=None, quick=False, zmm=None) -> dict:
     machine's. ``zmm`` (default: not ``quick``) also measures the Numba
     figures in a child process with 512-bit vectors preferred. Returns a dict
     with ``fma``, ``exp`` (this process's Numba build), ``numba_zmm``,
-    ``gemm``, ``memory``, ``peak`` and ``peak_numba_default``
+    ``gemm`` (and ``gemm_coretype_unset``, :func:`measure_gemm_coretype_unset`),
+    ``memory``, ``peak`` and ``peak_numba_default``
     (:func:`peak_rates`).
     """
     import numba
@@ -482,6 +511,9 @@ def measure_peaks(threads=None, quick=False, zmm=None) -> dict:
         figures["numba"] = measure_numba(threads, quick)
         figures["memory"] = measure_memory(threads, quick)
         figures["gemm"] = measure_gemm(threads, quick)
+        native = measure_gemm_coretype_unset(threads, quick)
+        if native is not None:
+            figures["gemm_coretype_unset"] = native
         if zmm is None:
             zmm = not quick
         if zmm:
@@ -635,11 +667,17 @@ def table(p: dict) -> str:
             lines.append(f"  {build + ' ' + dtype:<32} {_fmt(row['gflops_1t']):>10} {_fmt(row.get(f'gflops_{T}t')):>10}  {note}")
     if "error" in zmm:
         lines.append(f"  numba_zmm: not measured ({zmm['error']})")
-    g = p["gemm"]
-    for dtype in ("float32", "float64"):
-        row = g[dtype]
-        lines.append(f"  {'BLAS ' + ('s' if dtype == 'float32' else 'd') + 'gemm n=' + str(g['n']):<32} "
-                     f"{_fmt(row.get('gflops_1t', row.get('gflops_pool'))):>10} {_fmt(row.get(f'gflops_{T}t')):>10}")  # fmt: skip
+    for key, note in (("gemm", ""), ("gemm_coretype_unset", "OPENBLAS_CORETYPE unset")):
+        g = p.get(key)
+        if g is None:
+            continue
+        if "error" in g:
+            lines.append(f"  BLAS gemm, {note}: not measured ({g['error']})")
+            continue
+        for dtype in ("float32", "float64"):
+            row = g[dtype]
+            lines.append(f"  {'BLAS ' + ('s' if dtype == 'float32' else 'd') + 'gemm n=' + str(g['n']):<32} "
+                         f"{_fmt(row.get('gflops_1t', row.get('gflops_pool'))):>10} {_fmt(row.get(f'gflops_{T}t')):>10}  {note}".rstrip())  # fmt: skip
     m = p["memory"]
     lines.append(f"{'memory (GB/s), 3 x ' + str(m['array_mib']) + ' MiB':<34} {'1 thread':>10} {f'{T} threads':>10}")
     for kind in ("triad", "copy"):
@@ -680,13 +718,16 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small sizes, few repeats: a smoke test, not the machine's figures")
     ap.add_argument("--no-zmm", action="store_true", help="skip the 512-bit Numba build (a child process)")
     ap.add_argument("--json", default=str(DEFAULT_JSON))
-    ap.add_argument("--worker", choices=("all", "numba"))
+    ap.add_argument("--worker", choices=("all", "numba", "gemm"))
     args = ap.parse_args(argv)
     if args.worker == "numba":
         import numba
 
         numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
         print(json.dumps(measure_numba(numba.get_num_threads(), args.quick)))
+        return 0
+    if args.worker == "gemm":
+        print(json.dumps(measure_gemm(args.threads, args.quick)))
         return 0
     if args.worker == "all":
         print(json.dumps(measure_peaks(args.threads, args.quick, zmm=not (args.quick or args.no_zmm))))

@@ -32,6 +32,16 @@ refdiff's worker runs Numba on its OpenMP layer with OpenMP's default wait
 policy, as a plain environment has it (``_common.child_env``: workers told
 to sleep at once cost each call some 70 us to wake).
 
+The GEMM path (D >= 5) calls BLAS from inside its kernel, so its speed
+depends on the kernels OpenBLAS picks. Where ``OPENBLAS_CORETYPE`` is set
+(``Haswell`` confines OpenBLAS to 256-bit kernels on an AVX-512 CPU), the
+default ``--coretype auto`` runs refdiff's worker a second time without it
+and ``OPENBLAS_L2_SIZE`` (``numba_coretype_unset`` / ``numpy_coretype_unset``
+in each row, with their own floor share under ``floor_coretype_unset``);
+``keep`` runs the environment as it is, ``unset`` only without them, ``both``
+both ways whatever the environment holds. The peers run once: neither JAX nor
+PyTorch calls OpenBLAS for these products.
+
 A peer whose interpreter is not given is reported as skipped. ``--crossover``
 also times both refdiff backends at small N (the size at which Numba starts
 to pay sets ``refdiff.analytic.NUMBA_MIN_WORK``).
@@ -51,7 +61,7 @@ Usage::
 
     .venv/bin/python benchmarks/mixture_score.py [--threads 2] [--repeat 30]
         [--sizes 100000,2,8 ...] [--crossover] [--torch-python PATH] [--no-torch-compile]
-        [--jax-python PATH] [--no-floor] [--no-plot] [--json PATH]
+        [--jax-python PATH] [--coretype auto|keep|unset|both] [--no-floor] [--no-plot] [--json PATH]
 """
 
 from __future__ import annotations
@@ -76,8 +86,11 @@ DEFAULT_SIZES = ["100000,2,8", "100000,4,8", "100000,16,32", "10000,64,128"]
 PEER_VARIANTS = {"torch": ("torch", "torch_compile"), "jax": ("jax",)}
 
 #: Every implementation a row may hold, in plot order, with its legend name.
-PLOT_NAMES = {"numpy": "numpy reference", "numba": "numba", "torch": "torch eager", "torch_compile": "torch.compile",
-              "jax": "jax jit"}
+PLOT_NAMES = {"numpy": "numpy reference", "numba": "numba", "numba_coretype_unset": "numba, OPENBLAS_CORETYPE unset",
+              "torch": "torch eager", "torch_compile": "torch.compile", "jax": "jax jit"}
+
+#: Suffix of a row's keys measured by the second refdiff worker, without OPENBLAS_CORETYPE.
+UNSET = "_coretype_unset"
 
 
 def problem(N, D, K, seed=0):
@@ -298,6 +311,8 @@ def main(argv=None):
                     help="time PyTorch eager only (a cold torch.compile takes some 20 s per size on 2 cores)")
     ap.add_argument("--jax-python", default=peer_python("jax"))
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "mixture_score.json"))
+    ap.add_argument("--coretype", choices=("auto", "keep", "unset", "both"), default="auto",
+                    help="OPENBLAS_CORETYPE in refdiff's worker: auto = both ways when it is set, else as is")
     ap.add_argument("--no-floor", dest="floor", action="store_false",
                     help="skip the machine floor (machine_peak.py: reuses its JSON when recent, else measures, ~30 s)")
     ap.add_argument("--no-plot", dest="plot", action="store_false", help="write no PNG next to the JSON")
@@ -315,16 +330,29 @@ def main(argv=None):
         return 0
 
     env = child_env(args.threads)  # the peers'
-    refdiff_env = child_env(args.threads, numba_layer="omp", omp_wait_policy=None)  # a plain environment
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    if args.coretype == "auto":
+        variants = [False, True] if coretype else [False]
+    else:
+        variants = {"keep": [False], "unset": [True], "both": [False, True]}[args.coretype]
     common = ["--threads", str(args.threads), "--repeat", str(args.repeat), "--sizes", *args.sizes]
-    run = subprocess.run(
-        [sys.executable, __file__, "--worker", "refdiff", *common] + (["--crossover"] if args.crossover else []),
-        env=refdiff_env, capture_output=True, text=True, cwd=REPO,
-    )  # fmt: skip
-    if run.returncode:
-        sys.stderr.write(run.stderr)
-        return 2
-    result = json.loads(run.stdout)
+    results, refdiff_envs = [], []
+    for unset in variants:
+        refdiff_env = child_env(args.threads, unset_coretype=unset, numba_layer="omp", omp_wait_policy=None)
+        run = subprocess.run(
+            [sys.executable, __file__, "--worker", "refdiff", *common] + (["--crossover"] if args.crossover else []),
+            env=refdiff_env, capture_output=True, text=True, cwd=REPO,
+        )  # fmt: skip
+        if run.returncode:
+            sys.stderr.write(run.stderr)
+            return 2
+        results.append(json.loads(run.stdout))
+        refdiff_envs.append(refdiff_env)
+    result, refdiff_env = results[0], refdiff_envs[0]
+    if len(results) == 2:  # the second run, without OPENBLAS_CORETYPE, beside the first in each row
+        for row, other in zip(result["rows"], results[1]["rows"]):
+            for backend in ("numpy", "numba"):
+                row[backend + UNSET] = other[backend]
     refs = {}
 
     def reference(N, D, K):
@@ -356,11 +384,14 @@ def main(argv=None):
                     "env": {k: jenv[k] for k in ("PJRT_NPROC", "XLA_FLAGS", "JAX_PLATFORMS")},
                     "form": "jax.jit: expanded distances (one matmul), jax.nn.softmax, matmul"}  # fmt: skip
     for row in result["rows"]:
-        numba = row["numba"]["median_ms"]
-        row["speedup_numba_vs_numpy"] = row["numpy"]["median_ms"] / numba
-        for variant in ("torch", "torch_compile", "jax"):
-            if variant in row:
-                row[f"speedup_numba_vs_{variant}"] = row[variant]["median_ms"] / numba
+        for tag in ("", UNSET):
+            if "numba" + tag not in row:
+                continue
+            numba = row["numba" + tag]["median_ms"]
+            row[f"speedup_numba{tag}_vs_numpy"] = row["numpy" + tag]["median_ms"] / numba
+            for variant in ("torch", "torch_compile", "jax"):
+                if variant in row:
+                    row[f"speedup_numba{tag}_vs_{variant}"] = row[variant]["median_ms"] / numba
     floor_info = None
     if args.floor:  # the issue's bound: at D <= 4, at least 40% of the machine's floor (flops, exps, bytes)
         import machine_peak
@@ -371,6 +402,8 @@ def main(argv=None):
         for r in result["rows"]:
             fl = machine_peak.mixture_score_floor(r["N"], r["D"], r["K"], peaks, dtype_bytes=4, exp_dtype_bytes=exp_bytes)
             r["floor"] = dict(fl, achieved=machine_peak.achieved(fl, r["numba"]["median_ms"] / 1e3))
+            if "numba" + UNSET in r:
+                r["floor" + UNSET] = dict(fl, achieved=machine_peak.achieved(fl, r["numba" + UNSET]["median_ms"] / 1e3))
     payload = {
         "benchmark": "mixture_score",
         "dtype": "float32",
@@ -378,6 +411,8 @@ def main(argv=None):
         "threads": args.threads,
         "machine": machine_info(),
         "env": recorded_env(refdiff_env),
+        "coretype_unset_env": recorded_env(refdiff_envs[1]) if len(refdiff_envs) == 2 else None,
+        "openblas_coretype": coretype,
         "peer_env": recorded_env(env),
         "torch": torch_info,
         "torch_compile": torch_compile,
@@ -394,11 +429,18 @@ def main(argv=None):
         ratios = [r.get(f"speedup_numba_vs_{c}", float("nan")) for c in ("numpy", "torch", "torch_compile", "jax")]
         print(f"{r['N']:>7} {r['D']:>3} {r['K']:>4} " + " ".join(f"{v:9.2f}" for v in ms + ratios))
     for r in result["rows"]:
-        if "floor" in r:
-            a = r["floor"]["achieved"]
+        if "numba" + UNSET in r:
+            print(f"OPENBLAS_CORETYPE unset: N={r['N']} D={r['D']} K={r['K']}: numpy {r['numpy' + UNSET]['median_ms']:.2f} ms, "
+                  f"numba {r['numba' + UNSET]['median_ms']:.3f} ms"
+                  + (f", vs jax {r['speedup_numba' + UNSET + '_vs_jax']:.2f}" if "jax" in r else ""))
+    for r in result["rows"]:
+        for tag, label in (("", "numba"), (UNSET, "numba (OPENBLAS_CORETYPE unset)")):
+            if "floor" + tag not in r:
+                continue
+            a = r["floor" + tag]["achieved"]
             goal = f"; goal >= {a['goal']:.0%} at D <= 4: {'met' if a['goal_met'] else 'not met'}" if r["D"] <= 4 else ""
             print(f"floor N={r['N']} D={r['D']} K={r['K']}: {r['floor']['floor_s'] * 1e3:.3f} ms ({a['bound']}-bound); "
-                  f"numba at {a['floor_fraction']:.0%} of it ({a['gflops']:.1f} GFLOP/s, {a['gexp_per_s']:.2f} Gexp/s, "
+                  f"{label} at {a['floor_fraction']:.0%} of it ({a['gflops']:.1f} GFLOP/s, {a['gexp_per_s']:.2f} Gexp/s, "
                   f"{a['gbs']:.1f} GB/s){goal}")
     for name, info in (("torch.compile", torch_compile), ("jax", jax_info)):
         if info["status"] != "ok":

@@ -190,30 +190,36 @@ def parse_mixture_score(payload) -> list:
     """One row per (N, D, K): fastest of the numpy/numba backends against NumPy and torch, medians.
 
     The goal is JAX jit's median as the script measured it, else the recorded :data:`JAX_MIXTURE_MS`;
-    at D <= 4 also the share of the machine's floor the row records (``floor``), at least 40%.
+    at D <= 4 also the share of the machine's floor the row records (``floor``), at least 40%. Where the
+    script also ran refdiff without OPENBLAS_CORETYPE (keys ending ``_coretype_unset``), each size gets a
+    second row, "coretype unset", against the same peers.
     """
     rows = []
     for r in payload["rows"]:
-        backends = {b: r[b]["median_ms"] for b in ("numpy", "numba", "cupy") if b in r}
-        best = min(backends, key=backends.get)
-        ours, ref = backends[best], backends.get("numpy")
-        peer_ms = r["torch"]["median_ms"] if "torch" in r else None
-        vs_peer = _ratio(peer_ms, ours)
-        if "jax" in r:
-            jax_ms = r["jax"]["median_ms"]
-            goal = f"<= JAX jit {jax_ms:.3g} ms (measured)"
-        else:
-            jax_ms = JAX_MIXTURE_MS.get((int(r["N"]), int(r["D"]), int(r["K"])))
-            goal = None if jax_ms is None else f"<= JAX jit {jax_ms:g} ms (recorded)"
-        met = None if jax_ms is None else bool(ours <= jax_ms)
-        if "floor" in r and int(r["D"]) <= 4:  # and at least 40% of the machine's floor at D <= 4
-            a = r["floor"]["achieved"]
-            floor_goal = f">= {a['goal']:.0%} of the machine floor (at {a['floor_fraction']:.0%})"
-            goal = floor_goal if goal is None else f"{goal}; {floor_goal}"
-            met = bool(a["goal_met"]) if met is None else met and bool(a["goal_met"])
-        rows.append(_row("mixture_score", f"N={r['N']} D={r['D']} K={r['K']} {payload.get('dtype', '')}".strip(), ours,
-                         best, ref, "torch" if peer_ms is not None else None, peer_ms, _ratio(ref, ours), vs_peer,
-                         goal, met))
+        tags = [""] + (["_coretype_unset"] if "numba_coretype_unset" in r else [])
+        for tag in tags:
+            backends = {b: r[b + tag]["median_ms"] for b in ("numpy", "numba", "cupy") if b + tag in r}
+            best = min(backends, key=backends.get)
+            ours, ref = backends[best], backends.get("numpy")
+            peer_ms = r["torch"]["median_ms"] if "torch" in r else None
+            vs_peer = _ratio(peer_ms, ours)
+            if "jax" in r:
+                jax_ms = r["jax"]["median_ms"]
+                goal = f"<= JAX jit {jax_ms:.3g} ms (measured)"
+            else:
+                jax_ms = JAX_MIXTURE_MS.get((int(r["N"]), int(r["D"]), int(r["K"])))
+                goal = None if jax_ms is None else f"<= JAX jit {jax_ms:g} ms (recorded)"
+            met = None if jax_ms is None else bool(ours <= jax_ms)
+            floor = r.get("floor" + tag)
+            if floor and int(r["D"]) <= 4:  # and at least 40% of the machine's floor at D <= 4
+                a = floor["achieved"]
+                floor_goal = f">= {a['goal']:.0%} of the machine floor (at {a['floor_fraction']:.0%})"
+                goal = floor_goal if goal is None else f"{goal}; {floor_goal}"
+                met = bool(a["goal_met"]) if met is None else met and bool(a["goal_met"])
+            size = f"N={r['N']} D={r['D']} K={r['K']} {payload.get('dtype', '')}".strip()
+            size += " coretype unset" if tag else (" coretype set" if len(tags) == 2 else "")
+            rows.append(_row("mixture_score", size, ours, best, ref, "torch" if peer_ms is not None else None,
+                             peer_ms, _ratio(ref, ours), vs_peer, goal, met))
     return rows
 
 

@@ -217,6 +217,26 @@ def test_parse_mixture_score_floor_joins_the_goal_at_small_d():
     assert "floor" not in b["goal"]
 
 
+def test_parse_mixture_score_coretype_unset_gets_its_own_rows():
+    """A second refdiff run without OPENBLAS_CORETYPE: a second row per size, its own times and floor share."""
+    p = mixture_payload()
+    p["rows"][0]["jax"] = {"median_ms": 2.0}
+    p["rows"][0]["floor"] = {"achieved": {"goal": 0.4, "floor_fraction": 0.5, "goal_met": True}}
+    p["rows"][0]["numpy_coretype_unset"] = {"median_ms": 5.0}
+    p["rows"][0]["numba_coretype_unset"] = {"median_ms": 1.0}
+    p["rows"][0]["floor_coretype_unset"] = {"achieved": {"goal": 0.4, "floor_fraction": 0.3, "goal_met": False}}
+    rows = bench.parse_result("mixture_score", p)
+    assert [r["size"] for r in rows] == ["N=100000 D=2 K=8 float32 coretype set", "N=100000 D=2 K=8 float32 coretype unset",
+                                         "N=10000 D=64 K=128 float32"]
+    kept, unset = rows[:2]
+    assert kept["refdiff_ms"] == 3.0 and kept["met"] is False  # 3.0 ms > JAX's 2.0
+    assert unset["refdiff_ms"] == 1.0 and unset["reference_ms"] == 5.0 and unset["vs_peer"] == pytest.approx(12.0)
+    assert unset["goal"] == "<= JAX jit 2 ms (measured); >= 40% of the machine floor (at 30%)"
+    assert unset["met"] is False  # faster than JAX, short of its floor share
+    p["rows"][0]["floor_coretype_unset"]["achieved"].update(floor_fraction=0.45, goal_met=True)
+    assert bench.parse_result("mixture_score", p)[1]["met"] is True
+
+
 def test_parse_fused_sampler():
     (row,) = bench.parse_result("fused_sampler", fused_payload())
     assert row["size"] == "n=100000 steps=1000 float64" and row["backend"] == "numba"

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import machine_peak  # noqa: E402
-from _common import child_env, cpu_flags, cpu_model  # noqa: E402
+from _common import CORETYPE_VARS, child_env, cpu_flags, cpu_model  # noqa: E402
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
@@ -113,6 +114,12 @@ def test_peak_rates_takes_the_best_and_says_where():
     assert d["flops_per_s"] == {"float32": 100e9, "float64": 50e9} and d["exp_per_s"] == {"float32": 5e9, "float64": 2e9}
     figures["numba_zmm"] = {"error": "no llvmlite"}
     assert machine_peak.peak_rates(figures)["flops_per_s"]["float32"] == 150e9
+    # the BLAS timed without OPENBLAS_CORETYPE (its own kernels for this CPU) counts too, and is named
+    figures["gemm_coretype_unset"] = {"float32": {"gflops_all": 400.0}, "float64": {"gflops_all": 60.0}}
+    p = machine_peak.peak_rates(figures)
+    assert p["flops_per_s"] == {"float32": 400e9, "float64": 95e9}
+    assert p["source"]["flops_float32"] == "BLAS sgemm, OPENBLAS_CORETYPE unset"
+    assert machine_peak.peak_rates(figures, default_build_only=True)["flops_per_s"]["float32"] == 100e9
 
 
 def test_exp_peak_counts_every_measured_exp():
@@ -171,6 +178,7 @@ def test_quick_measurement():
     assert run.returncode == 0, run.stderr[-2000:]
     p = json.loads(run.stdout)
     assert p["quick"] is True and p["threads"] >= 1 and "numba_zmm" not in p
+    assert ("gemm_coretype_unset" in p) == any(k in os.environ for k in CORETYPE_VARS)
 
     def finite_positive(x):
         return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
