@@ -77,7 +77,10 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   Both products are called from inside the ``prange`` task (Numba's
   ``np.dot``), in slices small enough that BLAS stays on the calling thread
   (:data:`GEMM_BLOCK_WORK`); BLAS threads spinning beside Numba's halved the
-  speed of a host-side version. The block is as many points as keep the
+  speed of a host-side version. Where ``OPENBLAS_CORETYPE`` confines
+  OpenBLAS to vectors narrower than the CPU's, the kernel forms both products
+  with its own loops instead (:func:`gemm_products`, :func:`_fma_product`,
+  blocks of :data:`FMA_PRODUCT_LANES` points). The block is as many points as keep the
   first product one such call (:func:`gemm_lanes`), copied in transposed
   (8 x 8 tiles) so that both products take C-ordered operands, and the
   score comes out of the second product row by row, the layout it is
@@ -164,6 +167,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import numpy as np
 
@@ -190,6 +194,11 @@ GEMM_MIN_KD = 32
 #: ran at 140); a larger one inside ``prange`` starts its own threads and was measured 100x slower, so
 #: the products are issued in slices below this.
 GEMM_BLOCK_WORK = 2**18
+#: GEMM path with its products by FMA loops (:func:`gemm_products`): points per block (no BLAS call to keep
+#: small; 32 points, the BLAS block at D = 64, K = 128, ran the loops at 60% of their speed at 128).
+FMA_PRODUCT_LANES = 128
+#: ``OPENBLAS_CORETYPE`` values whose OpenBLAS kernels use 512-bit vectors (upper case).
+OPENBLAS_512_BIT = frozenset({"SKYLAKEX", "COOPERLAKE", "SAPPHIRERAPIDS"})
 #: GEMM path: a logit is recomputed from the difference where the expanded form's error bound
 #: exceeds this multiple of the difference form's (see the module docstring).
 REFINE_KAPPA = 4.0
@@ -871,6 +880,61 @@ def _dot_tn(W, A, P, tmp, rows):
 
 
 @njit(inline="always", **_JIT)
+def _fma_product(A, B, C):
+    """C = A @ B without BLAS: (K, E) @ (E, L), the GEMM path's products where OpenBLAS is confined to narrow vectors.
+
+    Four rows of A and four of its columns at a time: the sixteen entries of A
+    are held in scalars, and the loop over C's columns (the block's points,
+    contiguous) vectorises, each C entry taking four FMAs per pass (one load
+    and one store per four FMAs). Each entry is summed over the inner index
+    in order, one rounding per term, as a BLAS dot product is. One thread,
+    float32: 133-180 GFLOP/s at the path's shapes (K x E x L = 32 x 16 x 128,
+    128 x 64 x 128), where OpenBLAS ran 55-106 with ``OPENBLAS_CORETYPE=Haswell``
+    and 168-248 with its own kernels for the CPU (AVX-512).
+    """
+    K, E = A.shape
+    L = B.shape[1]
+    K4, E4 = K // 4 * 4, E // 4 * 4
+    for k in range(0, K4, 4):
+        k1, k2, k3 = k + 1, k + 2, k + 3
+        for l in range(L):
+            C[k, l] = 0
+            C[k1, l] = 0
+            C[k2, l] = 0
+            C[k3, l] = 0
+        for j in range(0, E4, 4):
+            a0, a1, a2, a3 = A[k, j], A[k, j + 1], A[k, j + 2], A[k, j + 3]
+            b0, b1, b2, b3 = A[k1, j], A[k1, j + 1], A[k1, j + 2], A[k1, j + 3]
+            c0, c1, c2, c3 = A[k2, j], A[k2, j + 1], A[k2, j + 2], A[k2, j + 3]
+            d0, d1, d2, d3 = A[k3, j], A[k3, j + 1], A[k3, j + 2], A[k3, j + 3]
+            for l in range(L):
+                x0, x1, x2, x3 = B[j, l], B[j + 1, l], B[j + 2, l], B[j + 3, l]
+                C[k, l] = fma(a3, x3, fma(a2, x2, fma(a1, x1, fma(a0, x0, C[k, l]))))
+                C[k1, l] = fma(b3, x3, fma(b2, x2, fma(b1, x1, fma(b0, x0, C[k1, l]))))
+                C[k2, l] = fma(c3, x3, fma(c2, x2, fma(c1, x1, fma(c0, x0, C[k2, l]))))
+                C[k3, l] = fma(d3, x3, fma(d2, x2, fma(d1, x1, fma(d0, x0, C[k3, l]))))
+        for j in range(E4, E):
+            a0, b0, c0, d0 = A[k, j], A[k1, j], A[k2, j], A[k3, j]
+            for l in range(L):
+                x0 = B[j, l]
+                C[k, l] = fma(a0, x0, C[k, l])
+                C[k1, l] = fma(b0, x0, C[k1, l])
+                C[k2, l] = fma(c0, x0, C[k2, l])
+                C[k3, l] = fma(d0, x0, C[k3, l])
+    for k in range(K4, K):
+        for l in range(L):
+            C[k, l] = 0
+        for j in range(0, E4, 4):
+            a0, a1, a2, a3 = A[k, j], A[k, j + 1], A[k, j + 2], A[k, j + 3]
+            for l in range(L):
+                C[k, l] = fma(a3, B[j + 3, l], fma(a2, B[j + 2, l], fma(a1, B[j + 1, l], fma(a0, B[j, l], C[k, l]))))
+        for j in range(E4, E):
+            a0 = A[k, j]
+            for l in range(L):
+                C[k, l] = fma(a0, B[j, l], C[k, l])
+
+
+@njit(inline="always", **_JIT)
 def _load_transposed(x, p0, n, xs):
     """xs[:D, :n] = x[p0 : p0 + n].T: 8 x 8 tiles (constant trip counts, unrolled), then the ragged edges.
 
@@ -892,8 +956,12 @@ def _load_transposed(x, p0, n, xs):
 
 
 @njit(parallel=True, **_JIT)
-def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score, logp):
+def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma, score, logp):
     """The GEMM path: per block of ``lanes`` points, G = M1 @ [x; x^2]^T and P = W^T @ A by BLAS, in x's dtype.
+
+    ``by_fma``: both products by :func:`_fma_product` instead of BLAS (the
+    second as P^T = A^T @ W, so that its loop runs over the points too; see
+    :func:`gemm_products`).
 
     x (N, D); M1 (K, E): rows a_k = s_k * gmu_k (isotropic, ``s_iso``, E = D)
     or [a_k, -s_k / 2] (diagonal, E = 2 D: the block is augmented with its
@@ -938,13 +1006,15 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
     rows2 = max(1, GEMM_BLOCK_WORK // (D * L))
     big = np.finfo(x.dtype).max
     n_bad = 0
+    At = np.ascontiguousarray(A.T) if by_fma else A[:0]  # the second product's operands as (D, K)
+    Bt = np.ascontiguousarray(B.T) if by_fma and not s_iso else B[:0]
     for task in prange(n_tasks):
         prefer_wide_vectors()
         xs = np.zeros((E, L), x.dtype)  # the block, transposed (and its squares below it, diagonal)
         logit = np.zeros((K, L), x.dtype)
-        P = np.zeros((L, D), x.dtype)
+        P = np.zeros((D, L) if by_fma else (L, D), x.dtype)  # sum_k w_k s_k gmu_k: transposed by_fma
         acc = np.zeros(D)
-        Q = np.zeros((L, D), x.dtype)
+        Q = np.zeros((D, L) if by_fma else (L, D), x.dtype)
         tmp = np.zeros((L, D), x.dtype)
         x2 = np.zeros(L, x.dtype)
         gap = np.zeros(L, x.dtype)  # per lane: min over k of e_k - 2 kappa l_k - b_k |x|^2
@@ -975,7 +1045,10 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
                 for j in range(D):
                     for l in range(L):
                         xs[D + j, l] = xs[j, l] * xs[j, l]
-            _dot_rows(M1, xs, logit, rows1)
+            if by_fma:
+                _fma_product(M1, xs, logit)
+            else:
+                _dot_rows(M1, xs, logit, rows1)
             for k in range(K):
                 ck, ek, bk, hk = c[k], e[k], b[k], h[k]
                 for l in range(L):
@@ -1014,18 +1087,26 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, score,
                 for l in range(n_lanes):
                     logp[p0 + l] = np.float64(m[l]) + _log(np.float64(tot[l]))
                 continue
-            _dot_tn(logit, A, P, tmp, rows2)  # sum_k w_k s_k gmu_k
+            if by_fma:
+                _fma_product(At, logit, P)  # sum_k w_k s_k gmu_k
+            else:
+                _dot_tn(logit, A, P, tmp, rows2)
             if s_iso:
                 for l in range(n_lanes):
                     r, t_l = one / tot[l], ts[l]
                     for j in range(D):
-                        score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * t_l) * r
+                        pj = P[j, l] if by_fma else P[l, j]
+                        score[p0 + l, j] = (pj - x[p0 + l, j] * t_l) * r
             else:
-                _dot_tn(logit, B, Q, tmp, rows2)  # sum_k w_k s_k, per axis
+                if by_fma:
+                    _fma_product(Bt, logit, Q)  # sum_k w_k s_k, per axis
+                else:
+                    _dot_tn(logit, B, Q, tmp, rows2)
                 for l in range(n_lanes):
                     r = one / tot[l]
                     for j in range(D):
-                        score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * Q[l, j]) * r
+                        pj, qj = (P[j, l], Q[j, l]) if by_fma else (P[l, j], Q[l, j])
+                        score[p0 + l, j] = (pj - x[p0 + l, j] * qj) * r
             # far from the origin and near the means, sum_k w_k s_k gmu_k - x sum_k w_k s_k cancels as the
             # logits did: where it loses more than 5 bits (SCORE_KAPPA) the score comes from the differences
             for l in range(n_lanes):
@@ -1255,6 +1336,45 @@ def mixture_arrays(mixture):
     return log_w, mu, lam, _NO_ROTATION if U is None else U, kind
 
 
+def _cpu_has_avx512(environ):
+    """Whether Numba compiles for 512-bit vectors here: the host's features, or ``NUMBA_CPU_FEATURES`` where set."""
+    features = environ.get("NUMBA_CPU_FEATURES")
+    if features:
+        return "+avx512f" in features.split(",")
+    try:
+        from llvmlite import binding as ll
+
+        return bool(ll.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # no feature query on this platform: assume the narrower vectors
+        return False
+
+
+def gemm_products(environ=None, avx512=None) -> str:
+    """How the GEMM path forms its two products: ``"blas"`` (NumPy's BLAS, from inside the kernel) or ``"fma"``
+    (:func:`_fma_product`, the kernel's own vectorised loops).
+
+    ``"fma"`` where ``OPENBLAS_CORETYPE`` (``environ``, default ``os.environ``)
+    names a core type whose kernels are narrower than this CPU's 512-bit
+    vectors (``avx512``, default: asked of LLVM): OpenBLAS reads it when it
+    loads and keeps those kernels, and ``Haswell`` on an AVX-512 CPU ran the
+    products at 55-106 GFLOP/s a thread where the loops ran 133-180 (the
+    D = 16, K = 32, N = 1e5 float32 score: 3.3 ms by BLAS, 1.9 ms by the
+    loops, two threads). Everywhere else ``"blas"``: OpenBLAS with its own
+    kernels ran those products at 168-248 GFLOP/s a thread, and the same
+    score in 1.6 ms. The two differ in rounding only (both sum each entry in
+    order, one rounding per term, in x's dtype).
+    """
+    environ = os.environ if environ is None else environ
+    core = environ.get("OPENBLAS_CORETYPE", "").strip().upper()
+    if not core or core in OPENBLAS_512_BIT:
+        return "blas"
+    return "fma" if (_cpu_has_avx512(environ) if avx512 is None else avx512) else "blas"
+
+
+#: :func:`gemm_products` of this process (OpenBLAS read its core type once, as it loaded).
+GEMM_PRODUCTS = gemm_products()
+
+
 def choose_path(kind, dtype, K, D, per_example_t):
     """Which kernel evaluates a call: "pointwise", "gemm" or "lanes" (see the module docstring)."""
     if per_example_t:
@@ -1272,8 +1392,9 @@ def _quiet():
         contextlib.nullcontext()
 
 
-def _evaluate(mixture, x, process, t, want_score, path=None):
-    """Shared body of the twins; ``path`` ("lanes", "gemm", "pointwise") overrides the choice (tests)."""
+def _evaluate(mixture, x, process, t, want_score, path=None, products=None):
+    """Shared body of the twins; ``path`` ("lanes", "gemm", "pointwise") and ``products`` ("blas", "fma": the GEMM
+    path's, :data:`GEMM_PRODUCTS` by default) override the choice (tests)."""
     from refdiff.analytic import _check_points, _process_coefs
     from refdiff.backend import check_finite, per_example
 
@@ -1292,6 +1413,9 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
     path = default if path is None else path
     if path not in ("lanes", "gemm", "pointwise") or (path == "gemm" and kind == _FULL) or ((path == "pointwise") != (gamma.ndim > 0)):
         raise ValueError(f"path {path!r} does not apply to this mixture and t")
+    products = GEMM_PRODUCTS if products is None else products
+    if products not in ("blas", "fma"):
+        raise ValueError(f'products must be "blas" or "fma", not {products!r}')
     if path == "gemm":
         with _quiet():  # an operand may overflow x's dtype, as checked here (NumPy warns under NUMBA_DISABLE_JIT)
             *operands, finite_ops = _gemm_operands(log_w, mu, lam, float(gamma), float(var), REFINE_KAPPA,
@@ -1313,10 +1437,12 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
             lanes = gemm_lanes(K, D if isotropic else 2 * D)
             if not lanes:
                 raise ValueError(f'path "gemm" does not apply to D = {D}: 8 points of one row would exceed GEMM_BLOCK_WORK')
+            by_fma = products == "fma"
             M1, A, B, kc, gmu, s, const = operands
             # the kernel meets a non-finite x before it can refuse it (NumPy scalars warn under NUMBA_DISABLE_JIT)
             with _quiet():
-                n_bad = _score_gemm(xk, M1, A, B, isotropic, gmu, s, const, kc, want_score, lanes, score, logp)
+                n_bad = _score_gemm(xk, M1, A, B, isotropic, gmu, s, const, kc, want_score,
+                                    FMA_PRODUCT_LANES if by_fma else lanes, by_fma, score, logp)
             if n_bad:
                 check_finite(xk, "x")  # raises unless |x|^2 merely overflowed
                 # there the expanded logits are not finite: redo those points from the differences (any point whose
@@ -1324,7 +1450,7 @@ def _evaluate(mixture, x, process, t, want_score, path=None):
                 with np.errstate(over="ignore"):
                     sq = np.einsum("nd,nd->n", xk, xk, dtype=np.float64)
                 rows = np.flatnonzero(~(sq <= np.finfo(xk.dtype).max / 4))
-                redone = _evaluate(mixture, xk[rows], process, t, want_score, path="lanes")
+                redone = _evaluate(mixture, xk[rows], process, t, want_score, path="lanes", products=products)
                 (score if want_score else logp)[rows] = redone
         else:
             dt = xk.dtype

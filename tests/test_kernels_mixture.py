@@ -213,21 +213,32 @@ def numba_twin():
 # take the same lines of code
 JIT_OFF = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 # (300, 48, 40): sparse posteriors; (19, 9000, 4): blocks of 8 points, each BLAS product split over slices
+# as plain Python a float64 FMA is exact rational arithmetic, some 100x slower than float32's; both dtypes take the
+# same lines of the loops
+FMA64_JIT_OFF = "the FMA products run in float32 only as plain Python (NUMBA_DISABLE_JIT)"
 SPLIT_PRODUCTS = pytest.param(19, 9000, 4, marks=pytest.mark.skipif(JIT_OFF, reason="K = 9000 is minutes under NUMBA_DISABLE_JIT"))
 
 
-@pytest.mark.parametrize("path", ["lanes", "gemm"])
+#: The scalar-t kernels of the numba twin: the lane kernels, and the GEMM path with its products by BLAS or by
+#: its own FMA loops (``gemm_products``: which one a process takes depends on OPENBLAS_CORETYPE and the CPU).
+NUMBA_PATHS = {"lanes": ("lanes", None), "gemm": ("gemm", "blas"), "gemm-fma": ("gemm", "fma")}
+
+
+@pytest.mark.parametrize("path", list(NUMBA_PATHS))
 @pytest.mark.parametrize("times", ["data", "t=1e-4", "t=0.5", "t=1"])
 @pytest.mark.parametrize("N,K,D", SIZES + [(257, 40, 7), (300, 48, 40), SPLIT_PRODUCTS])
 @pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
 def test_every_numba_path_matches_oracle(numba_twin, path, dtype_name, kind, N, K, D, times):
-    """Both scalar-t kernels of the numba twin, forced, whatever K * D the automatic choice would take."""
+    """Every scalar-t kernel of the numba twin, forced, whatever K * D the automatic choice would take."""
     if JIT_OFF and N * K * D > 10_000 and times != "t=1e-4":  # t near 0 (narrow components) reaches the most lines
         pytest.skip("as plain Python a large case runs at one time only (NUMBA_DISABLE_JIT)")
+    path, products = NUMBA_PATHS[path]
+    if JIT_OFF and products == "fma" and dtype_name == "float64":
+        pytest.skip(FMA64_JIT_OFF)
     gm, xs, process, t, expected = case(kind, N, K, D, times)
-    score = numba_twin._evaluate(gm, xs[dtype_name], process, t, True, path=path)
-    logp = numba_twin._evaluate(gm, xs[dtype_name], process, t, False, path=path)
+    score = numba_twin._evaluate(gm, xs[dtype_name], process, t, True, path=path, products=products)
+    logp = numba_twin._evaluate(gm, xs[dtype_name], process, t, False, path=path, products=products)
     assert score.dtype == logp.dtype == np.dtype(dtype_name)
     check(logp, expected[dtype_name][0], dtype_name, "log_prob")
     check(score, expected[dtype_name][1], dtype_name, "score")
@@ -249,22 +260,57 @@ def far_cluster_case(offset, D=24, K=16, N=512, spread=0.3, seed=7):
     return gm, gm.sample(N, rng=rng)
 
 
+@pytest.mark.parametrize("products", ["blas", "fma"])
 @pytest.mark.parametrize("dtype_name,offset", [("float32", 40.0), ("float32", 1000.0), ("float64", 1e4), ("float64", 1e6)])
 @pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
-def test_gemm_path_refines_where_the_expanded_form_cancels(numba_twin, monkeypatch, kind, dtype_name, offset):
+def test_gemm_path_refines_where_the_expanded_form_cancels(numba_twin, monkeypatch, kind, dtype_name, offset, products):
     """Near means far from the origin |x|^2 - 2 x.mu + |mu|^2 loses the digits that matter; the refined logits don't."""
+    if JIT_OFF and products == "fma" and dtype_name == "float64":
+        pytest.skip(FMA64_JIT_OFF)
     gm, x = far_cluster_case(offset)
     if kind == "diagonal":
         gm = GaussianMixture(gm.weights, gm.means, np.repeat(gm.covs[:, None], gm.dim, axis=1))
     x = x.astype(dtype_name)
     want_logp, want_score = oracle(gm, x.astype(np.float64), None, None)
     assert gm.kind == kind and numba_twin.choose_path(0 if kind == "isotropic" else 1, x.dtype, 16, 24, False) == "gemm"
-    check(numba_twin._evaluate(gm, x, None, None, True), want_score, dtype_name, "score")
-    check(numba_twin._evaluate(gm, x, None, None, False), want_logp, dtype_name, "log_prob")
+    check(numba_twin._evaluate(gm, x, None, None, True, products=products), want_score, dtype_name, "score")
+    check(numba_twin._evaluate(gm, x, None, None, False, products=products), want_logp, dtype_name, "log_prob")
     monkeypatch.setattr(numba_twin, "REFINE_KAPPA", np.inf)  # never refine: the case must be one that needs it
     monkeypatch.setattr(numba_twin, "SCORE_KAPPA", np.inf)
     with pytest.raises(AssertionError):
-        check(numba_twin._evaluate(gm, x, None, None, True), want_score, dtype_name, "score")
+        check(numba_twin._evaluate(gm, x, None, None, True, products=products), want_score, dtype_name, "score")
+
+
+@pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
+@pytest.mark.parametrize("dtype_name,variance,scale", [("float32", 1e12, 2e19), ("float64", 1e300, 1e154)])
+def test_fma_products_redo_points_whose_squared_norm_overflows(numba_twin, kind, dtype_name, variance, scale):
+    """The overflow case below with the GEMM path's products by its FMA loops (the redone points take them too)."""
+    if JIT_OFF and dtype_name == "float64":
+        pytest.skip(FMA64_JIT_OFF)
+    K, D = 8, 5
+    covs = np.full(K, variance) if kind == "isotropic" else np.full((K, D), variance)
+    gm = GaussianMixture(np.full(K, 1.0 / K), np.random.default_rng(0).standard_normal((K, D)), covs)
+    x = np.random.default_rng(1).standard_normal((200, D)).astype(dtype_name)
+    x[[3, 127, 128, 199]] = scale * np.sign(x[[3, 127, 128, 199]])  # either side of the 128-point block's edge
+    want_logp, want_score = oracle(gm, x.astype(np.float64), None, None)
+    check(numba_twin._evaluate(gm, x, None, None, True, path="gemm", products="fma"), want_score, dtype_name, "score")
+    check(numba_twin._evaluate(gm, x, None, None, False, path="gemm", products="fma"), want_logp, dtype_name, "log_prob")
+
+
+def test_gemm_products_follow_openblas_coretype(numba_twin):
+    """Own FMA loops only where OPENBLAS_CORETYPE pins OpenBLAS to kernels narrower than the CPU's 512-bit vectors."""
+    choose = numba_twin.gemm_products
+    assert choose({}, avx512=True) == "blas"  # OpenBLAS picks its kernels for the CPU
+    assert choose({"OPENBLAS_CORETYPE": "Haswell"}, avx512=True) == "fma"
+    assert choose({"OPENBLAS_CORETYPE": " zen "}, avx512=True) == "fma"
+    assert choose({"OPENBLAS_CORETYPE": "Haswell"}, avx512=False) == "blas"  # the CPU's own vectors: BLAS is as wide
+    for core in ("SkylakeX", "COOPERLAKE", "sapphirerapids"):
+        assert choose({"OPENBLAS_CORETYPE": core}, avx512=True) == "blas"
+    assert choose({"OPENBLAS_CORETYPE": "Haswell", "NUMBA_CPU_FEATURES": "+avx2,+avx512f,+fma"}) == "fma"
+    assert choose({"OPENBLAS_CORETYPE": "Haswell", "NUMBA_CPU_FEATURES": "+avx2,-avx512f,+fma"}) == "blas"
+    assert numba_twin.GEMM_PRODUCTS == choose()
+    with pytest.raises(ValueError, match="products"):
+        numba_twin._evaluate(make_mixture("isotropic", 4, 8), np.zeros((3, 8)), None, None, True, products="mkl")
 
 
 @pytest.mark.parametrize("D", [1, 2, 3, 4])
