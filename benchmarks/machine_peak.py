@@ -733,7 +733,9 @@ def main(argv=None):
         print(json.dumps(measure_peaks(args.threads, args.quick, zmm=not (args.quick or args.no_zmm))))
         return 0
 
-    env = child_env(args.threads)
+    # Numba's OpenMP layer with OpenMP's own wait policy, as the mixture score's worker runs: on two shared cores
+    # the workqueue layer held the two-thread FMA kernel to 205 GFLOP/s in runs where OpenMP reached 400
+    env = child_env(args.threads, numba_layer="omp", omp_wait_policy=None)
     cmd = [sys.executable, __file__, "--worker", "all", "--threads", str(args.threads)]
     cmd += (["--quick"] if args.quick else []) + (["--no-zmm"] if args.no_zmm else [])
     info_before = machine_info()
