@@ -194,8 +194,9 @@ GEMM_MIN_KD = 32
 #: ran at 140); a larger one inside ``prange`` starts its own threads and was measured 100x slower, so
 #: the products are issued in slices below this.
 GEMM_BLOCK_WORK = 2**18
-#: GEMM path with its products by FMA loops (:func:`gemm_products`): points per block (no BLAS call to keep
-#: small; 32 points, the BLAS block at D = 64, K = 128, ran the loops at 60% of their speed at 128).
+#: GEMM path with its products by FMA loops (:func:`gemm_products`): points per block, at most (fewer points
+#: take the multiple of 16 that holds them). No BLAS call bounds it; on the 32-point blocks of the BLAS path
+#: at D = 64, K = 128 the loops ran at some 60% of their speed on 128.
 FMA_PRODUCT_LANES = 128
 #: ``OPENBLAS_CORETYPE`` values whose OpenBLAS kernels use 512-bit vectors (upper case).
 OPENBLAS_512_BIT = frozenset({"SKYLAKEX", "COOPERLAKE", "SAPPHIRERAPIDS"})
@@ -1441,8 +1442,9 @@ def _evaluate(mixture, x, process, t, want_score, path=None, products=None):
             M1, A, B, kc, gmu, s, const = operands
             # the kernel meets a non-finite x before it can refuse it (NumPy scalars warn under NUMBA_DISABLE_JIT)
             with _quiet():
-                n_bad = _score_gemm(xk, M1, A, B, isotropic, gmu, s, const, kc, want_score,
-                                    FMA_PRODUCT_LANES if by_fma else lanes, by_fma, score, logp)
+                if by_fma:
+                    lanes = min(FMA_PRODUCT_LANES, -(-N // 16) * 16)
+                n_bad = _score_gemm(xk, M1, A, B, isotropic, gmu, s, const, kc, want_score, lanes, by_fma, score, logp)
             if n_bad:
                 check_finite(xk, "x")  # raises unless |x|^2 merely overflowed
                 # there the expanded logits are not finite: redo those points from the differences (any point whose
