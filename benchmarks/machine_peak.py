@@ -378,6 +378,18 @@ def measure_gemm(threads, quick=False) -> dict:
     return out
 
 
+def _run_child_worker(worker, threads, env, timeout, extra=()):
+    """This script's ``--worker`` in a child process under ``env``: its JSON, or ``{"error": ...}`` when it fails."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--threads", str(threads), *extra]
+    try:
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    if run.returncode:
+        return {"error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit status {run.returncode}"}
+    return json.loads(run.stdout)
+
+
 def measure_gemm_coretype_unset(threads, quick=False, timeout=300):
     """:func:`measure_gemm` in a child process without :data:`CORETYPE_VARS`; None where none of them is set.
 
@@ -386,16 +398,8 @@ def measure_gemm_coretype_unset(threads, quick=False, timeout=300):
     """
     if not any(k in os.environ for k in CORETYPE_VARS):
         return None
-    env = child_env(threads, unset_coretype=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "gemm", "--threads", str(threads)]
-    cmd += ["--quick"] if quick else []
-    try:
-        run = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    if run.returncode:
-        return {"error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit status {run.returncode}"}
-    return dict(json.loads(run.stdout), unset=[k for k in CORETYPE_VARS if k in os.environ])
+    res = _run_child_worker("gemm", threads, child_env(threads, unset_coretype=True), timeout, ["--quick"] if quick else [])
+    return res if "error" in res else dict(res, unset=[k for k in CORETYPE_VARS if k in os.environ])
 
 
 def measure_numba(threads, quick=False) -> dict:
@@ -419,15 +423,9 @@ def measure_numba_zmm(threads, timeout=300) -> dict:
         env = _zmm_env()
     except Exception as exc:
         return {"error": f"host CPU features: {type(exc).__name__}: {exc}"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "numba", "--threads", str(threads)]
-    try:
-        run = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    if run.returncode:
-        return {"error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit status {run.returncode}"}
-    res = json.loads(run.stdout)
-    res["NUMBA_CPU_FEATURES_tail"] = "...,-prefer-256-bit"
+    res = _run_child_worker("numba", threads, env, timeout)
+    if "error" not in res:
+        res["NUMBA_CPU_FEATURES_tail"] = "...,-prefer-256-bit"
     return res
 
 
