@@ -250,11 +250,17 @@ def test_aligned_empty_starts_on_a_cache_line(n):
 
 @pytest.mark.skipif(not JIT, reason="assembly needs the JIT")
 def test_prefer_wide_vectors_gives_512_bit_lane_loops():
-    """With the attribute a loop uses zmm registers where the CPU has AVX-512; without it LLVM's tuning for
-    recent AVX-512 CPUs keeps to ymm (which is why the hot kernels ask)."""
+    """With the attribute the loop's arithmetic runs on zmm registers where the CPU has AVX-512. Without it LLVM's
+    tuning for Intel's AVX-512 CPUs (Skylake-SP to Sapphire Rapids) keeps to ymm, which is why the hot kernels ask;
+    its tuning for AMD's (Zen 4 on) takes zmm either way, and there the attribute must cost nothing."""
     import llvmlite.binding as ll
 
     if "+avx512f" not in ll.get_host_cpu_features().flatten().split(","):
         pytest.skip("the CPU has no AVX-512")
-    wide, plain = _axpy_asm(True), _axpy_asm(False)
-    assert wide.count("zmm") > plain.count("zmm")  # plain: none, under LLVM's tuning for this CPU
+
+    def zmm_arithmetic(asm):
+        return sum(1 for line in asm.splitlines()
+                   if line.strip().startswith(("vmul", "vadd", "vfmadd")) and "%zmm" in line)
+
+    wide, plain = zmm_arithmetic(_axpy_asm(True)), zmm_arithmetic(_axpy_asm(False))
+    assert wide > 0 and wide >= plain
