@@ -387,7 +387,10 @@ def _run_child_worker(worker, threads, env, timeout, extra=()):
         return {"error": f"timed out after {timeout} s"}
     if run.returncode:
         return {"error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit status {run.returncode}"}
-    return json.loads(run.stdout)
+    try:
+        return json.loads(run.stdout)
+    except ValueError:
+        return {"error": f"no JSON on the worker's output: {run.stdout.strip()[-200:]!r}"}
 
 
 def measure_gemm_coretype_unset(threads, quick=False, timeout=300):
@@ -614,7 +617,9 @@ def load_or_measure_peaks(path=DEFAULT_JSON, max_age_s=7 * 86400, threads=2, pyt
     """This script's JSON from ``path`` if it is recent enough, else measure afresh (a child process) and return that.
 
     A cached result is reused when it is a full (not quick) run, at most
-    ``max_age_s`` old, for ``threads`` threads, on this CPU model; otherwise
+    ``max_age_s`` old, for ``threads`` threads, on this CPU model, and (where
+    :data:`CORETYPE_VARS` are set here) holds the BLAS figures measured
+    without them (:func:`measure_gemm_coretype_unset`); otherwise
     ``python benchmarks/machine_peak.py --threads threads --json path`` runs
     (some tens of seconds) and its JSON is returned. The dict it returns can
     be passed to :func:`mixture_score_floor` as ``peaks``.
@@ -631,6 +636,8 @@ def load_or_measure_peaks(path=DEFAULT_JSON, max_age_s=7 * 86400, threads=2, pyt
             and int(payload.get("threads", -1)) == int(threads)
             and payload.get("machine", {}).get("cpu_model") == cpu_model()
             and "peak" in payload
+            and (not any(k in os.environ for k in CORETYPE_VARS)
+                 or "error" not in payload.get("gemm_coretype_unset", {"error": "not measured"}))
         )
         if fresh:
             return payload

@@ -412,7 +412,7 @@ def main(argv=None):
         "machine": machine_info(),
         "env": recorded_env(refdiff_env),
         "coretype_unset_env": recorded_env(refdiff_envs[1]) if len(refdiff_envs) == 2 else None,
-        "openblas_coretype": coretype,
+        "openblas_coretype": None if variants[0] else coretype,  # the first run's (the rows' plain keys)
         "peer_env": recorded_env(env),
         "torch": torch_info,
         "torch_compile": torch_compile,
@@ -439,7 +439,7 @@ def main(argv=None):
                 continue
             a = r["floor" + tag]["achieved"]
             goal = f"; goal >= {a['goal']:.0%} at D <= 4: {'met' if a['goal_met'] else 'not met'}" if r["D"] <= 4 else ""
-            print(f"floor N={r['N']} D={r['D']} K={r['K']}: {r['floor']['floor_s'] * 1e3:.3f} ms ({a['bound']}-bound); "
+            print(f"floor N={r['N']} D={r['D']} K={r['K']}: {r['floor' + tag]['floor_s'] * 1e3:.3f} ms ({a['bound']}-bound); "
                   f"{label} at {a['floor_fraction']:.0%} of it ({a['gflops']:.1f} GFLOP/s, {a['gexp_per_s']:.2f} Gexp/s, "
                   f"{a['gbs']:.1f} GB/s){goal}")
     for name, info in (("torch.compile", torch_compile), ("jax", jax_info)):

@@ -77,14 +77,15 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   Both products are called from inside the ``prange`` task (Numba's
   ``np.dot``), in slices small enough that BLAS stays on the calling thread
   (:data:`GEMM_BLOCK_WORK`); BLAS threads spinning beside Numba's halved the
-  speed of a host-side version. Where ``OPENBLAS_CORETYPE`` confines
-  OpenBLAS to vectors narrower than the CPU's, the kernel forms both products
-  with its own loops instead (:func:`gemm_products`, :func:`_fma_product`,
-  blocks of :data:`FMA_PRODUCT_LANES` points). The block is as many points as keep the
+  speed of a host-side version. The block is as many points as keep the
   first product one such call (:func:`gemm_lanes`), copied in transposed
   (8 x 8 tiles) so that both products take C-ordered operands, and the
   score comes out of the second product row by row, the layout it is
-  stored in. The kernel counts the points whose :math:`|x|^2` is not
+  stored in. Where ``OPENBLAS_CORETYPE`` confines OpenBLAS to vectors
+  narrower than the CPU's, the kernel forms both products with its own loops
+  instead (:func:`gemm_products`, :func:`_fma_product`): blocks of up to
+  :data:`FMA_PRODUCT_LANES` points, and the second product transposed,
+  (D, points), read column by column into the score. The kernel counts the points whose :math:`|x|^2` is not
   finite as it reads them, which stands in for a separate finiteness pass
   over x (one fewer read of the input). The expanded form cancels when a point is
   much farther from the origin than from a component mean: its error bound
@@ -1362,8 +1363,12 @@ def gemm_products(environ=None, avx512=None) -> str:
     D = 16, K = 32, N = 1e5 float32 score: 3.3 ms by BLAS, 1.9 ms by the
     loops, two threads). Everywhere else ``"blas"``: OpenBLAS with its own
     kernels ran those products at 168-248 GFLOP/s a thread, and the same
-    score in 1.6 ms. The two differ in rounding only (both sum each entry in
-    order, one rounding per term, in x's dtype).
+    score in 1.6 ms. The two differ in rounding only (both round every term
+    in x's dtype; BLAS may add partial sums in another order).
+
+    The switch reads the variable, not the library: it assumes NumPy's BLAS
+    is an OpenBLAS that honours it (the wheels' dynamic-architecture
+    builds). Elsewhere "fma" costs speed, never accuracy.
     """
     environ = os.environ if environ is None else environ
     core = environ.get("OPENBLAS_CORETYPE", "").strip().upper()
@@ -1435,15 +1440,17 @@ def _evaluate(mixture, x, process, t, want_score, path=None, products=None):
             _score_pointwise(xk, g, v, log_w, mu, lam, U, kind, want_score, score, logp)
         elif path == "gemm":
             isotropic = kind == _ISOTROPIC
-            lanes = gemm_lanes(K, D if isotropic else 2 * D)
-            if not lanes:
-                raise ValueError(f'path "gemm" does not apply to D = {D}: 8 points of one row would exceed GEMM_BLOCK_WORK')
             by_fma = products == "fma"
+            if by_fma:  # no BLAS call to keep small: any D
+                lanes = min(FMA_PRODUCT_LANES, -(-N // 16) * 16)
+            else:
+                lanes = gemm_lanes(K, D if isotropic else 2 * D)
+                if not lanes:
+                    raise ValueError(f'path "gemm" with BLAS products does not apply to D = {D}: 8 points of one row '
+                                     'would exceed GEMM_BLOCK_WORK')
             M1, A, B, kc, gmu, s, const = operands
             # the kernel meets a non-finite x before it can refuse it (NumPy scalars warn under NUMBA_DISABLE_JIT)
             with _quiet():
-                if by_fma:
-                    lanes = min(FMA_PRODUCT_LANES, -(-N // 16) * 16)
                 n_bad = _score_gemm(xk, M1, A, B, isotropic, gmu, s, const, kc, want_score, lanes, by_fma, score, logp)
             if n_bad:
                 check_finite(xk, "x")  # raises unless |x|^2 merely overflowed
@@ -1452,7 +1459,7 @@ def _evaluate(mixture, x, process, t, want_score, path=None, products=None):
                 with np.errstate(over="ignore"):
                     sq = np.einsum("nd,nd->n", xk, xk, dtype=np.float64)
                 rows = np.flatnonzero(~(sq <= np.finfo(xk.dtype).max / 4))
-                redone = _evaluate(mixture, xk[rows], process, t, want_score, path="lanes", products=products)
+                redone = _evaluate(mixture, xk[rows], process, t, want_score, path="lanes")
                 (score if want_score else logp)[rows] = redone
         else:
             dt = xk.dtype

@@ -217,7 +217,8 @@ def parse_mixture_score(payload) -> list:
                 goal = floor_goal if goal is None else f"{goal}; {floor_goal}"
                 met = bool(a["goal_met"]) if met is None else met and bool(a["goal_met"])
             size = f"N={r['N']} D={r['D']} K={r['K']} {payload.get('dtype', '')}".strip()
-            size += " coretype unset" if tag else (" coretype set" if len(tags) == 2 else "")
+            if len(tags) == 2:  # the first run as the environment had it: with OPENBLAS_CORETYPE, if it was set
+                size += " coretype unset" if tag else (" coretype set" if payload.get("openblas_coretype") else " as is")
             rows.append(_row("mixture_score", size, ours, best, ref, "torch" if peer_ms is not None else None,
                              peer_ms, _ratio(ref, ours), vs_peer, goal, met))
     return rows

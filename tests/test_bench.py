@@ -219,7 +219,7 @@ def test_parse_mixture_score_floor_joins_the_goal_at_small_d():
 
 def test_parse_mixture_score_coretype_unset_gets_its_own_rows():
     """A second refdiff run without OPENBLAS_CORETYPE: a second row per size, its own times and floor share."""
-    p = mixture_payload()
+    p = dict(mixture_payload(), openblas_coretype="Haswell")
     p["rows"][0]["jax"] = {"median_ms": 2.0}
     p["rows"][0]["floor"] = {"achieved": {"goal": 0.4, "floor_fraction": 0.5, "goal_met": True}}
     p["rows"][0]["numpy_coretype_unset"] = {"median_ms": 5.0}
@@ -235,6 +235,8 @@ def test_parse_mixture_score_coretype_unset_gets_its_own_rows():
     assert unset["met"] is False  # faster than JAX, short of its floor share
     p["rows"][0]["floor_coretype_unset"]["achieved"].update(floor_fraction=0.45, goal_met=True)
     assert bench.parse_result("mixture_score", p)[1]["met"] is True
+    p["openblas_coretype"] = None  # --coretype both where nothing was set: the first run is not "set"
+    assert bench.parse_result("mixture_score", p)[0]["size"] == "N=100000 D=2 K=8 float32 as is"
 
 
 def test_parse_fused_sampler():

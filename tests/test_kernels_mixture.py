@@ -284,7 +284,8 @@ def test_gemm_path_refines_where_the_expanded_form_cancels(numba_twin, monkeypat
 @pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
 @pytest.mark.parametrize("dtype_name,variance,scale", [("float32", 1e12, 2e19), ("float64", 1e300, 1e154)])
 def test_fma_products_redo_points_whose_squared_norm_overflows(numba_twin, kind, dtype_name, variance, scale):
-    """The overflow case below with the GEMM path's products by its FMA loops (the redone points take them too)."""
+    """The overflow case below with the GEMM path's products by its FMA loops (the overflowing points are redone by
+    the lane kernels, the others keep the GEMM path's values)."""
     if JIT_OFF and dtype_name == "float64":
         pytest.skip(FMA64_JIT_OFF)
     K, D = 8, 5
@@ -608,9 +609,13 @@ def test_path_choice(numba_twin):
         numba_twin._evaluate(make_mixture("full", 3, 2), np.zeros((4, 2)), None, None, True, path="gemm")
     assert numba_twin.gemm_lanes(32, 16) == 128 and numba_twin.gemm_lanes(128, 64) == 32
     assert numba_twin.gemm_lanes(40_000, 4) == 8 and numba_twin.gemm_lanes(1, 40_000) == 0
+    wide = GaussianMixture(np.ones(1), np.zeros((1, 40_000)), np.ones(1))
+    x = np.full((2, 40_000), 0.5, dtype=np.float32)  # float32: quick as plain Python too
     with pytest.raises(ValueError, match="GEMM_BLOCK_WORK"):  # forced where one BLAS row would be too big
-        numba_twin._evaluate(GaussianMixture(np.ones(1), np.zeros((1, 40_000)), np.ones(1)), np.zeros((2, 40_000)),
-                             None, None, True, path="gemm")
+        numba_twin._evaluate(wide, x, None, None, True, path="gemm", products="blas")
+    # the FMA products call no BLAS: any D
+    np.testing.assert_allclose(numba_twin._evaluate(wide, x, None, None, True, path="gemm", products="fma"), -x,
+                               rtol=1e-6)
 
 
 def test_backends_agree_at_float64_precision():

@@ -147,6 +147,8 @@ def test_exp_peak_counts_every_measured_exp():
 
 
 def test_load_or_measure_reuses_a_fresh_json_only(tmp_path, monkeypatch):
+    for k in CORETYPE_VARS:  # set below, where the test asks for it
+        monkeypatch.delenv(k, raising=False)
     path = tmp_path / "machine_peak.json"
     payload = {"benchmark": "machine_peak", "quick": False, "measured_at": time.time() - 10, "threads": 2,
                "machine": {"cpu_model": cpu_model()}, "peak": RATES}  # fmt: skip
@@ -166,6 +168,15 @@ def test_load_or_measure_reuses_a_fresh_json_only(tmp_path, monkeypatch):
         path.write_text(json.dumps(dict(payload, **stale)))
         n = len(calls)
         assert machine_peak.load_or_measure_peaks(path, max_age_s=60, threads=2)["fresh"] and len(calls) == n + 1
+    # with OPENBLAS_CORETYPE set here, a JSON without the BLAS measured without it would give too lenient a floor
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    for stale in ({}, {"gemm_coretype_unset": {"error": "exit status 1"}}):
+        path.write_text(json.dumps(dict(payload, **stale)))
+        n = len(calls)
+        assert machine_peak.load_or_measure_peaks(path, max_age_s=60, threads=2)["fresh"] and len(calls) == n + 1
+    path.write_text(json.dumps(dict(payload, gemm_coretype_unset={"float32": {"gflops_all": 400.0}})))
+    n = len(calls)
+    assert "fresh" not in machine_peak.load_or_measure_peaks(path, max_age_s=60, threads=2) and len(calls) == n
 
 
 @pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed (pip install 'refdiff[fast]')")
@@ -190,6 +201,9 @@ def test_quick_measurement():
         if "avx2" in cpu_flags():  # the loop over lanes compiled to vector FMAs (xmm: scalar or 128-bit only)
             assert fma[dtype]["vector_register"] in ("zmm", "ymm"), fma[dtype]
     assert fma["float32"]["gflops_per_core"] >= fma["float64"]["gflops_per_core"]
+    if "gemm_coretype_unset" in p:  # the child ran and measured
+        assert "error" not in p["gemm_coretype_unset"], p["gemm_coretype_unset"]
+        assert finite_positive(p["gemm_coretype_unset"]["float32"]["gflops_all"])
     assert finite_positive(p["memory"]["triad_gbs"]) and finite_positive(p["memory"]["copy_gbs"])
     weight = p["exp"]["float64"]["_exp_weight"]
     assert "error" not in weight, weight
