@@ -212,10 +212,10 @@ def numba_twin():
 # the kernels run as plain Python (CI's coverage pass): the largest cases are left to the compiled runs, which
 # take the same lines of code
 JIT_OFF = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
-# (300, 48, 40): sparse posteriors; (19, 9000, 4): blocks of 8 points, each BLAS product split over slices
 # as plain Python a float64 FMA is exact rational arithmetic, some 100x slower than float32's; both dtypes take the
 # same lines of the loops
 FMA64_JIT_OFF = "the FMA products run in float32 only as plain Python (NUMBA_DISABLE_JIT)"
+# (300, 48, 40): sparse posteriors; (19, 9000, 4): blocks of 8 points, each BLAS product split over slices
 SPLIT_PRODUCTS = pytest.param(19, 9000, 4, marks=pytest.mark.skipif(JIT_OFF, reason="K = 9000 is minutes under NUMBA_DISABLE_JIT"))
 
 
