@@ -85,8 +85,9 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   narrower than the CPU's, the kernel forms both products with its own loops
   instead (:func:`gemm_products`, :func:`_fma_product`): blocks of up to
   :data:`FMA_PRODUCT_LANES` points, and the second product transposed,
-  (D, points), read column by column into the score. The kernel counts the points whose :math:`|x|^2` is not
-  finite as it reads them, which stands in for a separate finiteness pass
+  (D, points), read column by column into the score. The kernel counts
+  the points whose :math:`|x|^2` is not finite as it reads them, which
+  stands in for a separate finiteness pass
   over x (one fewer read of the input). The expanded form cancels when a point is
   much farther from the origin than from a component mean: its error bound
   is about :math:`\gamma_{D+1}\,2(\max_d s_{kd}|x|^2+\sum_d s_{kd}\gamma^2\mu_{kd}^2)`
