@@ -65,6 +65,24 @@ def child_env(threads: int, unset_coretype: bool = False, base=None, numba_layer
     return env
 
 
+#: ``--coretype`` choices of the scripts whose refdiff worker runs with and without OPENBLAS_CORETYPE.
+CORETYPE_CHOICES = ("auto", "keep", "unset", "both")
+
+
+def coretype_variants(choice: str, environ=None) -> tuple:
+    """``(OPENBLAS_CORETYPE or None, [unset_coretype, ...])``: the worker runs a ``--coretype`` choice asks for.
+
+    ``auto`` runs as is and, where the variable is set, once more without it; ``keep`` as is; ``unset``
+    without it; ``both`` both ways whatever the environment holds.
+    """
+    coretype = (os.environ if environ is None else environ).get("OPENBLAS_CORETYPE")
+    if choice == "auto":
+        return coretype, [False, True] if coretype else [False]
+    if choice not in CORETYPE_CHOICES:
+        raise ValueError(f"coretype must be one of {CORETYPE_CHOICES}, got {choice!r}")
+    return coretype, {"keep": [False], "unset": [True], "both": [False, True]}[choice]
+
+
 def jax_env(env, threads):
     """``env`` plus what pins JAX's CPU client to ``threads``.
 

@@ -76,8 +76,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    REPO, bar, child_env, jax_env, machine_info, peer_python, plot_bar_groups, plot_path, positive_int, recorded_env,
-    run_worker, summary_ms, time_calls, write_json,
+    CORETYPE_CHOICES, REPO, bar, child_env, coretype_variants, jax_env, machine_info, peer_python, plot_bar_groups,
+    plot_path, positive_int, recorded_env, run_worker, summary_ms, time_calls, write_json,
 )
 
 DEFAULT_SIZES = ["100000,2,8", "100000,4,8", "100000,16,32", "10000,64,128"]
@@ -311,7 +311,7 @@ def main(argv=None):
                     help="time PyTorch eager only (a cold torch.compile takes some 20 s per size on 2 cores)")
     ap.add_argument("--jax-python", default=peer_python("jax"))
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "mixture_score.json"))
-    ap.add_argument("--coretype", choices=("auto", "keep", "unset", "both"), default="auto",
+    ap.add_argument("--coretype", choices=CORETYPE_CHOICES, default="auto",
                     help="OPENBLAS_CORETYPE in refdiff's worker: auto = both ways when it is set, else as is")
     ap.add_argument("--no-floor", dest="floor", action="store_false",
                     help="skip the machine floor (machine_peak.py: reuses its JSON when recent, else measures, ~30 s)")
@@ -330,11 +330,7 @@ def main(argv=None):
         return 0
 
     env = child_env(args.threads)  # the peers'
-    coretype = os.environ.get("OPENBLAS_CORETYPE")
-    if args.coretype == "auto":
-        variants = [False, True] if coretype else [False]
-    else:
-        variants = {"keep": [False], "unset": [True], "both": [False, True]}[args.coretype]
+    coretype, variants = coretype_variants(args.coretype)
     common = ["--threads", str(args.threads), "--repeat", str(args.repeat), "--sizes", *args.sizes]
     results, refdiff_envs = [], []
     for unset in variants:

@@ -661,7 +661,7 @@ def main(argv=None):
                         help="interpreter with PyTorch (default $REFDIFF_TORCH_PYTHON; 'none' skips)")
     parser.add_argument("--torch-adam", nargs="+", default=["for-loop", "foreach", "fused"],
                         help="torch.optim.Adam implementations to time (those that pass the check)")
-    parser.add_argument("--coretype", choices=["auto", "keep", "unset", "both"], default="auto",
+    parser.add_argument("--coretype", choices=_common.CORETYPE_CHOICES, default="auto",
                         help="OPENBLAS_CORETYPE in the workers: auto = both ways when it is set, else as is")
     parser.add_argument("--check-steps", type=int, default=1, help="float64 steps compared before timing (default 1)")
     parser.add_argument("--check-target-scales", type=float, nargs="+", default=[0.01, 100.0],
@@ -694,11 +694,7 @@ def main(argv=None):
     elif torch_python.lower() == "none":
         torch_python = None
 
-    coretype = os.environ.get("OPENBLAS_CORETYPE")
-    if args.coretype == "auto":
-        variants = [False, True] if coretype else [False]
-    else:
-        variants = {"keep": [False], "unset": [True], "both": [False, True]}[args.coretype]
+    coretype, variants = _common.coretype_variants(args.coretype)
     print(f"OPENBLAS_CORETYPE in this environment: {coretype!r}; "
           f"measuring {'with it and without it' if len(variants) == 2 else ('without it' if variants[0] else 'as is')}")
 

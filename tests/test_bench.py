@@ -346,6 +346,18 @@ def test_peer_python_comes_from_the_environment(scripts, monkeypatch, tmp_path):
     assert common.peer_python("jax") is None
 
 
+def test_coretype_variants(scripts):
+    """--coretype: auto adds a run without OPENBLAS_CORETYPE only where it is set; the others ask for theirs."""
+    variants = scripts[0].coretype_variants
+    assert variants("auto", {"OPENBLAS_CORETYPE": "Haswell"}) == ("Haswell", [False, True])
+    assert variants("auto", {}) == (None, [False])
+    assert variants("keep", {"OPENBLAS_CORETYPE": "Haswell"}) == ("Haswell", [False])
+    assert variants("unset", {}) == (None, [True])
+    assert variants("both", {}) == (None, [False, True])
+    with pytest.raises(ValueError, match="coretype"):
+        variants("never", {})
+
+
 def test_child_env_pins_threads_and_picks_the_numba_layer(scripts):
     common = scripts[0]
     base = {"PYTHONPATH": "/x", "OMP_NUM_THREADS": "8", "HOME": "/h"}
