@@ -10,10 +10,12 @@ against it; the reference is the specification.
 module                 twin of                                           notes
 =====================  ================================================  ===============================
 ``mixture_numba``      ``GaussianMixture.score`` / ``log_prob``          (K, block) logits in x's dtype;
-                       (``backend="numba"``)                             BLAS path at K*D >= 32, D >= 3;
+                       (``backend="numba"``)                             GEMM path at K*D >= 32, D >= 5;
                                                                          ``mixture_score_point`` per point
 ``_numba_math``        (no twin: shared by the Numba kernels)            branch-free exp (float32 and
                                                                          float64), log, sin/cos
+``_numba_gemm``        (no twin: ``tile_matmul``, C = A @ B inside a      register tiles of 8 x 32 float32
+                       kernel, the mixture's GEMM path on AVX-512)       as LLVM IR, at the FMA peak
 ``mixture_cupy`` +     the same (``backend="cupy"``)                     one thread per particle,
 ``mixture_score.cu``                                                     online log-sum-exp
 ``fused_numba``        ``refdiff.samplers.fused.run_table``              whole sampler loop per particle,

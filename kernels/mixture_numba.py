@@ -81,11 +81,12 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   first product one such call (:func:`gemm_lanes`), copied in transposed
   (8 x 8 tiles) so that both products take C-ordered operands, and the
   score comes out of the second product row by row, the layout it is
-  stored in. Where ``OPENBLAS_CORETYPE`` confines OpenBLAS to vectors
-  narrower than the CPU's, the kernel forms both products with its own loops
-  instead (:func:`gemm_products`, :func:`_fma_product`): blocks of up to
-  :data:`FMA_PRODUCT_LANES` points, and the second product transposed,
-  (D, points), read column by column into the score. The kernel counts
+  stored in. On a CPU with 512-bit vectors the kernel forms both products
+  with its own register tiles instead (:func:`gemm_products`,
+  ``_numba_gemm.tile_matmul``): blocks of up to :data:`FMA_PRODUCT_LANES`
+  points, the second product transposed, (D, points), so that the score is
+  formed in that layout too and goes out through the same 8 x 8 tiles as
+  the block came in. The kernel counts
   the points whose :math:`|x|^2` is not finite as it reads them, which
   stands in for a separate finiteness pass
   over x (one fewer read of the input). The expanded form cancels when a point is
@@ -179,6 +180,7 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
+from refdiff.kernels._numba_gemm import tile_matmul
 from refdiff.kernels._numba_math import (_INVLN2, _LN2_HI, _LN2_LO, _log, _log_pow2, aligned_empty, exp_weight, fma,
                                          pow2_factors, pow2_row, prefer_wide_vectors, scaled_pow2)
 
@@ -196,12 +198,10 @@ GEMM_MIN_KD = 32
 #: ran at 140); a larger one inside ``prange`` starts its own threads and was measured 100x slower, so
 #: the products are issued in slices below this.
 GEMM_BLOCK_WORK = 2**18
-#: GEMM path with its products by FMA loops (:func:`gemm_products`): points per block, at most (fewer points
-#: take the multiple of 16 that holds them). No BLAS call bounds it; on the 32-point blocks of the BLAS path
-#: at D = 64, K = 128 the loops ran at some 60% of their speed on 128.
+#: GEMM path with its products by register tiles (:func:`gemm_products`): points per block, at most (fewer
+#: points take the multiple of 16 that holds them). No BLAS call bounds it; 64, 128 and 256 were within 5%
+#: of each other at D = 16 and 64 (128 best or level).
 FMA_PRODUCT_LANES = 128
-#: ``OPENBLAS_CORETYPE`` values whose OpenBLAS kernels use 512-bit vectors (upper case).
-OPENBLAS_512_BIT = frozenset({"SKYLAKEX", "COOPERLAKE", "SAPPHIRERAPIDS"})
 #: GEMM path: a logit is recomputed from the difference where the expanded form's error bound
 #: exceeds this multiple of the difference form's (see the module docstring).
 REFINE_KAPPA = 4.0
@@ -883,61 +883,6 @@ def _dot_tn(W, A, P, tmp, rows):
 
 
 @njit(inline="always", **_JIT)
-def _fma_product(A, B, C):
-    """C = A @ B without BLAS: (K, E) @ (E, L), the GEMM path's products where OpenBLAS is confined to narrow vectors.
-
-    Four rows of A and four of its columns at a time: the sixteen entries of A
-    are held in scalars, and the loop over C's columns (the block's points,
-    contiguous) vectorises, each C entry taking four FMAs per pass (one load
-    and one store per four FMAs). Each entry is summed over the inner index
-    in order, one rounding per term, as a BLAS dot product is. One thread,
-    float32: 133-180 GFLOP/s at the path's shapes (K x E x L = 32 x 16 x 128,
-    128 x 64 x 128), where OpenBLAS ran 55-106 with ``OPENBLAS_CORETYPE=Haswell``
-    and 168-248 with its own kernels for the CPU (AVX-512).
-    """
-    K, E = A.shape
-    L = B.shape[1]
-    K4, E4 = K // 4 * 4, E // 4 * 4
-    for k in range(0, K4, 4):
-        k1, k2, k3 = k + 1, k + 2, k + 3
-        for l in range(L):
-            C[k, l] = 0
-            C[k1, l] = 0
-            C[k2, l] = 0
-            C[k3, l] = 0
-        for j in range(0, E4, 4):
-            a0, a1, a2, a3 = A[k, j], A[k, j + 1], A[k, j + 2], A[k, j + 3]
-            b0, b1, b2, b3 = A[k1, j], A[k1, j + 1], A[k1, j + 2], A[k1, j + 3]
-            c0, c1, c2, c3 = A[k2, j], A[k2, j + 1], A[k2, j + 2], A[k2, j + 3]
-            d0, d1, d2, d3 = A[k3, j], A[k3, j + 1], A[k3, j + 2], A[k3, j + 3]
-            for l in range(L):
-                x0, x1, x2, x3 = B[j, l], B[j + 1, l], B[j + 2, l], B[j + 3, l]
-                C[k, l] = fma(a3, x3, fma(a2, x2, fma(a1, x1, fma(a0, x0, C[k, l]))))
-                C[k1, l] = fma(b3, x3, fma(b2, x2, fma(b1, x1, fma(b0, x0, C[k1, l]))))
-                C[k2, l] = fma(c3, x3, fma(c2, x2, fma(c1, x1, fma(c0, x0, C[k2, l]))))
-                C[k3, l] = fma(d3, x3, fma(d2, x2, fma(d1, x1, fma(d0, x0, C[k3, l]))))
-        for j in range(E4, E):
-            a0, b0, c0, d0 = A[k, j], A[k1, j], A[k2, j], A[k3, j]
-            for l in range(L):
-                x0 = B[j, l]
-                C[k, l] = fma(a0, x0, C[k, l])
-                C[k1, l] = fma(b0, x0, C[k1, l])
-                C[k2, l] = fma(c0, x0, C[k2, l])
-                C[k3, l] = fma(d0, x0, C[k3, l])
-    for k in range(K4, K):
-        for l in range(L):
-            C[k, l] = 0
-        for j in range(0, E4, 4):
-            a0, a1, a2, a3 = A[k, j], A[k, j + 1], A[k, j + 2], A[k, j + 3]
-            for l in range(L):
-                C[k, l] = fma(a3, B[j + 3, l], fma(a2, B[j + 2, l], fma(a1, B[j + 1, l], fma(a0, B[j, l], C[k, l]))))
-        for j in range(E4, E):
-            a0 = A[k, j]
-            for l in range(L):
-                C[k, l] = fma(a0, B[j, l], C[k, l])
-
-
-@njit(inline="always", **_JIT)
 def _load_transposed(x, p0, n, xs):
     """xs[:D, :n] = x[p0 : p0 + n].T: 8 x 8 tiles (constant trip counts, unrolled), then the ragged edges.
 
@@ -958,13 +903,31 @@ def _load_transposed(x, p0, n, xs):
             xs[j, l] = x[p0 + l, j]
 
 
+@njit(inline="always", **_JIT)
+def _store_transposed(S, p0, n, out):
+    """out[p0 : p0 + n] = S[:D, :n].T: the inverse of :func:`_load_transposed`, by the same 8 x 8 tiles."""
+    D = out.shape[1]
+    n8, D8 = n // 8 * 8, D // 8 * 8
+    for l0 in range(0, n8, 8):
+        for j0 in range(0, D8, 8):
+            for a in range(8):
+                for b in range(8):
+                    out[p0 + l0 + a, j0 + b] = S[j0 + b, l0 + a]
+        for a in range(8):
+            for j in range(D8, D):
+                out[p0 + l0 + a, j] = S[j, l0 + a]
+    for l in range(n8, n):
+        for j in range(D):
+            out[p0 + l, j] = S[j, l]
+
+
 @njit(parallel=True, **_JIT)
 def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma, score, logp):
     """The GEMM path: per block of ``lanes`` points, G = M1 @ [x; x^2]^T and P = W^T @ A by BLAS, in x's dtype.
 
-    ``by_fma``: both products by :func:`_fma_product` instead of BLAS (the
-    second as P^T = A^T @ W, so that its loop runs over the points too; see
-    :func:`gemm_products`).
+    ``by_fma``: both products by ``tile_matmul`` instead of BLAS (the second
+    as P^T = A^T @ W, (D, points), so that the score is formed over the
+    points and stored by :func:`_store_transposed`; see :func:`gemm_products`).
 
     x (N, D); M1 (K, E): rows a_k = s_k * gmu_k (isotropic, ``s_iso``, E = D)
     or [a_k, -s_k / 2] (diagonal, E = 2 D: the block is augmented with its
@@ -1025,6 +988,7 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
         m = np.zeros(L, x.dtype)
         tot = np.zeros(L, x.dtype)
         ts = np.zeros(L, x.dtype)
+        rcp = np.zeros(L, x.dtype)
         for blk in range(task * per_task, min(n_blocks, (task + 1) * per_task)):
             p0 = blk * L
             n_lanes = min(L, N - p0)
@@ -1049,7 +1013,7 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
                     for l in range(L):
                         xs[D + j, l] = xs[j, l] * xs[j, l]
             if by_fma:
-                _fma_product(M1, xs, logit)
+                tile_matmul(M1, xs, logit)
             else:
                 _dot_rows(M1, xs, logit, rows1)
             for k in range(K):
@@ -1091,25 +1055,33 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
                     logp[p0 + l] = np.float64(m[l]) + _log(np.float64(tot[l]))
                 continue
             if by_fma:
-                _fma_product(At, logit, P)  # sum_k w_k s_k gmu_k
+                tile_matmul(At, logit, P)  # sum_k w_k s_k gmu_k
             else:
                 _dot_tn(logit, A, P, tmp, rows2)
-            if s_iso:
+            if by_fma:  # (D, points): the loops run over the points, and the block goes out as it came in
+                for l in range(L):
+                    rcp[l] = one / tot[l]
+                if s_iso:
+                    for j in range(D):
+                        for l in range(L):
+                            P[j, l] = (P[j, l] - xs[j, l] * ts[l]) * rcp[l]
+                else:
+                    tile_matmul(Bt, logit, Q)  # sum_k w_k s_k, per axis
+                    for j in range(D):
+                        for l in range(L):
+                            P[j, l] = (P[j, l] - xs[j, l] * Q[j, l]) * rcp[l]
+                _store_transposed(P, p0, n_lanes, score)
+            elif s_iso:
                 for l in range(n_lanes):
                     r, t_l = one / tot[l], ts[l]
                     for j in range(D):
-                        pj = P[j, l] if by_fma else P[l, j]
-                        score[p0 + l, j] = (pj - x[p0 + l, j] * t_l) * r
+                        score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * t_l) * r
             else:
-                if by_fma:
-                    _fma_product(Bt, logit, Q)  # sum_k w_k s_k, per axis
-                else:
-                    _dot_tn(logit, B, Q, tmp, rows2)
+                _dot_tn(logit, B, Q, tmp, rows2)
                 for l in range(n_lanes):
                     r = one / tot[l]
                     for j in range(D):
-                        pj, qj = (P[j, l], Q[j, l]) if by_fma else (P[l, j], Q[l, j])
-                        score[p0 + l, j] = (pj - x[p0 + l, j] * qj) * r
+                        score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * Q[l, j]) * r
             # far from the origin and near the means, sum_k w_k s_k gmu_k - x sum_k w_k s_k cancels as the
             # logits did: where it loses more than 5 bits (SCORE_KAPPA) the score comes from the differences
             for l in range(n_lanes):
@@ -1353,32 +1325,26 @@ def _cpu_has_avx512(environ):
 
 
 def gemm_products(environ=None, avx512=None) -> str:
-    """How the GEMM path forms its two products: ``"blas"`` (NumPy's BLAS, from inside the kernel) or ``"fma"``
-    (:func:`_fma_product`, the kernel's own vectorised loops).
+    """How the GEMM path forms its two products: ``"fma"`` (:func:`~refdiff.kernels._numba_gemm.tile_matmul`, the
+    kernel's own register-tiled FMA loops) or ``"blas"`` (NumPy's BLAS, from inside the kernel).
 
-    ``"fma"`` where ``OPENBLAS_CORETYPE`` (``environ``, default ``os.environ``)
-    names a core type whose kernels are narrower than this CPU's 512-bit
-    vectors (``avx512``, default: asked of LLVM): OpenBLAS reads it when it
-    loads and keeps those kernels, and ``Haswell`` on an AVX-512 CPU ran the
-    products at 55-106 GFLOP/s a thread where the loops ran 133-180 (the
-    D = 16, K = 32, N = 1e5 float32 score: 3.3 ms by BLAS, 1.9 ms by the
-    loops, two threads). Everywhere else ``"blas"``: OpenBLAS with its own
-    kernels ran those products at 168-248 GFLOP/s a thread, and the same
-    score in 1.6 ms. The two differ in rounding only (both round every term
-    in x's dtype; BLAS may add partial sums in another order).
-
-    The switch reads the variable, not the library: it assumes NumPy's BLAS
-    is an OpenBLAS that honours it (the wheels' dynamic-architecture
-    builds). Elsewhere "fma" costs speed, never accuracy.
+    ``"fma"`` where Numba compiles for 512-bit vectors (``avx512``, default:
+    asked of LLVM, or read from ``NUMBA_CPU_FEATURES`` in ``environ``). The
+    tiles hold 16 vectors of C in registers and run at the core's FMA peak
+    (250 GFLOP/s a thread, float32, at the path's shapes); OpenBLAS ran
+    55-106 there with ``OPENBLAS_CORETYPE=Haswell`` and 168-248 with its own
+    AVX-512 kernels. The float32 score, two threads: D = 16, K = 32, N = 1e5
+    1.45-1.55 ms by the tiles, 1.47 by OpenBLAS's AVX-512 kernels, 2.8-3.2 by
+    its Haswell ones; D = 64, K = 128, N = 1e4 1.08-1.13, 1.14 and 2.7.
+    Elsewhere ``"blas"``: a tile of 64-byte vectors on 256-bit registers
+    spills. The two differ in rounding only (both round every term in x's
+    dtype; BLAS may add partial sums in another order).
     """
     environ = os.environ if environ is None else environ
-    core = environ.get("OPENBLAS_CORETYPE", "").strip().upper()
-    if not core or core in OPENBLAS_512_BIT:
-        return "blas"
     return "fma" if (_cpu_has_avx512(environ) if avx512 is None else avx512) else "blas"
 
 
-#: :func:`gemm_products` of this process (OpenBLAS read its core type once, as it loaded).
+#: :func:`gemm_products` of this process.
 GEMM_PRODUCTS = gemm_products()
 
 

@@ -1,0 +1,221 @@
+r"""A register-tiled matrix product for Numba kernels: :func:`tile_matmul`, C = A @ B, without BLAS.
+
+For the products a kernel forms inside its own ``prange`` tasks, small ones
+(a block of points against the components) where a BLAS call costs its
+setup and must be kept on the calling thread: ``mixture_numba`` uses it on
+CPUs with 512-bit vectors (``gemm_products``).
+
+The work is done by :func:`gemm_tile`, an LLVM intrinsic: a tile of ``mr``
+rows of C by ``nv`` vectors of 64 bytes (16 float32 or 8 float64 columns)
+lives in ``mr * nv`` vector accumulators for the whole loop over the inner
+index j; each step loads ``nv`` vectors of B's row j and broadcasts ``mr``
+entries of A's column j, then issues ``mr * nv`` vector FMAs. At 8 rows by 2
+vectors that is 16 independent FMAs per 10 loads and no store, so the FMA
+ports set the pace. Numba's loops cannot hold such a tile in registers (a
+loop over C's columns loads and stores C for every few FMAs, and LLVM does
+not vectorise an outer loop), which is why this is written as IR. Measured,
+one thread, float32, this machine's FMA peak 255 GFLOP/s: 175-256 GFLOP/s at
+K x E x L = 32 x 16 x 128 to 96 x 96 x 384, where the previous loops over C's
+columns (four FMAs per load and store of C) ran 101-199.
+
+Each entry of C is A's row times B's column summed over j in order, one FMA
+(one rounding) per term, starting from zero: the same numbers whatever the
+tile, the shape or the thread count, and the same as BLAS up to the order in
+which BLAS adds its partial sums. Under ``NUMBA_DISABLE_JIT=1`` the same loop
+runs in Python through ``_numba_math.fma``.
+
+The vectors are 64 bytes on every CPU; where the CPU has narrower registers
+LLVM splits each into two, and a tile of 16 accumulators then spills: the
+callers use this product only on CPUs with AVX-512.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import numba
+    from numba import njit
+except ImportError as exc:  # the `fast` extra is not installed
+    raise ImportError('refdiff.kernels._numba_gemm needs numba: pip install "refdiff[fast]"') from exc
+
+from ._numba_math import fma
+
+__all__ = []
+
+_OPTS = dict(cache=True, nogil=True, error_model="numpy")
+
+#: Bytes per vector of a tile: one 512-bit register.
+VECTOR_BYTES = 64
+#: Rows of C per tile in :func:`tile_matmul` (then 4, then 1 for the rows left over).
+TILE_ROWS = 8
+#: Vectors of C's columns per tile (then 1 for a half tile; columns left after that are summed one at a time).
+TILE_VECTORS = 2
+#: Inner indices per pass over the tiles: the rows of B one pass reads (128 KiB float32 at 128 columns) stay in
+#: the core's cache while every band of C's rows reuses them.
+INNER_BLOCK = 256
+
+
+if numba.config.DISABLE_JIT:  # plain Python: the same sums, one term at a time
+
+    def gemm_tile(A, B, C, k0, l0, j0, j1, mr, nv, more):
+        """The tile of C at (k0, l0), ``mr`` rows by ``nv * lanes`` columns, ``lanes`` = VECTOR_BYTES // itemsize:
+        the sum over j in [j0, j1) of A[k, j] B[j, l], added to C's entries where ``more``, else from zero (see the
+        compiled version)."""
+        width = nv * (VECTOR_BYTES // C.itemsize)
+        for k in range(k0, k0 + mr):
+            for l in range(l0, l0 + width):
+                acc = C[k, l] if more else C.dtype.type(0)
+                for j in range(j0, j1):
+                    acc = fma(A[k, j], B[j, l], acc)
+                C[k, l] = acc
+
+else:
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def gemm_tile(typingctx, A, B, C, k0, l0, j0, j1, mr, nv, more):
+        """The tile of C at (k0, l0), ``mr`` rows by ``nv * V`` columns (V = VECTOR_BYTES // itemsize): the sum over
+        j in [j0, j1) of A[k, j] B[j, l], added to the tile's entries of C where ``more``, else from zero.
+
+        A (K, E), any strides; B (E, L) and C (K, L) C-contiguous; one float
+        dtype for all three; ``mr`` and ``nv`` compile-time constants. No bounds check: the caller keeps the tile inside C and
+        [j0, j1) inside E. The accumulators are an ``alloca`` of ``mr * nv``
+        vectors indexed by constants, which LLVM's SROA turns into registers
+        (loop-carried values of the j loop). With ``more``, splitting [0, E)
+        into consecutive ranges gives the bits of one range: the sum
+        continues in the same order.
+        """
+        arrays = (A, B, C)
+        if not all(isinstance(t, types.Array) and t.ndim == 2 for t in arrays):
+            return None
+        if not (A.dtype == B.dtype == C.dtype and A.dtype in (types.float32, types.float64)):
+            return None
+        if B.layout != "C" or C.layout != "C" or not C.mutable:
+            return None
+        if not (isinstance(mr, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
+            return None
+        if not all(isinstance(t, types.Integer) for t in (k0, l0, j0, j1)):
+            return None
+        if not isinstance(more, types.Boolean):
+            return None
+        MR, NV = mr.literal_value, nv.literal_value
+        if MR < 1 or NV < 1:
+            return None
+        bits = A.dtype.bitwidth
+        lanes = VECTOR_BYTES * 8 // bits
+
+        def codegen(context, builder, signature, args):
+            a, b, c = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], args[:3]))
+            intp = context.get_value_type(types.intp)
+            k0v, l0v, j0v, j1v = (context.cast(builder, v, t, types.intp) for v, t in zip(args[3:7], signature.args[3:7]))
+
+            def const(i):
+                return ir.Constant(intp, i)
+
+            fty = ir.FloatType() if bits == 32 else ir.DoubleType()
+            vty = ir.VectorType(fty, lanes)
+            vptr = vty.as_pointer()
+            fma_v = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                                                   f"llvm.fma.v{lanes}f{bits}")
+            ldb = builder.extract_value(b.shape, 1)
+            ldc = builder.extract_value(c.shape, 1)
+            sa0 = builder.extract_value(a.strides, 0)
+            sa1 = builder.extract_value(a.strides, 1)
+            a_bytes = builder.bitcast(a.data, ir.IntType(8).as_pointer())
+            acc = cgutils.alloca_once(builder, vty, size=MR * NV)
+
+            def c_vector(r, v):  # a pointer to vector v of row r of the tile in C
+                c_row = builder.add(builder.mul(builder.add(k0v, const(r)), ldc), l0v)
+                return builder.bitcast(builder.gep(c.data, [builder.add(c_row, const(v * lanes))]), vptr)
+
+            go_on = context.cast(builder, args[9], signature.args[9], types.boolean)
+            for r in range(MR):
+                for v in range(NV):  # the tile lies inside C: loading it is safe either way
+                    start = builder.select(go_on, builder.load(c_vector(r, v), align=bits // 8), ir.Constant(vty, None))
+                    builder.store(start, builder.gep(acc, [const(r * NV + v)]))
+            a_rows = [builder.gep(a_bytes, [builder.mul(builder.add(k0v, const(r)), sa0)]) for r in range(MR)]
+            undef = ir.Constant(vty, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+            with cgutils.for_range_slice(builder, j0v, j1v, const(1), inc=True) as (j, _):
+                b_row = builder.add(builder.mul(j, ldb), l0v)
+                bv = [builder.load(builder.bitcast(builder.gep(b.data, [builder.add(b_row, const(v * lanes))]), vptr),
+                                   align=bits // 8) for v in range(NV)]
+                a_col = builder.mul(j, sa1)
+                for r in range(MR):
+                    s = builder.load(builder.bitcast(builder.gep(a_rows[r], [a_col]), fty.as_pointer()))
+                    sv = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0)),
+                                                undef, splat)
+                    for v in range(NV):
+                        slot = builder.gep(acc, [const(r * NV + v)])
+                        builder.store(builder.call(fma_v, [sv, bv[v], builder.load(slot)]), slot)
+            for r in range(MR):
+                for v in range(NV):
+                    builder.store(builder.load(builder.gep(acc, [const(r * NV + v)])), c_vector(r, v), align=bits // 8)
+            return context.get_dummy_value()
+
+        return types.none(A, B, C, k0, l0, j0, j1, mr, nv, more), codegen
+
+
+@njit(inline="always", **_OPTS)
+def _band(A, B, C, k0, mr, l0, l1, j0, j1, more):
+    """Tiles of ``mr`` rows (8, 4 or 1: a constant at each call below) over columns [l0, l1) of C: full tiles,
+    then a half tile where one vector's width is left."""
+    lanes = VECTOR_BYTES // C.itemsize
+    width = TILE_VECTORS * lanes
+    l2 = l0 + (l1 - l0) // width * width
+    for l in range(l0, l2, width):
+        if mr == 8:
+            gemm_tile(A, B, C, k0, l, j0, j1, 8, 2, more)
+        elif mr == 4:
+            gemm_tile(A, B, C, k0, l, j0, j1, 4, 2, more)
+        else:
+            gemm_tile(A, B, C, k0, l, j0, j1, 1, 2, more)
+    if l2 < l1:
+        if mr == 8:
+            gemm_tile(A, B, C, k0, l2, j0, j1, 8, 1, more)
+        elif mr == 4:
+            gemm_tile(A, B, C, k0, l2, j0, j1, 4, 1, more)
+        else:
+            gemm_tile(A, B, C, k0, l2, j0, j1, 1, 1, more)
+
+
+@njit(inline="always", **_OPTS)
+def tile_matmul(A, B, C):
+    """C = A @ B by :func:`gemm_tile` on the calling thread: A (K, E) any strides, B (E, L) and C (K, L)
+    C-contiguous, one float dtype.
+
+    Rows of C in bands of 8 (then 4, then 1); columns in tiles of two
+    vectors, then one; the inner index in slices of :data:`INNER_BLOCK`,
+    each slice's tiles continuing the sums of the one before (the bits of one
+    pass). The last columns that fill no vector (L not a multiple of 16
+    float32 or 8 float64) go one entry at a time, summed in the same order.
+    E = 0 gives zeros. Shapes are the caller's to get right (no checks: this
+    runs inside kernels).
+    """
+    K, E = A.shape
+    L = B.shape[1]
+    lanes = VECTOR_BYTES // C.itemsize
+    L1 = L // lanes * lanes
+    K8 = K // TILE_ROWS * TILE_ROWS
+    K4 = K8 + (K - K8) // 4 * 4
+    for j0 in range(0, max(E, 1), INNER_BLOCK):
+        j1 = min(E, j0 + INNER_BLOCK)
+        more = j0 > 0
+        for k in range(0, K8, TILE_ROWS):
+            _band(A, B, C, k, 8, 0, L1, j0, j1, more)
+        for k in range(K8, K4, 4):
+            _band(A, B, C, k, 4, 0, L1, j0, j1, more)
+        for k in range(K4, K):
+            _band(A, B, C, k, 1, 0, L1, j0, j1, more)
+    if L1 < L:
+        zero = np.zeros(1, C.dtype)[0]
+        for k in range(K):
+            for l in range(L1, L):
+                acc = zero
+                for j in range(E):
+                    acc = fma(A[k, j], B[j, l], acc)
+                C[k, l] = acc

@@ -1,0 +1,94 @@
+"""The register-tiled product of the Numba kernels (refdiff.kernels._numba_gemm.tile_matmul) against exact sums.
+
+Shapes cover every band of rows (8, 4, 1 and their mixes), full and half
+column tiles and the columns that fill no vector, an empty inner dimension,
+and A given with any strides. The reference is the product in extended
+precision, held to the error bound of a sum of E rounded terms; and every
+entry must come out the same whichever tile computed it (row by row, column
+by column, or all at once), which is what lets a kernel's result not depend
+on how many points share a block.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+gemm = pytest.importorskip("refdiff.kernels._numba_gemm", exc_type=ImportError)
+
+JIT_OFF = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
+# K: every band of rows (8 and 16; 4; 1 to 3; 8 + 4 + 3); L: below one vector of float32 (16 lanes) and of float64
+# (8), one vector, one and a half, two (a full tile), and ragged ends after each
+SHAPES = [(1, 1, 1), (3, 5, 7), (4, 16, 16), (8, 7, 32), (15, 33, 47), (16, 64, 129), (12, 3, 24), (9, 1, 33),
+          (2, 0, 17), (13, 129, 8), (9, 600, 40)]  # E = 600: three slices of the inner index
+
+
+def product_bound(A, B):
+    """Extended-precision A @ B, and the bound gamma_E |A| |B| on a sum of E terms each rounded once in A's dtype."""
+    E = A.shape[1]
+    u = np.finfo(A.dtype).eps / 2
+    exact = A.astype(np.longdouble) @ B.astype(np.longdouble)
+    gamma = E * u / (1 - E * u) if E else 0.0
+    return exact, gamma * (np.abs(A).astype(np.longdouble) @ np.abs(B).astype(np.longdouble))
+
+
+def operands(K, E, L, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((K, E)).astype(dtype), rng.standard_normal((E, L)).astype(dtype)
+
+
+def run(A, B):
+    C = np.full((A.shape[0], B.shape[1]), np.nan, B.dtype)  # every entry must be written
+    gemm.tile_matmul(A, B, C)
+    return C
+
+
+@pytest.mark.parametrize("K,E,L", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tile_matmul_is_the_product_to_its_rounding(K, E, L, dtype):
+    if JIT_OFF and dtype == np.float64 and K * E * L > 2000:
+        pytest.skip("as plain Python a float64 FMA is exact rational arithmetic (NUMBA_DISABLE_JIT)")
+    A, B = operands(K, E, L, dtype)
+    C = run(A, B)
+    assert C.dtype == dtype and np.isfinite(C).all()
+    exact, bound = product_bound(A, B)
+    assert np.all(np.abs(C.astype(np.longdouble) - exact) <= bound)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tile_matmul_gives_each_entry_the_same_bits_whichever_tile_holds_it(dtype):
+    """Row by row (bands of one), column by column (no vector), a transposed or Fortran-ordered A: the same bits."""
+    K, E, L = (13, 9, 35) if JIT_OFF else (21, 300, 67)
+    A, B = operands(K, E, L, dtype, seed=3)
+    whole = run(A, B)
+    rows = np.vstack([run(A[k : k + 1], B) for k in range(K)])
+    columns = np.hstack([run(A, np.ascontiguousarray(B[:, l : l + 1])) for l in range(L)])
+    np.testing.assert_array_equal(rows, whole)
+    np.testing.assert_array_equal(columns, whole)
+    np.testing.assert_array_equal(run(np.asfortranarray(A), B), whole)
+    np.testing.assert_array_equal(run(np.ascontiguousarray(A.T).T, B), whole)
+
+
+def test_tile_matmul_sums_in_order_with_one_rounding_per_term():
+    """float32 terms whose sum depends on the order: 2^24 + 1 - 2^24 is 0 in order, 1 if the last two went first."""
+    A = np.ones((9, 3), np.float32)
+    B = np.tile(np.array([[2.0**24], [1.0], [-(2.0**24)]], np.float32), (1, 40))
+    np.testing.assert_array_equal(run(A, B), np.zeros((9, 40), np.float32))
+    # and one rounding per term: fma(1 + 2^-12, 1 - 2^-12, -1) = -2^-24 exactly; a rounded product gives 0
+    A = np.full((9, 2), 1 + 2.0**-12, np.float32)
+    A[:, 1] = -1.0
+    B = np.full((2, 40), 1 - 2.0**-12, np.float32)
+    B[1] = 1.0
+    np.testing.assert_array_equal(run(A, B), np.full((9, 40), -(2.0**-24), np.float32))
+
+
+@pytest.mark.skipif(JIT_OFF, reason="the plain-Python tile takes any operands (NUMBA_DISABLE_JIT)")
+def test_tile_matmul_refuses_operands_its_vector_loads_cannot_read():
+    from numba.core.errors import TypingError
+
+    A, B = operands(4, 6, 32, np.float32)
+    C = np.zeros((4, 32), np.float32)
+    with pytest.raises(TypingError):
+        gemm.tile_matmul(A, np.asfortranarray(B), C)  # B's rows are not contiguous
+    with pytest.raises(TypingError):
+        gemm.tile_matmul(A, B.astype(np.float64), C)  # mixed dtypes
