@@ -32,8 +32,11 @@ refdiff's worker runs Numba on its OpenMP layer with OpenMP's default wait
 policy, as a plain environment has it (``_common.child_env``: workers told
 to sleep at once cost each call some 70 us to wake).
 
-The GEMM path (D >= 5) calls BLAS from inside its kernel, so its speed
-depends on the kernels OpenBLAS picks. Where ``OPENBLAS_CORETYPE`` is set
+The GEMM path (D >= 5) forms its products with its own register tiles on
+a CPU with AVX-512, and with BLAS from inside its kernel elsewhere
+(``mixture_numba.gemm_products``), where its speed depends on the kernels
+OpenBLAS picks; the NumPy reference's products go through BLAS everywhere.
+Where ``OPENBLAS_CORETYPE`` is set
 (``Haswell`` confines OpenBLAS to 256-bit kernels on an AVX-512 CPU), the
 default ``--coretype auto`` runs refdiff's worker a second time without it
 and ``OPENBLAS_L2_SIZE`` (``numba_coretype_unset`` / ``numpy_coretype_unset``

@@ -22,7 +22,9 @@ Each entry of C is A's row times B's column summed over j in order, one FMA
 (one rounding) per term, starting from zero: the same numbers whatever the
 tile, the shape or the thread count, and the same as BLAS up to the order in
 which BLAS adds its partial sums. Under ``NUMBA_DISABLE_JIT=1`` the same loop
-runs in Python through ``_numba_math.fma``.
+runs in Python through ``_numba_math.fma``: the same bits in float64; in
+float32 it rounds each term twice (through float64), which differs from the
+one rounding of the compiled FMA on rare halfway cases.
 
 The vectors are 64 bytes on every CPU; where the CPU has narrower registers
 LLVM splits each into two, and a tile of 16 accumulators then spills: the

@@ -1312,10 +1312,13 @@ def mixture_arrays(mixture):
 
 
 def _cpu_has_avx512(environ):
-    """Whether Numba compiles for 512-bit vectors here: the host's features, or ``NUMBA_CPU_FEATURES`` where set."""
+    """Whether Numba compiles for 512-bit vectors here, read as Numba reads its target: ``NUMBA_CPU_FEATURES``
+    where set, none for ``NUMBA_CPU_NAME=generic`` (a portable build), else the host's features."""
     features = environ.get("NUMBA_CPU_FEATURES")
-    if features:
+    if features is not None:
         return "+avx512f" in features.split(",")
+    if environ.get("NUMBA_CPU_NAME", "").strip().lower() == "generic":
+        return False
     try:
         from llvmlite import binding as ll
 
@@ -1329,7 +1332,7 @@ def gemm_products(environ=None, avx512=None) -> str:
     kernel's own register-tiled FMA loops) or ``"blas"`` (NumPy's BLAS, from inside the kernel).
 
     ``"fma"`` where Numba compiles for 512-bit vectors (``avx512``, default:
-    asked of LLVM, or read from ``NUMBA_CPU_FEATURES`` in ``environ``). The
+    :func:`_cpu_has_avx512` of ``environ``, default ``os.environ``). The
     tiles hold 16 vectors of C in registers and run at the core's FMA peak
     (250 GFLOP/s a thread, float32, at the path's shapes); OpenBLAS ran
     55-106 there with ``OPENBLAS_CORETYPE=Haswell`` and 168-248 with its own

@@ -2,7 +2,7 @@
 
 Shapes cover every band of rows (8, 4, 1 and their mixes), full and half
 column tiles and the columns that fill no vector, an empty inner dimension,
-and A given with any strides. The reference is the product in extended
+and A given with any strides (negative, stepped, zero). The reference is the product in extended
 precision, held to the error bound of a sum of E rounded terms; and every
 entry must come out the same whichever tile computed it (row by row, column
 by column, or all at once), which is what lets a kernel's result not depend
@@ -67,6 +67,12 @@ def test_tile_matmul_gives_each_entry_the_same_bits_whichever_tile_holds_it(dtyp
     np.testing.assert_array_equal(columns, whole)
     np.testing.assert_array_equal(run(np.asfortranarray(A), B), whole)
     np.testing.assert_array_equal(run(np.ascontiguousarray(A.T).T, B), whole)
+    np.testing.assert_array_equal(run(np.ascontiguousarray(A[::-1])[::-1], B), whole)  # negative row stride
+    wide = np.zeros((K, 3 * E), dtype)
+    wide[:, ::3] = A
+    np.testing.assert_array_equal(run(wide[:, ::3], B), whole)  # a stepped column stride
+    row = np.broadcast_to(A[4], (K, E))  # row stride 0
+    np.testing.assert_array_equal(run(row, B), np.broadcast_to(whole[4], (K, L)))
 
 
 def test_tile_matmul_sums_in_order_with_one_rounding_per_term():

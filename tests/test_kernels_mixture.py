@@ -294,6 +294,8 @@ def test_gemm_products_follow_the_cpu(numba_twin):
         assert choose(env, avx512=False) == "blas"
     assert choose({"NUMBA_CPU_FEATURES": "+avx2,+avx512f,+fma"}) == "fma"
     assert choose({"NUMBA_CPU_FEATURES": "+avx2,-avx512f,+fma"}) == "blas"
+    assert choose({"NUMBA_CPU_NAME": "generic"}) == "blas"  # Numba's portable build: no AVX-512, whatever the host
+    assert choose({"NUMBA_CPU_NAME": "generic", "NUMBA_CPU_FEATURES": "+avx512f"}) == "fma"
     assert numba_twin.GEMM_PRODUCTS == choose()
     with pytest.raises(ValueError, match="products"):
         numba_twin._evaluate(make_mixture("isotropic", 4, 8), np.zeros((3, 8)), None, None, True, products="mkl")
