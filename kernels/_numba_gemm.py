@@ -33,6 +33,8 @@ callers use this product only on CPUs with AVX-512.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 try:
@@ -186,6 +188,36 @@ def _band(A, B, C, k0, mr, l0, l1, j0, j1, more):
 
 
 @njit(inline="always", **_OPTS)
+def _tiles(A, B, C, k0, k1, l0, l1):
+    """C[k0:k1, l0:l1] by tiles, l1 - l0 a multiple of one vector's lanes: bands of 8 rows (then 4, then 1),
+    the inner index in slices of :data:`INNER_BLOCK` whose tiles continue the sums of the slice before."""
+    E = A.shape[1]
+    k8 = k0 + (k1 - k0) // TILE_ROWS * TILE_ROWS
+    k4 = k8 + (k1 - k8) // 4 * 4
+    for j0 in range(0, max(E, 1), INNER_BLOCK):
+        j1 = min(E, j0 + INNER_BLOCK)
+        more = j0 > 0
+        for k in range(k0, k8, TILE_ROWS):
+            _band(A, B, C, k, 8, l0, l1, j0, j1, more)
+        for k in range(k8, k4, 4):
+            _band(A, B, C, k, 4, l0, l1, j0, j1, more)
+        for k in range(k4, k1):
+            _band(A, B, C, k, 1, l0, l1, j0, j1, more)
+
+
+@njit(inline="always", **_OPTS)
+def _ragged_columns(A, B, C, k0, k1, l0):
+    """C[k0:k1, l0:] one entry at a time, summed in the tiles' order: the columns that fill no vector."""
+    zero = np.zeros(1, C.dtype)[0]
+    for k in range(k0, k1):
+        for l in range(l0, C.shape[1]):
+            acc = zero
+            for j in range(A.shape[1]):
+                acc = fma(A[k, j], B[j, l], acc)
+            C[k, l] = acc
+
+
+@njit(inline="always", **_OPTS)
 def tile_matmul(A, B, C):
     """C = A @ B by :func:`gemm_tile` on the calling thread: A (K, E) any strides, B (E, L) and C (K, L)
     C-contiguous, one float dtype.
@@ -198,26 +230,27 @@ def tile_matmul(A, B, C):
     E = 0 gives zeros. Shapes are the caller's to get right (no checks: this
     runs inside kernels).
     """
-    K, E = A.shape
-    L = B.shape[1]
+    K, L = C.shape
     lanes = VECTOR_BYTES // C.itemsize
     L1 = L // lanes * lanes
-    K8 = K // TILE_ROWS * TILE_ROWS
-    K4 = K8 + (K - K8) // 4 * 4
-    for j0 in range(0, max(E, 1), INNER_BLOCK):
-        j1 = min(E, j0 + INNER_BLOCK)
-        more = j0 > 0
-        for k in range(0, K8, TILE_ROWS):
-            _band(A, B, C, k, 8, 0, L1, j0, j1, more)
-        for k in range(K8, K4, 4):
-            _band(A, B, C, k, 4, 0, L1, j0, j1, more)
-        for k in range(K4, K):
-            _band(A, B, C, k, 1, 0, L1, j0, j1, more)
+    _tiles(A, B, C, 0, K, 0, L1)
     if L1 < L:
-        zero = np.zeros(1, C.dtype)[0]
-        for k in range(K):
-            for l in range(L1, L):
-                acc = zero
-                for j in range(E):
-                    acc = fma(A[k, j], B[j, l], acc)
-                C[k, l] = acc
+        _ragged_columns(A, B, C, 0, K, L1)
+
+
+def compiles_avx512(environ=None) -> bool:
+    """Whether the tiles suit this process: Numba compiles for 512-bit vectors here, read as Numba reads its target: ``NUMBA_CPU_FEATURES``
+    where set, none for ``NUMBA_CPU_NAME=generic`` (a portable build), else the host's features (``environ``:
+    default ``os.environ``)."""
+    environ = os.environ if environ is None else environ
+    features = environ.get("NUMBA_CPU_FEATURES")
+    if features is not None:
+        return "+avx512f" in features.split(",")
+    if environ.get("NUMBA_CPU_NAME", "").strip().lower() == "generic":
+        return False
+    try:
+        from llvmlite import binding as ll
+
+        return bool(ll.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # no feature query on this platform: assume the narrower vectors
+        return False

@@ -170,7 +170,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 
 import numpy as np
 
@@ -180,7 +179,7 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_gemm import tile_matmul
+from refdiff.kernels._numba_gemm import compiles_avx512, tile_matmul
 from refdiff.kernels._numba_math import (_INVLN2, _LN2_HI, _LN2_LO, _log, _log_pow2, aligned_empty, exp_weight, fma,
                                          pow2_factors, pow2_row, prefer_wide_vectors, scaled_pow2)
 
@@ -1311,28 +1310,12 @@ def mixture_arrays(mixture):
     return log_w, mu, lam, _NO_ROTATION if U is None else U, kind
 
 
-def _cpu_has_avx512(environ):
-    """Whether Numba compiles for 512-bit vectors here, read as Numba reads its target: ``NUMBA_CPU_FEATURES``
-    where set, none for ``NUMBA_CPU_NAME=generic`` (a portable build), else the host's features."""
-    features = environ.get("NUMBA_CPU_FEATURES")
-    if features is not None:
-        return "+avx512f" in features.split(",")
-    if environ.get("NUMBA_CPU_NAME", "").strip().lower() == "generic":
-        return False
-    try:
-        from llvmlite import binding as ll
-
-        return bool(ll.get_host_cpu_features().get("avx512f", False))
-    except Exception:  # no feature query on this platform: assume the narrower vectors
-        return False
-
-
 def gemm_products(environ=None, avx512=None) -> str:
     """How the GEMM path forms its two products: ``"fma"`` (:func:`~refdiff.kernels._numba_gemm.tile_matmul`, the
     kernel's own register-tiled FMA loops) or ``"blas"`` (NumPy's BLAS, from inside the kernel).
 
     ``"fma"`` where Numba compiles for 512-bit vectors (``avx512``, default:
-    :func:`_cpu_has_avx512` of ``environ``, default ``os.environ``). The
+    ``_numba_gemm.compiles_avx512`` of ``environ``, default ``os.environ``). The
     tiles hold 16 vectors of C in registers and run at the core's FMA peak
     (250 GFLOP/s a thread, float32, at the path's shapes); OpenBLAS ran
     55-106 there with ``OPENBLAS_CORETYPE=Haswell`` and 168-248 with its own
@@ -1343,8 +1326,7 @@ def gemm_products(environ=None, avx512=None) -> str:
     spills. The two differ in rounding only (both round every term in x's
     dtype; BLAS may add partial sums in another order).
     """
-    environ = os.environ if environ is None else environ
-    return "fma" if (_cpu_has_avx512(environ) if avx512 is None else avx512) else "blas"
+    return "fma" if (compiles_avx512(environ) if avx512 is None else avx512) else "blas"
 
 
 #: :func:`gemm_products` of this process.
