@@ -24,9 +24,13 @@ every layer computes on channels-last (N, H, W, C) arrays, because then
 Backends. :class:`GroupNormSiLU` (every GroupNorm of :class:`ResBlock` and
 of the U-Net is followed by a SiLU) has the ``backend`` attribute of the MLP:
 ``"numpy"`` (:func:`group_norm_silu_forward` / :func:`group_norm_silu_backward`,
-the reference), ``"numba"`` (their twins) or ``"auto"``. The convolutions
-are NumPy and BLAS on every backend: a Numba im2col was 2x slower than
-NumPy's strided copy here, and a Numba GEMM cannot match BLAS.
+the reference), ``"numba"`` (their twins) or ``"auto"``. :class:`Conv2d` has
+one too, for the products of its patch chunks (:func:`chunk_matmul`, NumPy's
+BLAS; its Numba twin forms them with register tiles on the calling thread on
+CPUs with AVX-512: a chunk's product is small and skinny, (a few hundred
+rows, k k C) times (k k C, C_out), where BLAS ran at 89 GFLOP/s on two
+threads and the tiles at some 250 on one). The patches themselves are
+NumPy's strided copy on every backend: a Numba im2col was 2x slower.
 
 A layer built with ``channels_last=True`` takes and returns (N, H, W, C)
 arrays; :class:`~refdiff.nn.unet.UNet` builds all of its layers that way and
@@ -138,6 +142,16 @@ def _windows(xp, k, stride):
     return win.transpose(0, 1, 2, 4, 5, 3)
 
 
+def chunk_matmul(a, b, out):
+    """``out = a @ b`` for one chunk of patches (NumPy's BLAS); returns ``out``. ``b`` and ``out`` C-contiguous.
+
+    The reference of ``refdiff.kernels.conv_numba.chunk_matmul``, which sums
+    each entry in another order (one FMA per term, in order of the inner
+    index)."""
+    np.matmul(a, b, out=out)
+    return out
+
+
 def im2col(x, k: int, stride: int = 1, padding: int = 0) -> np.ndarray:
     """Patches of a channels-last batch as rows: (N, H, W, C) -> (N*Ho*Wo, k*k*C).
 
@@ -213,6 +227,10 @@ class Conv2d(_Spatial):
         otherwise :math:`U(\\pm 1/\\sqrt{c_{in} k^2})` as PyTorch.
     channels_last : bool
         Take and return (N, H, W, C) instead of (N, C, H, W).
+    backend : {"numpy", "numba", "auto"}
+        Where the products of the patch chunks run (:func:`chunk_matmul` or
+        its Numba twin; "auto" as :func:`fused_ops` picks). Not part of the
+        architecture: not in any config or checkpoint.
 
     Forward: ``y = cols(x) @ W_mat^T + b`` chunk by chunk (see
     :data:`CHUNK_BYTES`); the cache keeps x, not the patches. Backward, stride
@@ -225,8 +243,10 @@ class Conv2d(_Spatial):
     small reordered copy is made per call.
     """
 
-    def __init__(self, name, c_in, c_out, kernel_size, stride=1, padding=0, bias=True, zero_init=False, channels_last=False):
+    def __init__(self, name, c_in, c_out, kernel_size, stride=1, padding=0, bias=True, zero_init=False, channels_last=False,
+                 backend="numpy"):
         self.name = name
+        self.backend = check_backend(backend)
         self.c_in = check_int(c_in, "c_in")
         self.c_out = check_int(c_out, "c_out")
         self.k = check_int(kernel_size, "kernel_size")
@@ -266,9 +286,11 @@ class Conv2d(_Spatial):
         else:
             y = np.empty((n * ho * wo, self.c_out), dtype=np.result_type(x.dtype, w_mat_t.dtype))  # (N Ho Wo, C_out)
             rows = ho * wo
+            ops = fused_ops(self.backend, x.size)
+            w_mat_t = np.ascontiguousarray(w_mat_t, dtype=y.dtype)
             for start, stop, cols in patch_chunks(x, self.k, self.stride, self.padding):
                 y_chunk = y[start * rows : stop * rows]
-                np.matmul(cols, w_mat_t, out=y_chunk)
+                ops.chunk_matmul(cols, w_mat_t, y_chunk)
                 if self.bias:
                     y_chunk += p[self.b]  # while the chunk is in cache
         return self._out(y.reshape(n, ho, wo, self.c_out)), x
@@ -292,8 +314,10 @@ class Conv2d(_Spatial):
             return self._out(self._backward_stride1(p, g, x, dy))
         if g is not None:
             dw = np.zeros((self.c_out, k * k * c), dtype=dy2.dtype)  # (C_out, k k C_in)
+            part = np.empty_like(dw)
+            ops = fused_ops(self.backend, x.size)
             for start, stop, cols in patch_chunks(x, k, self.stride, pad):
-                dw += dy2[start * rows : stop * rows].T @ cols
+                dw += ops.chunk_matmul(dy2[start * rows : stop * rows].T, cols, part)
             g[self.W] += dw.reshape(self.c_out, k, k, c).transpose(0, 3, 1, 2)
         if not need_dx:
             return None
@@ -316,11 +340,14 @@ class Conv2d(_Spatial):
         dx = np.empty((n * h * w, c), dtype=np.result_type(dy.dtype, w_flip.dtype))  # (N H W, C_in)
         x2 = x.reshape(n * h * w, c)
         dw = None if g is None else np.zeros((c, k * k * self.c_out), dtype=dx.dtype)  # (C_in, k k C_out), flipped taps
+        part = None if g is None else np.empty_like(dw)
+        ops = fused_ops(self.backend, x.size)
+        w_flip = np.ascontiguousarray(w_flip, dtype=dx.dtype)
         for start, stop, cols in patch_chunks(dy, k, 1, k - 1 - pad):  # dy: (N, Ho, Wo, C_out)
             lo, hi = start * h * w, stop * h * w
-            np.matmul(cols, w_flip, out=dx[lo:hi])
+            ops.chunk_matmul(cols, w_flip, dx[lo:hi])
             if dw is not None:
-                dw += x2[lo:hi].T @ cols
+                dw += ops.chunk_matmul(x2[lo:hi].T, cols, part)
         if dw is not None:
             g[self.W] += dw.reshape(c, k, k, self.c_out)[:, ::-1, ::-1, :].transpose(3, 0, 1, 2)
         return dx.reshape(x.shape)
@@ -601,12 +628,15 @@ class ResBlock(_Spatial):
 
     @property
     def backend(self) -> str:
-        """``"numpy"``, ``"numba"`` or ``"auto"``: where the GroupNorm + SiLU pairs run."""
+        """``"numpy"``, ``"numba"`` or ``"auto"``: where the GroupNorm + SiLU pairs and the convolutions' chunk
+        products run."""
         return self.norm1.backend
 
     @backend.setter
     def backend(self, value):
-        self.norm1.backend = self.norm2.backend = check_backend(value)
+        self.norm1.backend = self.norm2.backend = self.conv1.backend = self.conv2.backend = check_backend(value)
+        if self.skip is not None:
+            self.skip.backend = value
 
     def specs(self):
         layers = [self.norm1, self.conv1, self.emb, self.norm2, self.conv2] + ([self.skip] if self.skip else [])

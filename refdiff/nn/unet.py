@@ -53,9 +53,11 @@ class UNet(Network):
     groups : int
         GroupNorm groups; must divide every level's channel count.
     backend : {"numpy", "numba", "auto"}
-        Where each GroupNorm + SiLU pair runs (:class:`~refdiff.nn.conv.GroupNormSiLU`):
-        NumPy, its Numba twin (the ``fast`` extra) or Numba when installed
-        and the activations are large enough. A run-time choice like the
+        Where each GroupNorm + SiLU pair (:class:`~refdiff.nn.conv.GroupNormSiLU`)
+        and the products of the convolutions' patch chunks
+        (:func:`~refdiff.nn.conv.chunk_matmul`) run: NumPy, their Numba twins
+        (the ``fast`` extra) or Numba when installed and the activations are
+        large enough. A run-time choice like the
         MLP's: not in :meth:`config` or checkpoints, and it may be changed on
         a live network (``net.backend = "numba"``).
     """
@@ -116,15 +118,15 @@ class UNet(Network):
 
     @property
     def backend(self) -> str:
-        """``"numpy"``, ``"numba"`` or ``"auto"``: where the GroupNorm + SiLU pairs run."""
+        """``"numpy"``, ``"numba"`` or ``"auto"``: where the GroupNorm + SiLU pairs and the convolutions' chunk
+        products run."""
         return self.norm_out.backend
 
     @backend.setter
     def backend(self, value):
         check_backend(value)
-        for block in [*self.down, self.mid, *self.up.values()]:
-            block.backend = value
-        self.norm_out.backend = value
+        for layer in [*self.down, self.mid, *self.up.values(), self.norm_out, self.conv_in, self.conv_out]:
+            layer.backend = value
 
     def config(self) -> dict:
         return {
