@@ -142,29 +142,42 @@ def test_backend_is_checked_and_not_in_config():
     net = UNet(backend="auto")
     assert net.backend == "auto" and "backend" not in net.config()
     assert all(b.backend == "auto" for b in [*net.down, net.mid, *net.up.values()])
+    convs = [net.conv_in, net.conv_out] + [c for b in [*net.down, net.mid, *net.up.values()]
+                                           for c in (b.conv1, b.conv2, b.skip) if c is not None]
+    assert any(b.skip is not None for b in net.down) and all(c.backend == "auto" for c in convs)
     net.backend = "numpy"
     assert net.norm_out.backend == "numpy" and net.mid.norm2.backend == "numpy"
+    assert all(c.backend == "numpy" for c in convs)
     with pytest.raises(ValueError, match="backend"):
         net.backend = "gpu"
 
 
 @needs_numba
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_unet_backends_agree(dtype, monkeypatch):
-    monkeypatch.setattr(conv, "CHUNK_BYTES", 3000)  # several images per patch chunk, a ragged last chunk
-    cfg = dict(image_shape=(2, 4, 4), channels=6, channel_mult=(1, 2), emb_dim=8, groups=3, n_classes=2)
+@pytest.mark.parametrize("channels,groups", [(6, 3), (16, 4)])  # 16 and 32 channels: every chunk product by tiles
+def test_unet_backends_agree(dtype, channels, groups, monkeypatch):
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 3000 * channels // 6)  # several images per patch chunk, a ragged last
+    cfg = dict(image_shape=(2, 4, 4), channels=channels, channel_mult=(1, 2), emb_dim=8, groups=groups, n_classes=2)
     ref, twin = UNet(**cfg, backend="numpy"), UNet(**cfg, backend="numba")
     gen = np.random.default_rng(7)
     p = Params(ref.layout, (0.3 * gen.standard_normal(ref.n_params)).astype(dtype))
     x = gen.standard_normal((5, 2, 4, 4)).astype(dtype)
     t, y = np.array([1.0, 3.0, 10.0, 50.0, 999.0]), np.array([0, 1, 2, 1, 0])
     dout = gen.standard_normal(x.shape).astype(dtype)
+    from refdiff.kernels import conv_numba
+
+    calls = []  # the twin's convolutions hand their chunk products to the tiles (where the CPU has them)
+    tile_product = conv_numba._tile_product
+    monkeypatch.setattr(conv_numba, "_tile_product", lambda a, b, out: calls.append(1) or tile_product(a, b, out))
     results = []
     for net in (ref, twin):
         out, cache = net.forward(p, x, t, y)
         g = p.zeros_like()
         dx = net.backward(p, g, cache, dout, need_dx=True)
         results.append((out, dx, g.flat))
+        if net is ref:
+            assert not calls
+    assert bool(calls) == conv_numba.TILES
     for got, want in zip(results[1], results[0]):
         assert got.dtype == dtype
         np.testing.assert_allclose(got, want, rtol=50 * RTOL[dtype], atol=50 * RTOL[dtype] * np.max(np.abs(want)))
@@ -194,3 +207,47 @@ def test_auto_picks_the_twin_by_size():
     assert conv.fused_ops("auto", conv.AUTO_MIN_SIZE - 1) is conv
     assert conv.fused_ops("auto", conv.AUTO_MIN_SIZE) is conv_numba
     assert conv.fused_ops("numba", 1) is conv_numba and conv.fused_ops("numpy", 10**9) is conv
+
+
+# (rows, inner, columns) of a patch chunk's products: the forward's and dx's (tall), a weight gradient's (a transposed
+# chunk times a chunk), a product to one channel and one whose columns fill one and a half vectors
+CHUNK_SHAPES = [(448, 288, 32, False), (200, 72, 64, False), (32, 448, 288, True), (130, 27, 1, False),
+                (96, 40, 24, False)]
+
+
+@needs_numba
+@pytest.mark.parametrize("rows,inner,cols,transposed", CHUNK_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chunk_matmul_twin_matches_reference(rows, inner, cols, transposed, dtype, monkeypatch):
+    """Same product to the rounding of a sum of ``inner`` terms; the tiles take it wherever the twin says they do."""
+    from refdiff.kernels import conv_numba
+
+    calls = []
+    tile_product = conv_numba._tile_product
+    monkeypatch.setattr(conv_numba, "_tile_product", lambda a, b, out: calls.append(1) or tile_product(a, b, out))
+    gen = np.random.default_rng([rows, inner, cols])
+    a = gen.standard_normal((inner, rows) if transposed else (rows, inner)).astype(dtype)
+    a = a.T if transposed else a
+    b = gen.standard_normal((inner, cols)).astype(dtype)
+    want = conv.chunk_matmul(a, b, np.empty((rows, cols), dtype))
+    out = np.full((rows, cols), np.nan, dtype)
+    assert conv_numba.chunk_matmul(a, b, out) is out
+    bound = inner * np.finfo(dtype).eps * (np.abs(a).astype(np.float64) @ np.abs(b))
+    assert np.all(np.abs(out.astype(np.float64) - a.astype(np.float64) @ b) <= bound)
+    assert np.all(np.abs(want.astype(np.float64) - a.astype(np.float64) @ b) <= bound)
+    assert bool(calls) == (conv_numba.TILES and cols * np.dtype(dtype).itemsize >= conv_numba.TILE_MIN_BYTES)
+
+
+@needs_numba
+def test_chunk_matmul_twin_leaves_what_the_tiles_cannot_read_to_numpy(monkeypatch):
+    from refdiff.kernels import conv_numba
+
+    monkeypatch.setattr(conv_numba, "_tile_product", lambda a, b, out: pytest.fail("tiles called"))
+    gen = np.random.default_rng(3)
+    a = gen.standard_normal((64, 40)).astype(np.float32)
+    b = gen.standard_normal((40, 32)).astype(np.float32)
+    for args in [(a, np.asfortranarray(b), np.empty((64, 32), np.float32)),  # b's rows not contiguous
+                 (a, b.astype(np.float64), np.empty((64, 32), np.float64)),  # mixed dtypes
+                 (a, b, np.empty((32, 64), np.float32).T)]:  # out not C-contiguous
+        want = np.matmul(args[0], args[1], out=np.empty_like(args[2]))  # the same kind of out: NumPy's same loop
+        np.testing.assert_array_equal(conv_numba.chunk_matmul(*args), want)

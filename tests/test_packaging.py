@@ -27,6 +27,7 @@ SOURCE_ROOTS = ((REPO / "refdiff", "refdiff"), (REPO / "kernels", "refdiff.kerne
 # extra, importing one must raise ImportError naming the extra; every other
 # module must import with the core dependencies alone.
 NEEDS_EXTRA = {
+    "refdiff.kernels._numba_gemm": "fast",
     "refdiff.kernels._numba_math": "fast",
     "refdiff.kernels.conv_numba": "fast",
     "refdiff.kernels.mixture_numba": "fast",
