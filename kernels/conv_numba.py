@@ -1,4 +1,4 @@
-"""Numba twins of the U-Net's fused GroupNorm + SiLU (:mod:`refdiff.nn.conv`).
+"""Numba twins of the U-Net's fused GroupNorm + SiLU and of its convolutions' chunk products (:mod:`refdiff.nn.conv`).
 
 Reference twins, same names, arguments and argument order:
 
@@ -9,11 +9,12 @@ Reference twins, same names, arguments and argument order:
 
 They differ from the reference in the order of the sums (the group
 statistics, and dgamma/dbeta: per-image partial sums added image by image in
-order, so the result does not depend on the thread count) and, in float32,
-in the forward's tanh (below); every other elementwise operation is the
-reference's, in the same order and dtype.
+order, so the result does not depend on the thread count; each entry of a
+chunk product summed over its inner index in order, one FMA per term) and,
+in float32, in the forward's tanh (below); every other elementwise operation
+is the reference's, in the same order and dtype.
 
-One loop iteration is one image (on Numba's threads from :data:`PARALLEL_MIN`
+In the GroupNorm + SiLU twins one loop iteration is one image (on Numba's threads from :data:`PARALLEL_MIN`
 values where the workers sleep between kernels, :func:`runs_parallel`; on the
 calling thread otherwise, still 3-5x faster than NumPy): its (S, C) slice (at most a few tens
 of kB here) stays in L1/L2 while the kernel takes its channel sums, its group
@@ -300,8 +301,8 @@ def chunk_matmul(a, b, out):
     By ``_numba_gemm.tile_matmul`` on the calling thread where :data:`TILES`,
     the three arrays share a float dtype, ``b`` and ``out`` are C-contiguous
     (``a`` any strides: a chunk of patches, or the transpose of one for a
-    weight gradient) and ``b``'s rows fill a vector (:data:`TILE_MIN_BYTES`);
-    NumPy's BLAS otherwise. Each entry is summed
+    weight gradient), ``b``'s rows fill a vector (:data:`TILE_MIN_BYTES`) and
+    ``out`` shares no memory with ``a`` or ``b``; NumPy's BLAS otherwise. Each entry is summed
     over the inner index in order, one FMA per term. Float32, patch chunks of
     the benchmark U-Net (512 rows, k k C = 288 to 864, C_out = 32): the
     forward convolution with its patch copies in 1.7-5.0 ms against 3.8-10.6
@@ -312,7 +313,8 @@ def chunk_matmul(a, b, out):
     if TILES and a.ndim == b.ndim == out.ndim == 2 and a.dtype == b.dtype == out.dtype \
             and a.dtype in (np.float32, np.float64) and b.flags.c_contiguous and out.flags.c_contiguous \
             and out.flags.writeable and out.shape == (a.shape[0], b.shape[1]) and a.shape[1] == b.shape[0] \
-            and b.shape[1] * b.itemsize >= TILE_MIN_BYTES:
+            and b.shape[1] * b.itemsize >= TILE_MIN_BYTES \
+            and not np.may_share_memory(out, a) and not np.may_share_memory(out, b):  # NumPy copies overlaps; tiles don't
         _tile_product(a, b, out)
         return out
     np.matmul(a, b, out=out)

@@ -154,7 +154,7 @@ def test_backend_is_checked_and_not_in_config():
 
 @needs_numba
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("channels,groups", [(6, 3), (16, 4)])  # 16 and 32 channels: every chunk product by tiles
+@pytest.mark.parametrize("channels,groups", [(6, 3), (16, 4)])  # 16 and 32 channels: the forward products by tiles too
 def test_unet_backends_agree(dtype, channels, groups, monkeypatch):
     monkeypatch.setattr(conv, "CHUNK_BYTES", 3000 * channels // 6)  # several images per patch chunk, a ragged last
     cfg = dict(image_shape=(2, 4, 4), channels=channels, channel_mult=(1, 2), emb_dim=8, groups=groups, n_classes=2)
@@ -248,6 +248,31 @@ def test_chunk_matmul_twin_leaves_what_the_tiles_cannot_read_to_numpy(monkeypatc
     b = gen.standard_normal((40, 32)).astype(np.float32)
     for args in [(a, np.asfortranarray(b), np.empty((64, 32), np.float32)),  # b's rows not contiguous
                  (a, b.astype(np.float64), np.empty((64, 32), np.float64)),  # mixed dtypes
-                 (a, b, np.empty((32, 64), np.float32).T)]:  # out not C-contiguous
+                 (a, b, np.empty((32, 64), np.float32).T),  # out not C-contiguous
+                 (a[:, :32], a[:32, :32].copy(), a[:, :32])]:  # out overlaps a
         want = np.matmul(args[0], args[1], out=np.empty_like(args[2]))  # the same kind of out: NumPy's same loop
         np.testing.assert_array_equal(conv_numba.chunk_matmul(*args), want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_weight_gradient_adds_each_chunk_in_the_products_dtype(backend, monkeypatch):
+    """float32 dy and params with float64 x: each chunk's dW product is added as `@` gives it (float64), rounded once."""
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 1500)  # many chunks
+    layer = conv.Conv2d("c", 5, 20, 3, stride=2, padding=1, channels_last=True, backend=backend)
+    layout = Layout(layer.specs())
+    gen = np.random.default_rng(11)
+    p = Params(layout, gen.standard_normal(layout.size).astype(np.float32))
+    x = gen.standard_normal((3, 7, 7, 5))
+    y, cache = layer.forward(p, x)
+    dy = gen.standard_normal(y.shape).astype(np.float32)
+    g = p.zeros_like()
+    layer.backward(p, g, cache, dy)
+    dy2, rows = dy.reshape(-1, 20), y.shape[1] * y.shape[2]
+    dw = np.zeros((20, 45), np.float32)
+    for start, stop, cols in conv.patch_chunks(x, 3, 2, 1):
+        dw += dy2[start * rows : stop * rows].T @ cols
+    want = dw.reshape(20, 3, 3, 5).transpose(0, 3, 1, 2)
+    if backend == "numpy":
+        np.testing.assert_array_equal(g["c.W"], want)
+    else:
+        np.testing.assert_allclose(g["c.W"], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

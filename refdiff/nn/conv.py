@@ -82,6 +82,8 @@ __all__ = [
     "im2col",
     "col2im",
     "patch_chunks",
+    "chunk_matmul",
+    "fused_ops",
     "group_norm_silu_forward",
     "group_norm_silu_backward",
 ]
@@ -314,7 +316,7 @@ class Conv2d(_Spatial):
             return self._out(self._backward_stride1(p, g, x, dy))
         if g is not None:
             dw = np.zeros((self.c_out, k * k * c), dtype=dy2.dtype)  # (C_out, k k C_in)
-            part = np.empty_like(dw)
+            part = np.empty(dw.shape, np.result_type(dy2.dtype, x.dtype))  # the product's own dtype, as `@` gives
             ops = fused_ops(self.backend, x.size)
             for start, stop, cols in patch_chunks(x, k, self.stride, pad):
                 dw += ops.chunk_matmul(dy2[start * rows : stop * rows].T, cols, part)
@@ -340,7 +342,7 @@ class Conv2d(_Spatial):
         dx = np.empty((n * h * w, c), dtype=np.result_type(dy.dtype, w_flip.dtype))  # (N H W, C_in)
         x2 = x.reshape(n * h * w, c)
         dw = None if g is None else np.zeros((c, k * k * self.c_out), dtype=dx.dtype)  # (C_in, k k C_out), flipped taps
-        part = None if g is None else np.empty_like(dw)
+        part = None if g is None else np.empty(dw.shape, np.result_type(x2.dtype, dy.dtype))  # as `@` gives
         ops = fused_ops(self.backend, x.size)
         w_flip = np.ascontiguousarray(w_flip, dtype=dx.dtype)
         for start, stop, cols in patch_chunks(dy, k, 1, k - 1 - pad):  # dy: (N, Ho, Wo, C_out)
@@ -437,7 +439,8 @@ def check_backend(backend) -> str:
 
 
 def fused_ops(backend: str, size: int):
-    """The module whose ``group_norm_silu_*`` a layer with ``size`` values uses (this one or its Numba twin)."""
+    """The module whose ``group_norm_silu_*`` and ``chunk_matmul`` a layer with ``size`` values uses (this one or its
+    Numba twin)."""
     if fused.numba_chosen(backend, size, AUTO_MIN_SIZE):
         from ..kernels import conv_numba
 
@@ -610,7 +613,8 @@ class ResBlock(_Spatial):
     ``backward(p, g, cache, dy, need_dx=True) -> (dx, demb)`` (``demb`` is
     always returned, ``dx`` is None unless ``need_dx``). Each GN + SiLU pair
     is one :class:`GroupNormSiLU` (``norm1``, ``norm2``); ``backend`` (a
-    property) sets where both run.
+    property) sets where both run, and the chunk products of the three
+    convolutions.
     """
 
     def __init__(self, name, c_in, c_out, emb_dim, groups, channels_last=False, backend="numpy"):
