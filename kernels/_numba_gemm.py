@@ -165,26 +165,27 @@ else:
 
 
 @njit(inline="always", **_OPTS)
+def _tile(A, B, C, k0, l, j0, j1, mr, nv, more):
+    """:func:`gemm_tile` with ``mr`` rows (8, 4 or 1, each a constant of its own call) and ``nv`` vectors."""
+    if mr == 8:
+        gemm_tile(A, B, C, k0, l, j0, j1, 8, nv, more)
+    elif mr == 4:
+        gemm_tile(A, B, C, k0, l, j0, j1, 4, nv, more)
+    else:
+        gemm_tile(A, B, C, k0, l, j0, j1, 1, nv, more)
+
+
+@njit(inline="always", **_OPTS)
 def _band(A, B, C, k0, mr, l0, l1, j0, j1, more):
-    """Tiles of ``mr`` rows (8, 4 or 1: a constant at each call below) over columns [l0, l1) of C: full tiles,
-    then a half tile where one vector's width is left."""
+    """Tiles of ``mr`` rows over columns [l0, l1) of C: full tiles, then a half tile where one vector's width is
+    left."""
     lanes = VECTOR_BYTES // C.itemsize
     width = TILE_VECTORS * lanes
     l2 = l0 + (l1 - l0) // width * width
     for l in range(l0, l2, width):
-        if mr == 8:
-            gemm_tile(A, B, C, k0, l, j0, j1, 8, 2, more)
-        elif mr == 4:
-            gemm_tile(A, B, C, k0, l, j0, j1, 4, 2, more)
-        else:
-            gemm_tile(A, B, C, k0, l, j0, j1, 1, 2, more)
+        _tile(A, B, C, k0, l, j0, j1, mr, 2, more)
     if l2 < l1:
-        if mr == 8:
-            gemm_tile(A, B, C, k0, l2, j0, j1, 8, 1, more)
-        elif mr == 4:
-            gemm_tile(A, B, C, k0, l2, j0, j1, 4, 1, more)
-        else:
-            gemm_tile(A, B, C, k0, l2, j0, j1, 1, 1, more)
+        _tile(A, B, C, k0, l2, j0, j1, mr, 1, more)
 
 
 @njit(inline="always", **_OPTS)

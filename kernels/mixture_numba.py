@@ -882,42 +882,26 @@ def _dot_tn(W, A, P, tmp, rows):
 
 
 @njit(inline="always", **_JIT)
-def _load_transposed(x, p0, n, xs):
-    """xs[:D, :n] = x[p0 : p0 + n].T: 8 x 8 tiles (constant trip counts, unrolled), then the ragged edges.
+def _transpose_into(src, s0, k, m, dst, d0):
+    """dst[d0 + b, a] = src[s0 + a, b] for a < k, b < m: 8 x 8 tiles (constant trip counts, unrolled), then the
+    ragged edges. Offsets rather than views: a view made per block costs a pair of atomic reference counts.
 
-    A whole-block transpose is cheaper than handing BLAS the row-major block
-    as a transposed operand (measured 1.8x slower products at D = 16)."""
-    D = x.shape[1]
-    n8, D8 = n // 8 * 8, D // 8 * 8
-    for l0 in range(0, n8, 8):
-        for j0 in range(0, D8, 8):
+    The GEMM path's block comes in this way, (points, D) to (D, points), and
+    its score goes out the same way back. A whole-block transpose is cheaper
+    than handing BLAS the row-major block as a transposed operand (measured
+    1.8x slower products at D = 16)."""
+    k8, m8 = k // 8 * 8, m // 8 * 8
+    for a0 in range(0, k8, 8):
+        for b0 in range(0, m8, 8):
             for a in range(8):
                 for b in range(8):
-                    xs[j0 + b, l0 + a] = x[p0 + l0 + a, j0 + b]
+                    dst[d0 + b0 + b, a0 + a] = src[s0 + a0 + a, b0 + b]
         for a in range(8):
-            for j in range(D8, D):
-                xs[j, l0 + a] = x[p0 + l0 + a, j]
-    for l in range(n8, n):
-        for j in range(D):
-            xs[j, l] = x[p0 + l, j]
-
-
-@njit(inline="always", **_JIT)
-def _store_transposed(S, p0, n, out):
-    """out[p0 : p0 + n] = S[:D, :n].T: the inverse of :func:`_load_transposed`, by the same 8 x 8 tiles."""
-    D = out.shape[1]
-    n8, D8 = n // 8 * 8, D // 8 * 8
-    for l0 in range(0, n8, 8):
-        for j0 in range(0, D8, 8):
-            for a in range(8):
-                for b in range(8):
-                    out[p0 + l0 + a, j0 + b] = S[j0 + b, l0 + a]
-        for a in range(8):
-            for j in range(D8, D):
-                out[p0 + l0 + a, j] = S[j, l0 + a]
-    for l in range(n8, n):
-        for j in range(D):
-            out[p0 + l, j] = S[j, l]
+            for b in range(m8, m):
+                dst[d0 + b, a0 + a] = src[s0 + a0 + a, b]
+    for a in range(k8, k):
+        for b in range(m):
+            dst[d0 + b, a] = src[s0 + a, b]
 
 
 @njit(parallel=True, **_JIT)
@@ -926,7 +910,7 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
 
     ``by_fma``: both products by ``tile_matmul`` instead of BLAS (the second
     as P^T = A^T @ W, (D, points), so that the score is formed over the
-    points and stored by :func:`_store_transposed`; see :func:`gemm_products`).
+    points and stored by :func:`_transpose_into`; see :func:`gemm_products`).
 
     x (N, D); M1 (K, E): rows a_k = s_k * gmu_k (isotropic, ``s_iso``, E = D)
     or [a_k, -s_k / 2] (diagonal, E = 2 D: the block is augmented with its
@@ -991,7 +975,7 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
         for blk in range(task * per_task, min(n_blocks, (task + 1) * per_task)):
             p0 = blk * L
             n_lanes = min(L, N - p0)
-            _load_transposed(x, p0, n_lanes, xs)
+            _transpose_into(x, p0, n_lanes, D, xs, 0)
             for j in range(D):
                 for l in range(n_lanes, L):
                     xs[j, l] = 0.0
@@ -1069,7 +1053,7 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
                     for j in range(D):
                         for l in range(L):
                             P[j, l] = (P[j, l] - xs[j, l] * Q[j, l]) * rcp[l]
-                _store_transposed(P, p0, n_lanes, score)
+                _transpose_into(P, 0, D, n_lanes, score, p0)
             elif s_iso:
                 for l in range(n_lanes):
                     r, t_l = one / tot[l], ts[l]
