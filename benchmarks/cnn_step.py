@@ -26,9 +26,10 @@ processes per side, alternating, each time ``--repeat`` steps after
 ``--warmup``.
 
 refdiff runs with ``--backend`` (default ``auto``: the fused GroupNorm + SiLU
-of :class:`~refdiff.nn.conv.GroupNormSiLU` on Numba when it is installed,
-``numpy`` for the pure NumPy reference); the convolutions are NumPy and BLAS
-on every backend.
+of :class:`~refdiff.nn.conv.GroupNormSiLU` and the products of the
+convolutions' patch chunks (register tiles on CPUs with AVX-512) on Numba
+when it is installed, ``numpy`` for the pure NumPy reference); the patch
+copies are NumPy on every backend.
 
 Reports min / median / max wall milliseconds per step (and the median process
 CPU time, all threads, which shows spin-waiting), the ratio refdiff / PyTorch
@@ -316,7 +317,8 @@ def main(argv=None):
     parser.add_argument("--n-classes", type=int, default=None, help="benchmark a class-conditional U-Net")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backend", choices=["numpy", "numba", "auto"], default="auto",
-                        help="refdiff U-Net backend (default auto: Numba for GroupNorm + SiLU when installed)")
+                        help="refdiff U-Net backend (default auto: Numba for GroupNorm + SiLU and the convolutions' "
+                             "chunk products when installed)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=_common.positive_int, default=20,
                         help="timed steps per worker process (default 20)")

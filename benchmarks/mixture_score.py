@@ -36,6 +36,8 @@ The GEMM path (D >= 5) forms its products with its own register tiles on
 a CPU with AVX-512, and with BLAS from inside its kernel elsewhere
 (``mixture_numba.gemm_products``), where its speed depends on the kernels
 OpenBLAS picks; the NumPy reference's products go through BLAS everywhere.
+On an AVX-512 CPU the coretype rerun below therefore changes only the NumPy
+reference's time, not refdiff's.
 Where ``OPENBLAS_CORETYPE`` is set
 (``Haswell`` confines OpenBLAS to 256-bit kernels on an AVX-512 CPU), the
 default ``--coretype auto`` runs refdiff's worker a second time without it

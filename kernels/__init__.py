@@ -14,8 +14,9 @@ module                 twin of                                           notes
                                                                          ``mixture_score_point`` per point
 ``_numba_math``        (no twin: shared by the Numba kernels)            branch-free exp (float32 and
                                                                          float64), log, sin/cos
-``_numba_gemm``        (no twin: ``tile_matmul``, C = A @ B inside a      register tiles of 8 x 32 float32
-                       kernel, the mixture's GEMM path on AVX-512)       as LLVM IR, at the FMA peak
+``_numba_gemm``        (no twin: ``tile_matmul``, C = A @ B for the       register tiles of 8 x 32 float32
+                       mixture's GEMM path and the U-Net's patch         as LLVM IR, at the FMA peak
+                       chunks, on AVX-512)
 ``mixture_cupy`` +     the same (``backend="cupy"``)                     one thread per particle,
 ``mixture_score.cu``                                                     online log-sum-exp
 ``fused_numba``        ``refdiff.samplers.fused.run_table``              whole sampler loop per particle,
@@ -25,7 +26,8 @@ module                 twin of                                           notes
 ``mlp_numba``          ``refdiff.nn.fused`` (MLP bias + SiLU +           one pass per activation;
                        residual, its backward; Adam)                     ``MLP(backend=)``, ``Adam(backend=)``
 ``conv_numba``         ``refdiff.nn.conv.group_norm_silu_forward`` /     one pass per image;
-                       ``_backward`` (GroupNorm then SiLU)               ``UNet(backend=)``
+                       ``_backward`` (GroupNorm then SiLU),              ``UNet(backend=)``;
+                       ``chunk_matmul``                                  chunk products by register tiles
 =====================  ================================================  ===============================
 
 Importing this package imports nothing heavy: Numba and CuPy are imported

@@ -1,9 +1,10 @@
 r"""A register-tiled matrix product for Numba kernels: :func:`tile_matmul`, C = A @ B, without BLAS.
 
-For the products a kernel forms inside its own ``prange`` tasks, small ones
-(a block of points against the components) where a BLAS call costs its
-setup and must be kept on the calling thread: ``mixture_numba`` uses it on
-CPUs with 512-bit vectors (``gemm_products``).
+For small products where a BLAS call costs its setup, or must be kept on
+the calling thread: ``mixture_numba`` forms the GEMM path's two products
+with it inside its ``prange`` tasks (``gemm_products``), and
+``conv_numba.chunk_matmul`` those of the U-Net's patch chunks, both on CPUs
+with 512-bit vectors (:func:`compiles_avx512`).
 
 The work is done by :func:`gemm_tile`, an LLVM intrinsic: a tile of ``mr``
 rows of C by ``nv`` vectors of 64 bytes (16 float32 or 8 float64 columns)
@@ -13,10 +14,12 @@ entries of A's column j, then issues ``mr * nv`` vector FMAs. At 8 rows by 2
 vectors that is 16 independent FMAs per 10 loads and no store, so the FMA
 ports set the pace. Numba's loops cannot hold such a tile in registers (a
 loop over C's columns loads and stores C for every few FMAs, and LLVM does
-not vectorise an outer loop), which is why this is written as IR. Measured,
-one thread, float32, this machine's FMA peak 255 GFLOP/s: 175-256 GFLOP/s at
-K x E x L = 32 x 16 x 128 to 96 x 96 x 384, where the previous loops over C's
-columns (four FMAs per load and store of C) ran 101-199.
+not vectorise an outer loop), which is why this is written as IR. Measured
+on the README's benchmark VM (AMD EPYC, FMA peak 255 GFLOP/s a core), one
+thread, float32: 175-256 GFLOP/s at K x E x L = 32 x 16 x 128 to
+96 x 96 x 384 (the short inner loops are the slow end), where loops over C's
+columns (four FMAs per load and store of C, the form Numba's loops take) ran
+101-199.
 
 Each entry of C is A's row times B's column summed over j in order, one FMA
 (one rounding) per term, starting from zero: the same numbers whatever the
@@ -51,9 +54,11 @@ _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
 #: Bytes per vector of a tile: one 512-bit register.
 VECTOR_BYTES = 64
-#: Rows of C per tile in :func:`tile_matmul` (then 4, then 1 for the rows left over).
+#: Rows of C per tile in :func:`tile_matmul` (then 4, then 1 for the rows left over). :func:`_tile` passes the
+#: row counts to :func:`gemm_tile` as constants: they must stay 8, 4 and 1.
 TILE_ROWS = 8
-#: Vectors of C's columns per tile (then 1 for a half tile; columns left after that are summed one at a time).
+#: Vectors of C's columns per tile (then 1 for a half tile; columns left after that are summed one at a time):
+#: :func:`_band` passes 2 and 1 as constants.
 TILE_VECTORS = 2
 #: Inner indices per pass over the tiles: the rows of B one pass reads (128 KiB float32 at 128 columns) stay in
 #: the core's cache while every band of C's rows reuses them.

@@ -69,12 +69,12 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
 * **gemm** (scalar t; isotropic or diagonal; D >= 5 and
   K*D >= :data:`GEMM_MIN_KD`): per block of points the quadratic forms
   :math:`q_k=\sum_d s_{kd}(x_d-\gamma\mu_{kd})^2`, :math:`s_k=c_k^{-1}`, come
-  from a BLAS product in x's dtype, :math:`-2\sum_d s_{kd}\gamma\mu_{kd}x_d`
+  from a matrix product in x's dtype (BLAS, or the register tiles below), :math:`-2\sum_d s_{kd}\gamma\mu_{kd}x_d`
   (isotropic; plus :math:`s_k|x|^2`) or that plus :math:`\sum_d s_{kd}x_d^2`
   (diagonal: the block augmented with its squares), plus
   :math:`\sum_d s_{kd}\gamma^2\mu_{kd}^2`; the score is a second product,
   :math:`\sum_k r_k s_k\odot\gamma\mu_k`, minus :math:`x\odot\sum_k r_k s_k`.
-  Both products are called from inside the ``prange`` task (Numba's
+  By BLAS, both products are called from inside the ``prange`` task (Numba's
   ``np.dot``), in slices small enough that BLAS stays on the calling thread
   (:data:`GEMM_BLOCK_WORK`); BLAS threads spinning beside Numba's halved the
   speed of a host-side version. The block is as many points as keep the
@@ -906,7 +906,7 @@ def _transpose_into(src, s0, k, m, dst, d0):
 
 @njit(parallel=True, **_JIT)
 def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma, score, logp):
-    """The GEMM path: per block of ``lanes`` points, G = M1 @ [x; x^2]^T and P = W^T @ A by BLAS, in x's dtype.
+    """The GEMM path: per block of ``lanes`` points, G = M1 @ [x; x^2]^T and P = W^T @ A, in x's dtype.
 
     ``by_fma``: both products by ``tile_matmul`` instead of BLAS (the second
     as P^T = A^T @ W, (D, points), so that the score is formed over the
@@ -964,14 +964,14 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
         P = np.zeros((D, L) if by_fma else (L, D), x.dtype)  # sum_k w_k s_k gmu_k: transposed by_fma
         acc = np.zeros(D)
         Q = np.zeros((D, L) if by_fma else (L, D), x.dtype)
-        tmp = np.zeros((L, D), x.dtype)
+        tmp = np.zeros((0 if by_fma else L, D), x.dtype)  # BLAS's partial products
         x2 = np.zeros(L, x.dtype)
         gap = np.zeros(L, x.dtype)  # per lane: min over k of e_k - 2 kappa l_k - b_k |x|^2
         redo = np.zeros(L, np.bool_)  # points whose score is summed from the differences
         m = np.zeros(L, x.dtype)
         tot = np.zeros(L, x.dtype)
         ts = np.zeros(L, x.dtype)
-        rcp = np.zeros(L, x.dtype)
+        rcp = np.zeros(L if by_fma else 0, x.dtype)  # 1 / tot, (D, points) layout only
         for blk in range(task * per_task, min(n_blocks, (task + 1) * per_task)):
             p0 = blk * L
             n_lanes = min(L, N - p0)

@@ -613,8 +613,8 @@ class ResBlock(_Spatial):
     ``backward(p, g, cache, dy, need_dx=True) -> (dx, demb)`` (``demb`` is
     always returned, ``dx`` is None unless ``need_dx``). Each GN + SiLU pair
     is one :class:`GroupNormSiLU` (``norm1``, ``norm2``); ``backend`` (a
-    property) sets where both run, and the chunk products of the three
-    convolutions.
+    property) sets where both run, and the chunk products of the two 3x3
+    convolutions (the 1x1 skip is one product, by BLAS).
     """
 
     def __init__(self, name, c_in, c_out, emb_dim, groups, channels_last=False, backend="numpy"):
@@ -638,9 +638,10 @@ class ResBlock(_Spatial):
 
     @backend.setter
     def backend(self, value):
-        self.norm1.backend = self.norm2.backend = self.conv1.backend = self.conv2.backend = check_backend(value)
-        if self.skip is not None:
-            self.skip.backend = value
+        value = check_backend(value)
+        for layer in (self.norm1, self.norm2, self.conv1, self.conv2, self.skip):
+            if layer is not None:
+                layer.backend = value
 
     def specs(self):
         layers = [self.norm1, self.conv1, self.emb, self.norm2, self.conv2] + ([self.skip] if self.skip else [])
