@@ -91,12 +91,13 @@ else:
         j in [j0, j1) of A[k, j] B[j, l], added to the tile's entries of C where ``more``, else from zero.
 
         A (K, E), any strides; B (E, L) and C (K, L) C-contiguous; one float
-        dtype for all three; ``mr`` and ``nv`` compile-time constants. No bounds check: the caller keeps the tile inside C and
-        [j0, j1) inside E. The accumulators are an ``alloca`` of ``mr * nv``
-        vectors indexed by constants, which LLVM's SROA turns into registers
-        (loop-carried values of the j loop). With ``more``, splitting [0, E)
-        into consecutive ranges gives the bits of one range: the sum
-        continues in the same order.
+        dtype for all three; ``mr`` and ``nv`` compile-time constants. No
+        bounds check: the caller keeps the tile inside C and [j0, j1) inside
+        E. The accumulators are an ``alloca`` of ``mr * nv`` vectors indexed
+        by constants, which LLVM's SROA turns into registers (loop-carried
+        values of the j loop). With ``more``, splitting [0, E) into
+        consecutive ranges gives the bits of one range: the sum continues in
+        the same order.
         """
         arrays = (A, B, C)
         if not all(isinstance(t, types.Array) and t.ndim == 2 for t in arrays):
@@ -120,7 +121,8 @@ else:
         def codegen(context, builder, signature, args):
             a, b, c = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], args[:3]))
             intp = context.get_value_type(types.intp)
-            k0v, l0v, j0v, j1v = (context.cast(builder, v, t, types.intp) for v, t in zip(args[3:7], signature.args[3:7]))
+            k0v, l0v, j0v, j1v = (context.cast(builder, v, t, types.intp)
+                                  for v, t in zip(args[3:7], signature.args[3:7]))
 
             def const(i):
                 return ir.Constant(intp, i)
@@ -181,46 +183,15 @@ def _tile(A, B, C, k0, l, j0, j1, mr, nv, more):
 
 
 @njit(inline="always", **_OPTS)
-def _band(A, B, C, k0, mr, l0, l1, j0, j1, more):
-    """Tiles of ``mr`` rows over columns [l0, l1) of C: full tiles, then a half tile where one vector's width is
-    left."""
-    lanes = VECTOR_BYTES // C.itemsize
-    width = TILE_VECTORS * lanes
-    l2 = l0 + (l1 - l0) // width * width
-    for l in range(l0, l2, width):
+def _band(A, B, C, k0, mr, L1, j0, j1, more):
+    """Tiles of ``mr`` rows from row k0 over columns [0, L1) of C: full tiles, then a half tile where one vector's
+    width is left."""
+    width = TILE_VECTORS * (VECTOR_BYTES // C.itemsize)
+    L2 = L1 // width * width
+    for l in range(0, L2, width):
         _tile(A, B, C, k0, l, j0, j1, mr, 2, more)
-    if l2 < l1:
-        _tile(A, B, C, k0, l2, j0, j1, mr, 1, more)
-
-
-@njit(inline="always", **_OPTS)
-def _tiles(A, B, C, k0, k1, l0, l1):
-    """C[k0:k1, l0:l1] by tiles, l1 - l0 a multiple of one vector's lanes: bands of 8 rows (then 4, then 1),
-    the inner index in slices of :data:`INNER_BLOCK` whose tiles continue the sums of the slice before."""
-    E = A.shape[1]
-    k8 = k0 + (k1 - k0) // TILE_ROWS * TILE_ROWS
-    k4 = k8 + (k1 - k8) // 4 * 4
-    for j0 in range(0, max(E, 1), INNER_BLOCK):
-        j1 = min(E, j0 + INNER_BLOCK)
-        more = j0 > 0
-        for k in range(k0, k8, TILE_ROWS):
-            _band(A, B, C, k, 8, l0, l1, j0, j1, more)
-        for k in range(k8, k4, 4):
-            _band(A, B, C, k, 4, l0, l1, j0, j1, more)
-        for k in range(k4, k1):
-            _band(A, B, C, k, 1, l0, l1, j0, j1, more)
-
-
-@njit(inline="always", **_OPTS)
-def _ragged_columns(A, B, C, k0, k1, l0):
-    """C[k0:k1, l0:] one entry at a time, summed in the tiles' order: the columns that fill no vector."""
-    zero = np.zeros(1, C.dtype)[0]
-    for k in range(k0, k1):
-        for l in range(l0, C.shape[1]):
-            acc = zero
-            for j in range(A.shape[1]):
-                acc = fma(A[k, j], B[j, l], acc)
-            C[k, l] = acc
+    if L2 < L1:
+        _tile(A, B, C, k0, L2, j0, j1, mr, 1, more)
 
 
 @njit(inline="always", **_OPTS)
@@ -237,17 +208,34 @@ def tile_matmul(A, B, C):
     runs inside kernels).
     """
     K, L = C.shape
+    E = A.shape[1]
     lanes = VECTOR_BYTES // C.itemsize
     L1 = L // lanes * lanes
-    _tiles(A, B, C, 0, K, 0, L1)
+    K8 = K // TILE_ROWS * TILE_ROWS
+    K4 = K8 + (K - K8) // 4 * 4
+    for j0 in range(0, max(E, 1), INNER_BLOCK):
+        j1 = min(E, j0 + INNER_BLOCK)
+        more = j0 > 0
+        for k in range(0, K8, TILE_ROWS):
+            _band(A, B, C, k, 8, L1, j0, j1, more)
+        for k in range(K8, K4, 4):
+            _band(A, B, C, k, 4, L1, j0, j1, more)
+        for k in range(K4, K):
+            _band(A, B, C, k, 1, L1, j0, j1, more)
     if L1 < L:
-        _ragged_columns(A, B, C, 0, K, L1)
+        zero = np.zeros(1, C.dtype)[0]
+        for k in range(K):
+            for l in range(L1, L):
+                acc = zero
+                for j in range(E):
+                    acc = fma(A[k, j], B[j, l], acc)
+                C[k, l] = acc
 
 
 def compiles_avx512(environ=None) -> bool:
-    """Whether the tiles suit this process: Numba compiles for 512-bit vectors here, read as Numba reads its target: ``NUMBA_CPU_FEATURES``
-    where set, none for ``NUMBA_CPU_NAME=generic`` (a portable build), else the host's features (``environ``:
-    default ``os.environ``)."""
+    """Whether the tiles suit this process: whether Numba compiles for 512-bit vectors here, read as Numba reads
+    its target: ``NUMBA_CPU_FEATURES`` where set, none for ``NUMBA_CPU_NAME=generic`` (a portable build), else
+    the host's features (``environ``: default ``os.environ``)."""
     environ = os.environ if environ is None else environ
     features = environ.get("NUMBA_CPU_FEATURES")
     if features is not None:

@@ -302,19 +302,20 @@ def chunk_matmul(a, b, out):
     the three arrays share a float dtype, ``b`` and ``out`` are C-contiguous
     (``a`` any strides: a chunk of patches, or the transpose of one for a
     weight gradient), ``b``'s rows fill a vector (:data:`TILE_MIN_BYTES`) and
-    ``out`` shares no memory with ``a`` or ``b``; NumPy's BLAS otherwise. Each entry is summed
-    over the inner index in order, one FMA per term. Float32, patch chunks of
-    the benchmark U-Net (512 rows, k k C = 288 to 864, C_out = 32): the
-    forward convolution with its patch copies in 1.7-5.0 ms against 3.8-10.6
-    by OpenBLAS's Haswell kernels on two threads and 3.2-8.7 by its AVX-512
-    ones: OpenBLAS ran the chunk products at some 90 GFLOP/s, waking its
-    second thread for each.
+    ``out`` shares no memory with ``a`` or ``b``; NumPy's BLAS otherwise.
+    Each entry is summed over the inner index in order, one FMA per term.
+    Float32, the benchmark U-Net's forward convolutions (256 images of 8 x 8
+    or 4 x 4, chunks of a few hundred rows, k k C = 288 to 864, C_out = 32)
+    with their patch copies: 1.7-5.0 ms against 3.8-10.6 by OpenBLAS's
+    Haswell kernels on two threads and 3.2-8.7 by its AVX-512 ones: OpenBLAS
+    ran the chunk products at some 90 GFLOP/s, waking its second thread for
+    each.
     """
     if TILES and a.ndim == b.ndim == out.ndim == 2 and a.dtype == b.dtype == out.dtype \
             and a.dtype in (np.float32, np.float64) and b.flags.c_contiguous and out.flags.c_contiguous \
             and out.flags.writeable and out.shape == (a.shape[0], b.shape[1]) and a.shape[1] == b.shape[0] \
             and b.shape[1] * b.itemsize >= TILE_MIN_BYTES \
-            and not np.may_share_memory(out, a) and not np.may_share_memory(out, b):  # NumPy copies overlaps; tiles don't
+            and not np.may_share_memory(out, a) and not np.may_share_memory(out, b):  # NumPy copies an overlap
         _tile_product(a, b, out)
         return out
     np.matmul(a, b, out=out)
