@@ -1300,9 +1300,9 @@ def gemm_products(environ=None, avx512=None) -> str:
 
     ``"fma"`` where Numba compiles for 512-bit vectors (``avx512``, default:
     ``_numba_gemm.compiles_avx512`` of ``environ``, default ``os.environ``). The
-    tiles hold 16 vectors of C in registers and run at the core's FMA peak
-    (250 GFLOP/s a thread, float32, at the path's shapes); OpenBLAS ran
-    55-106 there with ``OPENBLAS_CORETYPE=Haswell`` and 168-248 with its own
+    tiles hold 16 vectors of C in registers and run at up to the core's FMA
+    peak (175-256 GFLOP/s a thread, float32, at the path's shapes, the short
+    inner loops of D = 16 at the slow end); OpenBLAS ran 55-106 there with ``OPENBLAS_CORETYPE=Haswell`` and 168-248 with its own
     AVX-512 kernels. The float32 score, two threads: D = 16, K = 32, N = 1e5
     1.45-1.55 ms by the tiles, 1.47 by OpenBLAS's AVX-512 kernels, 2.8-3.2 by
     its Haswell ones; D = 64, K = 128, N = 1e4 1.08-1.13, 1.14 and 2.7.
