@@ -15,16 +15,17 @@ module                 twin of                                           notes
 ``_numba_math``        (no twin: shared by the Numba kernels)            branch-free exp (float32 and
                                                                          float64), log, sin/cos
 ``_numba_gemm``        (no twin: ``tile_matmul``, C = A @ B for the       register tiles of 8 x 32 float32
-                       mixture's GEMM path and the U-Net's patch         as LLVM IR, at the FMA peak
-                       chunks, on AVX-512)
+                       mixture's GEMM path, the U-Net's patch chunks     as LLVM IR, at the FMA peak
+                       and the MLP's products, on AVX-512)
 ``mixture_cupy`` +     the same (``backend="cupy"``)                     one thread per particle,
 ``mixture_score.cu``                                                     online log-sum-exp
 ``fused_numba``        ``refdiff.samplers.fused.run_table``              whole sampler loop per particle,
                                                                          Philox noise as refdiff.noise
 ``fused_cupy`` +       the same                                          D <= 64 (register bound)
 ``fused_sampler.cu``
-``mlp_numba``          ``refdiff.nn.fused`` (MLP bias + SiLU +           one pass per activation;
-                       residual, its backward; Adam)                     ``MLP(backend=)``, ``Adam(backend=)``
+``mlp_numba``          ``refdiff.nn.fused`` (MLP products, bias +        one pass per activation; products
+                       SiLU + residual, its backward; Adam)              by register tiles on AVX-512;
+                                                                         ``MLP(backend=)``, ``Adam(backend=)``
 ``conv_numba``         ``refdiff.nn.conv.group_norm_silu_forward`` /     one pass per image;
                        ``_backward`` (GroupNorm then SiLU),              ``UNet(backend=)``;
                        ``chunk_matmul``                                  chunk products by register tiles

@@ -42,11 +42,11 @@ import numpy as np
 
 try:
     import numba
-    from numba import njit
+    from numba import njit, prange
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels._numba_gemm needs numba: pip install "refdiff[fast]"') from exc
 
-from ._numba_math import fma
+from ._numba_math import PRANGE_ONLY, fma
 
 __all__ = []
 
@@ -183,15 +183,46 @@ def _tile(A, B, C, k0, l, j0, j1, mr, nv, more):
 
 
 @njit(inline="always", **_OPTS)
-def _band(A, B, C, k0, mr, L1, j0, j1, more):
-    """Tiles of ``mr`` rows from row k0 over columns [0, L1) of C: full tiles, then a half tile where one vector's
-    width is left."""
+def _band(A, B, C, k0, mr, l0, l1, j0, j1, more):
+    """Tiles of ``mr`` rows from row k0 over columns [l0, l1) of C (a whole number of vectors): full tiles, then a
+    half tile where one vector's width is left."""
     width = TILE_VECTORS * (VECTOR_BYTES // C.itemsize)
-    L2 = L1 // width * width
-    for l in range(0, L2, width):
+    l2 = l0 + (l1 - l0) // width * width
+    for l in range(l0, l2, width):
         _tile(A, B, C, k0, l, j0, j1, mr, 2, more)
-    if L2 < L1:
-        _tile(A, B, C, k0, L2, j0, j1, mr, 1, more)
+    if l2 < l1:
+        _tile(A, B, C, k0, l2, j0, j1, mr, 1, more)
+
+
+@njit(inline="always", **_OPTS)
+def _block(A, B, C, k0, k1, l0, l1):
+    """C[k0:k1, l0:l1] = A[k0:k1] @ B[:, l0:l1] by tiles, l1 - l0 a whole number of vectors: rows in bands of 8
+    (then 4, then 1), the inner index in slices of :data:`INNER_BLOCK` that continue the sums of the slice before."""
+    E = A.shape[1]
+    k8 = k0 + (k1 - k0) // TILE_ROWS * TILE_ROWS
+    k4 = k8 + (k1 - k8) // 4 * 4
+    for j0 in range(0, max(E, 1), INNER_BLOCK):
+        j1 = min(E, j0 + INNER_BLOCK)
+        more = j0 > 0
+        for k in range(k0, k8, TILE_ROWS):
+            _band(A, B, C, k, 8, l0, l1, j0, j1, more)
+        for k in range(k8, k4, 4):
+            _band(A, B, C, k, 4, l0, l1, j0, j1, more)
+        for k in range(k4, k1):
+            _band(A, B, C, k, 1, l0, l1, j0, j1, more)
+
+
+@njit(inline="always", **_OPTS)
+def _ragged_columns(A, B, C, k0, k1, l0):
+    """C[k0:k1, l0:] one entry at a time, each summed over the inner index in order (the columns that fill no
+    vector)."""
+    zero = np.zeros(1, C.dtype)[0]
+    for k in range(k0, k1):
+        for l in range(l0, C.shape[1]):
+            acc = zero
+            for j in range(A.shape[1]):
+                acc = fma(A[k, j], B[j, l], acc)
+            C[k, l] = acc
 
 
 @njit(inline="always", **_OPTS)
@@ -208,28 +239,117 @@ def tile_matmul(A, B, C):
     runs inside kernels).
     """
     K, L = C.shape
-    E = A.shape[1]
     lanes = VECTOR_BYTES // C.itemsize
     L1 = L // lanes * lanes
-    K8 = K // TILE_ROWS * TILE_ROWS
-    K4 = K8 + (K - K8) // 4 * 4
-    for j0 in range(0, max(E, 1), INNER_BLOCK):
-        j1 = min(E, j0 + INNER_BLOCK)
-        more = j0 > 0
-        for k in range(0, K8, TILE_ROWS):
-            _band(A, B, C, k, 8, L1, j0, j1, more)
-        for k in range(K8, K4, 4):
-            _band(A, B, C, k, 4, L1, j0, j1, more)
-        for k in range(K4, K):
-            _band(A, B, C, k, 1, L1, j0, j1, more)
+    _block(A, B, C, 0, K, 0, L1)
     if L1 < L:
-        zero = np.zeros(1, C.dtype)[0]
-        for k in range(K):
-            for l in range(L1, L):
-                acc = zero
-                for j in range(E):
-                    acc = fma(A[k, j], B[j, l], acc)
-                C[k, l] = acc
+        _ragged_columns(A, B, C, 0, K, L1)
+
+
+#: Rows and columns of C per block of :func:`blocked_matmul`: a block's slice of B (INNER_BLOCK x BLOCK_COLUMNS,
+#: 128 KiB float32) stays in the core's L2 while its bands of rows pass over it.
+BLOCK_ROWS = 64
+BLOCK_COLUMNS = 128
+
+
+@njit(inline="always", **_OPTS)
+def _matmul_block(A, B, C, task, n_cols, L1):
+    """Block ``task`` of :func:`blocked_matmul` (row block task // n_cols, column block task % n_cols), with the
+    columns that fill no vector where it is the last of its rows."""
+    K, L = C.shape
+    r, q = task // n_cols, task % n_cols
+    k0, k1 = r * BLOCK_ROWS, min(K, (r + 1) * BLOCK_ROWS)
+    l0, l1 = q * BLOCK_COLUMNS, min(L1, (q + 1) * BLOCK_COLUMNS)
+    if l0 < l1:
+        _block(A, B, C, k0, k1, l0, l1)
+    if q == n_cols - 1 and L1 < L:
+        _ragged_columns(A, B, C, k0, k1, L1)
+
+
+@njit(parallel=PRANGE_ONLY, **_OPTS)
+def blocked_matmul(A, B, C, parallel):
+    """C = A @ B with the bits of :func:`tile_matmul`, block by block: on Numba's threads where ``parallel``.
+
+    Operands as for :func:`tile_matmul`. C is cut into blocks of
+    :data:`BLOCK_ROWS` x :data:`BLOCK_COLUMNS` (the last of each a
+    remainder), one ``prange`` task each; columns that fill no vector go with
+    their rows' last block. Every entry is summed by the tile that
+    :func:`tile_matmul` gives it, in the same order, so the result depends
+    neither on ``parallel`` nor on the thread count.
+    """
+    K, L = C.shape
+    L1 = L // (VECTOR_BYTES // C.itemsize) * (VECTOR_BYTES // C.itemsize)
+    n_cols = max((L1 + BLOCK_COLUMNS - 1) // BLOCK_COLUMNS, 1)
+    n_tasks = (K + BLOCK_ROWS - 1) // BLOCK_ROWS * n_cols
+    if parallel:
+        for task in prange(n_tasks):
+            _matmul_block(A, B, C, task, n_cols, L1)
+    else:
+        for task in range(n_tasks):
+            _matmul_block(A, B, C, task, n_cols, L1)
+
+
+#: Rows of C per block of the narrow products (:func:`rows_times_narrow`, :func:`columns_times_narrow`).
+NARROW_ROWS = 256
+
+
+@njit(inline="always", fastmath={"reassoc", "contract"}, **_OPTS)
+def _rows_times_narrow_block(A, Bt, C, r):
+    zero = np.zeros(1, C.dtype)[0]
+    for k in range(r * NARROW_ROWS, min(C.shape[0], (r + 1) * NARROW_ROWS)):
+        for l in range(C.shape[1]):
+            acc = zero
+            for j in range(A.shape[1]):
+                acc += A[k, j] * Bt[l, j]
+            C[k, l] = acc
+
+
+@njit(parallel=PRANGE_ONLY, fastmath={"reassoc", "contract"}, **_OPTS)
+def rows_times_narrow(A, Bt, C, parallel):
+    """C = A @ Bt.T for C with fewer columns than a vector holds: each entry the dot product of a row of A with a
+    row of Bt (both C-contiguous), summed in vector lanes (reassociated, as BLAS sums), in blocks of
+    :data:`NARROW_ROWS` rows, on Numba's threads where ``parallel``."""
+    n_blocks = (C.shape[0] + NARROW_ROWS - 1) // NARROW_ROWS
+    if parallel:
+        for r in prange(n_blocks):
+            _rows_times_narrow_block(A, Bt, C, r)
+    else:
+        for r in range(n_blocks):
+            _rows_times_narrow_block(A, Bt, C, r)
+
+
+@njit(inline="always", **_OPTS)
+def _columns_times_narrow_block(At, B, C, r):
+    k0, k1 = r * NARROW_ROWS, min(C.shape[0], (r + 1) * NARROW_ROWS)
+    L = C.shape[1]
+    T = np.empty((L, k1 - k0), C.dtype)  # C's block, transposed: contiguous along the rows of C
+    for l in range(L):
+        for k in range(k1 - k0):
+            T[l, k] = 0
+    for j in range(At.shape[0]):
+        a = At[j, k0:k1]  # slices, so that the loop over k starts at 0 and LLVM vectorises it
+        for l in range(L):
+            b = B[j, l]
+            t = T[l]
+            for k in range(k1 - k0):
+                t[k] = fma(a[k], b, t[k])
+    for k in range(k1 - k0):
+        for l in range(L):
+            C[k0 + k, l] = T[l, k]
+
+
+@njit(parallel=PRANGE_ONLY, **_OPTS)
+def columns_times_narrow(At, B, C, parallel):
+    """C = At.T @ B for C with fewer columns than a vector holds, At (E, K) C-contiguous (A stored by columns, as
+    the transpose of a row-major array is): each entry summed over the inner index in order, one FMA per term,
+    vectorised over C's rows, in blocks of :data:`NARROW_ROWS` rows, on Numba's threads where ``parallel``."""
+    n_blocks = (C.shape[0] + NARROW_ROWS - 1) // NARROW_ROWS
+    if parallel:
+        for r in prange(n_blocks):
+            _columns_times_narrow_block(At, B, C, r)
+    else:
+        for r in range(n_blocks):
+            _columns_times_narrow_block(At, B, C, r)
 
 
 def compiles_avx512(environ=None) -> bool:

@@ -1,7 +1,9 @@
-"""Numba twins of :mod:`refdiff.nn.fused` (the MLP step's elementwise work).
+"""Numba twins of :mod:`refdiff.nn.fused` (the MLP step's products and elementwise work).
 
 Reference twins, same names, arguments and argument order:
 
+* :func:`matmul`             <- ``refdiff.nn.fused.matmul`` (the product; sums
+  in another order than BLAS: see below)
 * :func:`bias_silu_forward`  <- ``refdiff.nn.fused.bias_silu_forward`` (same bits)
 * :func:`bias_silu_backward` <- ``refdiff.nn.fused.bias_silu_backward`` (same bits
   except ``db``, summed over fixed 64-row blocks, then over blocks in order:
@@ -13,13 +15,26 @@ The forward pass is two fused passes around NumPy's SIMD ``np.tanh``
 the bias and halves, pass two finishes the sigmoid, multiplies and adds the
 residual. Every constant is passed in the array's dtype so that float32
 arithmetic stays float32 (Numba would otherwise promote ``x * 0.5`` to
-float64). Each kernel is a loop over row blocks (flat blocks for Adam),
-run on Numba's threads (``prange``) only for arrays of at least
-:data:`PARALLEL_MIN` values where the workers sleep between kernels
-(:func:`runs_parallel`), else on the calling thread: waking the workers
-costs more than the work below a million values, and spinning workers
-starve the BLAS threads of the matrix products around them. The blocks and
-their order are the same either way, so the results are too.
+float64). Each kernel is a loop over row blocks (flat blocks for Adam); the
+blocks and their order are the same on one thread or many, so the results
+are too.
+
+Who gets the cores (:func:`products_by_tiles`, :func:`runs_parallel`):
+
+* Numba's workers spin between kernels (its default OpenMP layer) and the
+  CPU has 512-bit vectors: :func:`matmul` forms every product of the step as
+  register tiles (``_numba_gemm``) on Numba's threads, so no BLAS thread
+  wakes during the step and the elementwise twins go parallel from
+  :data:`SPIN_PARALLEL_MIN` values (spinning workers wake at once).
+  Float32, 2 cores, ms per step (width, batch): (128, 256) 0.38,
+  (128, 4096) 3.6, (512, 256) 3.0, (512, 4096) 38, against 0.62, 7.8, 5.4
+  and 69 with the products by OpenBLAS's Haswell kernels and the twins on
+  the calling thread.
+* The workers spin and the CPU lacks the vectors: products by BLAS, twins on
+  the calling thread (spinning workers would starve BLAS's threads).
+* The workers sleep between kernels (workqueue, ``OMP_WAIT_POLICY=PASSIVE``,
+  one thread): products by BLAS (the workqueue layer barely spread the
+  tiles over two threads), twins parallel from :data:`PARALLEL_MIN`.
 """
 
 from __future__ import annotations
@@ -29,14 +44,18 @@ import math
 import numpy as np
 
 try:
+    import numba
     from numba import njit, prange
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mlp_numba needs numba: pip install "refdiff[fast]"') from exc
 
+from refdiff.kernels._numba_gemm import (VECTOR_BYTES, blocked_matmul, columns_times_narrow, compiles_avx512,
+                                         rows_times_narrow)
 from refdiff.kernels._numba_math import PRANGE_ONLY, add_block_sums
 from refdiff.nn.fused import numba_yields_to_blas
 
-__all__ = ["bias_silu_forward", "bias_silu_backward", "adam_update", "PARALLEL_MIN", "runs_parallel"]
+__all__ = ["matmul", "bias_silu_forward", "bias_silu_backward", "adam_update", "PARALLEL_MIN", "SPIN_PARALLEL_MIN", "TILES",
+           "products_by_tiles", "runs_parallel"]
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 _ROWS = 64  # rows per parallel block of an (N, W) pass
@@ -49,10 +68,64 @@ _FLAT = 8192  # values per parallel block of a flat pass
 PARALLEL_MIN = 1 << 20
 
 
+#: Whether this process can form the products by register tiles (``_numba_gemm``): where Numba compiles for
+#: 512-bit vectors, and not as plain Python (``NUMBA_DISABLE_JIT``).
+TILES = compiles_avx512() and not numba.config.DISABLE_JIT
+
+#: Values per array from which a twin runs on Numba's threads where the step's products are tiles on those same
+#: threads (:func:`products_by_tiles`): their workers spin between kernels, so waking them costs little.
+#: Float32, 2 cores, the MLP step at width 128, batch 4096 (524288 values): 5.3 ms with the elementwise twins on
+#: the calling thread, 4.3 from 65536 values on, 4.2 from 262144.
+SPIN_PARALLEL_MIN = 1 << 16
+
+
+def products_by_tiles() -> bool:
+    """Whether :func:`matmul` forms products by register tiles on Numba's threads: where :data:`TILES` and the
+    workers spin between kernels (:func:`refdiff.nn.fused.numba_yields_to_blas` false: Numba's default OpenMP
+    layer), so that a parallel product costs no wake-up.
+
+    Float32, 2 cores, ms: C = A B at 256 x 128 x 128 took 0.019 on the spinning workers, 0.035 on one
+    thread, 0.048 under the workqueue layer (which barely spread it: 7.3 against 9.2 at 4096 x 512 x 512,
+    4.7 on spinning workers). Where the workers sleep, the products stay with BLAS.
+    """
+    return TILES and not numba_yields_to_blas()
+
+
+def matmul(a, b):
+    """Twin of :func:`refdiff.nn.fused.matmul`: ``a @ b``, by register tiles on Numba's threads where
+    :func:`products_by_tiles`, by NumPy otherwise.
+
+    The tiles take 2-D float arrays of one dtype; ``b`` is copied to rows
+    first where its rows are not contiguous (a weight's transpose: a copy of
+    (in, out) values for a product of N times as many). A product whose
+    result fills no vector per row (the output layer's D columns) is a
+    narrow product: dot products of rows where ``a``'s rows are contiguous,
+    else sums vectorised over ``a``'s columns (``a`` the transpose of a
+    row-major array, as in ``h.T @ dout``). Each entry of a tiled product is
+    summed over the inner index in order, one FMA per term; BLAS differs by
+    the order of its partial sums.
+    """
+    if not (a.ndim == b.ndim == 2 and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
+            and a.shape[1] == b.shape[0] and products_by_tiles()):
+        return a @ b
+    out = np.empty((a.shape[0], b.shape[1]), a.dtype)
+    if b.shape[1] * b.itemsize >= VECTOR_BYTES:
+        blocked_matmul(a, np.ascontiguousarray(b), out, True)
+    elif a.T.flags.c_contiguous:
+        columns_times_narrow(a.T, b, out, True)
+    else:
+        rows_times_narrow(np.ascontiguousarray(a), np.ascontiguousarray(b.T), out, True)
+    return out
+
+
 def runs_parallel(size: int) -> bool:
-    """Whether a twin call on arrays of ``size`` values runs in parallel: from :data:`PARALLEL_MIN` on, and
-    only where Numba's workers sleep between kernels (:func:`refdiff.nn.fused.numba_yields_to_blas`)."""
-    return size >= PARALLEL_MIN and numba_yields_to_blas()
+    """Whether a twin call on arrays of ``size`` values runs in parallel: from :data:`PARALLEL_MIN` on where
+    Numba's workers sleep between kernels (:func:`refdiff.nn.fused.numba_yields_to_blas`), from
+    :data:`SPIN_PARALLEL_MIN` on where they spin and the products are theirs (:func:`products_by_tiles`), and
+    never where they spin beside BLAS's threads."""
+    if numba_yields_to_blas():
+        return size >= PARALLEL_MIN
+    return TILES and size >= SPIN_PARALLEL_MIN
 
 
 @njit(inline="always", **_JIT)

@@ -98,3 +98,40 @@ def test_tile_matmul_refuses_operands_its_vector_loads_cannot_read():
         gemm.tile_matmul(A, np.asfortranarray(B), C)  # B's rows are not contiguous
     with pytest.raises(TypingError):
         gemm.tile_matmul(A, B.astype(np.float64), C)  # mixed dtypes
+
+
+# K across BLOCK_ROWS = 64, L across BLOCK_COLUMNS = 128 (float32: 144 columns in vectors, then 6 ragged; float64:
+# 144 then 6 as well), E across INNER_BLOCK = 256 where the plain-Python loops are fast enough
+BLOCKED_SHAPES = [(1, 1, 1), (67, 5, 150), (64, 3, 128), (7, 2, 20)] + ([] if JIT_OFF else [(131, 300, 290)])
+
+
+@pytest.mark.parametrize("K,E,L", BLOCKED_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_blocked_matmul_has_the_bits_of_tile_matmul(K, E, L, dtype, parallel):
+    """Block by block, on one thread or many: every entry summed by the same tile in the same order."""
+    A, B = operands(K, E, L, dtype, seed=5)
+    C = np.full((K, L), np.nan, dtype)
+    gemm.blocked_matmul(A, B, C, parallel)
+    np.testing.assert_array_equal(C, run(A, B))
+    C = np.full((K, L), np.nan, dtype)
+    gemm.blocked_matmul(np.asfortranarray(A), B, C, parallel)  # A by columns, as x.T of a row-major x is
+    np.testing.assert_array_equal(C, run(A, B))
+
+
+# K across NARROW_ROWS = 256; L = 1 to 3, fewer columns than a vector holds in either dtype
+NARROW_SHAPES = [(1, 1, 1), (300, 7, 2), (256, 40, 3), (9, 0, 2), (5, 33, 1)]
+
+
+@pytest.mark.parametrize("K,E,L", NARROW_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_narrow_products_are_the_product_to_its_rounding(K, E, L, dtype, parallel):
+    A, B = operands(K, E, L, dtype, seed=7)
+    exact, bound = product_bound(A, B)
+    rows = np.full((K, L), np.nan, dtype)
+    gemm.rows_times_narrow(A, np.ascontiguousarray(B.T), rows, parallel)  # reassociated: within the bound of any order
+    assert np.all(np.abs(rows.astype(np.longdouble) - exact) <= bound)
+    columns = np.full((K, L), np.nan, dtype)
+    gemm.columns_times_narrow(np.ascontiguousarray(A.T), B, columns, parallel)
+    np.testing.assert_array_equal(columns, run(A, B))  # in order, one FMA per term: tile_matmul's ragged columns

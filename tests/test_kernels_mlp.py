@@ -195,8 +195,102 @@ def test_auto_picks_by_size(monkeypatch):
     assert fused.elementwise("auto", fused.AUTO_MIN_SIZE) is mlp_numba
     assert fused.elementwise("numba", 1) is mlp_numba
     assert fused.elementwise("numpy", 10**9) is fused
-    monkeypatch.setattr(mlp_numba, "numba_yields_to_blas", lambda: False)  # spinning workers: one thread, still Numba
+    monkeypatch.setattr(mlp_numba, "numba_yields_to_blas", lambda: False)  # spinning workers beside BLAS: one thread
+    monkeypatch.setattr(mlp_numba, "TILES", False)
     assert fused.elementwise("auto", 10**9) is mlp_numba and not mlp_numba.runs_parallel(10**9)
+
+
+@needs_numba
+def test_threads_follow_the_workers_and_who_forms_the_products(monkeypatch):
+    """Sleeping workers: products by BLAS, twins parallel from PARALLEL_MIN. Spinning workers: products by tiles
+    on them and twins parallel from SPIN_PARALLEL_MIN where the tiles suit the CPU; else everything on one
+    thread beside BLAS."""
+    from refdiff.kernels import mlp_numba as m
+
+    for yields, tiles in [(True, True), (True, False), (False, True), (False, False)]:
+        monkeypatch.setattr(m, "numba_yields_to_blas", lambda: yields)
+        monkeypatch.setattr(m, "TILES", tiles)
+        assert m.products_by_tiles() == (tiles and not yields)
+        if yields:
+            assert m.runs_parallel(m.PARALLEL_MIN) and not m.runs_parallel(m.PARALLEL_MIN - 1)
+        elif tiles:
+            assert m.runs_parallel(m.SPIN_PARALLEL_MIN) and not m.runs_parallel(m.SPIN_PARALLEL_MIN - 1)
+        else:
+            assert not m.runs_parallel(10**9)
+    assert m.SPIN_PARALLEL_MIN < m.PARALLEL_MIN
+
+
+def _spy(monkeypatch, module, names):
+    """Count the calls of ``module``'s functions ``names`` (still calling them)."""
+    calls = dict.fromkeys(names, 0)
+
+    def wrap(name, f):
+        def counted(*args):
+            calls[name] += 1
+            return f(*args)
+
+        return counted
+
+    for name in names:
+        monkeypatch.setattr(module, name, wrap(name, getattr(module, name)))
+    return calls
+
+
+PRODUCT_KERNELS = ("blocked_matmul", "rows_times_narrow", "columns_times_narrow")
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_twin_is_the_product_on_each_of_its_paths(dtype, monkeypatch):
+    from refdiff.kernels import mlp_numba as m
+
+    if not m.TILES:
+        pytest.skip("Numba does not compile for 512-bit vectors here (or runs as Python): the twin is NumPy's product")
+    monkeypatch.setattr(m, "numba_yields_to_blas", lambda: False)
+    calls = _spy(monkeypatch, m, PRODUCT_KERNELS)
+    gen = np.random.default_rng(4)
+    h, w, dy = (gen.standard_normal(shape).astype(dtype) for shape in [(131, 40), (40, 48), (131, 48)])
+    w_out, dout = gen.standard_normal((40, 2)).astype(dtype), gen.standard_normal((131, 2)).astype(dtype)
+    cases = [  # the MLP step's products, then operands the kernels take only after a copy
+        (h, w, "blocked_matmul"), (h.T, dy, "blocked_matmul"), (dy, w.T, "blocked_matmul"),
+        (h, w_out, "rows_times_narrow"), (h.T, dout, "columns_times_narrow"), (dout, w_out.T, "blocked_matmul"),
+        (h[:, ::2], w[::2, :2], "rows_times_narrow"), (h[::-1], w[::-1], "blocked_matmul"),
+    ]
+    for a, b, kernel in cases:
+        before = dict(calls)
+        got = m.matmul(a, b)
+        assert got.dtype == dtype and got.shape == (a.shape[0], b.shape[1])
+        np.testing.assert_allclose(got, a @ b, rtol=RTOL[dtype], atol=RTOL[dtype] * np.sqrt(a.shape[1]))
+        assert calls[kernel] == before[kernel] + 1 and sum(calls.values()) == sum(before.values()) + 1, kernel
+    for a, b in [(h, w.astype(np.float32 if dtype == np.float64 else np.float64)), (h[None], w), (h, w[:7])]:
+        try:  # mixed dtypes, 3-D, mismatched shapes: NumPy's product, or NumPy's error
+            want = a @ b
+        except ValueError:
+            with pytest.raises(ValueError):
+                m.matmul(a, b)
+        else:
+            np.testing.assert_array_equal(m.matmul(a, b), want)
+    monkeypatch.setattr(m, "numba_yields_to_blas", lambda: True)  # sleeping workers: BLAS
+    np.testing.assert_array_equal(m.matmul(h, w), h @ w)
+    assert sum(calls.values()) == sum(1 for _ in cases)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mlp_step_by_tiles_matches_numpy(dtype, monkeypatch):
+    """The numba backend with every product by tiles: each kernel reached, the step the reference's to rounding."""
+    from refdiff.kernels import mlp_numba as m
+
+    if not m.TILES:
+        pytest.skip("Numba does not compile for 512-bit vectors here (or runs as Python)")
+    monkeypatch.setattr(m, "numba_yields_to_blas", lambda: False)
+    calls = _spy(monkeypatch, m, PRODUCT_KERNELS)
+    losses_ref, p_ref = _train("numpy", dtype, 3, steps=2, n=300, width=48)
+    losses, p = _train("numba", dtype, 3, steps=2, n=300, width=48)
+    assert all(calls.values()), calls
+    tol = {np.float32: 1e-4, np.float64: 1e-11}[dtype]
+    np.testing.assert_allclose(losses, losses_ref, rtol=tol)
+    np.testing.assert_allclose(p, p_ref, rtol=0, atol=tol * np.abs(p_ref).max())
 
 
 @needs_numba
@@ -233,12 +327,10 @@ def test_numba_yields_to_blas_reads_the_layer_and_wait_policy(monkeypatch, threa
 
 
 @needs_numba
-@pytest.mark.parametrize("name", ["mlp_numba", "conv_numba"])
-def test_twins_run_in_parallel_only_when_large_and_the_workers_sleep(monkeypatch, name):
-    """The MLP's and the U-Net's twins (both run between BLAS products) share the rule."""
-    import importlib
+def test_unet_twins_run_in_parallel_only_when_large_and_the_workers_sleep(monkeypatch):
+    """The U-Net's twins run between BLAS products (the MLP's rule, which also knows the tiles, is tested above)."""
+    from refdiff.kernels import conv_numba as module
 
-    module = importlib.import_module(f"refdiff.kernels.{name}")
     monkeypatch.setattr(module, "numba_yields_to_blas", lambda: True)
     assert not module.runs_parallel(module.PARALLEL_MIN - 1) and module.runs_parallel(module.PARALLEL_MIN)
     monkeypatch.setattr(module, "numba_yields_to_blas", lambda: False)

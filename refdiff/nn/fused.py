@@ -1,17 +1,20 @@
-r"""Fused elementwise steps of the MLP training step: the references of ``refdiff.kernels.mlp_numba``.
+r"""The MLP training step's products and fused elementwise steps: the references of ``refdiff.kernels.mlp_numba``.
 
-The MLP's matrix products go to BLAS whatever the backend; what is left is
-elementwise work over the (N, W) activations and over the flat parameter
-buffer. NumPy does each of those in several single-threaded passes (bias add,
-``tanh``, two multiplies, the residual add); the Numba twins do the same
-arithmetic in fewer passes (on every core for large arrays where that is
-safe: :func:`numba_yields_to_blas`). These functions are the
+:func:`matmul` is NumPy's product (BLAS); its twin forms the products as
+register tiles on Numba's threads where that pays (CPUs with 512-bit vectors,
+workers that spin between kernels), and hands them to BLAS elsewhere. The
+rest is elementwise work over the (N, W) activations and over the flat
+parameter buffer. NumPy does each of those in several single-threaded passes
+(bias add, ``tanh``, two multiplies, the residual add); the Numba twins do the
+same arithmetic in fewer passes (on every core for large arrays where that is
+safe: ``refdiff.kernels.mlp_numba.runs_parallel``). These functions are the
 specification: the twins take the same arguments, in the same order, and
-give the same numbers.
+give the same numbers (the products to rounding: another order of sums).
 
 =========================  =====================================================  ===========================
 function                   computes                                               twin differs by
 =========================  =====================================================  ===========================
+``matmul``                 :math:`ab` (2-D)                                        the order of the sums
 ``bias_silu_forward``      :math:`a \leftarrow a + b`, :math:`s = \sigma(a)`,      nothing (same bits)
                            :math:`h = r + a\,s` (residual :math:`r` optional)
 ``bias_silu_backward``     :math:`g \leftarrow g + g_2` (optional),               ``db``: summation order
@@ -33,7 +36,7 @@ float32 stays float32 throughout.
 (``refdiff.kernels.mlp_numba``, the ``fast`` extra) or ``"auto"``: Numba when
 it is installed and the arrays hold at least :data:`AUTO_MIN_SIZE` values,
 NumPy otherwise. The twins go parallel only where that pays and Numba's
-workers do not spin beside BLAS (:func:`numba_yields_to_blas`).
+workers do not spin beside BLAS's threads (:func:`numba_yields_to_blas`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import numpy as np
 from .layers import sigmoid
 
 __all__ = [
+    "matmul",
     "bias_silu_forward",
     "bias_silu_backward",
     "adam_update",
@@ -66,6 +70,11 @@ BACKENDS = ("numpy", "numba", "auto")
 #: 16k; Adam 1.9 against 4.4 us at 10 values, 14.9 against 52.2 at 38k. The
 #: threshold only spares a small one-off call Numba's import.
 AUTO_MIN_SIZE = 4096
+
+
+def matmul(a, b):
+    """:math:`ab` for 2-D arrays: ``a @ b`` (NumPy's BLAS). The reference of the MLP step's products."""
+    return a @ b
 
 
 def bias_silu_forward(a, b=None, residual=None):

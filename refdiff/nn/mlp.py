@@ -12,8 +12,8 @@ the class embedding (null row for "no class"), :math:`\phi` the activation
 The residual hidden layers keep deeper networks trainable with Adam's default
 step; ``benchmarks/mlp_step.py`` builds the same network in PyTorch.
 
-Backends. With the SiLU activation the bias add, the activation and the
-residual add of each layer run as the fused steps of :mod:`refdiff.nn.fused`
+Backends. With the SiLU activation the products, the bias add, the activation
+and the residual add of each layer run as the steps of :mod:`refdiff.nn.fused`
 (the same arithmetic as :class:`~refdiff.nn.layers.Linear` followed by
 :class:`~refdiff.nn.layers.SiLU`), on the backend named by the attribute
 ``backend``: ``"numpy"`` (default), ``"numba"`` (their Numba twins, the
@@ -131,7 +131,7 @@ class MLP(Network):
 
     def _forward_fused(self, ops, p, z, y, shape):
         """Linear + bias + SiLU (+ residual) per layer with ``ops`` (refdiff.nn.fused or its Numba twin)."""
-        a = z @ p[self.inp.W]  # (N, W)
+        a = ops.matmul(z, p[self.inp.W])  # (N, W)
         b = p[self.inp.b]
         if self.cls is not None:
             a += b  # (z W + b) + E_y, the order of the layer path
@@ -140,19 +140,20 @@ class MLP(Network):
         h, s = ops.bias_silu_forward(a, b)
         caches = [(z, a, s)]  # (layer input, pre-activation, sigmoid)
         for layer in self.hidden:
-            a = h @ p[layer.W]  # (N, W)
+            a = ops.matmul(h, p[layer.W])  # (N, W)
             h_next, s = ops.bias_silu_forward(a, p[layer.b], residual=h)
             caches.append((h, a, s))
             h = h_next
-        out, c_out = self.out.forward(p, h)  # (N, D)
-        return out.reshape(shape), (shape, y, caches, c_out, ops)
+        out = ops.matmul(h, p[self.out.W])  # (N, D): self.out.forward with the products of ops
+        out += p[self.out.b]
+        return out.reshape(shape), (shape, y, caches, h, ops)
 
     def backward(self, p, g, cache, dout, need_dx=False):
         shape, y, caches, c_out, ops = cache
         n = shape[0]
-        dh = self.out.backward(p, g, c_out, dout.reshape(n, self.dim))  # (N, W)
         if ops is not None:
-            return self._backward_fused(ops, p, g, caches, dh, y, shape, need_dx)
+            return self._backward_fused(ops, p, g, caches, c_out, dout.reshape(n, self.dim), y, shape, need_dx)
+        dh = self.out.backward(p, g, c_out, dout.reshape(n, self.dim))  # (N, W)
         for layer, (c_lin, c_act) in zip(reversed(self.hidden), reversed(caches[1:])):
             da = self.act.backward(p, g, c_act, dh)
             dh += layer.backward(p, g, c_lin, da)  # residual: the skip passes dh through
@@ -163,20 +164,24 @@ class MLP(Network):
         dz = self.inp.backward(p, g, c_in, da, need_dx=need_dx)
         return None if dz is None else dz[:, : self.dim].reshape(shape)
 
-    def _backward_fused(self, ops, p, g, caches, dh, y, shape, need_dx):
+    def _backward_fused(self, ops, p, g, caches, h, dout, y, shape, need_dx):
+        if g is not None:  # self.out.backward with the products of ops
+            g[self.out.W] += ops.matmul(h.T, dout)  # (W, D)
+            g[self.out.b] += np.ones(dout.shape[0], dtype=dout.dtype) @ dout
+        dh = ops.matmul(dout, p[self.out.W].T)  # (N, W)
         dx = None  # gradient of the layer above with respect to its input, not yet added into dh
         for layer, (h_in, a, s) in zip(reversed(self.hidden), reversed(caches[1:])):
             # dh += dx (the residual passes dh through), then da through bias + SiLU
             da = ops.bias_silu_backward(dh, a, s, None if g is None else g[layer.b], dh_add=dx)
             if g is not None:
-                g[layer.W] += h_in.T @ da  # (W, W)
-            dx = da @ p[layer.W].T  # (N, W)
+                g[layer.W] += ops.matmul(h_in.T, da)  # (W, W)
+            dx = ops.matmul(da, p[layer.W].T)  # (N, W)
         z, a, s = caches[0]
         da = ops.bias_silu_backward(dh, a, s, None if g is None else g[self.inp.b], dh_add=dx)
         if g is not None:
             if self.cls is not None:
                 self.cls.backward(p, g, y, da)
-            g[self.inp.W] += z.T @ da  # (D + E, W)
+            g[self.inp.W] += ops.matmul(z.T, da)  # (D + E, W)
         if not need_dx:
             return None
-        return (da @ p[self.inp.W].T)[:, : self.dim].reshape(shape)  # (N, D + E) -> the data columns
+        return ops.matmul(da, p[self.inp.W].T)[:, : self.dim].reshape(shape)  # (N, D + E) -> the data columns  # (N, D + E) -> the data columns
