@@ -21,7 +21,10 @@ Each library runs in its own interpreter (this script re-launches itself with
 ``--worker``): refdiff under this Python, PyTorch under ``--torch-python``
 (default ``$REFDIFF_TORCH_PYTHON``; otherwise PyTorch is skipped).
 Both get the same pinned thread count (``--threads``, default 2) through
-OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS and ``torch.set_num_threads``. For each
+OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS and ``torch.set_num_threads``, and Numba
+its default OpenMP layer with OpenMP's own wait policy, as a plain environment
+has it (there the numba backend forms the products as register tiles on Numba's
+threads: ``products_by_tiles`` in ``kernels/mlp_numba.py``). For each
 configuration the two workers alternate ``--rounds`` times and the samples are
 pooled, so a change of machine load hits both alike. When OPENBLAS_CORETYPE
 is set in the environment every measurement is taken twice, with it and with
@@ -47,7 +50,7 @@ ratio uses the fastest backend (every backend's ratio is in the JSON).
 Reported per configuration: min / median / max ms per step, the ratio
 torch_median / refdiff_median (> 1 means refdiff is faster), achieved
 GFLOP/s, the time the step's matrix products alone take in each library (the
-GEMM floor) and where a step's time goes (phase medians). JSON goes to
+GEMM floor; for refdiff as its backend forms them) and where a step's time goes (phase medians). JSON goes to
 ``--json`` (default benchmarks/results/mlp_step.json), a bar chart to
 ``--plot PNG``.
 
@@ -186,24 +189,33 @@ def _refdiff_step_fn(net, params, grads, opt, x, t, target):
     return step, phases
 
 
-def _numpy_gemm_floor(width, batch, dtype, warmup, repeat, max_seconds):
-    """Seconds for the step's matrix products alone, outputs preallocated (NumPy / its BLAS)."""
+def _refdiff_gemm_floor(width, batch, dtype, backend, warmup, repeat, max_seconds):
+    """Seconds for the step's matrix products alone, as ``backend`` forms them: NumPy's BLAS with the outputs
+    preallocated, or the ``matmul`` of the backend's twins (register tiles where they pay, see
+    ``kernels/mlp_numba.py``)."""
     import numpy as np
 
+    from refdiff.nn import fused
+
+    ops = fused.elementwise(backend, batch * width)
+
     gen = np.random.default_rng(0)
-    ops = []
+    products = []
     for i, (fi, fo) in enumerate(layer_shapes(width)):
         x = gen.standard_normal((batch, fi)).astype(dtype)
         w = gen.standard_normal((fi, fo)).astype(dtype)
         dy = gen.standard_normal((batch, fo)).astype(dtype)
-        ops.append((x, w, np.empty((batch, fo), dtype)))  # forward x W
-        ops.append((x.T, dy, np.empty((fi, fo), dtype)))  # dW = x^T dy
+        products.append((x, w, np.empty((batch, fo), dtype)))  # forward x W
+        products.append((x.T, dy, np.empty((fi, fo), dtype)))  # dW = x^T dy
         if i > 0:
-            ops.append((dy, w.T, np.empty((batch, fi), dtype)))  # dx = dy W^T
+            products.append((dy, w.T, np.empty((batch, fi), dtype)))  # dx = dy W^T
 
     def run():
-        for a, b, c in ops:
-            np.matmul(a, b, out=c)
+        for a, b, c in products:
+            if ops is fused:
+                np.matmul(a, b, out=c)
+            else:
+                ops.matmul(a, b)
 
     return _common.time_calls(run, warmup, repeat, max_seconds)
 
@@ -248,7 +260,8 @@ def refdiff_time(spec):
     step, phases = _refdiff_step_fn(*setup)
     times = _common.time_calls(step, spec["warmup"], spec["repeat"], spec["max_seconds"])
     phase = phase_medians([phases() for _ in range(spec["phase_repeat"])])
-    floor = _numpy_gemm_floor(spec["width"], spec["batch"], dtype, 2, spec["repeat"], spec["max_seconds"] / 2)
+    floor = _refdiff_gemm_floor(spec["width"], spec["batch"], dtype, spec.get("backend", "numpy"), 2, spec["repeat"],
+                                spec["max_seconds"] / 2)
     return {
         "times_s": times,
         "phases_ms": phase,
@@ -597,7 +610,7 @@ def print_table(label, configs):
             ph = " ".join(f"{k}={v:.3f}" for k, v in r["phases_ms"].items())
             fl = r["gemm_floor"]["median_ms"]
             print(f"  W{c['width']} N{c['batch']} {backend}: refdiff phases (median ms) {ph}; "
-                  f"GEMM floor numpy {fl:.3f} / torch {tf:.3f}")
+                  f"GEMM floor {backend} {fl:.3f} / torch {tf:.3f}")
 
 
 def plot(path, runs):
@@ -724,7 +737,9 @@ def main(argv=None):
     }
 
     for unset in variants:
-        env = _common.child_env(args.threads, unset_coretype=unset)
+        # Numba's default layer as a plain environment has it (OpenMP, its own wait policy): the numba backend's
+        # products then run as register tiles on its spinning workers (kernels/mlp_numba.py, products_by_tiles)
+        env = _common.child_env(args.threads, unset_coretype=unset, numba_layer="omp", omp_wait_policy=None)
         label = "OPENBLAS_CORETYPE " + ("unset" if unset or not coretype else f"set ({coretype})")
         check, failures = check_correctness(args, torch_python, env, sorted(set(args.widths)))
         for c in check:
