@@ -26,10 +26,10 @@ Who gets the cores (:func:`products_by_tiles`, :func:`runs_parallel`):
   register tiles (``_numba_gemm``) on Numba's threads, so no BLAS thread
   wakes during the step and the elementwise twins go parallel from
   :data:`SPIN_PARALLEL_MIN` values (spinning workers wake at once).
-  Float32, 2 cores, ms per step (width, batch): (128, 256) 0.38,
-  (128, 4096) 3.6, (512, 256) 3.0, (512, 4096) 38, against 0.62, 7.8, 5.4
+  Float32, 2 cores, ms per step (width, batch): (128, 256) 0.54,
+  (128, 4096) 4.1, (512, 256) 3.7, (512, 4096) 38, against 0.62, 7.8, 5.4
   and 69 with the products by OpenBLAS's Haswell kernels and the twins on
-  the calling thread.
+  the calling thread (``benchmarks/mlp_step.py``).
 * The workers spin and the CPU lacks the vectors: products by BLAS, twins on
   the calling thread (spinning workers would starve BLAS's threads).
 * The workers sleep between kernels (workqueue, ``OMP_WAIT_POLICY=PASSIVE``,
@@ -74,8 +74,9 @@ TILES = compiles_avx512() and not numba.config.DISABLE_JIT
 
 #: Values per array from which a twin runs on Numba's threads where the step's products are tiles on those same
 #: threads (:func:`products_by_tiles`): their workers spin between kernels, so waking them costs little.
-#: Float32, 2 cores, the MLP step at width 128, batch 4096 (524288 values): 5.3 ms with the elementwise twins on
-#: the calling thread, 4.3 from 65536 values on, 4.2 from 262144.
+#: Float32, 2 cores, ms per MLP step at (width, batch) = (128, 4096), (512, 256), (512, 4096): 5.3, 4.1, 44.8
+#: with the elementwise twins on the calling thread; 4.3, 3.7, 40.1 in parallel from 65536 values on; 4.2, 4.0,
+#: 38.1 from 262144.
 SPIN_PARALLEL_MIN = 1 << 16
 
 
