@@ -192,7 +192,7 @@ def _refdiff_step_fn(net, params, grads, opt, x, t, target):
 def _refdiff_gemm_floor(width, batch, dtype, backend, warmup, repeat, max_seconds):
     """Seconds for the step's matrix products alone, as ``backend`` forms them: NumPy's BLAS with the outputs
     preallocated, or the ``matmul`` of the backend's twins (register tiles where they pay, see
-    ``kernels/mlp_numba.py``)."""
+    ``kernels/mlp_numba.py``), which allocates its outputs as it does in the step."""
     import numpy as np
 
     from refdiff.nn import fused

@@ -15,8 +15,9 @@ module                 twin of                                           notes
 ``_numba_math``        (no twin: shared by the Numba kernels)            branch-free exp (float32 and
                                                                          float64), log, sin/cos
 ``_numba_gemm``        (no twin: ``tile_matmul``, C = A @ B for the       register tiles of 8 x 32 float32
-                       mixture's GEMM path, the U-Net's patch chunks     as LLVM IR, at the FMA peak
-                       and the MLP's products, on AVX-512)
+                       mixture's GEMM path and the U-Net's patch         as LLVM IR, at the FMA peak;
+                       chunks; ``blocked_matmul`` and the narrow         ``blocked_matmul`` over prange
+                       products for the MLP's; all on AVX-512)
 ``mixture_cupy`` +     the same (``backend="cupy"``)                     one thread per particle,
 ``mixture_score.cu``                                                     online log-sum-exp
 ``fused_numba``        ``refdiff.samplers.fused.run_table``              whole sampler loop per particle,

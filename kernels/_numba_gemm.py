@@ -1,10 +1,14 @@
 r"""A register-tiled matrix product for Numba kernels: :func:`tile_matmul`, C = A @ B, without BLAS.
 
-For small products where a BLAS call costs its setup, or must be kept on
-the calling thread: ``mixture_numba`` forms the GEMM path's two products
-with it inside its ``prange`` tasks (``gemm_products``), and
-``conv_numba.chunk_matmul`` those of the U-Net's patch chunks, both on CPUs
-with 512-bit vectors (:func:`compiles_avx512`).
+For products where a BLAS call costs its setup, must be kept on the calling
+thread, or would wake BLAS's threads beside Numba's: ``mixture_numba`` forms
+the GEMM path's two products with it inside its ``prange`` tasks
+(``gemm_products``), ``conv_numba.chunk_matmul`` those of the U-Net's patch
+chunks, and ``mlp_numba.matmul`` all of the MLP step's, spread over Numba's
+threads by :func:`blocked_matmul` (C in blocks, one task each), with
+:func:`rows_times_narrow` and :func:`columns_times_narrow` for results with
+fewer columns than a vector holds; all on CPUs with 512-bit vectors
+(:func:`compiles_avx512`).
 
 The work is done by :func:`gemm_tile`, an LLVM intrinsic: a tile of ``mr``
 rows of C by ``nv`` vectors of 64 bytes (16 float32 or 8 float64 columns)
@@ -22,7 +26,8 @@ columns (four FMAs per load and store of C, the form Numba's loops take) ran
 101-199.
 
 Each entry of C is A's row times B's column summed over j in order, one FMA
-(one rounding) per term, starting from zero: the same numbers whatever the
+(one rounding) per term, starting from zero (every product here but
+:func:`rows_times_narrow`): the same numbers whatever the
 tile, the shape or the thread count, and the same as BLAS up to the order in
 which BLAS adds its partial sums. Under ``NUMBA_DISABLE_JIT=1`` the same loop
 runs in Python through ``_numba_math.fma``: the same bits in float64; in
@@ -246,19 +251,31 @@ def tile_matmul(A, B, C):
         _ragged_columns(A, B, C, 0, K, L1)
 
 
-#: Rows and columns of C per block of :func:`blocked_matmul`: a block's slice of B (INNER_BLOCK x BLOCK_COLUMNS,
-#: 128 KiB float32) stays in the core's L2 while its bands of rows pass over it.
+#: Rows (at most; see :func:`block_rows`) and columns of C per block of :func:`blocked_matmul`: a block's slice of
+#: B (INNER_BLOCK x BLOCK_COLUMNS, 128 KiB float32) stays in the core's L2 while its bands of rows pass over it.
 BLOCK_ROWS = 64
 BLOCK_COLUMNS = 128
 
 
+def block_rows(K: int, L: int, itemsize: int, threads: int) -> int:
+    """Rows per block of :func:`blocked_matmul` for a (K, L) product on ``threads`` threads: :data:`BLOCK_ROWS`,
+    halved (down to one tile's :data:`TILE_ROWS`) while the blocks are fewer than the threads, so that a small
+    product (a (128, 128) weight gradient) still reaches every core. The bits do not depend on it."""
+    lanes = VECTOR_BYTES // itemsize
+    n_cols = max(-(-(L // lanes * lanes) // BLOCK_COLUMNS), 1)
+    rows = BLOCK_ROWS
+    while rows > TILE_ROWS and -(-K // rows) * n_cols < threads:
+        rows //= 2
+    return rows
+
+
 @njit(inline="always", **_OPTS)
-def _matmul_block(A, B, C, task, n_cols, L1):
+def _matmul_block(A, B, C, task, n_cols, L1, rows):
     """Block ``task`` of :func:`blocked_matmul` (row block task // n_cols, column block task % n_cols), with the
     columns that fill no vector where it is the last of its rows."""
     K, L = C.shape
     r, q = task // n_cols, task % n_cols
-    k0, k1 = r * BLOCK_ROWS, min(K, (r + 1) * BLOCK_ROWS)
+    k0, k1 = r * rows, min(K, (r + 1) * rows)
     l0, l1 = q * BLOCK_COLUMNS, min(L1, (q + 1) * BLOCK_COLUMNS)
     if l0 < l1:
         _block(A, B, C, k0, k1, l0, l1)
@@ -267,26 +284,26 @@ def _matmul_block(A, B, C, task, n_cols, L1):
 
 
 @njit(parallel=PRANGE_ONLY, **_OPTS)
-def blocked_matmul(A, B, C, parallel):
+def blocked_matmul(A, B, C, parallel, rows=BLOCK_ROWS):
     """C = A @ B with the bits of :func:`tile_matmul`, block by block: on Numba's threads where ``parallel``.
 
-    Operands as for :func:`tile_matmul`. C is cut into blocks of
-    :data:`BLOCK_ROWS` x :data:`BLOCK_COLUMNS` (the last of each a
-    remainder), one ``prange`` task each; columns that fill no vector go with
-    their rows' last block. Every entry is summed by the tile that
-    :func:`tile_matmul` gives it, in the same order, so the result depends
-    neither on ``parallel`` nor on the thread count.
+    Operands as for :func:`tile_matmul`. C is cut into blocks of ``rows``
+    (a multiple of :data:`TILE_ROWS`) x :data:`BLOCK_COLUMNS` (the last of
+    each a remainder), one ``prange`` task each; columns that fill no vector
+    go with their rows' last block. Every entry is summed in the same order
+    as :func:`tile_matmul` sums it, so the result depends neither on
+    ``parallel``, nor on ``rows``, nor on the thread count.
     """
     K, L = C.shape
     L1 = L // (VECTOR_BYTES // C.itemsize) * (VECTOR_BYTES // C.itemsize)
     n_cols = max((L1 + BLOCK_COLUMNS - 1) // BLOCK_COLUMNS, 1)
-    n_tasks = (K + BLOCK_ROWS - 1) // BLOCK_ROWS * n_cols
+    n_tasks = (K + rows - 1) // rows * n_cols
     if parallel:
         for task in prange(n_tasks):
-            _matmul_block(A, B, C, task, n_cols, L1)
+            _matmul_block(A, B, C, task, n_cols, L1, rows)
     else:
         for task in range(n_tasks):
-            _matmul_block(A, B, C, task, n_cols, L1)
+            _matmul_block(A, B, C, task, n_cols, L1, rows)
 
 
 #: Rows of C per block of the narrow products (:func:`rows_times_narrow`, :func:`columns_times_narrow`).
@@ -307,8 +324,8 @@ def _rows_times_narrow_block(A, Bt, C, r):
 @njit(parallel=PRANGE_ONLY, fastmath={"reassoc", "contract"}, **_OPTS)
 def rows_times_narrow(A, Bt, C, parallel):
     """C = A @ Bt.T for C with fewer columns than a vector holds: each entry the dot product of a row of A with a
-    row of Bt (both C-contiguous), summed in vector lanes (reassociated, as BLAS sums), in blocks of
-    :data:`NARROW_ROWS` rows, on Numba's threads where ``parallel``."""
+    row of Bt (both C-contiguous), summed in vector lanes (reassociated, as BLAS sums: the one product here not
+    summed in order), in blocks of :data:`NARROW_ROWS` rows, on Numba's threads where ``parallel``."""
     n_blocks = (C.shape[0] + NARROW_ROWS - 1) // NARROW_ROWS
     if parallel:
         for r in prange(n_blocks):

@@ -23,15 +23,20 @@ Who gets the cores (:func:`products_by_tiles`, :func:`runs_parallel`):
 
 * Numba's workers spin between kernels (its default OpenMP layer) and the
   CPU has 512-bit vectors: :func:`matmul` forms every product of the step as
-  register tiles (``_numba_gemm``) on Numba's threads, so no BLAS thread
-  wakes during the step and the elementwise twins go parallel from
-  :data:`SPIN_PARALLEL_MIN` values (spinning workers wake at once).
+  register tiles (``_numba_gemm``) on Numba's threads, and the bias + SiLU
+  twins go parallel from :data:`SPIN_PARALLEL_MIN` values (spinning workers
+  wake at once). What BLAS still does in the step (the output bias's GEMV,
+  the gradient norm's dot product) stays on one BLAS thread at these sizes:
+  the step took the same time with ``OPENBLAS_NUM_THREADS=1``. Adam keeps
+  the rule below: it also serves networks whose products are BLAS's.
   Float32, 2 cores, ms per step (width, batch): (128, 256) 0.54,
   (128, 4096) 4.1, (512, 256) 3.7, (512, 4096) 38, against 0.62, 7.8, 5.4
   and 69 with the products by OpenBLAS's Haswell kernels and the twins on
-  the calling thread (``benchmarks/mlp_step.py``).
-* The workers spin and the CPU lacks the vectors: products by BLAS, twins on
-  the calling thread (spinning workers would starve BLAS's threads).
+  the calling thread (``benchmarks/mlp_step.py``, one run each of this
+  version and the one before).
+* The workers spin and the CPU lacks the vectors, or the layer is TBB's (not
+  measured): products by BLAS, twins on the calling thread (spinning
+  workers would starve BLAS's threads).
 * The workers sleep between kernels (workqueue, ``OMP_WAIT_POLICY=PASSIVE``,
   one thread): products by BLAS (the workqueue layer barely spread the
   tiles over two threads), twins parallel from :data:`PARALLEL_MIN`.
@@ -49,10 +54,10 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mlp_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_gemm import (VECTOR_BYTES, blocked_matmul, columns_times_narrow, compiles_avx512,
-                                         rows_times_narrow)
+from refdiff.kernels._numba_gemm import (VECTOR_BYTES, block_rows, blocked_matmul, columns_times_narrow,
+                                         compiles_avx512, rows_times_narrow)
 from refdiff.kernels._numba_math import PRANGE_ONLY, add_block_sums
-from refdiff.nn.fused import numba_yields_to_blas
+from refdiff.nn.fused import numba_threading_layer, numba_yields_to_blas
 
 __all__ = ["matmul", "bias_silu_forward", "bias_silu_backward", "adam_update", "PARALLEL_MIN", "SPIN_PARALLEL_MIN", "TILES",
            "products_by_tiles", "runs_parallel"]
@@ -76,20 +81,21 @@ TILES = compiles_avx512() and not numba.config.DISABLE_JIT
 #: threads (:func:`products_by_tiles`): their workers spin between kernels, so waking them costs little.
 #: Float32, 2 cores, ms per MLP step at (width, batch) = (128, 4096), (512, 256), (512, 4096): 5.3, 4.1, 44.8
 #: with the elementwise twins on the calling thread; 4.3, 3.7, 40.1 in parallel from 65536 values on; 4.2, 4.0,
-#: 38.1 from 262144.
+#: 38.1 from 262144. Only (512, 256), 131072 values an array, is decided differently by the two thresholds; the
+#: other differences between those two rows are the machine's noise.
 SPIN_PARALLEL_MIN = 1 << 16
 
 
 def products_by_tiles() -> bool:
     """Whether :func:`matmul` forms products by register tiles on Numba's threads: where :data:`TILES` and the
-    workers spin between kernels (:func:`refdiff.nn.fused.numba_yields_to_blas` false: Numba's default OpenMP
-    layer), so that a parallel product costs no wake-up.
+    workers spin between kernels under OpenMP (Numba's default layer without TBB;
+    :func:`refdiff.nn.fused.numba_yields_to_blas` false), so that a parallel product costs no wake-up.
 
     Float32, 2 cores, ms: C = A B at 256 x 128 x 128 took 0.019 on the spinning workers, 0.035 on one
     thread, 0.048 under the workqueue layer (which barely spread it: 7.3 against 9.2 at 4096 x 512 x 512,
     4.7 on spinning workers). Where the workers sleep, the products stay with BLAS.
     """
-    return TILES and not numba_yields_to_blas()
+    return TILES and numba_threading_layer() == "omp" and not numba_yields_to_blas()
 
 
 def matmul(a, b):
@@ -100,18 +106,20 @@ def matmul(a, b):
     first where its rows are not contiguous (a weight's transpose: a copy of
     (in, out) values for a product of N times as many). A product whose
     result fills no vector per row (the output layer's D columns) is a
-    narrow product: dot products of rows where ``a``'s rows are contiguous,
-    else sums vectorised over ``a``'s columns (``a`` the transpose of a
-    row-major array, as in ``h.T @ dout``). Each entry of a tiled product is
-    summed over the inner index in order, one FMA per term; BLAS differs by
-    the order of its partial sums.
+    narrow product: sums vectorised over ``a``'s rows where ``a`` is the
+    transpose of a row-major array (as in ``h.T @ dout``), else dot products
+    of ``a``'s rows (``a`` copied to rows first if need be). Each entry of a
+    product is summed over the inner index in order, one FMA per term, but
+    for the dot products (vector lanes); BLAS differs by the order of its
+    partial sums. Rows per block: ``_numba_gemm.block_rows``.
     """
     if not (a.ndim == b.ndim == 2 and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
             and a.shape[1] == b.shape[0] and products_by_tiles()):
         return a @ b
     out = np.empty((a.shape[0], b.shape[1]), a.dtype)
     if b.shape[1] * b.itemsize >= VECTOR_BYTES:
-        blocked_matmul(a, np.ascontiguousarray(b), out, True)
+        rows = block_rows(out.shape[0], out.shape[1], out.itemsize, numba.get_num_threads())
+        blocked_matmul(a, np.ascontiguousarray(b), out, True, rows)
     elif a.T.flags.c_contiguous:
         columns_times_narrow(a.T, b, out, True)
     else:
@@ -119,14 +127,15 @@ def matmul(a, b):
     return out
 
 
-def runs_parallel(size: int) -> bool:
+def runs_parallel(size: int, beside_tiles: bool = False) -> bool:
     """Whether a twin call on arrays of ``size`` values runs in parallel: from :data:`PARALLEL_MIN` on where
-    Numba's workers sleep between kernels (:func:`refdiff.nn.fused.numba_yields_to_blas`), from
-    :data:`SPIN_PARALLEL_MIN` on where they spin and the products are theirs (:func:`products_by_tiles`), and
-    never where they spin beside BLAS's threads."""
+    Numba's workers sleep between kernels (:func:`refdiff.nn.fused.numba_yields_to_blas`); where they spin, from
+    :data:`SPIN_PARALLEL_MIN` on for a twin whose products are the same workers' tiles (``beside_tiles``: the
+    MLP's bias + SiLU twins, where :func:`products_by_tiles`), and never beside BLAS's threads (Adam, which
+    also serves networks whose products are BLAS's)."""
     if numba_yields_to_blas():
         return size >= PARALLEL_MIN
-    return TILES and size >= SPIN_PARALLEL_MIN
+    return beside_tiles and products_by_tiles() and size >= SPIN_PARALLEL_MIN
 
 
 @njit(inline="always", **_JIT)
@@ -186,7 +195,7 @@ def bias_silu_forward(a, b=None, residual=None):
     half = a.dtype.type(0.5)
     s = np.empty_like(a)
     h = np.empty_like(a)
-    par = runs_parallel(a.size)
+    par = runs_parallel(a.size, beside_tiles=True)
     _bias_half(a, np.empty(0, a.dtype) if b is None else b, b is not None, s, half, par)
     np.tanh(s, out=s)
     _silu_residual(a, s, a if residual is None else residual, residual is not None, h, half, par)
@@ -228,7 +237,7 @@ def bias_silu_backward(dh, a, s, db=None, dh_add=None):
     da = np.empty_like(a)
     parts = np.empty(((n + _ROWS - 1) // _ROWS, w), dtype=a.dtype)
     _silu_backward(dh, a, s, dh if dh_add is None else dh_add, dh_add is not None, da, parts, a.dtype.type(1.0),
-                   runs_parallel(a.size))
+                   runs_parallel(a.size, beside_tiles=True))
     if db is not None:
         add_block_sums(db, parts)
     return da

@@ -147,7 +147,7 @@ def _train(backend, dtype, n_classes=None, steps=4, n=257, width=32):
 def test_mlp_training_step_numba_matches_numpy(dtype, n_classes):
     losses_ref, p_ref = _train("numpy", dtype, n_classes)
     losses, p = _train("numba", dtype, n_classes)
-    # only the bias gradients are summed in another order: rounding-level differences
+    # the bias gradients (and, with the tiles, the products) are summed in another order: rounding-level differences
     tol = {np.float32: 1e-4, np.float64: 1e-11}[dtype]
     np.testing.assert_allclose(losses, losses_ref, rtol=tol)
     np.testing.assert_allclose(p, p_ref, rtol=0, atol=tol * np.abs(p_ref).max())
@@ -207,17 +207,39 @@ def test_threads_follow_the_workers_and_who_forms_the_products(monkeypatch):
     thread beside BLAS."""
     from refdiff.kernels import mlp_numba as m
 
-    for yields, tiles in [(True, True), (True, False), (False, True), (False, False)]:
+    for yields, tiles, layer in [(True, True, "workqueue"), (True, False, "omp"), (False, True, "omp"),
+                                 (False, False, "omp"), (False, True, "tbb")]:
         monkeypatch.setattr(m, "numba_yields_to_blas", lambda: yields)
+        monkeypatch.setattr(m, "numba_threading_layer", lambda: layer)
         monkeypatch.setattr(m, "TILES", tiles)
-        assert m.products_by_tiles() == (tiles and not yields)
-        if yields:
-            assert m.runs_parallel(m.PARALLEL_MIN) and not m.runs_parallel(m.PARALLEL_MIN - 1)
-        elif tiles:
-            assert m.runs_parallel(m.SPIN_PARALLEL_MIN) and not m.runs_parallel(m.SPIN_PARALLEL_MIN - 1)
-        else:
-            assert not m.runs_parallel(10**9)
+        assert m.products_by_tiles() == (tiles and not yields and layer == "omp")
+        for beside in (False, True):
+            if yields:
+                assert m.runs_parallel(m.PARALLEL_MIN, beside) and not m.runs_parallel(m.PARALLEL_MIN - 1, beside)
+            elif m.products_by_tiles() and beside:  # the bias + SiLU twins between the tiles
+                assert m.runs_parallel(m.SPIN_PARALLEL_MIN, beside)
+                assert not m.runs_parallel(m.SPIN_PARALLEL_MIN - 1, beside)
+            else:  # Adam, or twins beside BLAS's threads
+                assert not m.runs_parallel(10**9, beside)
     assert m.SPIN_PARALLEL_MIN < m.PARALLEL_MIN
+
+
+@needs_numba
+def test_block_rows_reach_every_thread_and_keep_the_bits():
+    from refdiff.kernels import _numba_gemm as gemm
+
+    assert gemm.block_rows(4096, 512, 4, 2) == gemm.BLOCK_ROWS  # 64 x 4 blocks
+    assert gemm.block_rows(128, 128, 4, 2) == 64 and gemm.block_rows(128, 128, 4, 16) == 8
+    assert gemm.block_rows(128, 512, 4, 8) == 64 and gemm.block_rows(8, 16, 8, 64) == gemm.TILE_ROWS
+    gen = np.random.default_rng(6)
+    A, B = gen.standard_normal((70, 33)).astype(np.float32), gen.standard_normal((33, 40)).astype(np.float32)
+    runs = []
+    for rows in (8, 16, 64):
+        C = np.full((70, 40), np.nan, np.float32)
+        gemm.blocked_matmul(A, B, C, True, rows)
+        runs.append(C)
+    np.testing.assert_array_equal(runs[0], runs[2])
+    np.testing.assert_array_equal(runs[1], runs[2])
 
 
 def _spy(monkeypatch, module, names):
@@ -247,14 +269,18 @@ def test_matmul_twin_is_the_product_on_each_of_its_paths(dtype, monkeypatch):
     if not m.TILES:
         pytest.skip("Numba does not compile for 512-bit vectors here (or runs as Python): the twin is NumPy's product")
     monkeypatch.setattr(m, "numba_yields_to_blas", lambda: False)
+    monkeypatch.setattr(m, "numba_threading_layer", lambda: "omp")
     calls = _spy(monkeypatch, m, PRODUCT_KERNELS)
     gen = np.random.default_rng(4)
+    lanes = 64 // np.dtype(dtype).itemsize  # columns of one vector: from there on the tiles, below it narrow
     h, w, dy = (gen.standard_normal(shape).astype(dtype) for shape in [(131, 40), (40, 48), (131, 48)])
     w_out, dout = gen.standard_normal((40, 2)).astype(dtype), gen.standard_normal((131, 2)).astype(dtype)
     cases = [  # the MLP step's products, then operands the kernels take only after a copy
         (h, w, "blocked_matmul"), (h.T, dy, "blocked_matmul"), (dy, w.T, "blocked_matmul"),
         (h, w_out, "rows_times_narrow"), (h.T, dout, "columns_times_narrow"), (dout, w_out.T, "blocked_matmul"),
         (h[:, ::2], w[::2, :2], "rows_times_narrow"), (h[::-1], w[::-1], "blocked_matmul"),
+        (h, w[:, :lanes], "blocked_matmul"), (h, w[:, : lanes - 1], "rows_times_narrow"),
+        (h.T, dy[:, : lanes - 1], "columns_times_narrow"),
     ]
     for a, b, kernel in cases:
         before = dict(calls)
@@ -284,10 +310,13 @@ def test_mlp_step_by_tiles_matches_numpy(dtype, monkeypatch):
     if not m.TILES:
         pytest.skip("Numba does not compile for 512-bit vectors here (or runs as Python)")
     monkeypatch.setattr(m, "numba_yields_to_blas", lambda: False)
+    monkeypatch.setattr(m, "numba_threading_layer", lambda: "omp")
     calls = _spy(monkeypatch, m, PRODUCT_KERNELS)
     losses_ref, p_ref = _train("numpy", dtype, 3, steps=2, n=300, width=48)
     losses, p = _train("numba", dtype, 3, steps=2, n=300, width=48)
-    assert all(calls.values()), calls
+    # a step (depth 3): forward in, h1, h2 by tiles and out (2 columns) narrow; backward dW_out narrow, dh by
+    # tiles, dW and dx of h2 and h1 and dW_in by tiles (no dx of the input)
+    assert calls == {"blocked_matmul": 2 * 9, "rows_times_narrow": 2, "columns_times_narrow": 2}, calls
     tol = {np.float32: 1e-4, np.float64: 1e-11}[dtype]
     np.testing.assert_allclose(losses, losses_ref, rtol=tol)
     np.testing.assert_allclose(p, p_ref, rtol=0, atol=tol * np.abs(p_ref).max())

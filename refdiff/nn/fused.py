@@ -63,8 +63,8 @@ __all__ = [
 BACKENDS = ("numpy", "numba", "auto")
 
 #: "auto" picks Numba from this many values per array on (activations N*W, or
-#: the parameter buffer for Adam). Below a million values the twins run on the
-#: calling thread (:data:`refdiff.kernels.mlp_numba.PARALLEL_MIN`) and beat
+#: the parameter buffer for Adam). On the calling thread (where
+#: ``refdiff.kernels.mlp_numba.runs_parallel`` keeps them at these sizes) the twins beat
 #: NumPy's several passes at every size measured, float32 on 2 cores: forward
 #: plus backward of a layer 4.4 against 6.8 us at 8 values, 25.6 against 38.7 at
 #: 16k; Adam 1.9 against 4.4 us at 10 values, 14.9 against 52.2 at 38k. The
@@ -194,9 +194,11 @@ def numba_yields_to_blas() -> bool:
     twins against 10.8 ms in NumPy, and 8.7 ms once the workers slept
     (``OMP_WAIT_POLICY=PASSIVE`` or ``NUMBA_THREADING_LAYER=workqueue``).
     True for one Numba thread, the workqueue layer, or OpenMP with a passive
-    wait policy; False otherwise (TBB's is not measured here), and the twins
-    then stay on the calling thread (``runs_parallel`` in
-    :mod:`refdiff.kernels.mlp_numba` and :mod:`refdiff.kernels.conv_numba`).
+    wait policy; False otherwise (TBB's is not measured here). Where it is
+    False the U-Net's twins stay on the calling thread, and so do the MLP's
+    unless its products are register tiles on the same workers
+    (``runs_parallel`` in :mod:`refdiff.kernels.mlp_numba` and
+    :mod:`refdiff.kernels.conv_numba`).
     Reads Numba's configuration and the environment on every call (no state
     of its own). OpenMP reads ``OMP_WAIT_POLICY`` once, when it loads (at
     the first Numba kernel, serial ones included): a value set in the
@@ -208,15 +210,25 @@ def numba_yields_to_blas() -> bool:
 
     if numba.config.NUMBA_NUM_THREADS == 1:
         return True
-    try:
-        layer = numba.threading_layer()  # the layer in use, once a parallel kernel has run
-    except ValueError:
-        layer = numba.config.THREADING_LAYER  # what the first kernel will load
-        if layer in ("default", "threadsafe", "forksafe", "safe"):
-            layer = "tbb" if importlib.util.find_spec("tbb") is not None else "omp"
+    layer = numba_threading_layer()
     if layer == "workqueue":
         return True
     return layer == "omp" and os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
+
+
+def numba_threading_layer() -> str:
+    """The threading layer Numba's parallel kernels use: the one loaded once a parallel kernel has run, else the
+    one the first will load (``NUMBA_THREADING_LAYER``, its "default" and safety choices resolved as Numba
+    resolves them here: TBB where installed, else OpenMP)."""
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        layer = numba.config.THREADING_LAYER
+        if layer in ("default", "threadsafe", "forksafe", "safe"):
+            layer = "tbb" if importlib.util.find_spec("tbb") is not None else "omp"
+        return layer
 
 
 def numba_chosen(backend: str, size: int, min_size: int) -> bool:

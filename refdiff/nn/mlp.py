@@ -58,8 +58,9 @@ class MLP(Network):
         Number of classes for a conditional network (adds a null class).
     activation : {"silu", "relu", "gelu"}
     backend : {"numpy", "numba", "auto"}
-        Where the elementwise work of a SiLU network runs (see the module
-        docstring); not stored in :meth:`config` or checkpoints.
+        Where the products and the elementwise work of a SiLU network run
+        (see the module docstring); not stored in :meth:`config` or
+        checkpoints.
     """
 
     kind = "mlp"
@@ -83,7 +84,7 @@ class MLP(Network):
 
     @property
     def backend(self) -> str:
-        """``"numpy"``, ``"numba"`` or ``"auto"``: where a SiLU network's elementwise work runs."""
+        """``"numpy"``, ``"numba"`` or ``"auto"``: where a SiLU network's products and elementwise work run."""
         return self._backend
 
     @backend.setter
@@ -184,4 +185,4 @@ class MLP(Network):
             g[self.inp.W] += ops.matmul(z.T, da)  # (D + E, W)
         if not need_dx:
             return None
-        return ops.matmul(da, p[self.inp.W].T)[:, : self.dim].reshape(shape)  # (N, D + E) -> the data columns  # (N, D + E) -> the data columns
+        return ops.matmul(da, p[self.inp.W].T)[:, : self.dim].reshape(shape)  # (N, D + E) -> the data columns
