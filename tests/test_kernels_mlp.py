@@ -261,16 +261,21 @@ def _spy(monkeypatch, module, names):
 PRODUCT_KERNELS = ("blocked_matmul", "rows_times_narrow", "columns_times_narrow")
 
 
-@needs_numba
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_matmul_twin_is_the_product_on_each_of_its_paths(dtype, monkeypatch):
-    from refdiff.kernels import mlp_numba as m
-
+@pytest.fixture
+def by_tiles(monkeypatch):
+    """``(mlp_numba, calls)``: the twins with their products by tiles (spinning OpenMP workers), each product
+    kernel's calls counted; skipped where Numba does not compile for 512-bit vectors (or runs as Python)."""
+    m = pytest.importorskip("refdiff.kernels.mlp_numba", exc_type=ImportError)
     if not m.TILES:
-        pytest.skip("Numba does not compile for 512-bit vectors here (or runs as Python): the twin is NumPy's product")
+        pytest.skip("Numba does not compile for 512-bit vectors here (or runs as Python): the products are NumPy's")
     monkeypatch.setattr(m, "numba_yields_to_blas", lambda: False)
     monkeypatch.setattr(m, "numba_threading_layer", lambda: "omp")
-    calls = _spy(monkeypatch, m, PRODUCT_KERNELS)
+    return m, _spy(monkeypatch, m, PRODUCT_KERNELS)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_twin_is_the_product_on_each_of_its_paths(dtype, monkeypatch, by_tiles):
+    m, calls = by_tiles
     gen = np.random.default_rng(4)
     lanes = 64 // np.dtype(dtype).itemsize  # columns of one vector: from there on the tiles, below it narrow
     h, w, dy = (gen.standard_normal(shape).astype(dtype) for shape in [(131, 40), (40, 48), (131, 48)])
@@ -301,17 +306,10 @@ def test_matmul_twin_is_the_product_on_each_of_its_paths(dtype, monkeypatch):
     assert sum(calls.values()) == sum(1 for _ in cases)
 
 
-@needs_numba
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_mlp_step_by_tiles_matches_numpy(dtype, monkeypatch):
+def test_mlp_step_by_tiles_matches_numpy(dtype, by_tiles):
     """The numba backend with every product by tiles: each kernel reached, the step the reference's to rounding."""
-    from refdiff.kernels import mlp_numba as m
-
-    if not m.TILES:
-        pytest.skip("Numba does not compile for 512-bit vectors here (or runs as Python)")
-    monkeypatch.setattr(m, "numba_yields_to_blas", lambda: False)
-    monkeypatch.setattr(m, "numba_threading_layer", lambda: "omp")
-    calls = _spy(monkeypatch, m, PRODUCT_KERNELS)
+    _, calls = by_tiles
     losses_ref, p_ref = _train("numpy", dtype, 3, steps=2, n=300, width=48)
     losses, p = _train("numba", dtype, 3, steps=2, n=300, width=48)
     # a step (depth 3): forward in, h1, h2 by tiles and out (2 columns) narrow; backward dW_out narrow, dh by
