@@ -908,9 +908,11 @@ def _transpose_into(src, s0, k, m, dst, d0):
 
 @njit(inline="always", **_JIT)
 def _rows_out(D, itemsize):
-    """Whether the GEMM path's second product by tiles lands in the score's rows: where D fills whole tiles (two
-    512-bit vectors: 32 float32 or 16 float64), so that no column is summed one entry at a time. At D = 64,
-    K = 128, N = 1e4, float32, 2 threads: 0.99 against 1.10 ms through the (D, points) layout and its transpose."""
+    """Whether the GEMM path's second product by tiles lands in the score's rows: where D fills whole tiles of two
+    512-bit vectors (32 float32 or 16 float64). Other D keep the (D, points) layout, whose tiles run over the
+    points (at D = 16 a rows layout would be half tiles; it was not measured). Float32, 2 threads, old against
+    new in one process: 1.09 against 1.04 ms at D = 64, K = 128, N = 1e4; 0.785 against 0.722 at D = 32,
+    K = 64, N = 2e4."""
     return D % (2 * 64 // itemsize) == 0
 
 
@@ -978,7 +980,7 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
         logit = np.zeros((K, L), x.dtype)
         P = np.zeros((D, L) if by_fma and not rows_out else (0 if rows_out else L, D), x.dtype)  # sum_k w_k s_k gmu_k
         acc = np.zeros(D)
-        Q = np.zeros((D, L) if by_fma and not rows_out else (L, D), x.dtype)
+        Q = np.zeros((D, L) if by_fma and not rows_out else (0 if rows_out and s_iso else L, D), x.dtype)
         tmp = np.zeros((0 if by_fma else L, D), x.dtype)  # BLAS's partial products
         x2 = np.zeros(L, x.dtype)
         gap = np.zeros(L, x.dtype)  # per lane: min over k of e_k - 2 kappa l_k - b_k |x|^2
@@ -986,7 +988,7 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
         m = np.zeros(L, x.dtype)
         tot = np.zeros(L, x.dtype)
         ts = np.zeros(L, x.dtype)
-        rcp = np.zeros(L if by_fma else 0, x.dtype)  # 1 / tot, (D, points) layout only
+        rcp = np.zeros(L if by_fma and not rows_out else 0, x.dtype)  # 1 / tot, (D, points) layout only
         for blk in range(task * per_task, min(n_blocks, (task + 1) * per_task)):
             p0 = blk * L
             n_lanes = min(L, N - p0)
@@ -1067,13 +1069,8 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
                     else:
                         for j in range(D):
                             sc[l, j] = (sc[l, j] - x[p0 + l, j] * Q[l, j]) * r
-            elif by_fma:
-                tile_matmul(At, logit, P)  # sum_k w_k s_k gmu_k
-            else:
-                _dot_tn(logit, A, P, tmp, rows2)
-            if rows_out:
-                pass
             elif by_fma:  # (D, points): the loops run over the points, and the block goes out as it came in
+                tile_matmul(At, logit, P)  # sum_k w_k s_k gmu_k
                 for l in range(L):
                     rcp[l] = one / tot[l]
                 if s_iso:
@@ -1087,11 +1084,13 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
                             P[j, l] = (P[j, l] - xs[j, l] * Q[j, l]) * rcp[l]
                 _transpose_into(P, 0, D, n_lanes, score, p0)
             elif s_iso:
+                _dot_tn(logit, A, P, tmp, rows2)
                 for l in range(n_lanes):
                     r, t_l = one / tot[l], ts[l]
                     for j in range(D):
                         score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * t_l) * r
             else:
+                _dot_tn(logit, A, P, tmp, rows2)
                 _dot_tn(logit, B, Q, tmp, rows2)
                 for l in range(n_lanes):
                     r = one / tot[l]
