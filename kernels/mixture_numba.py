@@ -181,7 +181,7 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_gemm import compiles_avx512, tile_matmul
+from refdiff.kernels._numba_gemm import TILE_VECTORS, VECTOR_BYTES, compiles_avx512, tile_matmul
 from refdiff.kernels._numba_math import (_INVLN2, _LN2_HI, _LN2_LO, _log, _log_pow2, aligned_empty, exp_weight, fma,
                                          pow2_factors, pow2_row, prefer_wide_vectors, scaled_pow2)
 
@@ -913,7 +913,7 @@ def _rows_out(D, itemsize):
     points (at D = 16 a rows layout would be half tiles; it was not measured). Float32, 2 threads, old against
     new in one process: 1.09 against 1.04 ms at D = 64, K = 128, N = 1e4; 0.785 against 0.722 at D = 32,
     K = 64, N = 2e4."""
-    return D % (2 * 64 // itemsize) == 0
+    return D % (TILE_VECTORS * VECTOR_BYTES // itemsize) == 0
 
 
 @njit(parallel=True, **_JIT)

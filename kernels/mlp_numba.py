@@ -59,8 +59,8 @@ from refdiff.kernels._numba_gemm import (VECTOR_BYTES, block_rows, blocked_matmu
 from refdiff.kernels._numba_math import PRANGE_ONLY, add_block_sums
 from refdiff.nn.fused import numba_threading_layer, numba_yields_to_blas
 
-__all__ = ["matmul", "bias_silu_forward", "bias_silu_backward", "adam_update", "PARALLEL_MIN", "SPIN_PARALLEL_MIN", "TILES",
-           "products_by_tiles", "runs_parallel"]
+__all__ = ["matmul", "bias_silu_forward", "bias_silu_backward", "adam_update", "PARALLEL_MIN", "SPIN_PARALLEL_MIN",
+           "TILES", "products_by_tiles", "runs_parallel"]
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 _ROWS = 64  # rows per parallel block of an (N, W) pass

@@ -481,7 +481,8 @@ def _checkpoint_model(args):
                              f"checkpoint fixes its process (drop --process)")
     params = ck.params if args.no_ema or ck.ema is None else ck.ema
     net = ck.network
-    if hasattr(net, "backend") and args.backend != "cupy":  # the MLP's products and elementwise work, the U-Net's GroupNorm + SiLU
+    # the MLP's products and elementwise work, the U-Net's GroupNorm + SiLU and chunk products
+    if hasattr(net, "backend") and args.backend != "cupy":
         try:
             net.backend = args.backend
         except (ValueError, ImportError) as exc:

@@ -220,9 +220,9 @@ JIT_OFF = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 # as plain Python a float64 FMA is exact rational arithmetic, some 100x slower than float32's; both dtypes take the
 # same lines of the loops
 FMA64_JIT_OFF = "the FMA products run in float32 only as plain Python (NUMBA_DISABLE_JIT)"
-# (300, 48, 40): sparse posteriors; (133, 9, 32): the FMA products' score straight into its rows (D fills whole
-# tiles in both dtypes), a block of 128 points and one of 5; (19, 9000, 4): blocks of 8 points, each BLAS product
-# split over slices
+# (300, 48, 40): sparse posteriors; (133, 9, 32): the FMA products' score straight into its rows (D fills
+# whole tiles in both dtypes), a block of 128 points and one of 5; (19, 9000, 4): blocks of 8 points, each
+# BLAS product split over slices
 SPLIT_PRODUCTS = pytest.param(19, 9000, 4, marks=pytest.mark.skipif(JIT_OFF, reason="K = 9000 is minutes under NUMBA_DISABLE_JIT"))
 
 
@@ -267,11 +267,12 @@ def far_cluster_case(offset, D=24, K=16, N=512, spread=0.3, seed=7):
     return gm, gm.sample(N, rng=rng)
 
 
-@pytest.mark.parametrize("D", [24, 32])  # 32: the FMA products' score lands in its rows (``_rows_out``), refined after
+@pytest.mark.parametrize("D", [24, 32])  # 32: the FMA products' score lands in its rows (_rows_out), refined after
 @pytest.mark.parametrize("products", ["blas", "fma"])
 @pytest.mark.parametrize("dtype_name,offset", [("float32", 40.0), ("float32", 1000.0), ("float64", 1e4), ("float64", 1e6)])
 @pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
-def test_gemm_path_refines_where_the_expanded_form_cancels(numba_twin, monkeypatch, kind, dtype_name, offset, products, D):
+def test_gemm_path_refines_where_the_expanded_form_cancels(numba_twin, monkeypatch, kind, dtype_name, offset, products,
+                                                           D):
     """Near means far from the origin |x|^2 - 2 x.mu + |mu|^2 loses the digits that matter; the refined logits don't."""
     if JIT_OFF and products == "fma" and dtype_name == "float64":
         pytest.skip(FMA64_JIT_OFF)
