@@ -385,3 +385,10 @@ def compiles_avx512(environ=None) -> bool:
         return bool(ll.get_host_cpu_features().get("avx512f", False))
     except Exception:  # no feature query on this platform: assume the narrower vectors
         return False
+
+
+#: Whether the callers that form whole products with the tiles (``conv_numba.chunk_matmul``,
+#: ``mlp_numba.matmul``) may use them in this process: where Numba compiles for 512-bit vectors
+#: (:func:`compiles_avx512`), and not as plain Python (``NUMBA_DISABLE_JIT``: the tile's Python form, one FMA at
+#: a time, would take minutes per training step; ``tests/test_kernels_gemm.py`` covers it). Read once, at import.
+TILES = compiles_avx512() and not numba.config.DISABLE_JIT

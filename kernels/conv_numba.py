@@ -35,12 +35,11 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    import numba
     from numba import njit, prange
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.conv_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_gemm import compiles_avx512, tile_matmul
+from refdiff.kernels._numba_gemm import TILES, tile_matmul
 from refdiff.kernels._numba_math import PRANGE_ONLY, add_block_sums
 from refdiff.nn.fused import numba_yields_to_blas
 
@@ -277,12 +276,6 @@ def group_norm_silu_backward(dh, x, h, s, mu, rstd, gamma, groups, dgamma=None, 
     if dbeta is not None:
         add_block_sums(dbeta, part_dy)
     return dx if need_dx else None
-
-
-#: Whether :func:`chunk_matmul` forms its products with register tiles: where Numba compiles for 512-bit
-#: vectors (``_numba_gemm.compiles_avx512``), and not as plain Python (``NUMBA_DISABLE_JIT``: the tile's
-#: Python form, one FMA at a time, would take minutes per step; ``tests/test_kernels_gemm.py`` covers it).
-TILES = compiles_avx512() and not numba.config.DISABLE_JIT
 
 
 #: :func:`chunk_matmul`: the tiles take products whose rows of ``b`` are at least this long (one vector);

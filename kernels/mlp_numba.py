@@ -54,8 +54,8 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mlp_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_gemm import (VECTOR_BYTES, block_rows, blocked_matmul, columns_times_narrow,
-                                         compiles_avx512, rows_times_narrow)
+from refdiff.kernels._numba_gemm import (TILES, VECTOR_BYTES, block_rows, blocked_matmul, columns_times_narrow,
+                                         rows_times_narrow)
 from refdiff.kernels._numba_math import PRANGE_ONLY, add_block_sums
 from refdiff.nn.fused import numba_threading_layer, numba_yields_to_blas
 
@@ -72,10 +72,6 @@ _FLAT = 8192  # values per parallel block of a flat pass
 #: 5200, 4400.
 PARALLEL_MIN = 1 << 20
 
-
-#: Whether this process can form the products by register tiles (``_numba_gemm``): where Numba compiles for
-#: 512-bit vectors, and not as plain Python (``NUMBA_DISABLE_JIT``).
-TILES = compiles_avx512() and not numba.config.DISABLE_JIT
 
 #: Values per array from which a twin runs on Numba's threads where the step's products are tiles on those same
 #: threads (:func:`products_by_tiles`): their workers spin between kernels, so waking them costs little.
