@@ -203,6 +203,12 @@ GEMM_BLOCK_WORK = 2**18
 #: points take the multiple of 16 that holds them). No BLAS call bounds it; 64, 128 and 256 were within 5%
 #: of each other at D = 16 and 64 (128 best or level).
 FMA_PRODUCT_LANES = 128
+#: GEMM path with BLAS products: points per block, at most (:func:`gemm_lanes`).
+BLAS_MAX_LANES = 128
+#: GEMM path: the width of a task's logit and per-lane scratch rows, the most lanes either kind of product takes. A
+#: width fixed at compile time puts the rows a constant stride apart, so that LLVM vectorises the passes that take
+#: four components per lane loop (:func:`_logit_pass`) without run-time alias checks, which it gives up on.
+GEMM_ROW = max(FMA_PRODUCT_LANES, BLAS_MAX_LANES)
 #: GEMM path: a logit is recomputed from the difference where the expanded form's error bound
 #: exceeds this multiple of the difference form's (see the module docstring).
 REFINE_KAPPA = 4.0
@@ -916,6 +922,82 @@ def _rows_out(D, itemsize):
     return D % (TILE_VECTORS * VECTOR_BYTES // itemsize) == 0
 
 
+@njit(inline="always", **_JIT)
+def _copy_lanes(src, dst, L):
+    """dst[:, :L] = src[:, :L], row by row."""
+    for k in range(src.shape[0]):
+        for l in range(L):
+            dst[k, l] = src[k, l]
+
+
+@njit(inline="always", **_JIT)
+def _logit_cell(g, ck, ek, bk, hk, kappa2, x2l, ml, gl):
+    """One entry of :func:`_logit_pass`: ``(l, max(m, l), min(gap, margin))`` from the product's entry g."""
+    lg = ck + g - hk * x2l
+    margin = ek - kappa2 * lg - bk * x2l
+    return lg, lg if lg > ml else ml, margin if margin < gl else gl
+
+
+@njit(inline="always", **_JIT)
+def _logit_pass(G, logit, L, c, e, b, h, kappa2, x2, m, gap):
+    """The GEMM path's logits l_k = c_k + G_k - h_k |x|^2 from the first product G into ``logit``, with each
+    lane's largest (m) and the least margin of its error test (gap), lanes ``[:L]``.
+
+    Four components per lane loop, m and gap in registers across them. This
+    vectorises only where ``logit``'s rows lie a compile-time constant apart
+    (rows of :data:`GEMM_ROW`); at a run-time width the four written rows
+    need alias checks that LLVM gives up on, and the loop stayed scalar (4.6
+    against 1.0 ms at D = 64, K = 128). G is only read, so its width may be
+    any. A max and a min are exact in any order."""
+    K = G.shape[0]
+    K4 = K - K % 4
+    for k in range(0, K4, 4):
+        c0, c1, c2, c3 = c[k], c[k + 1], c[k + 2], c[k + 3]
+        e0, e1, e2, e3 = e[k], e[k + 1], e[k + 2], e[k + 3]
+        b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
+        h0, h1, h2, h3 = h[k], h[k + 1], h[k + 2], h[k + 3]
+        for l in range(L):
+            x2l, ml, gl = x2[l], m[l], gap[l]
+            logit[k, l], ml, gl = _logit_cell(G[k, l], c0, e0, b0, h0, kappa2, x2l, ml, gl)
+            logit[k + 1, l], ml, gl = _logit_cell(G[k + 1, l], c1, e1, b1, h1, kappa2, x2l, ml, gl)
+            logit[k + 2, l], ml, gl = _logit_cell(G[k + 2, l], c2, e2, b2, h2, kappa2, x2l, ml, gl)
+            logit[k + 3, l], m[l], gap[l] = _logit_cell(G[k + 3, l], c3, e3, b3, h3, kappa2, x2l, ml, gl)
+    for k in range(K4, K):
+        ck, ek, bk, hk = c[k], e[k], b[k], h[k]
+        for l in range(L):
+            logit[k, l], m[l], gap[l] = _logit_cell(G[k, l], ck, ek, bk, hk, kappa2, x2[l], m[l], gap[l])
+
+
+@njit(inline="always", **_JIT)
+def _weight_cell(lg, ml, cut, zero, sk, t, u):
+    """One entry of :func:`_weight_pass`: ``(w, t + w, u + w s_k)``, w = exp(l - m), dropped (exactly 0) below
+    exp(cut) rather than raised to it (:func:`_weight_floor`); exp_weight clamps its argument: never subnormal."""
+    dl = lg - ml
+    w = exp_weight(dl) if dl > cut else zero
+    return w, t + w, u + w * sk
+
+
+@njit(inline="always", **_JIT)
+def _weight_pass(logit, L, s0, cut, zero, m, tot, ts):
+    """The GEMM path's unnormalised weights w_k = exp(l_k - m) <= 1 in place of the logits, and their sums over
+    k, tot and ts (weighted by s_k: the isotropic score's x-term), lanes ``[:L]``; four components per lane
+    loop, as in :func:`_logit_pass`. The sums still run over k in order."""
+    K = logit.shape[0]
+    K4 = K - K % 4
+    for k in range(0, K4, 4):
+        s_0, s_1, s_2, s_3 = s0[k], s0[k + 1], s0[k + 2], s0[k + 3]
+        for l in range(L):
+            ml, t, u = m[l], tot[l], ts[l]
+            logit[k, l], t, u = _weight_cell(logit[k, l], ml, cut, zero, s_0, t, u)
+            logit[k + 1, l], t, u = _weight_cell(logit[k + 1, l], ml, cut, zero, s_1, t, u)
+            logit[k + 2, l], t, u = _weight_cell(logit[k + 2, l], ml, cut, zero, s_2, t, u)
+            logit[k + 3, l], tot[l], ts[l] = _weight_cell(logit[k + 3, l], ml, cut, zero, s_3, t, u)
+    for k in range(K4, K):
+        sk = s0[k]
+        for l in range(L):
+            logit[k, l], tot[l], ts[l] = _weight_cell(logit[k, l], m[l], cut, zero, sk, tot[l], ts[l])
+
+
 @njit(parallel=True, **_JIT)
 def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma, score, logp):
     """The GEMM path: per block of ``lanes`` points, G = M1 @ [x; x^2]^T and P = W^T @ A, in x's dtype.
@@ -951,6 +1033,13 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
     marks the points whose score is summed from the differences (it implies
     the first, so only the revisited lanes take it).
 
+    The first product lands in a (K, L) array; the logits, and then the
+    weights in their place, in rows of the fixed width :data:`GEMM_ROW`,
+    whose passes take four components per lane loop (:func:`_logit_pass`,
+    :func:`_weight_pass`; D = 64, K = 128, N = 1e4: 0.95 against 1.02 ms,
+    D = 16, K = 32, N = 1e5: 1.32 against 1.48, float32, 2 threads). BLAS's
+    second product takes a copy of the weights as whole rows.
+
     Writes score (N, D) if ``want_score``, else logp (N,); returns the number
     of points whose |x|^2 is not finite (NaN or infinity in x, or an
     overflow: the caller tells the two apart). Every BLAS call is
@@ -977,17 +1066,16 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
     for task in prange(n_tasks):
         prefer_wide_vectors()
         xs = np.zeros((E, L), x.dtype)  # the block, transposed (and its squares below it, diagonal)
-        logit = np.zeros((K, L), x.dtype)
+        G = np.zeros((K, L), x.dtype)  # the first product (and BLAS's operand of the second)
+        logit = np.zeros((K, GEMM_ROW), x.dtype)  # the logits, then the weights: lanes [:L] of fixed-width rows
+        per_lane = np.zeros((5, GEMM_ROW), x.dtype)
         P = np.zeros((D, L) if by_fma and not rows_out else (0 if rows_out else L, D), x.dtype)  # sum_k w_k s_k gmu_k
         acc = np.zeros(D)
         Q = np.zeros((D, L) if by_fma and not rows_out else (0 if rows_out and s_iso else L, D), x.dtype)
         tmp = np.zeros((0 if by_fma else L, D), x.dtype)  # BLAS's partial products
-        x2 = np.zeros(L, x.dtype)
-        gap = np.zeros(L, x.dtype)  # per lane: min over k of e_k - 2 kappa l_k - b_k |x|^2
+        x2, gap = per_lane[0], per_lane[1]  # gap: per lane, min over k of e_k - 2 kappa l_k - b_k |x|^2
         redo = np.zeros(L, np.bool_)  # points whose score is summed from the differences
-        m = np.zeros(L, x.dtype)
-        tot = np.zeros(L, x.dtype)
-        ts = np.zeros(L, x.dtype)
+        m, tot, ts = per_lane[2], per_lane[3], per_lane[4]
         rcp = np.zeros(L if by_fma and not rows_out else 0, x.dtype)  # 1 / tot, (D, points) layout only
         for blk in range(task * per_task, min(n_blocks, (task + 1) * per_task)):
             p0 = blk * L
@@ -1013,17 +1101,10 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
                     for l in range(L):
                         xs[D + j, l] = xs[j, l] * xs[j, l]
             if by_fma:
-                tile_matmul(M1, xs, logit)
+                tile_matmul(M1, xs, G)
             else:
-                _dot_rows(M1, xs, logit, rows1)
-            for k in range(K):
-                ck, ek, bk, hk = c[k], e[k], b[k], h[k]
-                for l in range(L):
-                    lg = ck + logit[k, l] - hk * x2[l]
-                    logit[k, l] = lg
-                    m[l] = lg if lg > m[l] else m[l]
-                    g = ek - kappa2 * lg - bk * x2[l]
-                    gap[l] = g if g < gap[l] else gap[l]
+                _dot_rows(M1, xs, G, rows1)
+            _logit_pass(G, logit, L, c, e, b, h, kappa2, x2, m, gap)
             for l in range(n_lanes):
                 if not gap[l] < 0:
                     continue
@@ -1040,16 +1121,8 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
                         logit[k, l] = const[k] - qk / 2
                     mx = max(mx, logit[k, l])
                 m[l] = mx
-            # unnormalised weights w_k <= 1 and their sums (the score divides by the sum once, after the
-            # product); one below exp(cut) is dropped, not raised to it (:func:`_weight_floor`)
-            for k in range(K):
-                sk = s0[k]
-                for l in range(L):
-                    dl = logit[k, l] - m[l]
-                    w = exp_weight(dl) if dl > cut else zero  # exp_weight clamps its argument: never subnormal
-                    logit[k, l] = w
-                    tot[l] += w
-                    ts[l] += w * sk
+            # unnormalised weights and their sums: the score divides by the sum once, after the product
+            _weight_pass(logit, L, s0, cut, zero, m, tot, ts)
             if not want_score:
                 for l in range(n_lanes):
                     logp[p0 + l] = np.float64(m[l]) + _log(np.float64(tot[l]))
@@ -1084,14 +1157,16 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
                             P[j, l] = (P[j, l] - xs[j, l] * Q[j, l]) * rcp[l]
                 _transpose_into(P, 0, D, n_lanes, score, p0)
             elif s_iso:
-                _dot_tn(logit, A, P, tmp, rows2)
+                _copy_lanes(logit, G, L)  # BLAS takes whole contiguous rows
+                _dot_tn(G, A, P, tmp, rows2)
                 for l in range(n_lanes):
                     r, t_l = one / tot[l], ts[l]
                     for j in range(D):
                         score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * t_l) * r
             else:
-                _dot_tn(logit, A, P, tmp, rows2)
-                _dot_tn(logit, B, Q, tmp, rows2)
+                _copy_lanes(logit, G, L)
+                _dot_tn(G, A, P, tmp, rows2)
+                _dot_tn(G, B, Q, tmp, rows2)
                 for l in range(n_lanes):
                     r = one / tot[l]
                     for j in range(D):
@@ -1233,11 +1308,12 @@ def _lane_operands(log_w, mu, lam, g, v, bits, x):
 
 def gemm_lanes(K, E):
     """Points per block of the GEMM path: as many as keep the first product one BLAS call of at most
-    :data:`GEMM_BLOCK_WORK` (best measured: 128 at D = 16, K = 32; 32 at D = 64, K = 128), at most 128
-    and at least 8; 0 where a slice of 8 points by one row would exceed it (the path does not apply)."""
+    :data:`GEMM_BLOCK_WORK` (best measured: 128 at D = 16, K = 32; 32 at D = 64, K = 128), at most
+    :data:`BLAS_MAX_LANES` and at least 8; 0 where a slice of 8 points by one row would exceed it (the path
+    does not apply)."""
     if 8 * E > GEMM_BLOCK_WORK:
         return 0
-    return max(8, min(128, GEMM_BLOCK_WORK // (K * E) // 8 * 8))
+    return max(8, min(BLAS_MAX_LANES, GEMM_BLOCK_WORK // (K * E) // 8 * 8))
 
 
 # --------------------------------------------------------------------------- one t per particle
