@@ -38,6 +38,7 @@ to the data's dtype and device at use. Reverse-time drifts follow Anderson
 from __future__ import annotations
 
 import math
+import sys
 import numbers
 
 import numpy as np
@@ -509,6 +510,11 @@ class VESDE(SDE):
         self.sigma_max = _positive("sigma_max", sigma_max)
         if self.sigma_max <= self.sigma_min:
             raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_max} <= {sigma_min}")
+        # the variances are sigma_min^2 expm1(2 L t), up to sigma_max^2: both squares must be normal float64
+        if self.sigma_min * self.sigma_min < sys.float_info.min:
+            raise ValueError(f"sigma_min must be at least 1.5e-154 (its square a normal float64), got {sigma_min!r}")
+        if not math.isfinite(self.sigma_max * self.sigma_max):
+            raise ValueError(f"sigma_max must be below 1.3e154 (its square a finite float64), got {sigma_max!r}")
         self.t_min, _ = _time_range(t_min, self.t_max)
         self._L = math.log(self.sigma_max / self.sigma_min)
 
@@ -550,7 +556,9 @@ class VESDE(SDE):
         return _check_inverse_time(np.logaddexp(0.0, -lam - 2.0 * math.log(self.sigma_min)) / (2.0 * self._L))
 
     def prior_std(self) -> float:
-        return math.sqrt(self.sigma_max**2 - self.sigma_min**2)
+        r""":math:`\sqrt{(\sigma_{max}-\sigma_{min})(\sigma_{max}+\sigma_{min})}`: the difference is exact where
+        sigma_max is within a factor 2 of sigma_min, where the difference of the squares would cancel."""
+        return math.sqrt((self.sigma_max - self.sigma_min) * (self.sigma_max + self.sigma_min))
 
 
 def _check_lam(lam) -> np.ndarray:

@@ -6,7 +6,9 @@ functions below), from the moment ODEs :math:`d\gamma/dt=f\gamma`,
 from the discrete DDPM schedule, and from seeded Monte Carlo with stated z-tests.
 """
 
+import decimal
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -541,6 +543,18 @@ def test_prior_sample_and_log_prob(spec):
     assert x32.dtype == np.float32 and x32.shape == (4, 3)
 
 
+@pytest.mark.parametrize("sigma_min, sigma_max", [(0.01, 50.0), (1.0, 1.0 + 1e-10), (0.3, 0.30000000000000004),
+                                                (0.01, 1e150), (2e-154, 1.0), (1.0, 1.3e154)])
+def test_ve_prior_std_is_exact_near_sigma_min_and_up_to_the_largest_sigma_max(sigma_min, sigma_max):
+    """sqrt(sigma_max^2 - sigma_min^2) to the last bit, against exact rational arithmetic: the squares' difference
+    cancels where sigma_max is a few ulp above sigma_min (9% off at 0.3 and the next float), and overflowed
+    past sigma_max = 1.3e154."""
+    exact_var = Fraction(sigma_max) ** 2 - Fraction(sigma_min) ** 2
+    with decimal.localcontext(decimal.Context(prec=80)):
+        want = float((decimal.Decimal(exact_var.numerator) / decimal.Decimal(exact_var.denominator)).sqrt())
+    assert sde.VESDE(sigma_min=sigma_min, sigma_max=sigma_max).prior_std() == want
+
+
 @given(spec=sde_specs(), shape=SHAPES, dtype=DTYPES, seed=st.integers(0, 2**16))
 def test_prior_log_prob_matches_scipy(spec, shape, dtype, seed):
     P, R = make(spec), Ref(spec)
@@ -629,6 +643,8 @@ def test_bad_shapes_and_data(spec):
         (lambda: sde.VESDE(sigma_min=0.0), "sigma_min"),
         (lambda: sde.VESDE(sigma_min=2.0, sigma_max=1.0), "sigma_max"),
         (lambda: sde.VESDE(sigma_min=1.0, sigma_max=1.0), "sigma_max"),
+        (lambda: sde.VESDE(sigma_max=1.4e154), "sigma_max"),  # sigma_max^2 overflows
+        (lambda: sde.VESDE(sigma_min=1e-155), "sigma_min"),  # sigma_min^2 is subnormal
         (lambda: sde.CosineVPSDE(s=-0.1), "s must"),
         (lambda: sde.CosineVPSDE(s=float("nan")), "s must"),
         (lambda: sde.CosineVPSDE(t_max=0.0), "t_max"),
