@@ -95,7 +95,7 @@ else:
         """The tile of C at (k0, l0), ``mr`` rows by ``nv * V`` columns (V = VECTOR_BYTES // itemsize): the sum over
         j in [j0, j1) of A[k, j] B[j, l], added to the tile's entries of C where ``more``, else from zero.
 
-        A (K, E), any strides; B (E, L) and C (K, L) C-contiguous; one float
+        A (K, E), any strides; B (E, >= L) and C (K, L) C-contiguous (only B's first L columns are read); one float
         dtype for all three; ``mr`` and ``nv`` compile-time constants. No
         bounds check: the caller keeps the tile inside C and [j0, j1) inside
         E. The accumulators are an ``alloca`` of ``mr * nv`` vectors indexed
@@ -232,8 +232,8 @@ def _ragged_columns(A, B, C, k0, k1, l0):
 
 @njit(inline="always", **_OPTS)
 def tile_matmul(A, B, C):
-    """C = A @ B by :func:`gemm_tile` on the calling thread: A (K, E) any strides, B (E, L) and C (K, L)
-    C-contiguous, one float dtype.
+    """C = A @ B[:, :L] by :func:`gemm_tile` on the calling thread: A (K, E) any strides, B (E, >= L) and C (K, L)
+    C-contiguous, one float dtype (the mixture's GEMM path hands in B rows wider than C's).
 
     Rows of C in bands of 8 (then 4, then 1); columns in tiles of two
     vectors, then one; the inner index in slices of :data:`INNER_BLOCK`,

@@ -205,9 +205,10 @@ GEMM_BLOCK_WORK = 2**18
 FMA_PRODUCT_LANES = 128
 #: GEMM path with BLAS products: points per block, at most (:func:`gemm_lanes`).
 BLAS_MAX_LANES = 128
-#: GEMM path: the width of a task's logit and per-lane scratch rows, the most lanes either kind of product takes. A
-#: width fixed at compile time puts the rows a constant stride apart, so that LLVM vectorises the passes that take
-#: four components per lane loop (:func:`_logit_pass`) without run-time alias checks, which it gives up on.
+#: GEMM path: the width of a task's logit and per-lane scratch rows, the most lanes either kind of product takes
+#: (:func:`_score_gemm` refuses more). A width fixed at compile time puts the rows a constant stride apart, so
+#: that LLVM vectorises the passes that take four components per lane loop (:func:`_logit_pass`) without
+#: run-time alias checks, which it gives up on.
 GEMM_ROW = max(FMA_PRODUCT_LANES, BLAS_MAX_LANES)
 #: GEMM path: a logit is recomputed from the difference where the expanded form's error bound
 #: exceeds this multiple of the difference form's (see the module docstring).
@@ -948,7 +949,8 @@ def _logit_pass(G, logit, L, c, e, b, h, kappa2, x2, m, gap):
     (rows of :data:`GEMM_ROW`); at a run-time width the four written rows
     need alias checks that LLVM gives up on, and the loop stayed scalar (4.6
     against 1.0 ms at D = 64, K = 128). G is only read, so its width may be
-    any. A max and a min are exact in any order."""
+    any. Each lane still meets the components in ascending k, as with one a
+    loop, so the results (NaN logits included) are the same bits."""
     K = G.shape[0]
     K4 = K - K % 4
     for k in range(0, K4, 4):
@@ -1046,10 +1048,13 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
     kept below :data:`GEMM_BLOCK_WORK` multiply-adds so that it runs on the
     calling thread (``prange`` is the only parallel layer): the first product
     in slices of M1's rows, the second summed over slices of the components.
+    ``lanes`` is at most :data:`GEMM_ROW` (raises otherwise: the scratch rows are that wide).
     """
     N, D = x.shape
     K, E = M1.shape
     L = lanes
+    if not 0 < L <= GEMM_ROW:
+        raise ValueError("the GEMM path's lanes must lie in [1, GEMM_ROW]")
     c, e, b, h, s0, e_s = kc[0], kc[1], kc[2], kc[3], kc[4], kc[5]
     kappa2, cut, one, kappa2_s = kc[6, 0], kc[6, 1], kc[6, 2], kc[6, 3]
     zero = one - one

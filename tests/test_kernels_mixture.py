@@ -290,6 +290,26 @@ def test_gemm_path_refines_where_the_expanded_form_cancels(numba_twin, monkeypat
         check(numba_twin._evaluate(gm, x, None, None, True, products=products), want_score, dtype_name, "score")
 
 
+def test_gemm_kernel_refuses_blocks_wider_than_its_scratch_rows(numba_twin, monkeypatch):
+    """The GEMM kernel's logits live in rows GEMM_ROW wide: more lanes would run into the next row, unchecked."""
+    seen = []
+    kernel = numba_twin._score_gemm
+
+    def spy(*args):
+        seen.append(args)
+        return kernel(*args)
+
+    monkeypatch.setattr(numba_twin, "_score_gemm", spy)
+    gm, x = make_mixture("isotropic", 8, 6), np.random.default_rng(0).standard_normal((300, 6))
+    numba_twin._evaluate(gm, x, None, None, True, path="gemm")
+    (args,) = seen
+    wide = list(args)
+    for lanes in (numba_twin.GEMM_ROW + 8, 0):
+        wide[10] = lanes
+        with pytest.raises(ValueError, match="lanes"):
+            kernel(*wide)
+
+
 def test_gemm_products_follow_the_cpu(numba_twin):
     """Own register tiles where Numba compiles for 512-bit vectors, whatever OPENBLAS_CORETYPE says; BLAS elsewhere."""
     choose = numba_twin.gemm_products
