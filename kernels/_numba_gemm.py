@@ -34,6 +34,11 @@ runs in Python through ``_numba_math.fma``: the same bits in float64; in
 float32 it rounds each term twice (through float64), which differs from the
 one rounding of the compiled FMA on rare halfway cases.
 
+:func:`transpose_tile` moves one square tile of a vector's width through
+vector registers by shuffles; the mixture's GEMM path brings its blocks in
+and its score out with it (at D = 16, K = 32, N = 1e5, float32, two threads
+the score took 1.08 ms against 1.33 with the scalar 8 x 8 copy).
+
 The vectors are 64 bytes on every CPU; where the CPU has narrower registers
 LLVM splits each into two, and a tile of 16 accumulators then spills: the
 callers use this product only on CPUs with AVX-512.
@@ -83,6 +88,14 @@ if numba.config.DISABLE_JIT:  # plain Python: the same sums, one term at a time
                 for j in range(j0, j1):
                     acc = fma(A[k, j], B[j, l], acc)
                 C[k, l] = acc
+
+    def transpose_tile(src, r0, c0, dst, d0, e0):
+        """dst[d0 + b, e0 + a] = src[r0 + a, c0 + b] for a, b < V = VECTOR_BYTES // itemsize (see the compiled
+        version)."""
+        V = VECTOR_BYTES // dst.itemsize
+        for a in range(V):
+            for b in range(V):
+                dst[d0 + b, e0 + a] = src[r0 + a, c0 + b]
 
 else:
     from llvmlite import ir
@@ -174,6 +187,61 @@ else:
             return context.get_dummy_value()
 
         return types.none(A, B, C, k0, l0, j0, j1, mr, nv, more), codegen
+
+    @intrinsic
+    def transpose_tile(typingctx, src, r0, c0, dst, d0, e0):
+        """dst[d0 + b, e0 + a] = src[r0 + a, c0 + b] for a, b < V = VECTOR_BYTES // itemsize (16 float32, 8 float64):
+        one square tile through V vector registers.
+
+        src and dst C-contiguous, one float dtype. No bounds check: the caller
+        keeps the tile inside both. The V rows are loaded whole, then
+        log2(V) rounds of two-source shuffles swap the off-diagonal blocks of
+        each size (V / 2 by V / 2 down to 1 by 1: at size h, rows i and i + h
+        trade the entries whose lane has bit h set), and the rows, now
+        columns, are stored whole: V log2(V) shuffles for V^2 entries, where
+        the scalar copy that LLVM makes of constant-count loops moves one entry
+        an instruction.
+        """
+        if not all(isinstance(t, types.Array) and t.ndim == 2 and t.layout == "C" for t in (src, dst)):
+            return None
+        if not (src.dtype == dst.dtype and src.dtype in (types.float32, types.float64) and dst.mutable):
+            return None
+        if not all(isinstance(t, types.Integer) for t in (r0, c0, d0, e0)):
+            return None
+        bits = src.dtype.bitwidth
+        V = VECTOR_BYTES * 8 // bits
+
+        def codegen(context, builder, signature, args):
+            s, d = (context.make_array(t)(context, builder, v) for t, v in ((signature.args[0], args[0]),
+                                                                          (signature.args[3], args[3])))
+            intp = context.get_value_type(types.intp)
+            r0v, c0v, d0v, e0v = (context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2, 4, 5))
+            fty = ir.FloatType() if bits == 32 else ir.DoubleType()
+            vptr = ir.VectorType(fty, V).as_pointer()
+            lds = builder.extract_value(s.shape, 1)
+            ldd = builder.extract_value(d.shape, 1)
+
+            def row(data, ld, r, col):  # a pointer to the vector at (r, col) of a C-contiguous array
+                at = builder.add(builder.mul(r, ld), col)
+                return builder.bitcast(builder.gep(data, [at]), vptr)
+
+            rows = [builder.load(row(s.data, lds, builder.add(r0v, ir.Constant(intp, i)), c0v), align=bits // 8)
+                    for i in range(V)]
+            h = 1
+            while h < V:
+                low = [l if l & h == 0 else V + l - h for l in range(V)]
+                high = [l + h if l & h == 0 else V + l for l in range(V)]
+                for i in range(V):
+                    if i & h == 0:
+                        a, b = rows[i], rows[i + h]
+                        rows[i] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), V), low))
+                        rows[i + h] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), V), high))
+                h *= 2
+            for i in range(V):
+                builder.store(rows[i], row(d.data, ldd, builder.add(d0v, ir.Constant(intp, i)), e0v), align=bits // 8)
+            return context.get_dummy_value()
+
+        return types.none(src, r0, c0, dst, d0, e0), codegen
 
 
 @njit(inline="always", **_OPTS)

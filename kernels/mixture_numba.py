@@ -181,7 +181,8 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.kernels._numba_gemm import TILE_VECTORS, VECTOR_BYTES, compiles_avx512, tile_matmul
+from refdiff.kernels._numba_gemm import (TILE_VECTORS, TILES, VECTOR_BYTES, compiles_avx512, tile_matmul,
+                                          transpose_tile)
 from refdiff.kernels._numba_math import (_INVLN2, _LN2_HI, _LN2_LO, _log, _log_pow2, aligned_empty, exp_weight, fma,
                                          pow2_factors, pow2_row, prefer_wide_vectors, scaled_pow2)
 
@@ -892,23 +893,32 @@ def _dot_tn(W, A, P, tmp, rows):
 
 @njit(inline="always", **_JIT)
 def _transpose_into(src, s0, k, m, dst, d0):
-    """dst[d0 + b, a] = src[s0 + a, b] for a < k, b < m: 8 x 8 tiles (constant trip counts, unrolled), then the
-    ragged edges. Offsets rather than views: a view made per block costs a pair of atomic reference counts.
+    """dst[d0 + b, a] = src[s0 + a, b] for a < k, b < m: square tiles, then the ragged edges one entry at a time.
+    Offsets rather than views: a view made per block costs a pair of atomic reference counts.
+
+    Where Numba compiles for 512-bit vectors (``TILES``) a tile is one
+    vector wide and goes through the shuffles of
+    :func:`~refdiff.kernels._numba_gemm.transpose_tile`; elsewhere it is
+    8 x 8, constant trip counts that LLVM unrolls into scalar copies.
 
     The GEMM path's block comes in this way, (points, D) to (D, points), and
     its score goes out the same way back. A whole-block transpose is cheaper
     than handing BLAS the row-major block as a transposed operand (measured
     1.8x slower products at D = 16)."""
-    k8, m8 = k // 8 * 8, m // 8 * 8
-    for a0 in range(0, k8, 8):
-        for b0 in range(0, m8, 8):
-            for a in range(8):
-                for b in range(8):
-                    dst[d0 + b0 + b, a0 + a] = src[s0 + a0 + a, b0 + b]
-        for a in range(8):
-            for b in range(m8, m):
+    V = VECTOR_BYTES // dst.itemsize if TILES else 8
+    kv, mv = k // V * V, m // V * V
+    for a0 in range(0, kv, V):
+        for b0 in range(0, mv, V):
+            if TILES:
+                transpose_tile(src, s0 + a0, b0, dst, d0 + b0, a0)
+            else:
+                for a in range(8):
+                    for b in range(8):
+                        dst[d0 + b0 + b, a0 + a] = src[s0 + a0 + a, b0 + b]
+        for a in range(V):
+            for b in range(mv, m):
                 dst[d0 + b, a0 + a] = src[s0 + a0 + a, b]
-    for a in range(k8, k):
+    for a in range(kv, k):
         for b in range(m):
             dst[d0 + b, a] = src[s0 + a, b]
 

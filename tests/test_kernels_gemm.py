@@ -100,6 +100,27 @@ def test_tile_matmul_refuses_operands_its_vector_loads_cannot_read():
         gemm.tile_matmul(A, B.astype(np.float64), C)  # mixed dtypes
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_tile_moves_one_square_tile_and_nothing_else(dtype):
+    """dst[d0 + b, e0 + a] = src[r0 + a, c0 + b] for a, b below one vector's lanes, at offsets inside wider arrays
+    whose row lengths are not multiples of a vector; every other entry of dst keeps its value."""
+    from numba import njit
+
+    V = gemm.VECTOR_BYTES // np.dtype(dtype).itemsize
+    src = np.random.default_rng(3).standard_normal((2 * V + 3, 3 * V + 5)).astype(dtype)
+
+    @njit
+    def place(src, r0, c0, dst, d0, e0):
+        gemm.transpose_tile(src, r0, c0, dst, d0, e0)
+
+    for r0, c0, d0, e0 in [(0, 0, 0, 0), (V + 3, 2 * V + 5, 1, 7), (1, 2, V, 0)]:
+        dst = np.full((2 * V + 1, V + 9), np.nan, dtype)
+        place(src, r0, c0, dst, d0, e0)
+        want = np.full_like(dst, np.nan)
+        want[d0 : d0 + V, e0 : e0 + V] = src[r0 : r0 + V, c0 : c0 + V].T
+        np.testing.assert_array_equal(dst, want)
+
+
 # K across BLOCK_ROWS = 64, L across BLOCK_COLUMNS = 128 (float32: 144 columns in vectors, then 6 ragged; float64:
 # 144 then 6 as well), E across INNER_BLOCK = 256 where the plain-Python loops are fast enough
 BLOCKED_SHAPES = [(1, 1, 1), (67, 5, 150), (64, 3, 128), (7, 2, 20)] + ([] if JIT_OFF else [(131, 300, 290)])
