@@ -264,3 +264,17 @@ def test_prefer_wide_vectors_gives_512_bit_lane_loops():
 
     wide, plain = zmm_arithmetic(_axpy_asm(True)), zmm_arithmetic(_axpy_asm(False))
     assert wide > 0 and wide >= plain
+
+
+@pytest.mark.skipif(not JIT, reason="assembly needs the JIT")
+def test_prefer_wide_vectors_realigns_the_stack_to_a_cache_line():
+    """The function that asks for wide vectors aligns its frame to 64 bytes in its prologue, so that the 512-bit
+    vectors it spills (and reloads in its loops) each lie in one cache line; Numba's frames are 16-byte aligned."""
+    import platform
+    import re
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the prologue checked is x86-64's")
+    realign = re.compile(r"andq\s+\$-64, %rsp")
+    assert realign.search(_axpy_asm(True))
+    assert not realign.search(_axpy_asm(False))
