@@ -181,6 +181,8 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
+from refdiff.analytic import _check_points, _process_coefs
+from refdiff import backend as _backend  # its checks looked up at the call (tests count them)
 from refdiff.kernels._numba_gemm import (TILE_VECTORS, TILES, VECTOR_BYTES, compiles_avx512, tile_matmul,
                                           transpose_tile)
 from refdiff.kernels._numba_math import (_INVLN2, _LN2_HI, _LN2_LO, _log, _log_pow2, aligned_empty, exp_weight, fma,
@@ -870,7 +872,7 @@ def _score_lanes_1pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, la
 @njit(**_JIT)
 def _score_lanes_1pass_serial(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, tasks, score, logp):
     """:func:`_one_pass` on the calling thread, for calls too small to repay waking the others
-    (:data:`ONE_PASS_SERIAL_WORK`)."""
+    (:data:`ONE_PASS_SERIAL_WORK`); ``_evaluate`` gives it one task, so that it makes its scratch once."""
     return _one_pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, tasks, score, logp)
 
 
@@ -1461,9 +1463,6 @@ def _quiet():
 def _evaluate(mixture, x, process, t, want_score, path=None, products=None):
     """Shared body of the twins; ``path`` ("lanes", "gemm", "pointwise") and ``products`` ("blas", "fma": the GEMM
     path's, :data:`GEMM_PRODUCTS` by default) override the choice (tests)."""
-    from refdiff.analytic import _check_points, _process_coefs
-    from refdiff.backend import check_finite, per_example
-
     x = _check_points(x, mixture.dim, finite=False)  # checked below, or by the kernel as it reads x
     if not isinstance(x, np.ndarray):
         raise TypeError(f"the numba twin takes NumPy arrays, got {type(x).__module__}.{type(x).__qualname__}")
@@ -1471,7 +1470,7 @@ def _evaluate(mixture, x, process, t, want_score, path=None, products=None):
     xk = np.ascontiguousarray(x if dtype in (np.float32, np.float64) else x.astype(np.float64))
     gamma, var = _process_coefs(process, t)
     if gamma.ndim:
-        per_example(gamma, x, "t")  # shape check of a per-example t
+        _backend.per_example(gamma, x, "t")  # shape check of a per-example t
     N, D = xk.shape
     log_w, mu, lam, U, kind = mixture_arrays(mixture)
     K = log_w.shape[0]
@@ -1490,7 +1489,7 @@ def _evaluate(mixture, x, process, t, want_score, path=None, products=None):
             path = "lanes"  # form 0 * inf where a weight is dropped; the lane kernels work from the differences
     one_pass = path == "lanes" and D <= ONE_PASS_MAX_D and kind != _FULL  # _score_lanes_1pass
     if path != "gemm" and not one_pass:  # those two kernels count non-finite values as they read x
-        check_finite(xk, "x")
+        _backend.check_finite(xk, "x")
     score = np.empty((N, D) if want_score else (0, D), dtype=xk.dtype)
     logp = np.empty(N if not want_score or path == "pointwise" else 0, dtype=xk.dtype)  # pointwise writes both
     if N:
@@ -1513,7 +1512,7 @@ def _evaluate(mixture, x, process, t, want_score, path=None, products=None):
             with _quiet():
                 n_bad = _score_gemm(xk, M1, A, B, isotropic, gmu, s, const, kc, want_score, lanes, by_fma, score, logp)
             if n_bad:
-                check_finite(xk, "x")  # raises unless |x|^2 merely overflowed
+                _backend.check_finite(xk, "x")  # raises unless |x|^2 merely overflowed
                 # there the expanded logits are not finite: redo those points from the differences (any point whose
                 # |x|^2, summed in float64, lies within a factor 4 of the overflow, to cover the kernel's rounding)
                 with np.errstate(over="ignore"):
@@ -1526,16 +1525,17 @@ def _evaluate(mixture, x, process, t, want_score, path=None, products=None):
             i = int(dt == np.float64)
             lanes = min(LANES, N)
             if one_pass:
-                limit = dt.type(math.exp(SHIFT_LIMIT[i]))
                 # as for the GEMM kernel; and a far point's weights may all be dropped (t = 0: the lane is redone)
                 with _quiet():
-                    threads = numba.get_num_threads()
-                    work = N * K * (2 if D <= 2 else 4)
-                    run = _score_lanes_1pass_serial if work <= ONE_PASS_SERIAL_WORK else _score_lanes_1pass
+                    if N * K * (2 if D <= 2 else 4) <= ONE_PASS_SERIAL_WORK:  # one task: one scratch to make
+                        run, tasks = _score_lanes_1pass_serial, 1
+                    else:
+                        run, tasks = _score_lanes_1pass, ONE_PASS_TASKS_PER_THREAD * numba.get_num_threads()
+                    limit = dt.type(math.exp(SHIFT_LIMIT[i]))
                     n_bad = run(xk, log_w, mu, lam, float(gamma), float(var), SHIFT_BITS[i], kind == _ISOTROPIC, limit,
-                                want_score, min(ONE_PASS_LANES[i], N), ONE_PASS_TASKS_PER_THREAD * threads, score, logp)
+                                want_score, min(ONE_PASS_LANES[i], N), tasks, score, logp)
                 if n_bad:
-                    check_finite(xk, "x")  # raises
+                    _backend.check_finite(xk, "x")  # raises
             else:
                 means, inv_c, log_norm, _, _, _ = _lane_operands(log_w, mu, lam, float(gamma), float(var), SHIFT_BITS[i],
                                                                  xk[:0])

@@ -49,6 +49,7 @@ import functools
 import importlib
 import importlib.util
 import math
+import sys
 
 import numpy as np
 
@@ -132,6 +133,9 @@ def _softmax_parts(logits):
 def _kernel_module(backend):
     """Import refdiff.kernels.mixture_<backend>, or an ImportError naming the extra to install."""
     package, extra, module = _EXTRA[backend]
+    loaded = sys.modules.get("refdiff.kernels." + module)
+    if loaded is not None:  # imported before, so its package is there (find_spec costs 0.5 us a call)
+        return loaded
     if importlib.util.find_spec(package) is None:
         raise ImportError(f'backend="{backend}" needs {package}, which is not installed: pip install "refdiff[{extra}]"')
     return importlib.import_module("refdiff.kernels." + module)

@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -696,5 +697,6 @@ def test_bad_backend_raises():
 def test_missing_package_names_the_extra(monkeypatch, backend, extra):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == backend else real(name, *a))
+    monkeypatch.delitem(sys.modules, "refdiff.kernels.mixture_" + backend, raising=False)  # so never imported
     with pytest.raises(ImportError, match=extra.replace("[", r"\[").replace("]", r"\]")):
         analytic._kernel_module(backend)
