@@ -1173,21 +1173,20 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
                         for l in range(L):
                             P[j, l] = (P[j, l] - xs[j, l] * Q[j, l]) * rcp[l]
                 _transpose_into(P, 0, D, n_lanes, score, p0)
-            elif s_iso:
+            else:  # BLAS
                 _copy_lanes(logit, G, L)  # BLAS takes whole contiguous rows
-                _dot_tn(G, A, P, tmp, rows2)
-                for l in range(n_lanes):
-                    r, t_l = one / tot[l], ts[l]
-                    for j in range(D):
-                        score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * t_l) * r
-            else:
-                _copy_lanes(logit, G, L)
-                _dot_tn(G, A, P, tmp, rows2)
-                _dot_tn(G, B, Q, tmp, rows2)
-                for l in range(n_lanes):
-                    r = one / tot[l]
-                    for j in range(D):
-                        score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * Q[l, j]) * r
+                _dot_tn(G, A, P, tmp, rows2)  # sum_k w_k s_k gmu_k
+                if s_iso:
+                    for l in range(n_lanes):
+                        r, t_l = one / tot[l], ts[l]
+                        for j in range(D):
+                            score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * t_l) * r
+                else:
+                    _dot_tn(G, B, Q, tmp, rows2)  # sum_k w_k s_k, per axis
+                    for l in range(n_lanes):
+                        r = one / tot[l]
+                        for j in range(D):
+                            score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * Q[l, j]) * r
             # far from the origin and near the means, sum_k w_k s_k gmu_k - x sum_k w_k s_k cancels as the
             # logits did: where it loses more than 5 bits (SCORE_KAPPA) the score comes from the differences
             for l in range(n_lanes):
