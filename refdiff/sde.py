@@ -90,8 +90,9 @@ class SDE:
     t_max: float = 1.0
 
     # --------------------------------------------------------- time handling
-    def check_time(self, t, name: str = "t") -> np.ndarray:
-        """Validate time(s) ``t`` in [0, 1] and return them as host float64.
+    def check_time(self, t, name: str = "t") -> np.ndarray | np.float64:
+        """Validate time(s) ``t`` in [0, 1] and return them as host float64: a NumPy scalar for a Python or
+        NumPy float, else an array of t's shape (0-d for other scalars).
 
         Raises
         ------
@@ -100,7 +101,7 @@ class SDE:
         ValueError
             If ``t`` is not finite, outside [0, 1], or more than 1-D.
         """
-        if type(t) is float and 0.0 <= t <= 1.0:  # the common scalar, without the array checks (a sampler's every step)
+        if type(t) in (float, np.float64) and 0.0 <= t <= 1.0:  # the common scalar, without the array checks (each step)
             return np.float64(t)  # a NumPy scalar: arithmetic on it costs a fifth of a 0-d array's
         if isinstance(t, bool):
             raise TypeError(f"{name} must be a real time in [0, 1], got bool")
