@@ -14,6 +14,8 @@ module                 twin of                                           notes
                                                                          ``mixture_score_point`` per point
 ``_numba_math``        (no twin: shared by the Numba kernels)            branch-free exp (float32 and
                                                                          float64), log, sin/cos
+``_numba_cache``       (no twin: drops Numba's cached kernels when any   Numba checks only each kernel's
+                       source of this folder changes)                    own file, not what it inlines
 ``_numba_gemm``        (no twin: ``tile_matmul``, C = A @ B for the       register tiles of 8 x 32 float32
                        mixture's GEMM path and the U-Net's patch         as LLVM IR, at the FMA peak;
                        chunks; ``blocked_matmul`` and the narrow         ``blocked_matmul`` over prange

@@ -28,7 +28,13 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels._numba_math needs numba: pip install "refdiff[fast]"') from exc
 
+from ._numba_cache import drop_stale_kernel_caches
+
 __all__ = []
+
+# Every Numba kernel module imports this one before it compiles or calls anything: drop cached kernels built
+# from other sources of this folder first (Numba checks only each kernel's own file; see _numba_cache).
+drop_stale_kernel_caches()
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
