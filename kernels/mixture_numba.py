@@ -181,8 +181,8 @@ try:
 except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
-from refdiff.analytic import _check_points, _process_coefs
 from refdiff import backend as _backend  # its checks looked up at the call (tests count them)
+from refdiff.analytic import _check_points, _process_coefs
 from refdiff.kernels._numba_gemm import (TILE_VECTORS, TILES, VECTOR_BYTES, compiles_avx512, tile_matmul,
                                           transpose_tile)
 from refdiff.kernels._numba_math import (_INVLN2, _LN2_HI, _LN2_LO, _log, _log_pow2, aligned_empty, exp_weight, fma,
