@@ -961,7 +961,7 @@ def _logit_pass(G, logit, L, c, e, b, h, kappa2, x2, m, gap):
     (rows of :data:`GEMM_ROW`); at a run-time width the four written rows
     need alias checks that LLVM gives up on, and the loop stayed scalar (4.6
     against 1.0 ms at D = 64, K = 128). G is only read, so its width may be
-    any. Each lane still meets the components in ascending k, as with one a
+    any. Each lane still meets the components in ascending k, as with one per
     loop, so the results (NaN logits included) are the same bits."""
     K = G.shape[0]
     K4 = K - K % 4

@@ -38,8 +38,8 @@ to the data's dtype and device at use. Reverse-time drifts follow Anderson
 from __future__ import annotations
 
 import math
-import sys
 import numbers
+import sys
 
 import numpy as np
 
