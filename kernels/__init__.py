@@ -17,9 +17,9 @@ module                 twin of                                           notes
 ``_numba_cache``       (no twin: drops Numba's cached kernels when any   Numba checks only each kernel's
                        source of this folder changes)                    own file, not what it inlines
 ``_numba_gemm``        (no twin: ``tile_matmul``, C = A @ B for the       register tiles of 8 x 32 float32
-                       mixture's GEMM path and the U-Net's patch         as LLVM IR, at the FMA peak;
-                       chunks; ``blocked_matmul`` and the narrow         ``blocked_matmul`` over prange
-                       products for the MLP's; all on AVX-512)
+                       mixture's GEMM path, on AVX-512 and AVX2, and     (6 x 16 on AVX2) as LLVM IR, at
+                       the U-Net's patch chunks; ``blocked_matmul`` and  the FMA peak; ``blocked_matmul``
+                       the narrow products for the MLP's, on AVX-512)    over prange
 ``mixture_cupy`` +     the same (``backend="cupy"``)                     one thread per particle,
 ``mixture_score.cu``                                                     online log-sum-exp
 ``fused_numba``        ``refdiff.samplers.fused.run_table``              whole sampler loop per particle,

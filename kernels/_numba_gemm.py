@@ -11,12 +11,13 @@ fewer columns than a vector holds; all on CPUs with 512-bit vectors
 (:func:`compiles_avx512`).
 
 The work is done by :func:`gemm_tile`, an LLVM intrinsic: a tile of ``mr``
-rows of C by ``nv`` vectors of 64 bytes (16 float32 or 8 float64 columns)
-lives in ``mr * nv`` vector accumulators for the whole loop over the inner
-index j; each step loads ``nv`` vectors of B's row j and broadcasts ``mr``
-entries of A's column j, then issues ``mr * nv`` vector FMAs. At 8 rows by 2
-vectors that is 16 independent FMAs per 10 loads and no store, so the FMA
-ports set the pace. Numba's loops cannot hold such a tile in registers (a
+rows of C by ``nv`` vectors of :data:`VECTOR_BYTES` (64 bytes, 16 float32 or
+8 float64 columns, where Numba compiles for AVX-512; 32 elsewhere) lives in
+``mr * nv`` vector accumulators for the whole loop over the inner index j;
+each step loads ``nv`` vectors of B's row j and broadcasts ``mr`` entries of
+A's column j, then issues ``mr * nv`` vector FMAs. At 8 rows by 2 vectors
+(:data:`TILE_ROWS` with AVX-512; 6 with AVX2's 16 registers) that is 16
+independent FMAs per 10 loads and no store, so the FMA ports set the pace. Numba's loops cannot hold such a tile in registers (a
 loop over C's columns loads and stores C for every few FMAs, and LLVM does
 not vectorise an outer loop), which is why this is written as IR. Measured
 on the README's benchmark VM (AMD EPYC, FMA peak 255 GFLOP/s a core), one
@@ -39,9 +40,14 @@ vector registers by shuffles; the mixture's GEMM path brings its blocks in
 and its score out with it (at D = 16, K = 32, N = 1e5, float32, two threads
 the score took 1.08 ms against 1.33 with the scalar 8 x 8 copy).
 
-The vectors are 64 bytes on every CPU; where the CPU has narrower registers
-LLVM splits each into two, and a tile of 16 accumulators then spills: the
-callers use this product only on CPUs with AVX-512.
+The vectors and the tiles follow the CPU Numba compiles for
+(:func:`tile_shape`): a tile of 8 rows by two 64-byte vectors needs 16 of
+AVX-512's 32 registers, and on 256-bit registers it would be split into 32
+and spill, so AVX2 takes 32-byte vectors in tiles of 6 rows (12
+accumulators of 16 registers). There the tiles run at the core's FMA peak
+on the mixture's short products (82-95 GFLOP/s a thread on Zen 3, whose peak
+is 93) but lose to OpenBLAS on whole products (see :data:`TILES`), so only
+the mixture's GEMM path takes them on such CPUs.
 """
 
 from __future__ import annotations
@@ -62,11 +68,47 @@ __all__ = []
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
-#: Bytes per vector of a tile: one 512-bit register.
-VECTOR_BYTES = 64
-#: Rows of C per tile in :func:`tile_matmul` (then 4, then 1 for the rows left over). :func:`_tile` passes the
-#: row counts to :func:`gemm_tile` as constants: they must stay 8, 4 and 1.
-TILE_ROWS = 8
+
+
+def compiles_avx512(environ=None) -> bool:
+    """Whether Numba compiles for 512-bit vectors here, read as Numba reads its target: ``NUMBA_CPU_FEATURES``
+    where set, none for ``NUMBA_CPU_NAME=generic`` (a portable build), else the host's features (``environ``:
+    default ``os.environ``)."""
+    return _compiles_for(("avx512f",), environ)
+
+
+def compiles_avx2(environ=None) -> bool:
+    """Whether Numba compiles for 256-bit vectors with FMA here (AVX2 and FMA; read as :func:`compiles_avx512`)."""
+    return _compiles_for(("avx2", "fma"), environ)
+
+
+def _compiles_for(names, environ):
+    environ = os.environ if environ is None else environ
+    features = environ.get("NUMBA_CPU_FEATURES")
+    if features is not None:
+        return all("+" + name in features.split(",") for name in names)
+    if environ.get("NUMBA_CPU_NAME", "").strip().lower() == "generic":
+        return False
+    try:
+        from llvmlite import binding as ll
+
+        host = ll.get_host_cpu_features()
+        return all(bool(host.get(name, False)) for name in names)
+    except Exception:  # no feature query on this platform: assume no wide vectors
+        return False
+
+
+def tile_shape(environ=None):
+    """``(vector_bytes, tile_rows)`` of the tiles for this process's target: 64-byte vectors and tiles of 8 rows
+    (16 of the 32 vector registers accumulate) with AVX-512; 32-byte vectors and 6 rows (12 of 16) otherwise,
+    so that a tile, its row of B and the broadcast entry of A stay in registers."""
+    return (64, 8) if compiles_avx512(environ) else (32, 6)
+
+
+#: Bytes per vector of a tile, and rows of C per tile in :func:`tile_matmul` (then 4, then 1 for the rows left
+#: over), by :func:`tile_shape`. :func:`_tile` passes the row counts to :func:`gemm_tile` as constants: they
+#: must be among 8, 6, 4 and 1.
+VECTOR_BYTES, TILE_ROWS = tile_shape()
 #: Vectors of C's columns per tile (then 1 for a half tile; columns left after that are summed one at a time):
 #: :func:`_band` passes 2 and 1 as constants.
 TILE_VECTORS = 2
@@ -246,9 +288,11 @@ else:
 
 @njit(inline="always", **_OPTS)
 def _tile(A, B, C, k0, l, j0, j1, mr, nv, more):
-    """:func:`gemm_tile` with ``mr`` rows (8, 4 or 1, each a constant of its own call) and ``nv`` vectors."""
+    """:func:`gemm_tile` with ``mr`` rows (8, 6, 4 or 1, each a constant of its own call) and ``nv`` vectors."""
     if mr == 8:
         gemm_tile(A, B, C, k0, l, j0, j1, 8, nv, more)
+    elif mr == 6:
+        gemm_tile(A, B, C, k0, l, j0, j1, 6, nv, more)
     elif mr == 4:
         gemm_tile(A, B, C, k0, l, j0, j1, 4, nv, more)
     else:
@@ -269,17 +313,18 @@ def _band(A, B, C, k0, mr, l0, l1, j0, j1, more):
 
 @njit(inline="always", **_OPTS)
 def _block(A, B, C, k0, k1, l0, l1):
-    """C[k0:k1, l0:l1] = A[k0:k1] @ B[:, l0:l1] by tiles, l1 - l0 a whole number of vectors: rows in bands of 8
-    (then 4, then 1), the inner index in slices of :data:`INNER_BLOCK` that continue the sums of the slice before."""
+    """C[k0:k1, l0:l1] = A[k0:k1] @ B[:, l0:l1] by tiles, l1 - l0 a whole number of vectors: rows in bands of
+    :data:`TILE_ROWS` (then 4, then 1), the inner index in slices of :data:`INNER_BLOCK` that continue the sums of
+    the slice before."""
     E = A.shape[1]
-    k8 = k0 + (k1 - k0) // TILE_ROWS * TILE_ROWS
-    k4 = k8 + (k1 - k8) // 4 * 4
+    kt = k0 + (k1 - k0) // TILE_ROWS * TILE_ROWS
+    k4 = kt + (k1 - kt) // 4 * 4
     for j0 in range(0, max(E, 1), INNER_BLOCK):
         j1 = min(E, j0 + INNER_BLOCK)
         more = j0 > 0
-        for k in range(k0, k8, TILE_ROWS):
-            _band(A, B, C, k, 8, l0, l1, j0, j1, more)
-        for k in range(k8, k4, 4):
+        for k in range(k0, kt, TILE_ROWS):
+            _band(A, B, C, k, TILE_ROWS, l0, l1, j0, j1, more)
+        for k in range(kt, k4, 4):
             _band(A, B, C, k, 4, l0, l1, j0, j1, more)
         for k in range(k4, k1):
             _band(A, B, C, k, 1, l0, l1, j0, j1, more)
@@ -321,7 +366,7 @@ def tile_matmul(A, B, C):
 
 #: Rows (at most; see :func:`block_rows`) and columns of C per block of :func:`blocked_matmul`: a block's slice of
 #: B (INNER_BLOCK x BLOCK_COLUMNS, 128 KiB float32) stays in the core's L2 while its bands of rows pass over it.
-BLOCK_ROWS = 64
+BLOCK_ROWS = 8 * TILE_ROWS
 BLOCK_COLUMNS = 128
 
 
@@ -437,26 +482,17 @@ def columns_times_narrow(At, B, C, parallel):
             _columns_times_narrow_block(At, B, C, r)
 
 
-def compiles_avx512(environ=None) -> bool:
-    """Whether the tiles suit this process: whether Numba compiles for 512-bit vectors here, read as Numba reads
-    its target: ``NUMBA_CPU_FEATURES`` where set, none for ``NUMBA_CPU_NAME=generic`` (a portable build), else
-    the host's features (``environ``: default ``os.environ``)."""
-    environ = os.environ if environ is None else environ
-    features = environ.get("NUMBA_CPU_FEATURES")
-    if features is not None:
-        return "+avx512f" in features.split(",")
-    if environ.get("NUMBA_CPU_NAME", "").strip().lower() == "generic":
-        return False
-    try:
-        from llvmlite import binding as ll
-
-        return bool(ll.get_host_cpu_features().get("avx512f", False))
-    except Exception:  # no feature query on this platform: assume the narrower vectors
-        return False
+def compiles_tiles(environ=None) -> bool:
+    """Whether Numba compiles for vectors the tiles suit here: 512-bit (:func:`compiles_avx512`) or 256-bit with
+    FMA (:func:`compiles_avx2`); with neither, a tile's FMAs would be split or made by libm calls."""
+    return compiles_avx512(environ) or compiles_avx2(environ)
 
 
 #: Whether the callers that form whole products with the tiles (``conv_numba.chunk_matmul``,
 #: ``mlp_numba.matmul``) may use them in this process: where Numba compiles for 512-bit vectors
 #: (:func:`compiles_avx512`), and not as plain Python (``NUMBA_DISABLE_JIT``: the tile's Python form, one FMA at
 #: a time, would take minutes per training step; ``tests/test_kernels_gemm.py`` covers it). Read once, at import.
+#: With 256-bit vectors the tiles lose to BLAS on whole products: :func:`blocked_matmul` made 73-168 GFLOP/s
+#: where OpenBLAS made 165-183 (float32, two threads, Zen 3, 4096 x 512 x 512 down to 128 x 4096 x 128); the
+#: mixture's GEMM path still takes them there (``mixture_numba.gemm_products``: its products are short).
 TILES = compiles_avx512() and not numba.config.DISABLE_JIT

@@ -81,11 +81,12 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   first product one such call (:func:`gemm_lanes`), copied in transposed
   (8 x 8 tiles) so that both products take C-ordered operands, and the
   score comes out of the second product row by row, the layout it is
-  stored in. On a CPU with 512-bit vectors the kernel forms both products
-  with its own register tiles instead (:func:`gemm_products`,
-  ``_numba_gemm.tile_matmul``): blocks of up to :data:`FMA_PRODUCT_LANES`
-  points; where D fills whole tiles (:func:`_rows_out`: 32 float32 or 16
-  float64 columns) the second product lands straight in the block's rows of
+  stored in. On a CPU with 512-bit vectors, or AVX2 with FMA, the kernel
+  forms both products with its own register tiles instead
+  (:func:`gemm_products`, ``_numba_gemm.tile_matmul``): blocks of up to
+  :data:`FMA_PRODUCT_LANES` points; where D fills whole tiles
+  (:func:`_rows_out`: 32 float32 or 16 float64 columns with AVX-512, 16 or 8
+  with AVX2) the second product lands straight in the block's rows of
   the score, elsewhere it is transposed, (D, points), so that the score is
   formed in that layout and goes out through the same 8 x 8 tiles as the
   block came in. The kernel counts
@@ -183,8 +184,7 @@ except ImportError as exc:  # the `fast` extra is not installed
 
 from refdiff import backend as _backend  # its checks looked up at the call (tests count them)
 from refdiff.analytic import _check_points, _process_coefs
-from refdiff.kernels._numba_gemm import (TILE_VECTORS, TILES, VECTOR_BYTES, compiles_avx512, tile_matmul,
-                                          transpose_tile)
+from refdiff.kernels._numba_gemm import TILE_VECTORS, VECTOR_BYTES, compiles_tiles, tile_matmul, transpose_tile
 from refdiff.kernels._numba_math import (_INVLN2, _LN2_HI, _LN2_LO, _log, _log_pow2, aligned_empty, exp_weight, fma,
                                          pow2_factors, pow2_row, prefer_wide_vectors, scaled_pow2)
 
@@ -220,6 +220,11 @@ REFINE_KAPPA = 4.0
 #: (at least REFINE_KAPPA) fails for one of its components: |x| / |x - gamma mu_k| above about sqrt(SCORE_KAPPA / 2) = 32, where
 #: the expanded sum of the score, sum_k w_k s_k gamma mu_k - x sum_k w_k s_k, loses more than 5 bits.
 SCORE_KAPPA = 2048.0
+
+#: Whether the GEMM path moves its blocks in and its score out by the vector shuffles of
+#: ``_numba_gemm.transpose_tile`` (where Numba compiles for 512-bit vectors, or 256-bit ones with FMA), rather than
+#: by scalar copies of 8 x 8 tiles (:func:`_transpose_into`).
+SHUFFLE_TILES = compiles_tiles() and not numba.config.DISABLE_JIT
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _ISOTROPIC, _DIAGONAL, _FULL = 0, 1, 2
@@ -898,8 +903,8 @@ def _transpose_into(src, s0, k, m, dst, d0):
     """dst[d0 + b, a] = src[s0 + a, b] for a < k, b < m: square tiles, then the ragged edges one entry at a time.
     Offsets rather than views: a view made per block costs a pair of atomic reference counts.
 
-    Where Numba compiles for 512-bit vectors (``TILES``) a tile is one
-    vector wide and goes through the shuffles of
+    Where Numba compiles for wide vectors (:data:`SHUFFLE_TILES`) a tile is
+    one vector wide and goes through the shuffles of
     :func:`~refdiff.kernels._numba_gemm.transpose_tile`; elsewhere it is
     8 x 8, constant trip counts that LLVM unrolls into scalar copies.
 
@@ -907,11 +912,11 @@ def _transpose_into(src, s0, k, m, dst, d0):
     its score goes out the same way back. A whole-block transpose is cheaper
     than handing BLAS the row-major block as a transposed operand (measured
     1.8x slower products at D = 16)."""
-    V = VECTOR_BYTES // dst.itemsize if TILES else 8
+    V = VECTOR_BYTES // dst.itemsize if SHUFFLE_TILES else 8
     kv, mv = k // V * V, m // V * V
     for a0 in range(0, kv, V):
         for b0 in range(0, mv, V):
-            if TILES:
+            if SHUFFLE_TILES:
                 transpose_tile(src, s0 + a0, b0, dst, d0 + b0, a0)
             else:
                 for a in range(8):
@@ -928,8 +933,9 @@ def _transpose_into(src, s0, k, m, dst, d0):
 @njit(inline="always", **_JIT)
 def _rows_out(D, itemsize):
     """Whether the GEMM path's second product by tiles lands in the score's rows: where D fills whole tiles of two
-    512-bit vectors (32 float32 or 16 float64). Other D keep the (D, points) layout, whose tiles run over the
-    points (at D = 16 a rows layout would be half tiles; it was not measured). Float32, 2 threads, old against
+    vectors (32 float32 or 16 float64 with AVX-512; 16 or 8 with AVX2). Other D keep the (D, points) layout, whose
+    tiles run over the points (at D = 16 with AVX-512 a rows layout would be half tiles; it was not measured).
+    AVX-512, float32, 2 threads, old against
     new in one process: 1.09 against 1.04 ms at D = 64, K = 128, N = 1e4; 0.785 against 0.722 at D = 32,
     K = 64, N = 2e4."""
     return D % (TILE_VECTORS * VECTOR_BYTES // itemsize) == 0
@@ -1419,23 +1425,28 @@ def mixture_arrays(mixture):
     return log_w, mu, lam, _NO_ROTATION if U is None else U, kind
 
 
-def gemm_products(environ=None, avx512=None) -> str:
+def gemm_products(environ=None, wide=None) -> str:
     """How the GEMM path forms its two products: ``"fma"`` (:func:`~refdiff.kernels._numba_gemm.tile_matmul`, the
     kernel's own register-tiled FMA loops) or ``"blas"`` (NumPy's BLAS, from inside the kernel).
 
-    ``"fma"`` where Numba compiles for 512-bit vectors (``avx512``, default:
-    ``_numba_gemm.compiles_avx512`` of ``environ``, default ``os.environ``). The
-    tiles hold 16 vectors of C in registers and run at up to the core's FMA
-    peak (175-256 GFLOP/s a thread, float32, at the path's shapes, the short
-    inner loops of D = 16 at the slow end); OpenBLAS ran 55-106 there with ``OPENBLAS_CORETYPE=Haswell`` and 168-248 with its own
-    AVX-512 kernels. The float32 score, two threads: D = 16, K = 32, N = 1e5
-    1.45-1.55 ms by the tiles, 1.47 by OpenBLAS's AVX-512 kernels, 2.8-3.2 by
-    its Haswell ones; D = 64, K = 128, N = 1e4 1.08-1.13, 1.14 and 2.7.
-    Elsewhere ``"blas"``: a tile of 64-byte vectors on 256-bit registers
-    spills. The two differ in rounding only (both round every term in x's
-    dtype; BLAS may add partial sums in another order).
+    ``"fma"`` where Numba compiles for 512-bit vectors, or 256-bit ones with
+    FMA (``wide``, default: ``_numba_gemm.compiles_tiles`` of ``environ``,
+    default ``os.environ``); the tiles are 8 rows by two vectors with AVX-512,
+    6 by two with AVX2 (``_numba_gemm.tile_shape``). With AVX-512 they run at
+    up to the core's FMA peak (175-256 GFLOP/s a thread, float32, at the
+    path's shapes, the short inner loops of D = 16 at the slow end); OpenBLAS
+    ran 55-106 there with ``OPENBLAS_CORETYPE=Haswell`` and 168-248 with its
+    own AVX-512 kernels. The float32 score, two threads: D = 16, K = 32,
+    N = 1e5 1.45-1.55 ms by the tiles, 1.47 by OpenBLAS's AVX-512 kernels,
+    2.8-3.2 by its Haswell ones; D = 64, K = 128, N = 1e4 1.08-1.13, 1.14
+    and 2.7. On an AVX2 CPU (Zen 3, peak 93 GFLOP/s a thread) the tiles made
+    82-95 GFLOP/s at these shapes, OpenBLAS 80-84 in one call, and the score
+    took 3.7 ms by the tiles against 7.0 by BLAS at D = 16 and 3.7 against
+    5.4 at D = 64 (minima, one process, alternating). Elsewhere ``"blas"``.
+    The two differ in rounding only (both round every term in x's dtype;
+    BLAS may add partial sums in another order).
     """
-    return "fma" if (compiles_avx512(environ) if avx512 is None else avx512) else "blas"
+    return "fma" if (compiles_tiles(environ) if wide is None else wide) else "blas"
 
 
 #: :func:`gemm_products` of this process.

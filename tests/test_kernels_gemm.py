@@ -17,8 +17,9 @@ import pytest
 gemm = pytest.importorskip("refdiff.kernels._numba_gemm", exc_type=ImportError)
 
 JIT_OFF = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
-# K: every band of rows (8 and 16; 4; 1 to 3; 8 + 4 + 3); L: below one vector of float32 (16 lanes) and of float64
-# (8), one vector, one and a half, two (a full tile), and ragged ends after each
+# K: every band of rows (8 and 16; 4; 1 to 3; 8 + 4 + 3; with the 6-row tiles of 256-bit vectors 6, 6 + 4, 12 + 1,
+# 12 + 3); L: below one vector of float32 (16 lanes, or 8) and of float64 (8, or 4), one vector, one and a half, two
+# (a full tile), and ragged ends after each
 SHAPES = [(1, 1, 1), (3, 5, 7), (4, 16, 16), (8, 7, 32), (15, 33, 47), (16, 64, 129), (12, 3, 24), (9, 1, 33),
           (2, 0, 17), (13, 129, 8), (9, 600, 40)]  # E = 600: three slices of the inner index
 
@@ -73,6 +74,21 @@ def test_tile_matmul_gives_each_entry_the_same_bits_whichever_tile_holds_it(dtyp
     np.testing.assert_array_equal(run(wide[:, ::3], B), whole)  # a stepped column stride
     row = np.broadcast_to(A[4], (K, E))  # row stride 0
     np.testing.assert_array_equal(run(row, B), np.broadcast_to(whole[4], (K, L)))
+
+
+def test_tile_shape_follows_the_vector_width_numba_compiles_for():
+    """64-byte vectors in tiles of 8 rows with AVX-512, 32-byte ones in tiles of 6 rows otherwise (16 registers:
+    12 accumulators, two vectors of B and a broadcast entry of A); the tiles' callers take AVX2 only with FMA."""
+    assert gemm.tile_shape({"NUMBA_CPU_FEATURES": "+avx2,+avx512f,+fma"}) == (64, 8)
+    assert gemm.tile_shape({"NUMBA_CPU_FEATURES": "+avx2,-avx512f,+fma"}) == (32, 6)
+    assert gemm.tile_shape({"NUMBA_CPU_NAME": "generic"}) == (32, 6)
+    assert gemm.compiles_avx2({"NUMBA_CPU_FEATURES": "+avx2,+fma"})
+    assert not gemm.compiles_avx2({"NUMBA_CPU_FEATURES": "+avx2,-fma"})
+    assert not gemm.compiles_avx2({"NUMBA_CPU_FEATURES": "+avx,+fma"})
+    assert gemm.compiles_tiles({"NUMBA_CPU_FEATURES": "+avx2,+fma"}) and gemm.compiles_tiles({"NUMBA_CPU_FEATURES": "+avx512f"})
+    assert not gemm.compiles_tiles({"NUMBA_CPU_NAME": "generic"})
+    assert (gemm.VECTOR_BYTES, gemm.TILE_ROWS) == gemm.tile_shape()
+    assert gemm.BLOCK_ROWS % gemm.TILE_ROWS == 0
 
 
 def test_tile_matmul_sums_in_order_with_one_rounding_per_term():

@@ -312,14 +312,17 @@ def test_gemm_kernel_refuses_blocks_wider_than_its_scratch_rows(numba_twin, monk
 
 
 def test_gemm_products_follow_the_cpu(numba_twin):
-    """Own register tiles where Numba compiles for 512-bit vectors, whatever OPENBLAS_CORETYPE says; BLAS elsewhere."""
+    """Own register tiles where Numba compiles for 512-bit vectors or for AVX2 with FMA, whatever OPENBLAS_CORETYPE
+    says; BLAS elsewhere."""
     choose = numba_twin.gemm_products
     for env in ({}, {"OPENBLAS_CORETYPE": "Haswell"}, {"OPENBLAS_CORETYPE": "SkylakeX"}):
-        assert choose(env, avx512=True) == "fma"
-        assert choose(env, avx512=False) == "blas"
+        assert choose(env, wide=True) == "fma"
+        assert choose(env, wide=False) == "blas"
     assert choose({"NUMBA_CPU_FEATURES": "+avx2,+avx512f,+fma"}) == "fma"
-    assert choose({"NUMBA_CPU_FEATURES": "+avx2,-avx512f,+fma"}) == "blas"
-    assert choose({"NUMBA_CPU_NAME": "generic"}) == "blas"  # Numba's portable build: no AVX-512, whatever the host
+    assert choose({"NUMBA_CPU_FEATURES": "+avx2,-avx512f,+fma"}) == "fma"
+    assert choose({"NUMBA_CPU_FEATURES": "+avx2,-avx512f,-fma"}) == "blas"
+    assert choose({"NUMBA_CPU_FEATURES": "+avx,+sse4.2"}) == "blas"
+    assert choose({"NUMBA_CPU_NAME": "generic"}) == "blas"  # Numba's portable build: no wide vectors, whatever the host
     assert choose({"NUMBA_CPU_NAME": "generic", "NUMBA_CPU_FEATURES": "+avx512f"}) == "fma"
     assert numba_twin.GEMM_PRODUCTS == choose()
     with pytest.raises(ValueError, match="products"):
