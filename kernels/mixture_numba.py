@@ -134,6 +134,14 @@ z = 1e9) a raised weight outweighed the score, and where such a field
 overflows the dtype the two-pass block adds nothing for it (0 * inf would
 be NaN).
 
+A point so far from every component that each quadratic form overflows x's
+dtype has no weight left in any kernel (every logit -inf); its log p is -inf,
+and its score comes from :func:`_far_score` (weights from the quadratic forms
+scaled by a power of two, in float64), the twin of the reference's
+``GaussianMixture._far_weights``. Its fields are formed in float64 there, so
+within a factor of a few of the dtype's largest number a twin may return a
+finite score where the reference's fields, in x's dtype, overflowed.
+
 Per-point device function
 -------------------------
 Another kernel (a fused sampler loop) can call, inside its own particle loop::
@@ -158,9 +166,11 @@ returns  float64               log p_t(x)
 ======== ===================== ====================================================
 
 ``mixture_arrays(mixture)`` returns ``(log_w, mu, lam, U, kind)`` for a
-:class:`~refdiff.analytic.GaussianMixture`. The function allocates nothing and
-releases the GIL with its caller (``nogil``); it costs O(K D) (O(K D^2) for
-full covariances) plus K logs and K exps per call.
+:class:`~refdiff.analytic.GaussianMixture`. The function releases the GIL
+with its caller (``nogil``); it costs O(K D) (O(K D^2) for full covariances)
+plus K logs and K exps per call, and allocates nothing but at a point so far
+from every component that each quadratic form overflows (its score then
+comes from ``_far_score``, as in every kernel here).
 
 A lane-block kernel (the fused sampler) calls ``_score_block`` instead: the
 score of LANES points at once, in the layout of
@@ -244,6 +254,93 @@ def _log_weight_floor(a):
     return a.dtype.type(-57.0 if a.itemsize == 4 else -678.0)
 
 
+@njit(**_JIT)
+def _far_score(pt, gmu, ic, U, full, ln, out):
+    r"""The score, into ``out`` (float64 (D,)), at a point ``pt`` (float64 (D,)) so far from every component that
+    each quadratic form q_k overflowed x's dtype (every logit -inf, no weight left): twin of the reference's
+    ``GaussianMixture._far_weights``.
+
+    gmu, ic (K, >= D): gamma mu_k and C_k^{-1} (in eigen coordinates where ``full``, U (K, D, D) the
+    eigenvectors as columns), ln (K,): the log-normalisers, as the lane kernels hold them. With 2**E the
+    largest of |pt_j| and |gamma mu_kj|, q_k 2**-2E is formed from the scaled differences in float64 (the
+    scaling is exact), and the logits' differences ln_k - ln_j - 2**2E (q_k - q_j) 2**-2E / 2 give the
+    weights: the nearest components by q_k, and among equal q_k the log-normalisers. The fields
+    -C_k^{-1} z_k are formed unscaled, in float64 (they may overflow, as the score itself may). Rare: a
+    kernel calls this only for a lane whose weights all vanished, so it may allocate."""
+    D, K = pt.shape[0], ln.shape[0]
+    big = 0.0
+    for j in range(D):
+        big = max(big, abs(pt[j]))
+        for k in range(K):
+            big = max(big, abs(np.float64(gmu[k, j])))
+    E = math.frexp(big)[1]  # 2**(E - 1) <= big < 2**E
+    q = np.empty(K)
+    y = np.empty(D)
+    q_min = np.inf
+    for k in range(K):
+        acc = 0.0
+        for a in range(D):
+            if full:
+                ya = 0.0
+                for j in range(D):
+                    ya += U[k, j, a] * (math.ldexp(pt[j], -E) - math.ldexp(np.float64(gmu[k, j]), -E))
+            else:
+                ya = math.ldexp(pt[a], -E) - math.ldexp(np.float64(gmu[k, a]), -E)
+            acc += ya * ya * ic[k, a]
+        q[k] = acc
+        q_min = min(q_min, acc)
+    lg = np.empty(K)
+    top = -np.inf
+    for k in range(K):
+        d = q[k] - q_min
+        # 2**2E d past the range is an infinitely smaller weight (tested before ldexp: plain Python would raise)
+        lg[k] = np.float64(ln[k]) - (0.0 if d == 0.0 else np.inf if math.frexp(d)[1] + 2 * E > 1000 else
+                                     0.5 * math.ldexp(d, 2 * E))
+        top = max(top, lg[k])
+    for j in range(D):
+        out[j] = 0.0
+    total = 0.0
+    for k in range(K):
+        w = math.exp(lg[k] - top)
+        if w == 0.0:  # its field may have overflowed: 0 * inf
+            continue
+        total += w
+        for a in range(D):
+            if full:
+                ya = 0.0
+                for j in range(D):
+                    ya += U[k, j, a] * (pt[j] - gmu[k, j])
+                y[a] = ya * ic[k, a]
+            else:
+                y[a] = (pt[a] - gmu[k, a]) * ic[k, a]
+        for j in range(D):
+            if full:
+                f = 0.0
+                for a in range(D):
+                    f += U[k, j, a] * y[a]
+            else:
+                f = y[j]
+            out[j] -= w * f
+    for j in range(D):
+        out[j] /= total
+
+
+@njit(inline="always", **_JIT)
+def _far_lanes(xs, means_i, inv_c_i, log_norm_i, U, full, tot, out):
+    """The lanes of a block whose weights all vanished (tot = 0: every quadratic form overflowed) get their score
+    from :func:`_far_score`, and tot = 1, so that the block's last division leaves it."""
+    D, L = xs.shape
+    for l in range(L):
+        if tot[l] == 0.0:
+            pt, res = np.empty(D), np.empty(D)
+            for j in range(D):
+                pt[j] = xs[j, l]
+            _far_score(pt, means_i, inv_c_i, U, full, log_norm_i, res)
+            for j in range(D):
+                out[j, l] = res[j]
+            tot[l] = 1.0
+
+
 @njit(inline="always", **_JIT)
 def _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out):
     """_score_block for D = 2 and diagonal covariances: the same arithmetic, one lane loop per component and pass."""
@@ -277,6 +374,7 @@ def _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out):
             tot[l] += w
             o0[l] = o0[l] - w * ((x0[l] - mu0) * ic0) if keep else o0[l]
             o1[l] = o1[l] - w * ((x1[l] - mu1) * ic1) if keep else o1[l]
+    _far_lanes(xs, means[i], inv_c[i], log_norm[i], _NO_ROTATION, False, tot, out)
     for l in range(L):
         o0[l] /= tot[l]
         o1[l] /= tot[l]
@@ -360,6 +458,7 @@ def _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, 
                 for l in range(L):
                     w = logit[k, l]
                     out[j, l] = out[j, l] - w * ((xs[j, l] - mu) * ic) if w > zero else out[j, l]
+    _far_lanes(xs, means[i], inv_c[i], log_norm[i], U, full, tot, out)
     for j in range(D):
         for l in range(L):
             out[j, l] /= tot[l]
@@ -726,7 +825,14 @@ def _redo_far(x, idx, n, mu, ic, ln, want_score, rows, score, logp):
                     a3[c] -= w * g3
         for c in range(nc):
             i = idx[c0 + c]
-            if want_score:
+            if want_score and t[c] == 0.0:  # every quadratic form overflowed
+                pt, res = np.empty(D), np.empty(D)
+                for j in range(D):
+                    pt[j] = x[i, j]
+                _far_score(pt, mu, ic, _NO_ROTATION, False, ln, res)
+                for j in range(D):
+                    score[i, j] = res[j]
+            elif want_score:
                 for j in range(D):
                     score[i, j] = rows[6 + j, c] / t[c]
             else:
@@ -1396,9 +1502,30 @@ def mixture_score_point(x, g, v, log_w, mu, lam, U, kind, out, work):
         else:
             for d in range(D):
                 out[d] = out[d] * a - b * q[d]
+    if total == 0.0:  # every quadratic form overflowed: log p = -inf, the score finite
+        _far_score_point(x, g, v, log_w, mu, lam, U, kind, out)
+        return -np.inf
     for d in range(D):
         out[d] /= total
-    return m + math.log(total) if total > 0.0 else -np.inf  # every weight underflowed: log p = -inf
+    return m + math.log(total)
+
+
+@njit(**_JIT)
+def _far_score_point(x, g, v, log_w, mu, lam, U, kind, out):
+    """:func:`_far_score` from :func:`mixture_score_point`'s arguments (its constants made here, in float64)."""
+    K, D = mu.shape
+    gmu, ic, ln, pt = np.empty((K, D)), np.empty((K, D)), np.empty(K), np.empty(D)
+    for k in range(K):
+        logdet = 0.0
+        for d in range(D):
+            c = g * g * lam[k, d] + v
+            logdet += math.log(c)
+            gmu[k, d] = g * mu[k, d]
+            ic[k, d] = 1.0 / c
+        ln[k] = log_w[k] - 0.5 * (D * _LOG_2PI + logdet)
+    for d in range(D):
+        pt[d] = x[d]
+    _far_score(pt, gmu, ic, U, kind == _FULL, ln, out)
 
 
 @njit(parallel=True, **_JIT)
@@ -1506,7 +1633,8 @@ def _evaluate(mixture, x, process, t, want_score, path=None, products=None):
         if path == "pointwise":
             g = np.ascontiguousarray(gamma, dtype=np.float64)
             v = np.ascontiguousarray(np.broadcast_to(var, g.shape), dtype=np.float64)
-            _score_pointwise(xk, g, v, log_w, mu, lam, U, kind, want_score, score, logp)
+            with _quiet():  # a far point's quadratic forms overflow before its score is taken from _far_score
+                _score_pointwise(xk, g, v, log_w, mu, lam, U, kind, want_score, score, logp)
         elif path == "gemm":
             isotropic = kind == _ISOTROPIC
             by_fma = products == "fma"

@@ -131,7 +131,73 @@ __global__ void mixture_score(const T* __restrict__ x, const T* __restrict__ gam
             }
         }
     }
-    logp[n] = m + rd_log<T>(total);
+    logp[n] = m + rd_log<T>(total);  // -inf where no logit was finite (total = 0)
+    if (want_score && !seen) {
+        // every quadratic form overflowed T: log p = -inf, but the score is finite. Its weights come from the
+        // quadratic forms of the differences scaled by 2^-E (2^E above every |x_d| and |gamma mu_kd|), in double:
+        // l_k - l_j = ln_k - ln_j - 2^(2E) (q~_k - q~_j) / 2 (twin of GaussianMixture._far_weights); three
+        // passes over the components (rare: no scratch of K entries), the fields unscaled, in double.
+        auto shift = [&](long long k, long long d) { return one_t ? gmu[k * D + d] : g * mu[k * D + d]; };
+        auto inv_c = [&](long long k, long long e) {
+            return one_t ? ic[k * D + e] : (T)1 / (g2 * lam[k * D + (kind == 0 ? 0 : e)] + v);
+        };
+        auto ln_k = [&](long long k) {
+            if (one_t) return (double)ln[k];
+            double logdet = 0;
+            for (long long e = 0; e < D; ++e) logdet += log((double)(g2 * lam[k * D + (kind == 0 ? 0 : e)] + v));
+            return (double)log_w[k] - 0.5 * ((double)D * (double)LOG_2PI + logdet);
+        };
+        double big = 0;
+        FOR_EACH_COORD(d) {
+            big = fmax(big, fabs((double)xs[d]));
+            for (long long k = 0; k < K; ++k) big = fmax(big, fabs((double)shift(k, d)));
+        }
+        int E;
+        frexp(big, &E);  // 2^(E - 1) <= big < 2^E
+        auto scaled_q = [&](long long k) {  // 2^-2E q_k
+            double q = 0;
+            for (long long e = 0; e < D; ++e) {
+                double ye = 0;
+                if (kind == 2) {
+                    FOR_EACH_COORD(d) ye += (double)U[k * D * D + d * D + e] * (ldexp((double)xs[d], -E) - ldexp((double)shift(k, d), -E));
+                } else {
+                    ye = ldexp((double)xs[e], -E) - ldexp((double)shift(k, e), -E);
+                }
+                q += ye * ye * (double)inv_c(k, e);
+            }
+            return q;
+        };
+        auto logit = [&](long long k, double q_min) {  // l_k less the common 2^(2E) q~_min / 2
+            const double dq = scaled_q(k) - q_min;
+            int ed;
+            frexp(dq, &ed);
+            return ln_k(k) - (dq == 0 ? 0.0 : ed + 2 * E > 1000 ? INFINITY : 0.5 * ldexp(dq, 2 * E));
+        };
+        double q_min = INFINITY, top = -INFINITY, w_sum = 0;
+        for (long long k = 0; k < K; ++k) q_min = fmin(q_min, scaled_q(k));
+        for (long long k = 0; k < K; ++k) top = fmax(top, logit(k, q_min));
+        FOR_EACH_COORD(d) acc[d] = (T)0;
+        for (long long k = 0; k < K; ++k) {
+            const double w = exp(logit(k, q_min) - top);
+            if (w == 0) continue;  // its field may have overflowed: 0 * inf
+            w_sum += w;
+            for (long long e = 0; e < D; ++e) {
+                double ye = 0;
+                if (kind == 2) {
+                    FOR_EACH_COORD(d) ye += (double)U[k * D * D + d * D + e] * ((double)xs[d] - (double)shift(k, d));
+                } else {
+                    ye = (double)xs[e] - (double)shift(k, e);
+                }
+                const double qe = w * ye * (double)inv_c(k, e);
+                if (kind == 2) {
+                    FOR_EACH_COORD(d) acc[d] -= (T)((double)U[k * D * D + d * D + e] * qe);
+                } else {
+                    FOR_EACH_COORD(d) if (d == e) acc[d] -= (T)qe;
+                }
+            }
+        }
+        total = (T)w_sum;
+    }
     if (want_score) {
         FOR_EACH_COORD(d) score[n * D + d] = acc[d] / total;
     }

@@ -38,6 +38,12 @@ for CuPy arrays, numba for NumPy arrays when numba is importable and the
 problem is large enough to repay the call (:data:`NUMBA_MIN_WORK`), and the
 reference otherwise.
 
+Far points. Where x is so far from every component that each quadratic form
+overflows x's dtype (some 1e19 standard deviations out in float32, 1e154 in
+float64), log p_t is -inf (it underflows) but the posterior and the score are
+finite: their weights come from the quadratic forms scaled by a power of two
+(:meth:`GaussianMixture._far_weights`), and every twin does the same.
+
 The denoiser is evaluated in the form above, not as
 :math:`(x_t+\sigma_t^2\nabla\log p_t)/\gamma_t`, so it stays finite at zero
 SNR (:math:`\gamma_t=0`), where it equals the data mean.
@@ -122,11 +128,10 @@ def _has_nan(a):
 def _softmax_parts(logits):
     """``(m, e, total)`` of (K, N) logits, the softmax down axis 0: the column maxima m, e = exp(logits - m) (its
     largest entry per column 1) and total, the column sums of e (in [1, K]). Where a whole column is -inf (every
-    q_k overflowed) m is 0, not -inf: e and total are 0 there and log p = m + log(total) is -inf, not NaN."""
+    q_k overflowed) m is -inf and e and total are 0 there (not NaN), so log p = m + log(total) is -inf."""
     xp = namespace(logits)
     m = xp.max(logits, axis=0)
-    m = xp.where(m > -math.inf, m, xp.zeros_like(m))
-    e = xp.exp(logits - m)
+    e = xp.exp(logits - xp.where(m > -math.inf, m, xp.zeros_like(m)))
     return m, e, xp.sum(e, axis=0)
 
 
@@ -338,9 +343,8 @@ class GaussianMixture:
         xp = namespace(x)
         gamma, var = self._coefs(x, process, t)
         xT = _transpose(x)  # (D, N)
-        m, e, total = _softmax_parts(self._stacked_logits(xT, gamma, var))  # (N,), (K, N), (N,)
-        with np.errstate(divide="ignore"):  # log 0 = -inf: pass 1 reported the overflow
-            logp = m + xp.log(total)
+        m, e, total = self._softmax(xT, gamma, var)  # (N,), (K, N), (N,)
+        logp = m + xp.log(total)  # -inf where every logit was (m = -inf, total >= 1)
         if not want:
             return logp, {}
         r = e / total  # p(k | x_t), (K, N)
@@ -352,6 +356,57 @@ class GaussianMixture:
         if any(_has_nan(v) for v in acc.values()):
             acc = self._posterior_sums(xT, gamma, var, want, r, drop_zero_weights=True)
         return logp, {f: _transpose(v) for f, v in acc.items()}
+
+    def _softmax(self, xT, gamma, var):
+        """:func:`_softmax_parts` of the logits of the (D, N) points xT, with the weights of the far points filled in.
+
+        A point so far from every component that each quadratic form q_k
+        overflows x's dtype has every logit -inf: its log-density is -inf
+        (it underflows), but its posterior p(k|x) and its score are finite.
+        For those columns (m = -inf) e and total come from
+        :meth:`_far_weights` instead; m stays -inf, so log p does too.
+        """
+        with np.errstate(over="ignore"):  # an overflowed q_k is a logit of -inf, and its point is taken up below
+            logits = self._stacked_logits(xT, gamma, var)
+        m, e, total = _softmax_parts(logits)
+        far = np.flatnonzero(~(to_numpy(total) > 0))
+        if far.size == 0:
+            return m, e, total
+        xp = namespace(xT)
+        e_host, x_far = np.array(to_numpy(e)), np.asarray(to_numpy(xT), dtype=np.float64)[:, far]
+        e_host[:, far] = self._far_weights(x_far, gamma[far] if gamma.ndim else gamma, var[far] if var.ndim else var)
+        e = _on(xT, e_host)
+        return m, e, xp.sum(e, axis=0)
+
+    def _far_weights(self, x, gamma, var):
+        r"""exp(l_k - max_j l_j) (K_active, n), float64, for host float64 points x (D, n) whose quadratic forms
+        overflow: the differences of the logits from quadratic forms scaled by a power of two.
+
+        With :math:`2^E` the largest of :math:`|x_j|` and :math:`|\gamma\mu_{kj}|` (per point),
+        :math:`\tilde q_k=(2^{-E}z_k)^\top C_k^{-1}(2^{-E}z_k)=2^{-2E}q_k` is finite, and
+        :math:`l_k-l_j=(c_k-c_j)-2^{2E}(\tilde q_k-\tilde q_j)/2` with :math:`c_k` the log-normalisers:
+        scaling by powers of two is exact, so these are the logit differences the dtype would give if q_k
+        did not overflow (the nearest components by q_k; among equal q_k, the log-normalisers decide).
+        ``gamma``, ``var`` host float64, () or (n,).
+        """
+        D, n = x.shape
+        g = np.broadcast_to(gamma, (n,))
+        big = np.max(np.abs(x), axis=0)
+        for k in self._active:
+            big = np.maximum(big, np.max(np.abs(np.multiply.outer(self.means[k], g)), axis=0))
+        E = np.frexp(big)[1]  # 2**(E - 1) <= big < 2**E
+        logits = np.empty((self._active.shape[0], n))
+        q = np.empty_like(logits)
+        for i, k in enumerate(self._active):
+            lam = self._lam[k]
+            c = np.multiply.outer(g**2, np.broadcast_to(lam, (D,))) + np.asarray(var, dtype=np.float64)[..., None]  # (n, D)
+            z = np.ldexp(x, -E) - np.ldexp(np.multiply.outer(self.means[k], g), -E)  # (D, n)
+            y = z if self._U is None else self._U[k].T @ z
+            q[i] = np.sum(y * y / c.T, axis=0)
+            logits[i] = math.log(self.weights[k]) - 0.5 * (D * _LOG_2PI + np.sum(np.log(c), axis=1))
+        with np.errstate(over="ignore"):  # a difference beyond the range is an infinitely smaller weight
+            logits -= 0.5 * np.ldexp(q - np.min(q, axis=0), 2 * E)
+        return np.exp(logits - np.max(logits, axis=0))
 
     def _posterior_sums(self, xT, gamma, var, want, r, drop_zero_weights, vT=None):
         r"""Pass 2 of :meth:`_stream`: :math:`\sum_kr_kf_k` for each requested field f of
@@ -433,7 +488,7 @@ class GaussianMixture:
         xp = namespace(xT)
         hvp = vT is not None
         inv = "inv_v" if hvp else "inv_trace"
-        _, e, total = _softmax_parts(self._stacked_logits(xT, gamma, var))
+        _, e, total = self._softmax(xT, gamma, var)
         r = e / total  # p(k | x_t), (K, N)
         sums = self._posterior_sums(xT, gamma, var, ("grad", inv), r, drop_zero_weights=True, vT=vT)
         s, curv = sums["grad"], -sums[inv]  # (D, N); (D, N) or (N,)
@@ -529,7 +584,8 @@ class GaussianMixture:
         r""":math:`p(k|x_t)`, shape (N, K); zero for zero-weight components."""
         x = _check_points(x, self.dim)
         xp = namespace(x)
-        _, e, total = _softmax_parts(self._logits(x, process, t))  # (K_active, N)
+        gamma, var = self._coefs(x, process, t)
+        _, e, total = self._softmax(_transpose(x), gamma, var)  # (K_active, N)
         r = e / total
         if self._active.shape[0] == self.n_components:
             return xp.permute_dims(r, (1, 0))

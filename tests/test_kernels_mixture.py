@@ -153,6 +153,81 @@ def test_far_point_stays_finite(backend, dtype_name, kind):
         check(to_host(score), want_score, dtype_name, "score")
 
 
+#: The scalar-t kernels of the numba twin: the lane kernels, and the GEMM path with its products by BLAS or by
+#: its own register-tiled FMA loops (``gemm_products``: which one a process takes depends on the CPU).
+NUMBA_PATHS = {"lanes": ("lanes", None), "gemm": ("gemm", "blas"), "gemm-fma": ("gemm", "fma")}
+
+
+def oracle_extended(gm, x, process, t):
+    """(log p_t(x), score) as :func:`oracle` gives them, in np.longdouble: for points so far out that every quadratic
+    form overflows float64 (its range, to about 1e4932 on x86, holds them)."""
+    L = np.longdouble
+    N, D = x.shape
+    gamma = np.ones(N) if process is None else np.broadcast_to(np.asarray(process.mean_coef(t), dtype=np.float64), (N,))
+    var = np.zeros(N) if process is None else np.broadcast_to(np.asarray(process.variance(t), dtype=np.float64), (N,))
+    lam, U = np.linalg.eigh(gm.full_covs())
+    xl = x.astype(L)
+    logits, grads = [], []
+    for k in np.flatnonzero(gm.weights > 0):
+        c = gamma[:, None].astype(L) ** 2 * lam[k].astype(L) + var[:, None].astype(L)  # (N, D) eigenvalues of C_k
+        y = (xl - gamma[:, None].astype(L) * gm.means[k].astype(L)) @ U[k].astype(L)  # eigen coordinates
+        logits.append(L(math.log(gm.weights[k])) - (D * L(math.log(2 * math.pi)) + np.sum(np.log(c), axis=1)
+                                                   + np.sum(y * y / c, axis=1)) / 2)
+        grads.append(-(y / c) @ U[k].T.astype(L))
+    lg = np.stack(logits)
+    m = lg.max(axis=0)
+    e = np.exp(lg - m)
+    return m + np.log(e.sum(axis=0)), np.einsum("kn,knd->nd", e / e.sum(axis=0), np.stack(grads))
+
+
+def far_out_points(D, dtype_name, seed=5):
+    """Points whose quadratic forms all overflow the dtype, the score still well inside it: three scales in each of
+    two random directions (float32 1e22 to 1e30, float64 1e160 to 1e300), one with a negligible other coordinate."""
+    scales = (1e22, 3e25, 1e30) if dtype_name == "float32" else (1e160, 1e230, 1e300)
+    u = np.random.default_rng(seed).standard_normal((2, D))
+    u[1, 1:] *= 1e-30
+    return np.array([s * v for s in scales for v in u])
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).maxexp < 2048, reason="np.longdouble is float64 here: no oracle")
+@pytest.mark.parametrize("kind,K,D", [("isotropic", 4, 2), ("diagonal", 5, 3), ("full", 4, 3), ("isotropic", 1, 2),
+                                      ("diagonal", 6, 8), ("full", 3, 6)])
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_points_beyond_the_quadratic_forms_range_get_a_finite_score(backend, dtype_name, kind, K, D):
+    """Where every q_k overflows x's dtype, log p_t is -inf (it underflows) but the score is finite: the weights come
+    from quadratic forms scaled by a power of two (the nearest components by q_k, the log-normalisers among equals).
+    Each row's score to its dtype's tolerance relative to its size, against extended precision."""
+    gm = make_mixture(kind, K, D, seed=K + D)
+    x64 = far_out_points(D, dtype_name).astype(dtype_name).astype(np.float64)
+    x = on_backend(backend, x64.astype(dtype_name))
+    for process, t in ((None, None), (PROCESS, 0.3), (PROCESS, np.linspace(1e-3, 1.0, x64.shape[0]))):
+        want_logp, want_score = oracle_extended(gm, x64, process, t)
+        assert np.all(want_logp < -np.finfo(dtype_name).max)  # the case is the one described
+        logp, score = to_host(gm.log_prob(x, process, t, backend=backend)), to_host(gm.score(x, process, t, backend=backend))
+        assert np.all(logp == -np.inf)
+        err = np.max(np.abs(score - want_score), axis=1) / np.max(np.abs(want_score), axis=1)
+        assert np.all(err <= TOL[dtype_name]["rtol"]), (err, score, want_score)
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).maxexp < 2048, reason="np.longdouble is float64 here: no oracle")
+@pytest.mark.parametrize("path", list(NUMBA_PATHS))
+@pytest.mark.parametrize("kind,K,D", [("isotropic", 4, 2), ("diagonal", 5, 3), ("isotropic", 8, 8), ("diagonal", 6, 8)])
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_every_numba_path_scores_points_beyond_the_quadratic_forms_range(numba_twin, path, dtype_name, kind, K, D):
+    """As above, through every scalar-t kernel of the numba twin, forced (one pass, two passes, the GEMM path)."""
+    path, products = NUMBA_PATHS[path]
+    if path == "gemm" and D <= numba_twin.ONE_PASS_MAX_D:
+        path = "lanes"  # below the GEMM path's dimensions: the two-pass block, with points far and near
+    gm = make_mixture(kind, K, D, seed=K + D)
+    x64 = far_out_points(D, dtype_name).astype(dtype_name).astype(np.float64)
+    near = np.random.default_rng(1).standard_normal((5, D))
+    xs = np.vstack([x64, near])
+    want_score = np.vstack([oracle_extended(gm, x64, PROCESS, 0.3)[1].astype(np.float64), oracle(gm, near, PROCESS, 0.3)[1]])
+    score = numba_twin._evaluate(gm, xs.astype(dtype_name), PROCESS, 0.3, True, path=path, products=products)
+    err = np.max(np.abs(score - want_score), axis=1) / np.max(np.abs(want_score), axis=1)
+    assert np.all(err <= TOL[dtype_name]["rtol"]), err
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("kind,K,D", [("isotropic", 12, 8), ("diagonal", 12, 8), ("full", 3, 3), ("isotropic", 4, 2),
                                       ("diagonal", 5, 2), ("diagonal", 6, 3), ("isotropic", 8, 4), ("isotropic", 2, 1)])
@@ -225,11 +300,6 @@ FMA64_JIT_OFF = "the FMA products run in float32 only as plain Python (NUMBA_DIS
 # whole tiles in both dtypes), a block of 128 points and one of 5; (19, 9000, 4): blocks of 8 points, each
 # BLAS product split over slices
 SPLIT_PRODUCTS = pytest.param(19, 9000, 4, marks=pytest.mark.skipif(JIT_OFF, reason="K = 9000 is minutes under NUMBA_DISABLE_JIT"))
-
-
-#: The scalar-t kernels of the numba twin: the lane kernels, and the GEMM path with its products by BLAS or by
-#: its own register-tiled FMA loops (``gemm_products``: which one a process takes depends on the CPU).
-NUMBA_PATHS = {"lanes": ("lanes", None), "gemm": ("gemm", "blas"), "gemm-fma": ("gemm", "fma")}
 
 
 @pytest.mark.parametrize("path", list(NUMBA_PATHS))

@@ -228,9 +228,9 @@ def test_threads_follow_the_workers_and_who_forms_the_products(monkeypatch):
 def test_block_rows_reach_every_thread_and_keep_the_bits():
     from refdiff.kernels import _numba_gemm as gemm
 
-    assert gemm.block_rows(4096, 512, 4, 2) == gemm.BLOCK_ROWS  # 64 x 4 blocks
-    assert gemm.block_rows(128, 128, 4, 2) == 64 and gemm.block_rows(128, 128, 4, 16) == 8
-    assert gemm.block_rows(128, 512, 4, 8) == 64 and gemm.block_rows(8, 16, 8, 64) == gemm.TILE_ROWS
+    assert gemm.block_rows(4096, 512, 4, 2) == gemm.BLOCK_ROWS  # 64 (AVX-512) x 4 blocks
+    assert gemm.block_rows(128, 128, 4, 2) == gemm.BLOCK_ROWS and gemm.block_rows(128, 128, 4, 16) == gemm.TILE_ROWS
+    assert gemm.block_rows(128, 512, 4, 8) == gemm.BLOCK_ROWS and gemm.block_rows(8, 16, 8, 64) == gemm.TILE_ROWS
     gen = np.random.default_rng(6)
     A, B = gen.standard_normal((70, 33)).astype(np.float32), gen.standard_normal((33, 40)).astype(np.float32)
     runs = []
