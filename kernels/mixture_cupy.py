@@ -46,7 +46,9 @@ def name_expression(dtype, D: int) -> str:
     return f"mixture_score<{'float' if np.dtype(dtype) == np.float32 else 'double'}, {maxd}>"
 
 
-NAME_EXPRESSIONS = tuple(f"mixture_score<{t}, {m}>" for t in ("float", "double") for m in MAXDS)
+#: Every instance the module builds: the kernel for each dtype and bound, and the far-point pass for each dtype.
+NAME_EXPRESSIONS = tuple(f"mixture_score<{t}, {m}>" for t in ("float", "double") for m in MAXDS) + \
+    ("mixture_score_far<float>", "mixture_score_far<double>")
 
 
 @functools.cache
@@ -106,7 +108,10 @@ def _evaluate(mixture, x, process, t, want_score):
             np.int64(_KIND[mixture.kind]), np.int64(N), np.int64(K), np.int64(D), np.int64(bool(want_score)),
             score, logp,
         )  # fmt: skip
-        _kernel(kdtype, D)(((N + _THREADS - 1) // _THREADS,), (_THREADS,), args)
+        grid = ((N + _THREADS - 1) // _THREADS,)
+        _kernel(kdtype, D)(grid, (_THREADS,), args)
+        if want_score:  # points whose every quadratic form overflowed (log p = -inf): one launch, no host sync
+            _module().get_function(f"mixture_score_far<{'float' if kdtype == np.float32 else 'double'}>")(grid, (_THREADS,), args)
     out = score if want_score else logp
     return out.astype(dtype, copy=False)
 

@@ -823,16 +823,11 @@ def _redo_far(x, idx, n, mu, ic, ln, want_score, rows, score, logp):
                     a1[c] -= w * g1
                     a2[c] -= w * g2
                     a3[c] -= w * g3
+        if want_score:  # a point whose every quadratic form overflowed (t = 0): its score, and t = 1
+            _far_lanes(rows[:D, :nc], mu, ic, ln, _NO_ROTATION, False, t[:nc], rows[6:6 + D, :nc])
         for c in range(nc):
             i = idx[c0 + c]
-            if want_score and t[c] == 0.0:  # every quadratic form overflowed
-                pt, res = np.empty(D), np.empty(D)
-                for j in range(D):
-                    pt[j] = x[i, j]
-                _far_score(pt, mu, ic, _NO_ROTATION, False, ln, res)
-                for j in range(D):
-                    score[i, j] = res[j]
-            elif want_score:
+            if want_score:
                 for j in range(D):
                     score[i, j] = rows[6 + j, c] / t[c]
             else:
@@ -1252,6 +1247,8 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
                 m[l] = mx
             # unnormalised weights and their sums: the score divides by the sum once, after the product
             _weight_pass(logit, L, s0, cut, zero, m, tot, ts)
+            for l in range(n_lanes):  # every q_k overflowed (no weight left): the caller redoes the point
+                n_bad += np.int64(tot[l] == 0)
             if not want_score:
                 for l in range(n_lanes):
                     logp[p0 + l] = np.float64(m[l]) + _log(np.float64(tot[l]))
@@ -1650,12 +1647,16 @@ def _evaluate(mixture, x, process, t, want_score, path=None, products=None):
             with _quiet():
                 n_bad = _score_gemm(xk, M1, A, B, isotropic, gmu, s, const, kc, want_score, lanes, by_fma, score, logp)
             if n_bad:
-                _backend.check_finite(xk, "x")  # raises unless |x|^2 merely overflowed
+                _backend.check_finite(xk, "x")  # raises unless |x|^2 merely overflowed, or every q_k did
                 # there the expanded logits are not finite: redo those points from the differences (any point whose
-                # |x|^2, summed in float64, lies within a factor 4 of the overflow, to cover the kernel's rounding)
+                # |x|^2, summed in float64, lies within a factor 4 of the overflow, to cover the kernel's rounding),
+                # and the points with no weight left, whose score is NaN (the lane kernels' _far_score takes them)
                 with np.errstate(over="ignore"):
                     sq = np.einsum("nd,nd->n", xk, xk, dtype=np.float64)
-                rows = np.flatnonzero(~(sq <= np.finfo(xk.dtype).max / 4))
+                far = ~(sq <= np.finfo(xk.dtype).max / 4)
+                if want_score:
+                    far |= np.isnan(score).any(axis=1)
+                rows = np.flatnonzero(far)
                 redone = _evaluate(mixture, xk[rows], process, t, want_score, path="lanes")
                 (score if want_score else logp)[rows] = redone
         else:

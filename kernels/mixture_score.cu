@@ -43,6 +43,78 @@ template <> __device__ __forceinline__ double rd_log<double>(double v) { return 
 #define FOR_EACH_COORD(d) \
     _Pragma("unroll") for (long long d = 0; d < (MAXD > 0 ? (long long)MAXD : D); ++d) if (MAXD == 0 || d < D)
 
+// The score of one point whose every quadratic form overflowed T (no weight left in the kernel below): twin
+// of GaussianMixture._far_weights. With 2^E above every |x_d| and |gamma mu_kd|, q~_k = 2^-2E q_k comes from the
+// scaled differences in double, and l_k - l_j = ln_k - ln_j - 2^(2E) (q~_k - q~_j) / 2 gives the weights; the
+// fields are unscaled, in double. Three passes over the components (no scratch of K entries). Called by a kernel of
+// its own (mixture_score_far), not from mixture_score: there it took registers (40 -> 94 for float, D <= 4) from
+// every thread for a rare path.
+template <typename T>
+__device__ void far_score(const T* __restrict__ x, T g, T v, const T* __restrict__ log_w,
+                                       const T* __restrict__ mu, const T* __restrict__ lam, const T* __restrict__ U,
+                                       const T* __restrict__ gmu, const T* __restrict__ ic, const T* __restrict__ ln,
+                                       bool one_t, long long kind, long long K, long long D, T* __restrict__ out)
+{
+    const double LOG_2PI = 1.8378770664093454835606594728112;
+    auto shift = [&](long long k, long long d) { return (double)(one_t ? gmu[k * D + d] : g * mu[k * D + d]); };
+    auto inv_c = [&](long long k, long long e) {
+        return (double)(one_t ? ic[k * D + e] : (T)1 / (g * g * lam[k * D + (kind == 0 ? 0 : e)] + v));
+    };
+    auto ln_k = [&](long long k) {
+        if (one_t) return (double)ln[k];
+        double logdet = 0;
+        for (long long e = 0; e < D; ++e) logdet += log((double)(g * g * lam[k * D + (kind == 0 ? 0 : e)] + v));
+        return (double)log_w[k] - 0.5 * ((double)D * LOG_2PI + logdet);
+    };
+    double big = 0;
+    for (long long d = 0; d < D; ++d) {
+        big = fmax(big, fabs((double)x[d]));
+        for (long long k = 0; k < K; ++k) big = fmax(big, fabs(shift(k, d)));
+    }
+    int E;
+    frexp(big, &E);  // 2^(E - 1) <= big < 2^E
+    // y_ke = (U_k^T (x - gamma mu_k))_e, of the differences scaled by 2^-E or not
+    auto y = [&](long long k, long long e, bool scaled) {
+        auto z = [&](long long d) { return scaled ? ldexp((double)x[d], -E) - ldexp(shift(k, d), -E) : (double)x[d] - shift(k, d); };
+        if (kind != 2) return z(e);
+        double ye = 0;
+        for (long long d = 0; d < D; ++d) ye += (double)U[k * D * D + d * D + e] * z(d);
+        return ye;
+    };
+    auto scaled_q = [&](long long k) {
+        double q = 0;
+        for (long long e = 0; e < D; ++e) {
+            const double ye = y(k, e, true);
+            q += ye * ye * inv_c(k, e);
+        }
+        return q;
+    };
+    auto logit = [&](long long k, double q_min) {  // l_k less the common 2^(2E) q~_min / 2
+        const double dq = scaled_q(k) - q_min;
+        // ldexp overflows to +inf where 2^(2E) dq does, and the weight is then exactly 0
+        return ln_k(k) - (dq == 0 ? 0.0 : 0.5 * ldexp(dq, 2 * E));
+    };
+    double q_min = scaled_q(0), w_sum = 0;  // K >= 1; NVRTC has no INFINITY to start from
+    for (long long k = 1; k < K; ++k) q_min = fmin(q_min, scaled_q(k));
+    double top = logit(0, q_min);
+    for (long long k = 1; k < K; ++k) top = fmax(top, logit(k, q_min));
+    for (long long d = 0; d < D; ++d) out[d] = (T)0;
+    for (long long k = 0; k < K; ++k) {
+        const double w = exp(logit(k, q_min) - top);
+        if (w == 0) continue;  // its field may have overflowed: 0 * inf
+        w_sum += w;
+        for (long long e = 0; e < D; ++e) {
+            const double qe = w * y(k, e, false) * inv_c(k, e);
+            if (kind == 2) {
+                for (long long d = 0; d < D; ++d) out[d] -= (T)((double)U[k * D * D + d * D + e] * qe);
+            } else {
+                out[e] -= (T)qe;
+            }
+        }
+    }
+    for (long long d = 0; d < D; ++d) out[d] /= (T)w_sum;
+}
+
 template <typename T, int MAXD>
 __global__ void mixture_score(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ var,
                               long long n_t, const T* __restrict__ log_w, const T* __restrict__ mu,
@@ -131,74 +203,25 @@ __global__ void mixture_score(const T* __restrict__ x, const T* __restrict__ gam
             }
         }
     }
-    logp[n] = m + rd_log<T>(total);  // -inf where no logit was finite (total = 0)
-    if (want_score && !seen) {
-        // every quadratic form overflowed T: log p = -inf, but the score is finite. Its weights come from the
-        // quadratic forms of the differences scaled by 2^-E (2^E above every |x_d| and |gamma mu_kd|), in double:
-        // l_k - l_j = ln_k - ln_j - 2^(2E) (q~_k - q~_j) / 2 (twin of GaussianMixture._far_weights); three
-        // passes over the components (rare: no scratch of K entries), the fields unscaled, in double.
-        auto shift = [&](long long k, long long d) { return one_t ? gmu[k * D + d] : g * mu[k * D + d]; };
-        auto inv_c = [&](long long k, long long e) {
-            return one_t ? ic[k * D + e] : (T)1 / (g2 * lam[k * D + (kind == 0 ? 0 : e)] + v);
-        };
-        auto ln_k = [&](long long k) {
-            if (one_t) return (double)ln[k];
-            double logdet = 0;
-            for (long long e = 0; e < D; ++e) logdet += log((double)(g2 * lam[k * D + (kind == 0 ? 0 : e)] + v));
-            return (double)log_w[k] - 0.5 * ((double)D * (double)LOG_2PI + logdet);
-        };
-        double big = 0;
-        FOR_EACH_COORD(d) {
-            big = fmax(big, fabs((double)xs[d]));
-            for (long long k = 0; k < K; ++k) big = fmax(big, fabs((double)shift(k, d)));
-        }
-        int E;
-        frexp(big, &E);  // 2^(E - 1) <= big < 2^E
-        auto scaled_q = [&](long long k) {  // 2^-2E q_k
-            double q = 0;
-            for (long long e = 0; e < D; ++e) {
-                double ye = 0;
-                if (kind == 2) {
-                    FOR_EACH_COORD(d) ye += (double)U[k * D * D + d * D + e] * (ldexp((double)xs[d], -E) - ldexp((double)shift(k, d), -E));
-                } else {
-                    ye = ldexp((double)xs[e], -E) - ldexp((double)shift(k, e), -E);
-                }
-                q += ye * ye * (double)inv_c(k, e);
-            }
-            return q;
-        };
-        auto logit = [&](long long k, double q_min) {  // l_k less the common 2^(2E) q~_min / 2
-            const double dq = scaled_q(k) - q_min;
-            int ed;
-            frexp(dq, &ed);
-            return ln_k(k) - (dq == 0 ? 0.0 : ed + 2 * E > 1000 ? INFINITY : 0.5 * ldexp(dq, 2 * E));
-        };
-        double q_min = INFINITY, top = -INFINITY, w_sum = 0;
-        for (long long k = 0; k < K; ++k) q_min = fmin(q_min, scaled_q(k));
-        for (long long k = 0; k < K; ++k) top = fmax(top, logit(k, q_min));
-        FOR_EACH_COORD(d) acc[d] = (T)0;
-        for (long long k = 0; k < K; ++k) {
-            const double w = exp(logit(k, q_min) - top);
-            if (w == 0) continue;  // its field may have overflowed: 0 * inf
-            w_sum += w;
-            for (long long e = 0; e < D; ++e) {
-                double ye = 0;
-                if (kind == 2) {
-                    FOR_EACH_COORD(d) ye += (double)U[k * D * D + d * D + e] * ((double)xs[d] - (double)shift(k, d));
-                } else {
-                    ye = (double)xs[e] - (double)shift(k, e);
-                }
-                const double qe = w * ye * (double)inv_c(k, e);
-                if (kind == 2) {
-                    FOR_EACH_COORD(d) acc[d] -= (T)((double)U[k * D * D + d * D + e] * qe);
-                } else {
-                    FOR_EACH_COORD(d) if (d == e) acc[d] -= (T)qe;
-                }
-            }
-        }
-        total = (T)w_sum;
-    }
+    logp[n] = m + rd_log<T>(total);  // -inf where no logit was finite (total = 0: mixture_score_far's rows)
     if (want_score) {
         FOR_EACH_COORD(d) score[n * D + d] = acc[d] / total;
     }
+}
+
+// After mixture_score with want_score, same arguments: the rows it left with log p = -inf (no logit finite, so
+// its score is 0 / 0) get their score from far_score; every other thread returns at once.
+template <typename T>
+__global__ void mixture_score_far(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ var,
+                                  long long n_t, const T* __restrict__ log_w, const T* __restrict__ mu,
+                                  const T* __restrict__ lam, const T* __restrict__ U, const T* __restrict__ gmu,
+                                  const T* __restrict__ ic, const T* __restrict__ ln, long long kind,
+                                  long long N, long long K, long long D, long long want_score,
+                                  T* __restrict__ score, T* __restrict__ logp)
+{
+    const long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N || !want_score || !(isinf(logp[n]) && logp[n] < 0)) return;
+    const bool one_t = n_t == 1;
+    far_score<T>(x + n * D, gamma[one_t ? 0 : n], var[one_t ? 0 : n], log_w, mu, lam, U, gmu, ic, ln, one_t, kind, K,
+                 D, score + n * D);
 }

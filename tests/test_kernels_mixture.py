@@ -228,6 +228,30 @@ def test_every_numba_path_scores_points_beyond_the_quadratic_forms_range(numba_t
     assert np.all(err <= TOL[dtype_name]["rtol"]), err
 
 
+@pytest.mark.skipif(np.finfo(np.longdouble).maxexp < 2048, reason="np.longdouble is float64 here: no oracle")
+@pytest.mark.parametrize("path", list(NUMBA_PATHS))
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_points_whose_quadratic_forms_overflow_before_their_square_norm_are_scored(numba_twin, path, dtype_name):
+    """Narrow components (c = 1e-2): at |x|^2 = max / 10 every q_k = |x - gamma mu_k|^2 / c overflows while |x|^2
+    does not, so the GEMM path's own test for far points (|x|^2 near the overflow) misses them; the points with no
+    weight left are redone all the same."""
+    path, products = NUMBA_PATHS[path]
+    if JIT_OFF and products == "fma" and dtype_name == "float64":
+        pytest.skip(FMA64_JIT_OFF)
+    rng = np.random.default_rng(11)
+    K, D = 4, 8
+    gm = GaussianMixture(np.full(K, 1.0 / K), rng.standard_normal((K, D)), np.full(K, 1e-2))
+    u = rng.standard_normal((3, D))
+    far = u / np.linalg.norm(u, axis=1, keepdims=True) * math.sqrt(float(np.finfo(dtype_name).max) / 10)
+    x64 = np.vstack([far, rng.standard_normal((4, D))]).astype(dtype_name).astype(np.float64)
+    want = oracle_extended(gm, x64, None, None)[1].astype(np.float64)
+    score = numba_twin._evaluate(gm, x64.astype(dtype_name), None, None, True, path=path, products=products)
+    err = np.max(np.abs(score - want), axis=1) / np.max(np.abs(want), axis=1)
+    assert np.all(err <= TOL[dtype_name]["rtol"]), err
+    logp = numba_twin._evaluate(gm, x64.astype(dtype_name), None, None, False, path=path, products=products)
+    assert np.all(logp[:3] == -np.inf) and np.all(np.isfinite(logp[3:]))
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("kind,K,D", [("isotropic", 12, 8), ("diagonal", 12, 8), ("full", 3, 3), ("isotropic", 4, 2),
                                       ("diagonal", 5, 2), ("diagonal", 6, 3), ("isotropic", 8, 4), ("isotropic", 2, 1)])
