@@ -7,8 +7,9 @@ the GEMM path's two products with it inside its ``prange`` tasks
 chunks, and ``mlp_numba.matmul`` all of the MLP step's, spread over Numba's
 threads by :func:`blocked_matmul` (C in blocks, one task each), with
 :func:`rows_times_narrow` and :func:`columns_times_narrow` for results with
-fewer columns than a vector holds; all on CPUs with 512-bit vectors
-(:func:`compiles_avx512`).
+fewer columns than a vector holds. The MLP and the U-Net take them on CPUs
+with 512-bit vectors (:data:`TILES`), the mixture wherever Numba compiles
+for AVX2 or better (:func:`compiles_tiles`).
 
 The work is done by :func:`gemm_tile`, an LLVM intrinsic: a tile of ``mr``
 rows of C by ``nv`` vectors of :data:`VECTOR_BYTES` (64 bytes, 16 float32 or
@@ -16,8 +17,9 @@ rows of C by ``nv`` vectors of :data:`VECTOR_BYTES` (64 bytes, 16 float32 or
 ``mr * nv`` vector accumulators for the whole loop over the inner index j;
 each step loads ``nv`` vectors of B's row j and broadcasts ``mr`` entries of
 A's column j, then issues ``mr * nv`` vector FMAs. At 8 rows by 2 vectors
-(:data:`TILE_ROWS` with AVX-512; 6 with AVX2's 16 registers) that is 16
-independent FMAs per 10 loads and no store, so the FMA ports set the pace. Numba's loops cannot hold such a tile in registers (a
+(:data:`TILE_ROWS` with AVX-512) that is 16 independent FMAs per 10 loads
+and no store; at AVX2's 6 rows (16 registers), 12 per 8. Either way the FMA
+ports set the pace. Numba's loops cannot hold such a tile in registers (a
 loop over C's columns loads and stores C for every few FMAs, and LLVM does
 not vectorise an outer loop), which is why this is written as IR. Measured
 on the README's benchmark VM (AMD EPYC, FMA peak 255 GFLOP/s a core), one
@@ -232,7 +234,7 @@ else:
 
     @intrinsic
     def transpose_tile(typingctx, src, r0, c0, dst, d0, e0):
-        """dst[d0 + b, e0 + a] = src[r0 + a, c0 + b] for a, b < V = VECTOR_BYTES // itemsize (16 float32, 8 float64):
+        """dst[d0 + b, e0 + a] = src[r0 + a, c0 + b] for a, b < V = VECTOR_BYTES // itemsize (16 float32, 8 float64 with AVX-512):
         one square tile through V vector registers.
 
         src and dst C-contiguous, one float dtype. No bounds check: the caller
@@ -348,11 +350,13 @@ def tile_matmul(A, B, C):
     """C = A @ B[:, :L] by :func:`gemm_tile` on the calling thread: A (K, E) any strides, B (E, >= L) and C (K, L)
     C-contiguous, one float dtype (the mixture's GEMM path hands in B rows wider than C's).
 
-    Rows of C in bands of 8 (then 4, then 1); columns in tiles of two
-    vectors, then one; the inner index in slices of :data:`INNER_BLOCK`,
-    each slice's tiles continuing the sums of the one before (the bits of one
-    pass). The last columns that fill no vector (L not a multiple of 16
-    float32 or 8 float64) go one entry at a time, summed in the same order.
+    Rows of C in bands of :data:`TILE_ROWS` (then 4, then 1); columns in
+    tiles of two vectors, then one; the inner index in slices of
+    :data:`INNER_BLOCK`, each slice's tiles continuing the sums of the one
+    before (the bits of one pass). The last columns that fill no vector (L not
+    a multiple of VECTOR_BYTES // itemsize: 16 float32 or 8 float64 with
+    AVX-512, half that with AVX2) go one entry at a time, summed in the same
+    order.
     E = 0 gives zeros. Shapes are the caller's to get right (no checks: this
     runs inside kernels).
     """

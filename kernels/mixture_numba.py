@@ -262,9 +262,10 @@ def _far_score(pt, gmu, ic, U, full, ln, out):
 
     gmu, ic (K, >= D): gamma mu_k and C_k^{-1} (in eigen coordinates where ``full``, U (K, D, D) the
     eigenvectors as columns), ln (K,): the log-normalisers, as the lane kernels hold them. With 2**E the
-    largest of |pt_j| and |gamma mu_kj|, q_k 2**-2E is formed from the scaled differences in float64 (the
-    scaling is exact), and the logits' differences ln_k - ln_j - 2**2E (q_k - q_j) 2**-2E / 2 give the
-    weights: the nearest components by q_k, and among equal q_k the log-normalisers. The fields
+    largest of |pt_j| and |gamma mu_kj|, q~_k = q_k 2**-2E is formed in float64 from the differences scaled
+    by 2**-E (exactly), and the logits less their common part, l_k = ln_k - 2**2E (q~_k - min_j q~_j) / 2
+    (+inf where that product overflows), give the weights: the nearest components by q_k, and among equal
+    q_k the log-normalisers. The fields
     -C_k^{-1} z_k are formed unscaled, in float64 (they may overflow, as the score itself may). Rare: a
     kernel calls this only for a lane whose weights all vanished, so it may allocate."""
     D, K = pt.shape[0], ln.shape[0]
@@ -1565,8 +1566,10 @@ def gemm_products(environ=None, wide=None) -> str:
     2.8-3.2 by its Haswell ones; D = 64, K = 128, N = 1e4 1.08-1.13, 1.14
     and 2.7. On an AVX2 CPU (Zen 3, peak 93 GFLOP/s a thread) the tiles made
     82-95 GFLOP/s at these shapes, OpenBLAS 80-84 in one call, and the score
-    took 3.7 ms by the tiles against 7.0 by BLAS at D = 16 and 3.7 against
-    5.4 at D = 64 (minima, one process, alternating). Elsewhere ``"blas"``.
+    took 3.2-3.7 ms by the tiles against 7.0 by BLAS at D = 16 and 2.9-3.7
+    against 5.4 at D = 64 (minima of runs, one process, alternating; the
+    README's bench medians, 3.59 and 3.78, are of another run on the same
+    noisy VM). Elsewhere ``"blas"``.
     The two differ in rounding only (both round every term in x's dtype;
     BLAS may add partial sums in another order).
     """

@@ -369,11 +369,12 @@ class GaussianMixture:
         with np.errstate(over="ignore"):  # an overflowed q_k is a logit of -inf, and its point is taken up below
             logits = self._stacked_logits(xT, gamma, var)
         m, e, total = _softmax_parts(logits)
-        far = np.flatnonzero(~(to_numpy(total) > 0))
-        if far.size == 0:
+        far_mask = m == -math.inf  # not ~(total > 0): a NaN point keeps its NaN
+        if not bool(namespace(far_mask).any(far_mask)):  # one scalar back from a device, not N
             return m, e, total
         xp = namespace(xT)
-        e_host, x_far = np.array(to_numpy(e)), np.asarray(to_numpy(xT), dtype=np.float64)[:, far]
+        far = np.flatnonzero(to_numpy(far_mask))
+        e_host, x_far = np.array(to_numpy(e)), np.asarray(to_numpy(xT)[:, far], dtype=np.float64)
         e_host[:, far] = self._far_weights(x_far, gamma[far] if gamma.ndim else gamma, var[far] if var.ndim else var)
         e = _on(xT, e_host)
         return m, e, xp.sum(e, axis=0)

@@ -1,6 +1,6 @@
 """The register-tiled product of the Numba kernels (refdiff.kernels._numba_gemm.tile_matmul) against exact sums.
 
-Shapes cover every band of rows (8, 4, 1 and their mixes), full and half
+Shapes cover every band of rows (8 or 6, 4, 1 and their mixes), full and half
 column tiles and the columns that fill no vector, an empty inner dimension,
 and A given with any strides (negative, stepped, zero). The reference is the product in extended
 precision, held to the error bound of a sum of E rounded terms; and every
@@ -21,7 +21,7 @@ JIT_OFF = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 # 12 + 3); L: below one vector of float32 (16 lanes, or 8) and of float64 (8, or 4), one vector, one and a half, two
 # (a full tile), and ragged ends after each
 SHAPES = [(1, 1, 1), (3, 5, 7), (4, 16, 16), (8, 7, 32), (15, 33, 47), (16, 64, 129), (12, 3, 24), (9, 1, 33),
-          (2, 0, 17), (13, 129, 8), (9, 600, 40)]  # E = 600: three slices of the inner index
+          (2, 0, 17), (13, 129, 8), (9, 600, 40), (6, 9, 20), (10, 17, 12)]  # E = 600: three slices of the inner index
 
 
 def product_bound(A, B):
@@ -137,7 +137,7 @@ def test_transpose_tile_moves_one_square_tile_and_nothing_else(dtype):
         np.testing.assert_array_equal(dst, want)
 
 
-# K across BLOCK_ROWS = 64, L across BLOCK_COLUMNS = 128 (float32: 144 columns in vectors, then 6 ragged; float64:
+# K across BLOCK_ROWS (64 with AVX-512's 8-row tiles, 48 with AVX2's 6-row ones), L across BLOCK_COLUMNS = 128 (float32: 144 columns in vectors, then 6 ragged; float64:
 # 144 then 6 as well), E across INNER_BLOCK = 256 where the plain-Python loops are fast enough
 BLOCKED_SHAPES = [(1, 1, 1), (67, 5, 150), (64, 3, 128), (7, 2, 20)] + ([] if JIT_OFF else [(131, 300, 290)])
 

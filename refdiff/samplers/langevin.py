@@ -193,7 +193,8 @@ def annealed_langevin(
     convergence it targets a law wider than :math:`p_{t_i}`: on a Gaussian
     direction of variance v the step :math:`x\leftarrow(1-\alpha/v)x+\sqrt{2\alpha}z`
     is stationary at variance :math:`v/(1-\alpha/(2v))`. At the default
-    :math:`\alpha_i=0.2\sigma_i^2` that is up to 11% too wide, in directions
+    :math:`\alpha_i=0.2\sigma_i^2` that variance is up to 11% too large (the
+    standard deviation 5.4%), in directions
     where the data's own variance is small beside :math:`\sigma_i^2`; a
     smaller ``eps`` (with more ``n_steps_each``) shrinks it in proportion.
 
