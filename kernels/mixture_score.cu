@@ -115,13 +115,15 @@ __device__ void far_score(const T* __restrict__ x, T g, T v, const T* __restrict
     for (long long d = 0; d < D; ++d) out[d] /= (T)w_sum;
 }
 
+// The parameters of mixture_score and of mixture_score_far, which the launcher calls with the same arguments.
+#define MIXTURE_SCORE_PARAMS                                                                                        \
+    const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ var, long long n_t,                 \
+        const T* __restrict__ log_w, const T* __restrict__ mu, const T* __restrict__ lam, const T* __restrict__ U,  \
+        const T* __restrict__ gmu, const T* __restrict__ ic, const T* __restrict__ ln, long long kind, long long N, \
+        long long K, long long D, long long want_score, T* __restrict__ score, T* __restrict__ logp
+
 template <typename T, int MAXD>
-__global__ void mixture_score(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ var,
-                              long long n_t, const T* __restrict__ log_w, const T* __restrict__ mu,
-                              const T* __restrict__ lam, const T* __restrict__ U, const T* __restrict__ gmu,
-                              const T* __restrict__ ic, const T* __restrict__ ln, long long kind,
-                              long long N, long long K, long long D, long long want_score,
-                              T* __restrict__ score, T* __restrict__ logp)
+__global__ void mixture_score(MIXTURE_SCORE_PARAMS)
 {
     const long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
@@ -212,12 +214,7 @@ __global__ void mixture_score(const T* __restrict__ x, const T* __restrict__ gam
 // After mixture_score with want_score, same arguments: the rows it left with log p = -inf (no logit finite, so
 // its score is 0 / 0) get their score from far_score; every other thread returns at once.
 template <typename T>
-__global__ void mixture_score_far(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ var,
-                                  long long n_t, const T* __restrict__ log_w, const T* __restrict__ mu,
-                                  const T* __restrict__ lam, const T* __restrict__ U, const T* __restrict__ gmu,
-                                  const T* __restrict__ ic, const T* __restrict__ ln, long long kind,
-                                  long long N, long long K, long long D, long long want_score,
-                                  T* __restrict__ score, T* __restrict__ logp)
+__global__ void mixture_score_far(MIXTURE_SCORE_PARAMS)
 {
     const long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N || !want_score || !(isinf(logp[n]) && logp[n] < 0)) return;
