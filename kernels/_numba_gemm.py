@@ -345,7 +345,7 @@ def _ragged_columns(A, B, C, k0, k1, l0):
             C[k, l] = acc
 
 
-@njit(inline="always", **_OPTS)
+@njit(**_OPTS)  # called, not inlined: a caller links one compiled copy instead of optimising the tiles again
 def tile_matmul(A, B, C):
     """C = A @ B[:, :L] by :func:`gemm_tile` on the calling thread: A (K, E) any strides, B (E, >= L) and C (K, L)
     C-contiguous, one float dtype (the mixture's GEMM path hands in B rows wider than C's).

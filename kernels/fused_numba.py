@@ -151,6 +151,81 @@ def _normals_block(z, wr, wt, key0, key1, p_lo, p_hi, draw):
 
 
 # --------------------------------------------------------------------------- the run
+@njit(**_OPTS)
+def _run_block(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, full, lanes, draw_start,
+               prior_std, blk):
+    """Every row of the table for block ``blk`` of :func:`_run`: the body of its ``prange`` loop.
+
+    A function of its own, not the loop's body, so that Numba's parallel passes analyse a one-line body: the
+    first call's compile went from 44 to 31 s (float32, one thread busy).
+    """
+    N, D = x.shape
+    R, K = coefs.shape[0], log_norm.shape[1]
+    L = lanes  # a run-time value, so that LLVM's loop vectorizer (not full unrolling) takes the lane loops
+    prefer_wide_vectors()
+    p0 = blk * L
+    n_lanes = min(L, N - p0)
+    xs = np.zeros((D, L), dtype=np.float64)  # the state, float64 within a row
+    xb = np.zeros((D, L), dtype=x.dtype)  # ... rounded to the state dtype
+    s = np.zeros((D, L), dtype=np.float64)
+    s_prev = np.zeros((D, L), dtype=np.float64)
+    z = np.zeros((D, L), dtype=np.float64)
+    v = np.empty((D, L), dtype=np.float64)
+    logit = np.empty((K, L), dtype=np.float64)
+    q = np.empty((K, D, L), dtype=np.float64)
+    ya = np.empty(L, dtype=np.float64)
+    quad = np.empty(L, dtype=np.float64)
+    m = np.empty(L, dtype=np.float64)
+    tot = np.empty(L, dtype=np.float64)
+    acc = np.empty(L, dtype=np.float64)
+    wr = np.empty((2, L), dtype=np.uint64)
+    wt = np.empty((2, L), dtype=np.uint64)
+    p_lo = np.empty(L, dtype=np.uint64)
+    p_hi = np.empty(L, dtype=np.uint64)
+    for l in range(L):
+        particle = offset + np.uint64(p0 + l)
+        p_lo[l] = particle & _MASK
+        p_hi[l] = particle >> _S32
+    if draw_start:
+        _normals_block(z, wr, wt, key0, key1, p_lo, p_hi, np.int64(0))
+        for j in range(D):
+            for l in range(L):
+                xb[j, l] = prior_std * z[j, l]
+                xs[j, l] = xb[j, l]
+    else:
+        for l in range(n_lanes):
+            for j in range(D):
+                xb[j, l] = x[p0 + l, j]
+                xs[j, l] = xb[j, l]
+    for i in range(R):
+        a, b, bp, c = coefs[i, 0], coefs[i, 1], coefs[i, 2], coefs[i, 3]
+        if b != 0.0:
+            _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, tot, acc, s)
+        for j in range(D):
+            for l in range(L):
+                v[j, l] = a * xs[j, l] + b * s[j, l]
+        if bp != 0.0:
+            for j in range(D):
+                for l in range(L):
+                    v[j, l] += bp * s_prev[j, l]
+        if draws[i] >= 0:
+            _normals_block(z, wr, wt, key0, key1, p_lo, p_hi, first + draws[i])
+            for j in range(D):
+                for l in range(L):
+                    v[j, l] += c * z[j, l]
+        for j in range(D):
+            for l in range(L):
+                xb[j, l] = v[j, l]
+                xs[j, l] = xb[j, l]
+        if b != 0.0:
+            for j in range(D):
+                for l in range(L):
+                    s_prev[j, l] = s[j, l]
+    for l in range(n_lanes):
+        for j in range(D):
+            x[p0 + l, j] = xb[j, l]
+
+
 @njit(parallel=True, **_OPTS)
 def _run(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, full, lanes, draw_start, prior_std):
     """Run every row for every particle, in place on x (N, D); coefs (R, 4) = a, b, b_prev, c.
@@ -161,73 +236,13 @@ def _run(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, 
     ``draw_start`` x is not read: the start is ``prior_std * z`` at draw 0,
     rounded to the state dtype, as the reference's host draw.
     """
-    N, D = x.shape
-    R, K = coefs.shape[0], log_norm.shape[1]
-    L = lanes  # a run-time value, so that LLVM's loop vectorizer (not full unrolling) takes the lane loops
-    n_blocks = (N + L - 1) // L
+    N = x.shape[0]
+    n_blocks = (N + lanes - 1) // lanes
     for blk in prange(n_blocks):
-        prefer_wide_vectors()
-        p0 = blk * L
-        n_lanes = min(L, N - p0)
-        xs = np.zeros((D, L), dtype=np.float64)  # the state, float64 within a row
-        xb = np.zeros((D, L), dtype=x.dtype)  # ... rounded to the state dtype
-        s = np.zeros((D, L), dtype=np.float64)
-        s_prev = np.zeros((D, L), dtype=np.float64)
-        z = np.zeros((D, L), dtype=np.float64)
-        v = np.empty((D, L), dtype=np.float64)
-        logit = np.empty((K, L), dtype=np.float64)
-        q = np.empty((K, D, L), dtype=np.float64)
-        ya = np.empty(L, dtype=np.float64)
-        quad = np.empty(L, dtype=np.float64)
-        m = np.empty(L, dtype=np.float64)
-        tot = np.empty(L, dtype=np.float64)
-        acc = np.empty(L, dtype=np.float64)
-        wr = np.empty((2, L), dtype=np.uint64)
-        wt = np.empty((2, L), dtype=np.uint64)
-        p_lo = np.empty(L, dtype=np.uint64)
-        p_hi = np.empty(L, dtype=np.uint64)
-        for l in range(L):
-            particle = offset + np.uint64(p0 + l)
-            p_lo[l] = particle & _MASK
-            p_hi[l] = particle >> _S32
-        if draw_start:
-            _normals_block(z, wr, wt, key0, key1, p_lo, p_hi, np.int64(0))
-            for j in range(D):
-                for l in range(L):
-                    xb[j, l] = prior_std * z[j, l]
-                    xs[j, l] = xb[j, l]
-        else:
-            for l in range(n_lanes):
-                for j in range(D):
-                    xb[j, l] = x[p0 + l, j]
-                    xs[j, l] = xb[j, l]
-        for i in range(R):
-            a, b, bp, c = coefs[i, 0], coefs[i, 1], coefs[i, 2], coefs[i, 3]
-            if b != 0.0:
-                _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, tot, acc, s)
-            for j in range(D):
-                for l in range(L):
-                    v[j, l] = a * xs[j, l] + b * s[j, l]
-            if bp != 0.0:
-                for j in range(D):
-                    for l in range(L):
-                        v[j, l] += bp * s_prev[j, l]
-            if draws[i] >= 0:
-                _normals_block(z, wr, wt, key0, key1, p_lo, p_hi, first + draws[i])
-                for j in range(D):
-                    for l in range(L):
-                        v[j, l] += c * z[j, l]
-            for j in range(D):
-                for l in range(L):
-                    xb[j, l] = v[j, l]
-                    xs[j, l] = xb[j, l]
-            if b != 0.0:
-                for j in range(D):
-                    for l in range(L):
-                        s_prev[j, l] = s[j, l]
-        for l in range(n_lanes):
-            for j in range(D):
-                x[p0 + l, j] = xb[j, l]
+        # int64: prange's index is int64 when Numba types this function and uint64 in the loop it outlines,
+        # and two argument types would compile the block twice
+        _run_block(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, full, lanes, draw_start,
+                   prior_std, np.int64(blk))
     return x
 
 

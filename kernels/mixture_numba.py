@@ -483,41 +483,50 @@ def _score_lanes(x, means, inv_c, log_norm, U, full, want_score, lanes, score, l
     x's dtype (the block works in it: float32 runs twice the lanes and the
     float32 exp). Writes score (N, D) if ``want_score``, else logp (N,).
     """
+    N = x.shape[0]
+    n_blocks = (N + lanes - 1) // lanes
+    n_tasks = (n_blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
+    for task in prange(n_tasks):
+        _lanes_task(x, means, inv_c, log_norm, U, full, want_score, lanes, task * BLOCKS_PER_TASK,
+                    min(n_blocks, (task + 1) * BLOCKS_PER_TASK), score, logp)
+
+
+@njit(**_JIT)
+def _lanes_task(x, means, inv_c, log_norm, U, full, want_score, lanes, blk0, blk1, score, logp):
+    """Blocks [blk0, blk1) of :func:`_score_lanes`: one task of its ``prange`` loop, in a function of its own (see
+    :func:`_gemm_task`; the first float32 call, full covariances, D = 16: 30 against 26 s)."""
     N, D = x.shape
     K = log_norm.shape[1]
     L = lanes  # a run-time value, so that LLVM's loop vectorizer (not full unrolling) takes the lane loops
-    n_blocks = (N + L - 1) // L
-    n_tasks = (n_blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
-    for task in prange(n_tasks):
-        prefer_wide_vectors()
-        xs = np.zeros((D, L), x.dtype)
-        out, logit, q, ya, quad, m, tot, acc = _block_scratch(x, K, D, L)
-        sf = score.reshape(-1)
-        for blk in range(task * BLOCKS_PER_TASK, min(n_blocks, (task + 1) * BLOCKS_PER_TASK)):
-            p0 = np.uint64(blk * L)  # unsigned offsets: no negative-index wrap-around test in the copy loops
-            n_lanes = min(L, N - blk * L)
-            if D == 2:  # two named rows: the copy vectorises (a loop over j of run-time length would not)
-                x0, x1 = xs[0], xs[1]
-                for l in range(n_lanes):
-                    x0[l] = x[p0 + np.uint64(l), 0]
-                    x1[l] = x[p0 + np.uint64(l), 1]
-            else:
-                for l in range(n_lanes):
-                    for j in range(D):
-                        xs[j, l] = x[p0 + np.uint64(l), j]
-            _score_block(xs, 0, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, tot, acc, out)
-            if not want_score:
-                for l in range(n_lanes):
-                    logp[p0 + np.uint64(l)] = np.float64(m[l]) + _log(np.float64(tot[l]))
-            elif D == 2:
-                o0, o1 = out[0], out[1]
-                for l in range(n_lanes):
-                    sf[np.uint64(2) * (p0 + np.uint64(l))] = o0[l]
-                    sf[np.uint64(2) * (p0 + np.uint64(l)) + np.uint64(1)] = o1[l]
-            else:
-                for l in range(n_lanes):
-                    for j in range(D):
-                        score[p0 + np.uint64(l), j] = out[j, l]
+    prefer_wide_vectors()
+    xs = np.zeros((D, L), x.dtype)
+    out, logit, q, ya, quad, m, tot, acc = _block_scratch(x, K, D, L)
+    sf = score.reshape(-1)
+    for blk in range(blk0, blk1):
+        p0 = np.uint64(blk * L)  # unsigned offsets: no negative-index wrap-around test in the copy loops
+        n_lanes = min(L, N - blk * L)
+        if D == 2:  # two named rows: the copy vectorises (a loop over j of run-time length would not)
+            x0, x1 = xs[0], xs[1]
+            for l in range(n_lanes):
+                x0[l] = x[p0 + np.uint64(l), 0]
+                x1[l] = x[p0 + np.uint64(l), 1]
+        else:
+            for l in range(n_lanes):
+                for j in range(D):
+                    xs[j, l] = x[p0 + np.uint64(l), j]
+        _score_block(xs, 0, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, tot, acc, out)
+        if not want_score:
+            for l in range(n_lanes):
+                logp[p0 + np.uint64(l)] = np.float64(m[l]) + _log(np.float64(tot[l]))
+        elif D == 2:
+            o0, o1 = out[0], out[1]
+            for l in range(n_lanes):
+                sf[np.uint64(2) * (p0 + np.uint64(l))] = o0[l]
+                sf[np.uint64(2) * (p0 + np.uint64(l)) + np.uint64(1)] = o1[l]
+        else:
+            for l in range(n_lanes):
+                for j in range(D):
+                    score[p0 + np.uint64(l), j] = out[j, l]
 
 
 # --------------------------------------------------------------------------- lanes, D <= 4: one pass
@@ -911,63 +920,77 @@ def _one_pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, task
         el[k] = -0.5 * _LOG2E * np.float64(inv_c[0, k, 0]) if iso_form else -_LOG2E
         qcut[k] = cut[k] * _LOG2E / np.float64(el[k])  # q l > cut_k log2(e): q < qcut (l < 0)
     ln = log_norm[0]
-    D, P = x.shape[1], 2 if x.shape[1] <= 2 else 4
     n_chunks = (N + L - 1) // L
     n_tasks = min(n_chunks, tasks)
     bad = np.zeros(n_tasks, np.int64)
     for task in prange(n_tasks):
         start, stop = task * n_chunks // n_tasks * L, min(N, (task + 1) * n_chunks // n_tasks * L)
-        prefer_wide_vectors()
-        # a chunk's points, transposed (rows D .. P - 1 zero), then t and a_0 .. a_3 (and a row more for _redo_far):
-        # rows of one array of a fixed width, so that LLVM sees the rows a constant stride apart and vectorises
-        # without run-time alias checks
-        buf = aligned_empty((10, ONE_PASS_ROW), x.dtype)
-        x0, x1, x2, x3, t, a0, a1, a2, a3 = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], buf[8]
-        xf, sf = x.reshape(-1), score.reshape(-1)
-        fa = np.empty(stop - start, np.int64)  # the task's far points
-        n_far = 0
-        for c_start in range(start, stop, L):
-            n = min(L, stop - c_start)
-            p0 = np.uint64(c_start)
-            _load_lanes(xf, D, p0, n, x0, x1, x2, x3)
-            for j in range(D, P):
-                for i in range(n):
-                    buf[j, i] = 0.0
-            for j in range(4, 5 + P):
-                for i in range(n):
-                    buf[j, i] = 0.0
-            if P == 2:
-                _components_2d(gmu, h, el, shift, qcut, poly, iso_form, n, x0, x1, t, a0, a1)
-            else:
-                _components_4d(gmu, h, el, shift, qcut, poly, iso_form, n, x0, x1, x2, x3, t, a0, a1, a2, a3)
-            far = False
-            if want_score:
-                for i in range(n):
-                    far |= not t[i] >= limit
-                _store_lanes(sf, D, p0, n, a0, a1, a2, a3, t)
-            else:
-                for i in range(n):
-                    far |= not t[i] >= limit
-                    logp[p0 + np.uint64(i)] = top + _log_pow2(np.float64(t[i]), -bits)  # t 2**-b may be subnormal
-            if far:  # rare: lanes whose weights left the range, or whose x is not finite (all weights dropped)
-                for c0 in range(0, n, LANES):  # a vectorised test per LANES lanes, a scalar one only where it found some
-                    c1 = min(c0 + LANES, n)
-                    some = False
-                    for i in range(c0, c1):
-                        some |= not t[i] >= limit
-                    if some:
-                        for i in range(c0, c1):
-                            if not t[i] >= limit:
-                                finite = True
-                                for j in range(D):
-                                    finite &= np.isfinite(buf[j, i])
-                                bad[task] += not finite
-                                if finite:
-                                    fa[n_far] = c_start + i
-                                    n_far += 1
-        if n_far:
-            _redo_far(x, fa, n_far, gmu, ic, ln, want_score, buf, score, logp)
+        bad[task] = _one_pass_task(x, gmu, ic, h, el, shift, qcut, poly, iso_form, ln, top, bits, limit, want_score,
+                                   L, start, stop, score, logp)
     return bad.sum()
+
+
+@njit(**_JIT)
+def _one_pass_task(x, gmu, ic, h, el, shift, qcut, poly, iso_form, ln, top, bits, limit, want_score, L, start, stop,
+                   score, logp):
+    """Points [start, stop) of :func:`_one_pass` (one task: chunks of L points, then the task's far points);
+    returns its count of points that are not finite. A function of its own, called from both kernels' task
+    loops, so that Numba's parallel passes see a one-line body and the two kernels share one compiled task
+    (inlined, the body was compiled twice, and took most of each kernel's compile time)."""
+    N, D = x.shape
+    P = 2 if D <= 2 else 4
+    bad = 0
+    prefer_wide_vectors()
+    # a chunk's points, transposed (rows D .. P - 1 zero), then t and a_0 .. a_3 (and a row more for _redo_far):
+    # rows of one array of a fixed width, so that LLVM sees the rows a constant stride apart and vectorises
+    # without run-time alias checks
+    buf = aligned_empty((10, ONE_PASS_ROW), x.dtype)
+    x0, x1, x2, x3, t, a0, a1, a2, a3 = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], buf[8]
+    xf, sf = x.reshape(-1), score.reshape(-1)
+    fa = np.empty(stop - start, np.int64)  # the task's far points
+    n_far = 0
+    for c_start in range(start, stop, L):
+        n = min(L, stop - c_start)
+        p0 = np.uint64(c_start)
+        _load_lanes(xf, D, p0, n, x0, x1, x2, x3)
+        for j in range(D, P):
+            for i in range(n):
+                buf[j, i] = 0.0
+        for j in range(4, 5 + P):
+            for i in range(n):
+                buf[j, i] = 0.0
+        if P == 2:
+            _components_2d(gmu, h, el, shift, qcut, poly, iso_form, n, x0, x1, t, a0, a1)
+        else:
+            _components_4d(gmu, h, el, shift, qcut, poly, iso_form, n, x0, x1, x2, x3, t, a0, a1, a2, a3)
+        far = False
+        if want_score:
+            for i in range(n):
+                far |= not t[i] >= limit
+            _store_lanes(sf, D, p0, n, a0, a1, a2, a3, t)
+        else:
+            for i in range(n):
+                far |= not t[i] >= limit
+                logp[p0 + np.uint64(i)] = top + _log_pow2(np.float64(t[i]), -bits)  # t 2**-b may be subnormal
+        if far:  # rare: lanes whose weights left the range, or whose x is not finite (all weights dropped)
+            for c0 in range(0, n, LANES):  # a vectorised test per LANES lanes, a scalar one only where it found some
+                c1 = min(c0 + LANES, n)
+                some = False
+                for i in range(c0, c1):
+                    some |= not t[i] >= limit
+                if some:
+                    for i in range(c0, c1):
+                        if not t[i] >= limit:
+                            finite = True
+                            for j in range(D):
+                                finite &= np.isfinite(buf[j, i])
+                            bad += not finite
+                            if finite:
+                                fa[n_far] = c_start + i
+                                n_far += 1
+    if n_far:
+        _redo_far(x, fa, n_far, gmu, ic, ln, want_score, buf, score, logp)
+    return bad
 
 
 @njit(parallel=True, **_JIT)
@@ -1175,133 +1198,148 @@ def _score_gemm(x, M1, A, B, s_iso, gmu, s, const, kc, want_score, lanes, by_fma
     L = lanes
     if not 0 < L <= GEMM_ROW:
         raise ValueError("the GEMM path's lanes must lie in [1, GEMM_ROW]")
-    c, e, b, h, s0, e_s = kc[0], kc[1], kc[2], kc[3], kc[4], kc[5]
-    kappa2, cut, one, kappa2_s = kc[6, 0], kc[6, 1], kc[6, 2], kc[6, 3]
-    zero = one - one
     n_blocks = (N + L - 1) // L
     per_task = max(1, min(BLOCKS_PER_TASK, n_blocks // 16))  # at least 16 tasks where there are 16 blocks
     n_tasks = (n_blocks + per_task - 1) // per_task
-    rows1 = max(1, GEMM_BLOCK_WORK // (E * L))
-    rows2 = max(1, GEMM_BLOCK_WORK // (D * L))
-    big = np.finfo(x.dtype).max
     n_bad = 0
     rows_out = by_fma and _rows_out(D, x.itemsize)
     At = np.ascontiguousarray(A.T) if by_fma and not rows_out else A[:0]  # the second product's operands as (D, K)
     Bt = np.ascontiguousarray(B.T) if by_fma and not rows_out and not s_iso else B[:0]
     for task in prange(n_tasks):
-        prefer_wide_vectors()
-        xs = np.zeros((E, L), x.dtype)  # the block, transposed (and its squares below it, diagonal)
-        G = np.zeros((K, L), x.dtype)  # the first product (and BLAS's operand of the second)
-        logit = np.zeros((K, GEMM_ROW), x.dtype)  # the logits, then the weights: lanes [:L] of fixed-width rows
-        per_lane = np.zeros((5, GEMM_ROW), x.dtype)
-        P = np.zeros((D, L) if by_fma and not rows_out else (0 if rows_out else L, D), x.dtype)  # sum_k w_k s_k gmu_k
-        acc = np.zeros(D)
-        Q = np.zeros((D, L) if by_fma and not rows_out else (0 if rows_out and s_iso else L, D), x.dtype)
-        tmp = np.zeros((0 if by_fma else L, D), x.dtype)  # BLAS's partial products
-        x2, gap = per_lane[0], per_lane[1]  # gap: per lane, min over k of e_k - 2 kappa l_k - b_k |x|^2
-        redo = np.zeros(L, np.bool_)  # points whose score is summed from the differences
-        m, tot, ts = per_lane[2], per_lane[3], per_lane[4]
-        rcp = np.zeros(L if by_fma and not rows_out else 0, x.dtype)  # 1 / tot, (D, points) layout only
-        for blk in range(task * per_task, min(n_blocks, (task + 1) * per_task)):
-            p0 = blk * L
-            n_lanes = min(L, N - p0)
-            _transpose_into(x, p0, n_lanes, D, xs, 0)
-            for j in range(D):
-                for l in range(n_lanes, L):
-                    xs[j, l] = 0.0
+        n_bad += _gemm_task(x, M1, A, B, At, Bt, s_iso, gmu, s, const, kc, want_score, L, by_fma, rows_out,
+                            task * per_task, min(n_blocks, (task + 1) * per_task), score, logp)
+    return n_bad
+
+
+@njit(**_JIT)
+def _gemm_task(x, M1, A, B, At, Bt, s_iso, gmu, s, const, kc, want_score, L, by_fma, rows_out, blk0, blk1, score, logp):
+    """Blocks [blk0, blk1) of :func:`_score_gemm` (one ``prange`` task; its arguments as there, with At and Bt the
+    second product's operands as (D, K)); returns the task's count of points to redo. A function of its own, not
+    the loop's body, so that Numba's parallel passes analyse a one-line body: inlined there (with the tile product
+    inlined too), the task took most of the kernel's compile time (float32, AVX2: 108 against 38 s for the first
+    call)."""
+    N, D = x.shape
+    K, E = M1.shape
+    c, e, b, h, s0, e_s = kc[0], kc[1], kc[2], kc[3], kc[4], kc[5]
+    kappa2, cut, one, kappa2_s = kc[6, 0], kc[6, 1], kc[6, 2], kc[6, 3]
+    zero = one - one
+    rows1 = max(1, GEMM_BLOCK_WORK // (E * L))
+    rows2 = max(1, GEMM_BLOCK_WORK // (D * L))
+    big = np.finfo(x.dtype).max
+    n_bad = 0
+    prefer_wide_vectors()
+    xs = np.zeros((E, L), x.dtype)  # the block, transposed (and its squares below it, diagonal)
+    G = np.zeros((K, L), x.dtype)  # the first product (and BLAS's operand of the second)
+    logit = np.zeros((K, GEMM_ROW), x.dtype)  # the logits, then the weights: lanes [:L] of fixed-width rows
+    per_lane = np.zeros((5, GEMM_ROW), x.dtype)
+    P = np.zeros((D, L) if by_fma and not rows_out else (0 if rows_out else L, D), x.dtype)  # sum_k w_k s_k gmu_k
+    acc = np.zeros(D)
+    Q = np.zeros((D, L) if by_fma and not rows_out else (0 if rows_out and s_iso else L, D), x.dtype)
+    tmp = np.zeros((0 if by_fma else L, D), x.dtype)  # BLAS's partial products
+    x2, gap = per_lane[0], per_lane[1]  # gap: per lane, min over k of e_k - 2 kappa l_k - b_k |x|^2
+    redo = np.zeros(L, np.bool_)  # points whose score is summed from the differences
+    m, tot, ts = per_lane[2], per_lane[3], per_lane[4]
+    rcp = np.zeros(L if by_fma and not rows_out else 0, x.dtype)  # 1 / tot, (D, points) layout only
+    for blk in range(blk0, blk1):
+        p0 = blk * L
+        n_lanes = min(L, N - p0)
+        _transpose_into(x, p0, n_lanes, D, xs, 0)
+        for j in range(D):
+            for l in range(n_lanes, L):
+                xs[j, l] = 0.0
+        for l in range(L):
+            x2[l] = 0.0
+            gap[l] = one
+            redo[l] = False
+            m[l] = -np.inf
+            tot[l] = 0.0
+            ts[l] = 0.0
+        for j in range(D):
             for l in range(L):
-                x2[l] = 0.0
-                gap[l] = one
-                redo[l] = False
-                m[l] = -np.inf
-                tot[l] = 0.0
-                ts[l] = 0.0
+                x2[l] += xs[j, l] * xs[j, l]
+        for l in range(n_lanes):
+            n_bad += np.int64(not x2[l] <= big)
+        if not s_iso:
             for j in range(D):
                 for l in range(L):
-                    x2[l] += xs[j, l] * xs[j, l]
+                    xs[D + j, l] = xs[j, l] * xs[j, l]
+        if by_fma:
+            tile_matmul(M1, xs, G)
+        else:
+            _dot_rows(M1, xs, G, rows1)
+        _logit_pass(G, logit, L, c, e, b, h, kappa2, x2, m, gap)
+        for l in range(n_lanes):
+            if not gap[l] < 0:
+                continue
+            mx = -np.inf
+            for k in range(K):
+                bx = b[k] * x2[l]
+                # the score's test implies the logit's (SCORE_KAPPA >= REFINE_KAPPA): only these lanes need it
+                redo[l] |= e_s[k] - kappa2_s * logit[k, l] - bx < 0
+                if e[k] - kappa2 * logit[k, l] - bx < 0:
+                    qk = 0.0
+                    for j in range(D):
+                        zj = x[p0 + l, j] - gmu[k, j]
+                        qk += zj * (zj * s[k, j])
+                    logit[k, l] = const[k] - qk / 2
+                mx = max(mx, logit[k, l])
+            m[l] = mx
+        # unnormalised weights and their sums: the score divides by the sum once, after the product
+        _weight_pass(logit, L, s0, cut, zero, m, tot, ts)
+        for l in range(n_lanes):  # every q_k overflowed (no weight left): the caller redoes the point
+            n_bad += np.int64(tot[l] == 0)
+        if not want_score:
             for l in range(n_lanes):
-                n_bad += np.int64(not x2[l] <= big)
+                logp[p0 + l] = np.float64(m[l]) + _log(np.float64(tot[l]))
+            continue
+        if rows_out:  # (points, D): sum_k w_k s_k gmu_k straight into the block's rows of score
+            sc = score[p0 : p0 + n_lanes]
+            wt = logit[:, :n_lanes].T
+            tile_matmul(wt, A, sc)
             if not s_iso:
+                tile_matmul(wt, B, Q[:n_lanes])  # sum_k w_k s_k, per axis
+            for l in range(n_lanes):
+                r = one / tot[l]
+                if s_iso:
+                    t_l = ts[l]
+                    for j in range(D):
+                        sc[l, j] = (sc[l, j] - x[p0 + l, j] * t_l) * r
+                else:
+                    for j in range(D):
+                        sc[l, j] = (sc[l, j] - x[p0 + l, j] * Q[l, j]) * r
+        elif by_fma:  # (D, points): the loops run over the points, and the block goes out as it came in
+            tile_matmul(At, logit, P)  # sum_k w_k s_k gmu_k
+            for l in range(L):
+                rcp[l] = one / tot[l]
+            if s_iso:
                 for j in range(D):
                     for l in range(L):
-                        xs[D + j, l] = xs[j, l] * xs[j, l]
-            if by_fma:
-                tile_matmul(M1, xs, G)
+                        P[j, l] = (P[j, l] - xs[j, l] * ts[l]) * rcp[l]
             else:
-                _dot_rows(M1, xs, G, rows1)
-            _logit_pass(G, logit, L, c, e, b, h, kappa2, x2, m, gap)
-            for l in range(n_lanes):
-                if not gap[l] < 0:
-                    continue
-                mx = -np.inf
-                for k in range(K):
-                    bx = b[k] * x2[l]
-                    # the score's test implies the logit's (SCORE_KAPPA >= REFINE_KAPPA): only these lanes need it
-                    redo[l] |= e_s[k] - kappa2_s * logit[k, l] - bx < 0
-                    if e[k] - kappa2 * logit[k, l] - bx < 0:
-                        qk = 0.0
-                        for j in range(D):
-                            zj = x[p0 + l, j] - gmu[k, j]
-                            qk += zj * (zj * s[k, j])
-                        logit[k, l] = const[k] - qk / 2
-                    mx = max(mx, logit[k, l])
-                m[l] = mx
-            # unnormalised weights and their sums: the score divides by the sum once, after the product
-            _weight_pass(logit, L, s0, cut, zero, m, tot, ts)
-            for l in range(n_lanes):  # every q_k overflowed (no weight left): the caller redoes the point
-                n_bad += np.int64(tot[l] == 0)
-            if not want_score:
+                tile_matmul(Bt, logit, Q)  # sum_k w_k s_k, per axis
+                for j in range(D):
+                    for l in range(L):
+                        P[j, l] = (P[j, l] - xs[j, l] * Q[j, l]) * rcp[l]
+            _transpose_into(P, 0, D, n_lanes, score, p0)
+        else:  # BLAS
+            _copy_lanes(logit, G, L)  # BLAS takes whole contiguous rows
+            _dot_tn(G, A, P, tmp, rows2)  # sum_k w_k s_k gmu_k
+            if s_iso:
                 for l in range(n_lanes):
-                    logp[p0 + l] = np.float64(m[l]) + _log(np.float64(tot[l]))
-                continue
-            if rows_out:  # (points, D): sum_k w_k s_k gmu_k straight into the block's rows of score
-                sc = score[p0 : p0 + n_lanes]
-                wt = logit[:, :n_lanes].T
-                tile_matmul(wt, A, sc)
-                if not s_iso:
-                    tile_matmul(wt, B, Q[:n_lanes])  # sum_k w_k s_k, per axis
+                    r, t_l = one / tot[l], ts[l]
+                    for j in range(D):
+                        score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * t_l) * r
+            else:
+                _dot_tn(G, B, Q, tmp, rows2)  # sum_k w_k s_k, per axis
                 for l in range(n_lanes):
                     r = one / tot[l]
-                    if s_iso:
-                        t_l = ts[l]
-                        for j in range(D):
-                            sc[l, j] = (sc[l, j] - x[p0 + l, j] * t_l) * r
-                    else:
-                        for j in range(D):
-                            sc[l, j] = (sc[l, j] - x[p0 + l, j] * Q[l, j]) * r
-            elif by_fma:  # (D, points): the loops run over the points, and the block goes out as it came in
-                tile_matmul(At, logit, P)  # sum_k w_k s_k gmu_k
-                for l in range(L):
-                    rcp[l] = one / tot[l]
-                if s_iso:
                     for j in range(D):
-                        for l in range(L):
-                            P[j, l] = (P[j, l] - xs[j, l] * ts[l]) * rcp[l]
-                else:
-                    tile_matmul(Bt, logit, Q)  # sum_k w_k s_k, per axis
-                    for j in range(D):
-                        for l in range(L):
-                            P[j, l] = (P[j, l] - xs[j, l] * Q[j, l]) * rcp[l]
-                _transpose_into(P, 0, D, n_lanes, score, p0)
-            else:  # BLAS
-                _copy_lanes(logit, G, L)  # BLAS takes whole contiguous rows
-                _dot_tn(G, A, P, tmp, rows2)  # sum_k w_k s_k gmu_k
-                if s_iso:
-                    for l in range(n_lanes):
-                        r, t_l = one / tot[l], ts[l]
-                        for j in range(D):
-                            score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * t_l) * r
-                else:
-                    _dot_tn(G, B, Q, tmp, rows2)  # sum_k w_k s_k, per axis
-                    for l in range(n_lanes):
-                        r = one / tot[l]
-                        for j in range(D):
-                            score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * Q[l, j]) * r
-            # far from the origin and near the means, sum_k w_k s_k gmu_k - x sum_k w_k s_k cancels as the
-            # logits did: where it loses more than 5 bits (SCORE_KAPPA) the score comes from the differences
-            for l in range(n_lanes):
-                if redo[l]:
-                    _score_from_differences(x, p0 + l, logit, l, gmu, s, tot[l], acc, score)
+                        score[p0 + l, j] = (P[l, j] - x[p0 + l, j] * Q[l, j]) * r
+        # far from the origin and near the means, sum_k w_k s_k gmu_k - x sum_k w_k s_k cancels as the
+        # logits did: where it loses more than 5 bits (SCORE_KAPPA) the score comes from the differences
+        for l in range(n_lanes):
+            if redo[l]:
+                _score_from_differences(x, p0 + l, logit, l, gmu, s, tot[l], acc, score)
     return n_bad
 
 
