@@ -12,7 +12,7 @@ Also :data:`PRANGE_ONLY`, the ``parallel=`` option of the kernels with a
 one-thread path (``mlp_numba``, ``conv_numba``), :func:`add_block_sums`
 (their per-block parameter gradients, summed in order), :func:`aligned_empty`
 (cache-line aligned scratch), the dtype-generic
-:func:`fma`, and :func:`prefer_wide_vectors` (512-bit lane loops).
+:func:`fma` and :func:`sigmoid`, and :func:`prefer_wide_vectors` (512-bit lane loops).
 """
 
 from __future__ import annotations
@@ -435,6 +435,20 @@ def pow2_row(poly, k):
 def exp_weight(x):
     """:func:`_exp_weight32` for a float32 ``x``, :func:`_exp_weight` otherwise (kernels generic in the dtype call this)."""
     return _exp_weight32(x) if isinstance(x, np.float32) else _exp_weight(x)
+
+
+@njit(inline="always", **_OPTS)
+def sigmoid(z, one):
+    """The logistic sigmoid 1/(1 + exp(-z)) in z's dtype (``one`` is 1 in that dtype), branch-free.
+
+    With e = exp(-|z|) <= 1 (:func:`exp_weight`, never overflowing): 1/(1 + e)
+    for z >= 0 and e/(1 + e) below, so it is within 4 ulp relative everywhere, small values included
+    (NumPy's 1/2 + tanh(z/2)/2 is exact only to half an ulp of 1/2). Below -87 (float32) or -708
+    (float64) it gives e^-87 (e^-708) instead of the smaller true value; NaN gives NaN.
+    """
+    e = exp_weight(-abs(z))
+    r = one / (one + e)
+    return r if z >= 0 else e * r
 
 
 if not numba.config.DISABLE_JIT:

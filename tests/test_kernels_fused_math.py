@@ -6,7 +6,7 @@ to 1e-10, so each function is checked in ulps on millions of points over the
 whole range it is used on, edges included: ``_log`` on every kind of uniform
 ``(w + 0.5) 2**-32`` (2**-33 ... 1 - 2**-33), ``_sincos`` on theta = 2 pi u
 (quadrant boundaries and the exact quarter points included), ``_exp_weight``
-on [-708, 0] (and its clamp below). Under NUMBA_DISABLE_JIT=1 the sizes shrink
+on [-708, 0] (and its clamp below), and the sigmoid built on it. Under NUMBA_DISABLE_JIT=1 the sizes shrink
 (plain Python is slow) but the same assertions run.
 """
 
@@ -121,6 +121,38 @@ def test_float32_exp_weight_within_two_ulp_and_clamped():
     got64 = np.empty_like(x64)
     _exp_any(x64, got64)  # float64 input takes the float64 exp
     assert np.max(_ulps(got64, np.exp(x64))) <= 2.0
+
+
+@numba.njit(error_model="numpy")
+def _sigmoid_all(x, one, out):
+    for i in range(x.shape[0]):
+        out[i] = NM.sigmoid(x[i], one)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_within_four_ulp_where_numpys_tanh_form_is_not(dtype):
+    """NM.sigmoid against 1/(1 + exp(-z)) in a wider type, relative, over the range where the result is normal:
+    NumPy's 1/2 + tanh(z/2)/2 (the reference) is exact only to half an ulp of 1/2, so for z << 0 it is off by
+    many of its own ulps; the twin's form is not. Then the saturated ends, the clamp and NaN."""
+    lim = 87.0 if dtype == np.float32 else 700.0
+    z = np.random.default_rng(11).uniform(-lim, 30.0, BIG).astype(dtype)
+    z[:6] = [0.0, -0.0, 1e-30, -1e-30, -lim, 30.0]
+    got = np.empty_like(z)
+    _sigmoid_all(z, dtype(1.0), got)
+    wide = np.longdouble if dtype == np.float64 else np.float64
+    want = (1 / (1 + np.exp(-z.astype(wide)))).astype(dtype)
+    assert got.dtype == dtype
+    ulps = np.abs(got.astype(wide) - want.astype(wide)) / np.spacing(want).astype(wide)
+    assert ulps.max() <= 4.0
+    tanh_form = (0.5 + 0.5 * np.tanh(z / 2)).astype(dtype)
+    far = z < -20
+    assert (np.abs(tanh_form[far].astype(wide) - want[far]) / np.spacing(want[far])).max() > 1e3  # the contrast
+    edge = np.array([np.inf, 1e30, -1e30, -np.inf, np.nan], dtype=dtype)
+    got = np.empty_like(edge)
+    _sigmoid_all(edge, dtype(1.0), got)
+    tiny = np.exp(-lim - (0.0 if dtype == np.float32 else 8.0))  # the exp's clamp: e^-87 or e^-708
+    assert got[0] == got[1] == 1.0 and np.isnan(got[4])
+    assert 0 < got[2] == got[3] <= 1.01 * tiny
 
 
 @numba.njit(error_model="numpy")
