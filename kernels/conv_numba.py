@@ -10,9 +10,9 @@ Reference twins, same names, arguments and argument order:
 They differ from the reference in the order of the sums (the group
 statistics, and dgamma/dbeta: per-image partial sums added image by image in
 order, so the result does not depend on the thread count; each entry of a
-chunk product summed over its inner index in order, one FMA per term) and,
-in float32, in the forward's tanh (below); every other elementwise operation
-is the reference's, in the same order and dtype.
+chunk product summed over its inner index in order, one FMA per term) and
+in the forward's sigmoid (below); every other elementwise operation is the
+reference's, in the same order and dtype.
 
 In the GroupNorm + SiLU twins one loop iteration is one image (on Numba's threads from :data:`PARALLEL_MIN`
 values where the workers sleep between kernels, :func:`runs_parallel`; on the
@@ -21,12 +21,12 @@ of kB here) stays in L1/L2 while the kernel takes its channel sums, its group
 statistics and writes the outputs, instead of NumPy's five to eight passes
 over the whole batch. These passes are memory-bound, so the cache holds as
 little as it can: x (kept by the caller anyway), the (N, C) mean and rstd,
-the output h and the sigmoid s; the centred x is recomputed, not stored. The sigmoid is :math:`\\tfrac12 + \\tfrac12\\tanh(z/2)`:
-in float64 with NumPy's SIMD ``np.tanh`` run between two fused passes
-(Numba's ``math.tanh`` is a scalar libm call), as :mod:`refdiff.kernels.mlp_numba`
-does; in float32 inside the one pass, with a rational tanh within 6 ulp
-(``_tanh32``; from z = -16 down its sigmoid is 0, the reference's 1.1e-7 and less:
-an absolute difference below float32's rounding of values near 1).
+the output h and the sigmoid s; the centred x is recomputed, not stored. The
+sigmoid is ``_numba_math.sigmoid`` inside the one pass, in both dtypes, as in
+:mod:`refdiff.kernels.mlp_numba`: within 4 ulp of the true value, where the
+reference's :math:`\\tfrac12 + \\tfrac12\\tanh(z/2)` is exact to about an ulp of
+1/2. (Before, float64 ran NumPy's ``np.tanh`` between two passes, and float32
+a rational tanh within 6 ulp of tanh, whose sigmoid was 0 from z = -16 down.)
 Constants are passed in the array's dtype so float32 stays float32.
 """
 
@@ -40,7 +40,7 @@ except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.conv_numba needs numba: pip install "refdiff[fast]"') from exc
 
 from refdiff.kernels._numba_gemm import TILES, tile_matmul
-from refdiff.kernels._numba_math import PRANGE_ONLY, add_block_sums
+from refdiff.kernels._numba_math import PRANGE_ONLY, add_block_sums, sigmoid
 from refdiff.nn.fused import numba_yields_to_blas
 
 __all__ = ["group_norm_silu_forward", "group_norm_silu_backward", "chunk_matmul", "PARALLEL_MIN", "TILES",
@@ -100,93 +100,27 @@ def _image_stats(x, i, gamma, groups, eps, count, one, mu, rstd, a):
 
 
 @njit(inline="always", **_JIT)
-def _gn_forward_image(x, gamma, beta, groups, eps, count, half, one, h, s, mean, rstd, i):
-    """Image i: mean, variance, rstd; h <- z, s <- z/2 with z = (x - mean) (rstd gamma) + beta."""
+def _gn_silu_forward_image(x, gamma, beta, groups, eps, count, one, h, s, mean, rstd, i):
+    """Image i in one pass: statistics, then z = (x - mean) (rstd gamma) + beta, s = sigma(z) and h = z s."""
     hw, c = x.shape[1], x.shape[2]
     mu, a = mean[i], np.empty(c, dtype=x.dtype)
     _image_stats(x, i, gamma, groups, eps, count, one, mu, rstd, a)
     for q in range(hw):
         for j in range(c):
             z = (x[i, q, j] - mu[j]) * a[j] + beta[j]
-            h[i, q, j] = z
-            s[i, q, j] = z * half
-
-
-@njit(parallel=PRANGE_ONLY, **_JIT)
-def _gn_forward(x, gamma, beta, groups, eps, count, half, one, h, s, mean, rstd, parallel):
-    if parallel:
-        for i in prange(x.shape[0]):
-            _gn_forward_image(x, gamma, beta, groups, eps, count, half, one, h, s, mean, rstd, i)
-    else:
-        for i in range(x.shape[0]):
-            _gn_forward_image(x, gamma, beta, groups, eps, count, half, one, h, s, mean, rstd, i)
-
-
-# float32 tanh as a clamped odd/even rational function (the [13/6] minimax
-# form Eigen uses for float): at most 6 ulp from tanh, and only multiplies, adds,
-# one division and selects, so the loop vectorises (np.tanh needs a pass of its own).
-_T_CLAMP = np.float32(7.90531110763549805)
-_T_TINY = np.float32(0.0004)
-_T_A1, _T_A3, _T_A5 = np.float32(4.89352455891786e-03), np.float32(6.37261928875436e-04), np.float32(1.48572235717979e-05)
-_T_A7, _T_A9 = np.float32(5.12229709037114e-08), np.float32(-8.60467152213735e-11)
-_T_A11, _T_A13 = np.float32(2.00018790482477e-13), np.float32(-2.76076847742355e-16)
-_T_B0, _T_B2 = np.float32(4.89352518554385e-03), np.float32(2.26843463243900e-03)
-_T_B4, _T_B6 = np.float32(1.18534705686654e-04), np.float32(1.19825839466702e-06)
-
-
-@njit(inline="always", **_JIT)
-def _tanh32(u):
-    """tanh(u) for a float32 u, within 6 ulp (see above)."""
-    t = min(max(u, -_T_CLAMP), _T_CLAMP)
-    t2 = t * t
-    p = ((((((t2 * _T_A13 + _T_A11) * t2 + _T_A9) * t2 + _T_A7) * t2 + _T_A5) * t2 + _T_A3) * t2 + _T_A1) * t
-    q = ((t2 * _T_B6 + _T_B4) * t2 + _T_B2) * t2 + _T_B0
-    return u if abs(u) < _T_TINY else p / q
-
-
-@njit(inline="always", **_JIT)
-def _gn_silu_forward32_image(x, gamma, beta, groups, eps, count, h, s, mean, rstd, i):
-    """float32, image i in one pass: statistics, then z, s = sigma(z) = (1 + tanh(z/2))/2 and h = z s."""
-    hw, c = x.shape[1], x.shape[2]
-    half, one = np.float32(0.5), np.float32(1.0)
-    mu, a = mean[i], np.empty(c, dtype=np.float32)
-    _image_stats(x, i, gamma, groups, eps, count, one, mu, rstd, a)
-    for q in range(hw):
-        for j in range(c):
-            z = (x[i, q, j] - mu[j]) * a[j] + beta[j]
-            t = _tanh32(z * half) * half + half
+            t = sigmoid(z, one)
             s[i, q, j] = t
             h[i, q, j] = z * t
 
 
 @njit(parallel=PRANGE_ONLY, **_JIT)
-def _gn_silu_forward32(x, gamma, beta, groups, eps, count, h, s, mean, rstd, parallel):
+def _gn_silu_forward(x, gamma, beta, groups, eps, count, one, h, s, mean, rstd, parallel):
     if parallel:
         for i in prange(x.shape[0]):
-            _gn_silu_forward32_image(x, gamma, beta, groups, eps, count, h, s, mean, rstd, i)
+            _gn_silu_forward_image(x, gamma, beta, groups, eps, count, one, h, s, mean, rstd, i)
     else:
         for i in range(x.shape[0]):
-            _gn_silu_forward32_image(x, gamma, beta, groups, eps, count, h, s, mean, rstd, i)
-
-
-@njit(inline="always", **_JIT)
-def _silu_finish_image(h, s, half, i):
-    """Image i; s holds tanh(z/2): s <- tanh/2 + 1/2 = sigma(z); h <- z s."""
-    for q in range(h.shape[1]):
-        for j in range(h.shape[2]):
-            t = s[i, q, j] * half + half
-            s[i, q, j] = t
-            h[i, q, j] = h[i, q, j] * t
-
-
-@njit(parallel=PRANGE_ONLY, **_JIT)
-def _silu_finish(h, s, half, parallel):
-    if parallel:
-        for i in prange(h.shape[0]):
-            _silu_finish_image(h, s, half, i)
-    else:
-        for i in range(h.shape[0]):
-            _silu_finish_image(h, s, half, i)
+            _gn_silu_forward_image(x, gamma, beta, groups, eps, count, one, h, s, mean, rstd, i)
 
 
 def group_norm_silu_forward(x, gamma, beta, groups, eps):
@@ -198,14 +132,8 @@ def group_norm_silu_forward(x, gamma, beta, groups, eps):
     s = np.empty_like(h)
     mu = np.empty((n, c), dtype=dt)
     rstd = np.empty((n, c), dtype=dt)
-    par = runs_parallel(x.size)
-    if dt == np.float32 and x.dtype == np.float32 and gamma.dtype == np.float32 and beta.dtype == np.float32:
-        _gn_silu_forward32(x, gamma, beta, int(groups), kind(eps), kind(hw * (c // groups)), h, s, mu, rstd, par)
-        return h, s, mu, rstd
-    _gn_forward(x, gamma, beta, int(groups), kind(eps), kind(hw * (c // groups)), kind(0.5), kind(1.0), h, s, mu, rstd,
-                par)
-    np.tanh(s, out=s)  # (processing a few images at a time, in cache, measured no faster)
-    _silu_finish(h, s, kind(0.5), par)
+    _gn_silu_forward(x, gamma, beta, int(groups), kind(eps), kind(hw * (c // groups)), kind(1.0), h, s, mu, rstd,
+                     runs_parallel(x.size))
     return h, s, mu, rstd
 
 
