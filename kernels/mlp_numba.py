@@ -10,6 +10,9 @@ Reference twins, same names, arguments and argument order:
   except ``db``, summed over fixed 64-row blocks, then over blocks in order:
   the result does not depend on the thread count)
 * :func:`adam_update`        <- ``refdiff.nn.fused.adam_update`` (same bits)
+* :func:`sinusoidal_embedding` <- ``refdiff.nn.fused.sinusoidal_embedding`` (the
+  same phases; their cosine and sine to 1 ulp in float64, then rounded to the
+  dtype: see its docstring)
 
 The forward pass is one fused pass: bias, sigmoid, product and residual per
 value, the sigmoid by ``_numba_math.sigmoid`` (1/(1 + e) or e/(1 + e) with
@@ -60,11 +63,12 @@ except ImportError as exc:  # the `fast` extra is not installed
 
 from refdiff.kernels._numba_gemm import (TILES, VECTOR_BYTES, block_rows, blocked_matmul, columns_times_narrow,
                                          rows_times_narrow)
-from refdiff.kernels._numba_math import PRANGE_ONLY, add_block_sums, sigmoid
+from refdiff.kernels._numba_math import PRANGE_ONLY, _sincos, add_block_sums, sigmoid
+from refdiff.nn import layers
 from refdiff.nn.fused import numba_threading_layer, numba_yields_to_blas
 
-__all__ = ["matmul", "bias_silu_forward", "bias_silu_backward", "adam_update", "PARALLEL_MIN", "SPIN_PARALLEL_MIN",
-           "TILES", "products_by_tiles", "runs_parallel"]
+__all__ = ["matmul", "bias_silu_forward", "bias_silu_backward", "adam_update", "sinusoidal_embedding", "PARALLEL_MIN",
+           "SPIN_PARALLEL_MIN", "TILES", "products_by_tiles", "runs_parallel"]
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 _ROWS = 64  # rows per parallel block of an (N, W) pass
@@ -252,3 +256,47 @@ def adam_update(theta, g, m, v, lr, beta1, beta2, eps, weight_decay, step, tmp=N
     bc2 = 1.0 - beta2**step
     _adam(theta, g, m, v, c(1.0 - beta1), c(1.0 - beta2), c(1.0 - lr * weight_decay), c(1.0 / math.sqrt(bc2)),
           c(eps), c(lr / bc1), runs_parallel(theta.size))
+
+
+#: The phases u omega_k the twin's sine and cosine take (``_numba_math._sincos``: |x| < 2**20); beyond, or for a
+#: phase that is not finite, the twin hands the whole call to the reference.
+_SINCOS_MAX = 2.0**20
+
+
+@njit(**_JIT)
+def _cos_sin_features(u, omega, out):
+    """out[n, k] = cos(u_n omega_k), out[n, half + k] = sin(u_n omega_k), in float64, stored in out's dtype.
+
+    Each row's values go to two float64 buffers first: with both stores into ``out``'s row the loop stayed
+    scalar (0.72 against 0.23 ms at N = 4096, dim = 32, float32)."""
+    half = omega.shape[0]
+    cos_row, sin_row = np.empty(half), np.empty(half)
+    for n in range(u.shape[0]):
+        un = u[n]
+        for k in range(half):
+            sin_row[k], cos_row[k] = _sincos(un * omega[k])
+        for k in range(half):
+            out[n, k] = cos_row[k]
+            out[n, half + k] = sin_row[k]
+
+
+def sinusoidal_embedding(u, dim: int, max_period: float = 10000.0, dtype=np.float64):
+    """Twin of :func:`refdiff.nn.layers.sinusoidal_embedding`: the same phases u omega_k (the same float64
+    product), their cosine and sine in one pass by the branch-free float64 ``_sincos`` (within 1 ulp), rounded
+    once to ``dtype``. In float32 that is closer than the reference, which rounds the reduced phase to float32
+    and takes NumPy's float32 cosine and sine (within 2e-7 of the float64 values, absolute): the two differ by
+    up to about two float32 ulps of 1. A phase of 2**20 or more in magnitude, or one that is not finite,
+    leaves the call to the reference. At N = 4096, dim = 32, on this AVX2 CPU, one thread: float32 0.5-0.7 ms
+    for the reference's NumPy passes against 0.23 for the twin; float64 2.6 against 0.24."""
+    dtype = np.dtype(dtype)
+    if dim < 2 or dim % 2 or dtype not in (np.float32, np.float64):
+        return layers.sinusoidal_embedding(u, dim, max_period, dtype)
+    u = np.ascontiguousarray(u, dtype=np.float64)
+    if u.ndim != 1:
+        return layers.sinusoidal_embedding(u, dim, max_period, dtype)  # its error names the shape
+    omega = layers.sinusoidal_frequencies(dim, max_period)
+    if u.size and not np.abs(u).max() * omega[0] < _SINCOS_MAX:  # omega_0 = 1 is the largest
+        return layers.sinusoidal_embedding(u, dim, max_period, dtype)
+    out = np.empty((u.shape[0], dim), dtype)
+    _cos_sin_features(u, omega, out)
+    return out

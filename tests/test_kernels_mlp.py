@@ -1,15 +1,20 @@
 """kernels/mlp_numba.py against its reference twins in refdiff/nn/fused.py, and the MLP step on both backends."""
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
 
 from refdiff.nn import MLP, Adam, check_network, clip_grad_norm
 from refdiff.nn import fused
+from refdiff.nn.layers import sinusoidal_frequencies
 from refdiff.train import regression_loss
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+JIT_OFF = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
+# the float64 sigmoid's FMAs are exact rationals in plain Python: a second a value
+LARGE_FLOAT64_JIT_OFF = "as plain Python the smaller float64 sizes take the same lines (NUMBA_DISABLE_JIT)"
 needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason='numba is not installed (pip install "refdiff[fast]")')
 BACKENDS = ["numpy", pytest.param("numba", marks=needs_numba)]
 DTYPES = [np.float32, np.float64]
@@ -44,6 +49,8 @@ def _inputs(n, w, dtype, seed=0):
 @pytest.mark.parametrize("n", [0, 1, 7, 257, 1031])
 def test_bias_silu_twin_matches_reference(ops, dtype, w, n):
     """n = 0: an empty batch adds exactly 0 to the bias gradient (the twin read a first block it does not have)."""
+    if JIT_OFF and ops is not fused and dtype == np.float64 and n * w > 10_000:
+        pytest.skip(LARGE_FLOAT64_JIT_OFF)
     a, b, r, dh, dh_add = _inputs(n, w, dtype)
     if n:
         a[0, 0] = 200.0  # saturated sigmoid: tanh(100) = 1
@@ -105,6 +112,47 @@ def test_adam_twin_matches_reference(ops, dtype, size, weight_decay):
         for got, want in zip(state, state_ref):
             assert got.dtype == dtype
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", [2, 6, 32])
+@pytest.mark.parametrize("n", [0, 1, 7, 1031])
+def test_sinusoidal_embedding_twin_matches_reference(ops, dtype, dim, n):
+    """The same phases: float64 cosines and sines within 2 ulp of NumPy's (each within 1 of the truth). float32:
+    the reference within 2e-7 (absolute) of the float64 values, as it rounds the reduced phase to float32 first;
+    the twin within an ulp of the rounded float64 values, relative, and so within 2.5e-7 of the reference."""
+    gen = np.random.default_rng([n, dim])
+    u = np.concatenate([gen.integers(1, 1001, n // 2).astype(np.float64), gen.uniform(-3.0, 1000.0, n - n // 2)])
+    got = ops.sinusoidal_embedding(u, dim, dtype=dtype)
+    want = fused.sinusoidal_embedding(u, dim, dtype=dtype)
+    assert got.dtype == dtype and got.shape == (n, dim)
+    phase = np.multiply.outer(u, sinusoidal_frequencies(dim))
+    exact = np.concatenate([np.cos(phase), np.sin(phase)], axis=1)  # float64, each within 1 ulp
+    if dtype == np.float64:
+        assert np.all(np.abs(got - exact) <= 2 * np.spacing(np.maximum(np.abs(exact), 1e-300)))
+    elif ops is fused:
+        np.testing.assert_allclose(got, exact, rtol=0, atol=2e-7)
+    else:
+        rounded = exact.astype(np.float32)
+        assert np.all(np.abs(got - rounded) <= np.spacing(np.abs(rounded)))
+        np.testing.assert_allclose(got, want, rtol=0, atol=2.5e-7)
+
+
+@needs_numba
+def test_sinusoidal_embedding_twin_leaves_what_it_cannot_take_to_the_reference():
+    """Phases of 2**20 and more (beyond the twin's sine and cosine), NaN, other dtypes: the reference's output;
+    a bad dim or shape: the reference's error."""
+    from refdiff.kernels import mlp_numba
+
+    for u, dtype in [(np.array([1.0, 2.0**21]), np.float32), (np.array([3.0, np.nan]), np.float64),
+                     (np.array([5.0, 7.0]), np.float16)]:
+        got = mlp_numba.sinusoidal_embedding(u, 8, dtype=dtype)
+        np.testing.assert_array_equal(got, fused.sinusoidal_embedding(u, 8, dtype=dtype))
+        assert got.dtype == dtype
+    with pytest.raises(ValueError, match="dim must be an even int"):
+        mlp_numba.sinusoidal_embedding(np.ones(3), 5)
+    with pytest.raises(ValueError, match="u must have shape"):
+        mlp_numba.sinusoidal_embedding(np.ones((3, 2)), 4)
 
 
 def test_fused_numpy_mlp_is_the_layer_path_bit_for_bit():

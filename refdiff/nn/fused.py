@@ -21,6 +21,8 @@ function                   computes                                             
                            :math:`\delta = g\,(y + s(1 - y))`, :math:`y = a s`,   (rows summed blockwise)
                            :math:`db \mathrel{+}= \sum_n \delta_n`
 ``adam_update``            one step of :class:`~refdiff.nn.optim.Adam`           nothing (same bits)
+``sinusoidal_embedding``   :math:`[\cos u\omega_k, \sin u\omega_k]`               cos, sin: 1 ulp in float64,
+                           (the layers' time features)                            then rounded to the dtype
 =========================  =====================================================  ===========================
 
 Here :math:`\sigma(a) = \tfrac12 + \tfrac12\tanh(a/2)` exactly as
@@ -47,13 +49,14 @@ import math
 
 import numpy as np
 
-from .layers import sigmoid
+from .layers import sigmoid, sinusoidal_embedding
 
 __all__ = [
     "matmul",
     "bias_silu_forward",
     "bias_silu_backward",
     "adam_update",
+    "sinusoidal_embedding",
     "BACKENDS",
     "AUTO_MIN_SIZE",
     "check_backend",
@@ -239,7 +242,8 @@ def numba_chosen(backend: str, size: int, min_size: int) -> bool:
 
 
 def elementwise(backend: str, size: int):
-    """The module whose ``bias_silu_*``/``adam_update`` a call with ``size`` values per array uses."""
+    """The module whose ``bias_silu_*``/``adam_update``/``sinusoidal_embedding`` a call with ``size`` values per
+    array uses."""
     if numba_chosen(backend, size, AUTO_MIN_SIZE):
         from ..kernels import mlp_numba
 

@@ -48,6 +48,7 @@ __all__ = [
     "make_activation",
     "ClassEmbedding",
     "sinusoidal_embedding",
+    "sinusoidal_frequencies",
     "sigmoid",
 ]
 
@@ -200,6 +201,13 @@ class ClassEmbedding:
         return None
 
 
+def sinusoidal_frequencies(dim: int, max_period: float = 10000.0) -> np.ndarray:
+    r""":math:`\omega_k = \text{max\_period}^{-k/(dim/2)}`, :math:`k < dim/2`, float64: the frequencies of
+    :func:`sinusoidal_embedding` (and of its Numba twin, which must form the same phases)."""
+    half = dim // 2
+    return np.exp(-math.log(max_period) * np.arange(half) / half)
+
+
 def sinusoidal_embedding(u, dim: int, max_period: float = 10000.0, dtype=np.float64) -> np.ndarray:
     r"""Sinusoidal features of the scalar times ``u`` (shape (N,)) -> (N, dim).
 
@@ -211,21 +219,24 @@ def sinusoidal_embedding(u, dim: int, max_period: float = 10000.0, dtype=np.floa
     product would lose its last digits, so it is formed in float64. For a
     float32 result it is then reduced to :math:`[-\pi, \pi]` (still in
     float64) and only the cosine and sine run in float32, five times faster
-    than float64 ones and within an ulp of the rounded float64 result.
+    than float64 ones. Rounding the reduced phase to float32 moves it by up
+    to 1.2e-7 (half an ulp of pi), so the features are within 2e-7 of the
+    float64 ones (absolute; 1.8e-7 measured): near a zero of the cosine or
+    sine that is many ulps of the small value. The Numba twin
+    (``refdiff.kernels.mlp_numba``) rounds the float64 values instead.
     """
     if dim < 2 or dim % 2:
         raise ValueError(f"dim must be an even int >= 2, got {dim!r}")
     u = np.asarray(u, dtype=np.float64)
     if u.ndim != 1:
         raise ValueError(f"u must have shape (N,), got shape {u.shape}")
-    half = dim // 2
-    omega = np.exp(-math.log(max_period) * np.arange(half) / half)
-    arg = np.multiply.outer(u, omega)  # (N, half)
+    arg = np.multiply.outer(u, sinusoidal_frequencies(dim, max_period))  # (N, dim / 2)
     dtype = np.dtype(dtype)
     if dtype == np.float32:
         arg -= (2 * np.pi) * np.rint(arg * (1 / (2 * np.pi)))
         arg = arg.astype(np.float32)
     out = np.empty((arg.shape[0], dim), dtype=arg.dtype)
+    half = dim // 2
     np.cos(arg, out=out[:, :half])
     np.sin(arg, out=out[:, half:])
     return out.astype(dtype, copy=False)

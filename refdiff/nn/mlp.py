@@ -113,10 +113,11 @@ class MLP(Network):
     def forward(self, p, x, t, y=None):
         x, t, y = self.inputs(p, x, t, y)
         n = x.shape[0]
-        z = np.concatenate([x.reshape(n, self.dim), self.time_features(t, p.dtype)], axis=1)  # (N, D + E)
         if self.activation == "silu":
             ops = fused.elementwise(self.backend, n * self.width)
-            return self._forward_fused(ops, p, z, y, x.shape)
+            e = ops.sinusoidal_embedding(t * self.time_scale, self.emb_dim, dtype=p.dtype)  # self.time_features
+            return self._forward_fused(ops, p, np.concatenate([x.reshape(n, self.dim), e], axis=1), y, x.shape)
+        z = np.concatenate([x.reshape(n, self.dim), self.time_features(t, p.dtype)], axis=1)  # (N, D + E)
         a, c_in = self.inp.forward(p, z)  # (N, W)
         if self.cls is not None:
             a += self.cls.forward(p, y)[0]
