@@ -247,6 +247,15 @@ def test_fma_rounds_once_in_the_operands_dtype(dtype):
     exact = np.array([float(Fraction(float(p)) * Fraction(float(q)) + Fraction(float(r))) for p, q, r in zip(a, b, c)])
     np.testing.assert_array_equal(out.astype(np.float64), exact.astype(dtype).astype(np.float64))
     assert np.count_nonzero(out) > 400  # the plain product-then-sum gives 0 everywhere
+    if dtype == np.float64:  # zeros, results in and next to the subnormal range, a tie broken by the low bits
+        a = np.array([0.0, 3.0, 1.5 * 2.0**-520, 1.5 * 2.0**-520, 1.0 + 2.0**-52, 1e300])
+        b = np.array([5.0, -0.0, 1.25 * 2.0**-520, -1.25 * 2.0**-520, 1.0 + 2.0**-52, 1e10])
+        c = np.array([-0.0, 2.0, 2.0**-1060, 2.0**-1022, 2.0**-105, -1e300])
+        out = np.empty_like(a)
+        _fma_all(a, b, c, out)
+        for p, q, r, got in zip(a, b, c, out):
+            exact = Fraction(float(p)) * Fraction(float(q)) + Fraction(float(r))
+            assert got == (float(exact) if abs(exact) < 2**1024 else (1 if exact > 0 else -1) * np.inf), (p, q, r)
 
 
 def _axpy_asm(wide):
