@@ -384,7 +384,7 @@ def _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out):
         for l in range(L):
             d = lk[l] - m[l]
             keep = d > floor  # else the weight is dropped and adds nothing, even where its field overflowed
-            e = exp_weight(d)  # on every lane, so that what follows is one block, not a masked one a branch
+            e = exp_weight(d)  # on every lane: in a branch it put what follows under masked loads and stores
             w = e if keep else zero
             tot[l] += w
             # the fields loaded on every lane, and minus 0 where dropped rather than a kept o0[l]: plain loads

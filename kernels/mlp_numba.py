@@ -20,8 +20,8 @@ e = exp(-|a|), a branch-free exp that vectorises; within 4 ulp of the true
 sigmoid, where the reference's 1/2 + tanh(a/2)/2 is exact only to about an
 ulp of 1/2). It replaced two passes around ``np.tanh``, whose float32 loop
 took 1.4-1.7 ms at 4096 x 128 on this AVX2 CPU: one layer's forward went
-from 1.8 to 0.7 ms there (float32, one thread). Every constant is passed in the array's dtype so that float32
-arithmetic stays float32 (Numba would otherwise promote ``x * 0.5`` to
+from 1.8 to 0.7 ms there (float32, one thread). Every constant is passed in
+the array's dtype so that float32 arithmetic stays float32 (Numba would otherwise promote ``x * 0.5`` to
 float64). Each kernel is a loop over row blocks (flat blocks for Adam); the
 blocks and their order are the same on one thread or many, so the results
 are too.
