@@ -387,12 +387,11 @@ def _score_block_2d(xs, i, means, inv_c, log_norm, logit, m, tot, out):
             e = exp_weight(d)  # on every lane: in a branch it put what follows under masked loads and stores
             w = e if keep else zero
             tot[l] += w
-            # the fields loaded on every lane, and minus 0 where dropped rather than a kept o0[l]: plain loads
-            # and stores, not masked ones (see _running_max); the same bits
-            f0 = w * ((x0[l] - mu0) * ic0)
-            f1 = w * ((x1[l] - mu1) * ic1)
-            o0[l] = o0[l] - (f0 if keep else zero)
-            o1[l] = o1[l] - (f1 if keep else zero)
+            # minus 0 where dropped rather than a kept o0[l]: a store on every lane, not a masked one (see
+            # _running_max); the same bits. The field stays inside the condition: as plain Python, 0 * an
+            # overflowed field would warn
+            o0[l] = o0[l] - (w * ((x0[l] - mu0) * ic0) if keep else zero)
+            o1[l] = o1[l] - (w * ((x1[l] - mu1) * ic1) if keep else zero)
     _far_lanes(xs, means[i], inv_c[i], log_norm[i], _NO_ROTATION, False, tot, out)
     for l in range(L):
         o0[l] /= tot[l]
