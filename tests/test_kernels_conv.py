@@ -130,7 +130,7 @@ def test_group_norm_silu_reference_is_group_norm_then_silu():
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_group_norm_silu_gradcheck(backend, channels_last):
-    if JIT_OFF and backend == "numba":  # some 750 forward passes, each a float64 sigmoid of exact-rational FMAs
+    if JIT_OFF and backend == "numba":  # some 750 forward passes of plain-Python float64 sigmoids
         pytest.skip("as plain Python the twin tests take the same lines, against the reference (NUMBA_DISABLE_JIT)")
     layer = GroupNormSiLU("gn", 2, 6, channels_last=channels_last, backend=backend)
     shape = (3, 4, 5, 6) if channels_last else (3, 6, 4, 5)

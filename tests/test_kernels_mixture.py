@@ -34,8 +34,8 @@ PROCESS = VPSDE()
 # the kernels run as plain Python (CI's coverage pass): the largest cases are left to the compiled runs, which
 # take the same lines of code
 JIT_OFF = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
-# as plain Python a float64 FMA is exact rational arithmetic, some 100x slower than float32's; both dtypes take the
-# same lines of the loops
+# as plain Python every FMA is a Python call (float64's exact integer arithmetic, about 3 us, twice float32's): both
+# dtypes take the same lines of the loops
 FMA64_JIT_OFF = "the FMA products run in float32 only as plain Python (NUMBA_DISABLE_JIT)"
 # the numba twin's scalar-t kernels take a time only through gamma_t and sigma_t^2: as plain Python the data (gamma 1,
 # sigma 0) and t = 1e-4 (narrow components: the far points, redone and refined) stand for the broad t = 0.5 and 1

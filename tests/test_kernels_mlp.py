@@ -13,7 +13,7 @@ from refdiff.train import regression_loss
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 JIT_OFF = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
-# the float64 sigmoid's FMAs are exact rationals in plain Python: a second a value
+# as plain Python the float64 sigmoid is 13 FMAs of exact integer arithmetic a value
 LARGE_FLOAT64_JIT_OFF = "as plain Python the smaller float64 sizes take the same lines (NUMBA_DISABLE_JIT)"
 needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason='numba is not installed (pip install "refdiff[fast]")')
 BACKENDS = ["numpy", pytest.param("numba", marks=needs_numba)]
