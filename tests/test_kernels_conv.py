@@ -1,7 +1,6 @@
 """kernels/conv_numba.py against its reference twins in refdiff/nn/conv.py, and the U-Net on both backends."""
 
 import importlib.util
-import os
 
 import numpy as np
 import pytest
@@ -12,9 +11,9 @@ from refdiff.nn.gradcheck import check_layer
 from refdiff.nn.layers import SiLU
 from refdiff.nn.params import Layout, Params
 from refdiff.nn.unet import UNet
+from jit_mode import JIT_OFF
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
-JIT_OFF = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason='numba is not installed (pip install "refdiff[fast]")')
 BACKENDS = ["numpy", pytest.param("numba", marks=needs_numba)]
 # the twins as they choose (one thread at the tests' sizes) and forced onto Numba's threads

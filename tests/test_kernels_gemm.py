@@ -9,14 +9,13 @@ by column, or all at once), which is what lets a kernel's result not depend
 on how many points share a block.
 """
 
-import os
-
 import numpy as np
 import pytest
 
+from jit_mode import JIT_OFF
+
 gemm = pytest.importorskip("refdiff.kernels._numba_gemm", exc_type=ImportError)
 
-JIT_OFF = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 # K: every band of rows (8 and 16; 4; 1 to 3; 8 + 4 + 3; with the 6-row tiles of 256-bit vectors 6, 6 + 4, 12 + 1,
 # 12 + 3); L: below one vector of float32 (16 lanes, or 8) and of float64 (8, or 4), one vector, one and a half, two
 # (a full tile), and ragged ends after each

@@ -12,7 +12,6 @@ decomposition, no shared code with refdiff.analytic).
 import functools
 import importlib.util
 import math
-import os
 import sys
 
 import numpy as np
@@ -21,6 +20,7 @@ import pytest
 from refdiff import analytic
 from refdiff.analytic import GaussianMixture
 from refdiff.sde import VESDE, VPSDE
+from jit_mode import JIT_OFF
 
 KINDS = ("isotropic", "diagonal", "full")
 # (N, K, D): every N in (1, 2, 7, 31, 67, 1000, 1031), K in (1, 3, 5, 8), D in (1, 2, 3, 4, 16) at least once;
@@ -33,7 +33,6 @@ PROCESS = VPSDE()
 
 # the kernels run as plain Python (CI's coverage pass): the largest cases are left to the compiled runs, which
 # take the same lines of code
-JIT_OFF = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 # as plain Python every FMA is a Python call (float64's exact integer arithmetic, about 3 us, twice float32's): both
 # dtypes take the same lines of the loops
 FMA64_JIT_OFF = "the FMA products run in float32 only as plain Python (NUMBA_DISABLE_JIT)"

@@ -1,7 +1,6 @@
 """kernels/mlp_numba.py against its reference twins in refdiff/nn/fused.py, and the MLP step on both backends."""
 
 import importlib.util
-import os
 
 import numpy as np
 import pytest
@@ -10,9 +9,9 @@ from refdiff.nn import MLP, Adam, check_network, clip_grad_norm
 from refdiff.nn import fused
 from refdiff.nn.layers import sinusoidal_frequencies
 from refdiff.train import regression_loss
+from jit_mode import JIT_OFF
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
-JIT_OFF = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 # as plain Python the float64 sigmoid is 13 FMAs of exact integer arithmetic a value
 LARGE_FLOAT64_JIT_OFF = "as plain Python the smaller float64 sizes take the same lines (NUMBA_DISABLE_JIT)"
 needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason='numba is not installed (pip install "refdiff[fast]")')
