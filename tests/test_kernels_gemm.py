@@ -136,6 +136,38 @@ def test_transpose_tile_moves_one_square_tile_and_nothing_else(dtype):
         np.testing.assert_array_equal(dst, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_points_to_rows4_and_back_move_one_vector_of_points_and_nothing_else(dtype):
+    """points_to_rows4: rows r0 .. r0 + 3 of dst, lanes [i, i + V), get coordinate c of points p .. p + V - 1 of an
+    (N, 4) array, in order; rows_to_points4 puts such rows back into the points. Offsets that are not multiples
+    of a vector, inside wider arrays; every other entry keeps its value (NaN here)."""
+    from numba import njit
+
+    V = gemm.VECTOR_BYTES // np.dtype(dtype).itemsize
+    points = np.random.default_rng(4).standard_normal((3 * V + 5, 4)).astype(dtype)
+    flat = points.reshape(-1)
+
+    @njit
+    def to_rows(src, p, dst, r0, i):
+        gemm.points_to_rows4(src, p, dst, r0, i)
+
+    @njit
+    def to_points(src, r0, i, dst, p):
+        gemm.rows_to_points4(src, r0, i, dst, p)
+
+    for p, r0, i in [(0, 0, 0), (V + 3, 5, 7), (2 * V + 5, 2, V + 1)]:
+        rows = np.full((10, 2 * V + 9), np.nan, dtype)
+        to_rows(flat, np.uint64(p), rows, r0, i)
+        want = np.full_like(rows, np.nan)
+        want[r0 : r0 + 4, i : i + V] = points[p : p + V].T
+        np.testing.assert_array_equal(rows, want)
+        back = np.full_like(flat, np.nan)
+        to_points(rows, r0, i, back, np.uint64(p))
+        want_back = np.full_like(points, np.nan)
+        want_back[p : p + V] = points[p : p + V]
+        np.testing.assert_array_equal(back, want_back.reshape(-1))
+
+
 # K across BLOCK_ROWS (64 with AVX-512's 8-row tiles, 48 with AVX2's 6-row ones), L across BLOCK_COLUMNS = 128 (float32: 144 columns in vectors, then 6 ragged; float64:
 # 144 then 6 as well), E across INNER_BLOCK = 256 where the plain-Python loops are fast enough
 BLOCKED_SHAPES = [(1, 1, 1), (67, 5, 150), (64, 3, 128), (7, 2, 20)] + ([] if JIT_OFF else [(131, 300, 290)])
