@@ -382,8 +382,8 @@ else:
                 vectors = _transpose_quarters(builder, [builder.load(row(c), align=align) for c in range(4)], V)
                 for k, v in enumerate(vectors):
                     for q in range(V // 4):
-                        part = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 4), list(range(4 * q, 4 * q + 4))))
-                        builder.store(part, point(k + 4 * q), align=align)
+                        quarter = ir.Constant(ir.VectorType(i32, 4), list(range(4 * q, 4 * q + 4)))
+                        builder.store(builder.shuffle_vector(v, v, quarter), point(k + 4 * q), align=align)
             return context.get_dummy_value()
 
         return codegen
