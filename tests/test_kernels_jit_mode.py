@@ -1,4 +1,4 @@
-"""tests/jit_mode.py reads NUMBA_DISABLE_JIT as Numba itself does (checked against Numba's own reading)."""
+"""tests/jit_mode.py, the kernel tests' JIT_OFF, reads NUMBA_DISABLE_JIT as Numba does: checked against Numba's reading."""
 
 import json
 import subprocess
