@@ -70,7 +70,14 @@ def one_t_constants(log_w, mu, lam, gamma, var):
     return gamma * mu, 1.0 / c, log_w - 0.5 * (D * _LOG_2PI + np.sum(np.log(c), axis=1))
 
 
-def _evaluate(mixture, x, process, t, want_score):
+def _prepare(mixture, x, process, t, want_score):
+    """Check the arguments, form the constants and fill the device buffers of one evaluation.
+
+    Returns ``(launch, out, dtype)``: ``launch()`` enqueues the kernels, which write ``out`` (score (N, D)
+    or log p (N,), in the kernel's dtype); ``dtype`` is the result's, the checked points' (float16 in,
+    float16 out). Apart so that a benchmark can time the kernels alone, and so
+    that every launch of one prepared evaluation writes the same ``out``.
+    """
     import cupy
 
     from refdiff.analytic import _check_points, _process_coefs
@@ -79,8 +86,7 @@ def _evaluate(mixture, x, process, t, want_score):
     x = _check_points(x, mixture.dim)
     if not isinstance(x, cupy.ndarray):
         raise TypeError(f"the cupy twin takes CuPy arrays, got {type(x).__module__}.{type(x).__qualname__}")
-    dtype = x.dtype
-    kdtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
+    kdtype = np.dtype(np.float32) if x.dtype == np.float32 else np.dtype(np.float64)
     xk = cupy.ascontiguousarray(x, dtype=kdtype)
     gamma, var = _process_coefs(process, t)
     per_example(gamma, x, "t")  # shape check of a per-example t
@@ -101,18 +107,30 @@ def _evaluate(mixture, x, process, t, want_score):
         gmu = ic = ln = np.zeros(1)
     score = cupy.empty((N, D) if want_score else (1, D), dtype=kdtype)  # never read when not wanted
     logp = cupy.empty((N,), dtype=kdtype)
-    if N:
-        args = (
-            xk, g, v, np.int64(n_t),
-            dev(log_w), dev(mu), dev(lam), dev(U), dev(gmu), dev(ic), dev(ln),
-            np.int64(_KIND[mixture.kind]), np.int64(N), np.int64(K), np.int64(D), np.int64(bool(want_score)),
-            score, logp,
-        )  # fmt: skip
-        grid = ((N + _THREADS - 1) // _THREADS,)
-        _kernel(kdtype, D)(grid, (_THREADS,), args)
-        if want_score:  # points whose every quadratic form overflowed (log p = -inf): one launch, no host sync
-            _module().get_function(f"mixture_score_far<{'float' if kdtype == np.float32 else 'double'}>")(grid, (_THREADS,), args)
     out = score if want_score else logp
+    if not N:
+        return (lambda: None), out, x.dtype
+    args = (
+        xk, g, v, np.int64(n_t),
+        dev(log_w), dev(mu), dev(lam), dev(U), dev(gmu), dev(ic), dev(ln),
+        np.int64(_KIND[mixture.kind]), np.int64(N), np.int64(K), np.int64(D), np.int64(bool(want_score)),
+        score, logp,
+    )  # fmt: skip
+    grid = ((N + _THREADS - 1) // _THREADS,)
+    kernel = _kernel(kdtype, D)
+    far = _module().get_function(f"mixture_score_far<{'float' if kdtype == np.float32 else 'double'}>")
+
+    def launch():
+        kernel(grid, (_THREADS,), args)
+        if want_score:  # points whose every quadratic form overflowed (log p = -inf): one launch, no host sync
+            far(grid, (_THREADS,), args)
+
+    return launch, out, x.dtype
+
+
+def _evaluate(mixture, x, process, t, want_score):
+    launch, out, dtype = _prepare(mixture, x, process, t, want_score)
+    launch()
     return out.astype(dtype, copy=False)
 
 

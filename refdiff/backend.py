@@ -32,6 +32,7 @@ __all__ = [
     "host_noise_like",
     "noise_dtype",
     "as_float_array",
+    "is_array",
     "per_example",
     "check_finite",
     "finite_float_array",
@@ -149,6 +150,18 @@ def host_noise_like(z, like=None, dtype=None):
     return xp.astype(out, target)
 
 
+def is_array(x) -> bool:
+    """Whether ``x`` is an array of a namespace ``namespace`` knows: NumPy, CuPy (whose arrays have no
+    ``__array_namespace__`` and refuse ``np.asarray``), PyTorch, JAX, or any with ``__array_namespace__``."""
+    if isinstance(x, np.ndarray) or hasattr(x, "__array_namespace__"):
+        return True
+    if isinstance(x, np.generic):  # a NumPy scalar: made a 0-d array by the caller, as a Python number is
+        return False
+    import array_api_compat
+
+    return array_api_compat.is_array_api_obj(x)
+
+
 def as_float_array(x, name: str, xp=None):
     """Return ``x`` as a real floating array of its own namespace.
 
@@ -163,7 +176,7 @@ def as_float_array(x, name: str, xp=None):
     if xp is None:
         if type(x) is np.ndarray and x.dtype.kind == "f":  # the common case, without the namespace lookup
             return x
-        if not hasattr(x, "__array_namespace__") and not isinstance(x, np.ndarray):
+        if not is_array(x):
             try:
                 x = np.asarray(x)
             except Exception as exc:  # ragged lists and the like

@@ -80,7 +80,7 @@ import numbers
 
 import numpy as np
 
-from .backend import as_rng, host_noise_like, noise_dtype, to_numpy
+from .backend import as_rng, host_noise_like, is_array, noise_dtype, to_numpy
 
 __all__ = [
     "philox4x32",
@@ -121,7 +121,7 @@ def _check_int(value, name: str, low: int, high: int) -> int:
 
 def _as_uint64(a, name: str, high: int, ndim: int | None = None) -> np.ndarray:
     """Integer array-like ``a`` as a uint64 NumPy array with values in [0, high)."""
-    if hasattr(a, "__array_namespace__") or isinstance(a, np.generic):
+    if is_array(a) or isinstance(a, np.generic):
         arr = np.asarray(to_numpy(a))
     else:
         # Python ints and lists of them: through object dtype, so that values at or

@@ -55,10 +55,11 @@ _STRICT_MISSING = importlib.util.find_spec("array_api_strict") is None
                 reason="array_api_strict is not installed (pip install -e '.[test]')",
             ),
         ),
+        pytest.param("cupy", marks=pytest.mark.gpu),
     ]
 )
 def xp(request):
-    """The array namespace module a test body runs on: numpy, then array_api_strict."""
+    """The array namespace module a test body runs on: numpy, array_api_strict, and cupy (marked ``gpu``)."""
     return importlib.import_module(request.param)
 
 

@@ -40,6 +40,7 @@ import importlib.machinery
 import shutil
 import subprocess
 import tempfile
+import time
 import types
 from pathlib import Path
 
@@ -299,6 +300,24 @@ class HostDevice:
         pass
 
 
+class HostEvent:
+    """``cupy.cuda.Event``: the host's clock when recorded (every launch has run to completion by then)."""
+
+    def __init__(self, *args, **kwargs):
+        self.time = None
+
+    def record(self, stream=None):
+        self.time = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def _elapsed_ms(start, end):
+    """``cupy.cuda.get_elapsed_time``: milliseconds from ``start`` to ``end``."""
+    return (end.time - start.time) * 1e3
+
+
 def _device_properties(device):
     """``cupy.cuda.runtime.getDeviceProperties``: a name and one multiprocessor."""
     return {"name": b"host (tests/cuda_host.py)", "multiProcessorCount": 1, "clockRate": 0}
@@ -327,5 +346,6 @@ def host_cupy() -> types.ModuleType:
     mod.arange = lambda *a, dtype=None: np.arange(*a, dtype=dtype).view(DeviceArray)
     mod.empty_like = lambda a, dtype=None: _empty(a.shape, a.dtype if dtype is None else dtype)
     mod.int32, mod.int64, mod.float32, mod.float64 = np.int32, np.int64, np.float32, np.float64
-    mod.cuda = types.SimpleNamespace(Device=HostDevice, runtime=types.SimpleNamespace(getDeviceProperties=_device_properties))
+    mod.cuda = types.SimpleNamespace(Device=HostDevice, Event=HostEvent, get_elapsed_time=_elapsed_ms,
+                                     runtime=types.SimpleNamespace(getDeviceProperties=_device_properties))
     return mod

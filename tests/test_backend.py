@@ -1,5 +1,7 @@
 """Tests for refdiff.backend: namespaces, rng normalisation (SPEC 7), host noise, per-example coefficients."""
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -160,6 +162,22 @@ def test_as_float_array_promotes_and_keeps_floats(xp):
     np.testing.assert_array_equal(backend.to_numpy(out), [1.0, 2.0, 3.0])
     xb = xp.asarray([True, False])
     assert backend.as_float_array(xb, "x").dtype == xp.float64
+
+
+def test_is_array_knows_an_array_that_refuses_numpy_conversion(monkeypatch):
+    """A CuPy array has no ``__array_namespace__`` and refuses ``np.asarray``: once, as_float_array took it for a
+    list, converted it, and raised "must be array-like". A stand-in class registered as ``cupy.ndarray``."""
+    import types
+
+    class Refusing:
+        dtype = np.dtype(np.float32)
+
+        def __array__(self, *args, **kwargs):
+            raise TypeError("Implicit conversion to a NumPy array is not allowed")
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(ndarray=Refusing))
+    assert backend.is_array(Refusing())
+    assert backend.is_array(np.zeros(2)) and not backend.is_array([1.0, 2.0]) and not backend.is_array(2.0)
 
 
 def test_as_float_array_lists_and_scalars():
