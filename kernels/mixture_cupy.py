@@ -14,11 +14,16 @@ them one that works in memory). Per-component data (log weights, means,
 eigenvalues and eigenvectors of :math:`\Sigma_k`) and
 :math:`\gamma_t,\sigma_t^2` are computed in float64 on the host and cast once;
 for one t so are the component constants :math:`\gamma_t\mu_k`, :math:`1/c_k`
-and the log normalisers, which the kernel otherwise forms per row. The module
+and the log normalisers, which the kernel otherwise forms per row. The common
+case, one t with isotropic or diagonal covariances and D <= 64, has a kernel of
+its own (``mixture_score_diag``, bounds ``DIAG_MAXDS``): no run-time branch on
+the kind or on t, its constants in zero-padded rows, the log-sum-exp rescaled
+only at a new running max, and float32's exp by ``__expf`` (an error that grows
+with the logit's size, as the logit's own float32 rounding does). The module
 is compiled once per process (``cupy.RawModule`` with ``name_expressions``),
-on first use; importing this file imports no CuPy. Scalars are passed as
-``np.int64`` to the kernel's ``long long`` parameters (CuPy does not check
-kernel argument types).
+on first use; importing this file imports no CuPy. Scalars are passed as NumPy
+scalars of the kernels' exact parameter types (CuPy does not check kernel
+argument types).
 
 Requires a ``gpu-cuda12`` or ``gpu-cuda13`` extra (``pip install "refdiff[gpu-cuda12]"``).
 """
@@ -30,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["mixture_score", "mixture_log_prob", "NAME_EXPRESSIONS", "MAXDS", "name_expression"]
+__all__ = ["mixture_score", "mixture_log_prob", "NAME_EXPRESSIONS", "MAXDS", "DIAG_MAXDS", "name_expression"]
 
 SOURCE = Path(__file__).with_name("mixture_score.cu")
 #: Register bounds the kernel is instantiated for (0: any D, in memory).
@@ -40,14 +45,23 @@ _KIND = {"isotropic": 0, "diagonal": 1, "full": 2}
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
-def name_expression(dtype, D: int) -> str:
-    """The template instance for a dtype and dimension, e.g. ``mixture_score<float, 4>`` for D = 3."""
+#: Register bounds of ``mixture_score_diag``, the kernel for one t and isotropic or diagonal covariances.
+DIAG_MAXDS = (2, 4, 8, 16, 32, 64)
+
+
+def name_expression(dtype, D: int, diag: bool = False) -> str:
+    """The template instance for a dtype and dimension, e.g. ``mixture_score<float, 4>`` for D = 3; with
+    ``diag`` (one t, isotropic or diagonal covariances, D <= 64), ``mixture_score_diag<float, 4>``."""
+    t = "float" if np.dtype(dtype) == np.float32 else "double"
+    if diag:
+        return f"mixture_score_diag<{t}, {next(m for m in DIAG_MAXDS if m >= D)}>"
     maxd = next(m for m in MAXDS if m == 0 or m >= D)
-    return f"mixture_score<{'float' if np.dtype(dtype) == np.float32 else 'double'}, {maxd}>"
+    return f"mixture_score<{t}, {maxd}>"
 
 
-#: Every instance the module builds: the kernel for each dtype and bound, and the far-point pass for each dtype.
+#: Every instance the module builds: the kernels for each dtype and bound, and the far-point pass for each dtype.
 NAME_EXPRESSIONS = tuple(f"mixture_score<{t}, {m}>" for t in ("float", "double") for m in MAXDS) + \
+    tuple(f"mixture_score_diag<{t}, {m}>" for t in ("float", "double") for m in DIAG_MAXDS) + \
     ("mixture_score_far<float>", "mixture_score_far<double>")
 
 
@@ -58,8 +72,8 @@ def _module():
     return cupy.RawModule(code=SOURCE.read_text(), options=("-std=c++17",), name_expressions=NAME_EXPRESSIONS)
 
 
-def _kernel(dtype, D):
-    return _module().get_function(name_expression(dtype, D))
+def _kernel(dtype, D, diag=False):
+    return _module().get_function(name_expression(dtype, D, diag))
 
 
 def one_t_constants(log_w, mu, lam, gamma, var):
@@ -117,11 +131,18 @@ def _prepare(mixture, x, process, t, want_score):
         score, logp,
     )  # fmt: skip
     grid = ((N + _THREADS - 1) // _THREADS,)
-    kernel = _kernel(kdtype, D)
     far = _module().get_function(f"mixture_score_far<{'float' if kdtype == np.float32 else 'double'}>")
+    if n_t == 1 and mixture.kind != "full" and D <= DIAG_MAXDS[-1]:
+        # the common case's kernel, its constants in rows of its register bound, zero past D
+        pad = next(m for m in DIAG_MAXDS if m >= D) - D
+        kernel = _kernel(kdtype, D, diag=True)
+        kernel_args = (xk, dev(np.pad(gmu, ((0, 0), (0, pad)))), dev(np.pad(ic, ((0, 0), (0, pad)))), args[10],
+                       np.int64(N), np.int32(K), np.int32(D), np.int32(bool(want_score)), score, logp)  # fmt: skip
+    else:
+        kernel, kernel_args = _kernel(kdtype, D), args
 
     def launch():
-        kernel(grid, (_THREADS,), args)
+        kernel(grid, (_THREADS,), kernel_args)
         if want_score:  # points whose every quadratic form overflowed (log p = -inf): one launch, no host sync
             far(grid, (_THREADS,), args)
 

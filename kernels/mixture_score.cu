@@ -4,7 +4,8 @@
 // launcher: kernels/mixture_cupy.py. Self-contained (no #include), templated
 // over the floating type T (float or double) and a register bound MAXD, and
 // instantiated through CuPy's name_expressions: mixture_score<float, 4>, ...,
-// mixture_score<double, 64>, and mixture_score<T, 0> for D beyond every bound.
+// mixture_score<double, 64>, and mixture_score<T, 0> for D beyond every bound; mixture_score_diag<T, MAXD>
+// (MAXD 2 ... 64) for one t with isotropic or diagonal covariances (see there).
 //
 // With C_k = gamma^2 Sigma_k + sigma^2 I = U_k diag(c_k) U_k^T, c_k = gamma^2 lam_k + sigma^2,
 // z_k = x - gamma mu_k and y_k = U_k^T z_k (y_k = z_k for isotropic/diagonal):
@@ -208,6 +209,75 @@ __global__ void mixture_score(MIXTURE_SCORE_PARAMS)
     logp[n] = m + rd_log<T>(total);  // -inf where no logit was finite (total = 0: mixture_score_far's rows)
     if (want_score) {
         FOR_EACH_COORD(d) score[n * D + d] = acc[d] / total;
+    }
+}
+
+// The common case on its own: one t, isotropic or diagonal covariances, D <= MAXD. The launcher gives the
+// component constants of mixture_score's one-t case as rows of MAXD entries, zero past D: gmu (K, MAXD),
+// ic (K, MAXD) holding 1 / c_kd for every coordinate of either kind, and ln (K,). The padding adds exact
+// zeros (z = 0 - 0, times 1 / c = 0), so every loop runs to the compile-time MAXD without a test of D, and
+// component k's row sits at k * MAXD. Compared with mixture_score: no run-time branch on the kind or on n_t,
+// 32-bit component indices, the online log-sum-exp's rescale taken only when a new running max appears (a
+// branch some threads of a warp take, rarely after the first components) where mixture_score scales the
+// sum at every component, and exp in float32 by the hardware's exp2 (fast_exp). Writes log p always: the
+// rows it leaves with log p = -inf get their score from mixture_score_far, as mixture_score's do.
+template <typename T> __device__ __forceinline__ T fast_exp(T v);
+// __expf: exp2 of v log2(e); its error grows with |v| (2 + 1.2 |v| ulp), as rounding a float32 logit of
+// size |v| already does, where expf's range reduction costs some ten instructions more per component.
+template <> __device__ __forceinline__ float fast_exp<float>(float v) { return __expf(v); }
+template <> __device__ __forceinline__ double fast_exp<double>(double v) { return exp(v); }
+
+template <typename T, int MAXD>
+__global__ void mixture_score_diag(const T* __restrict__ x, const T* __restrict__ gmu, const T* __restrict__ ic,
+                                   const T* __restrict__ ln, long long N, int K, int D, int want_score,
+                                   T* __restrict__ score, T* __restrict__ logp)
+{
+    const long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    // up to MAXD = 16 the differences z stay in registers for the score's sum; beyond, that sum forms them
+    // again from the constants (L1 hits), which keeps the point and the sum, 2 MAXD values, in registers
+    constexpr bool kKeepZ = MAXD <= 16;
+    T xs[MAXD], z[kKeepZ ? MAXD : 1], acc[MAXD];
+#pragma unroll
+    for (int d = 0; d < MAXD; ++d) {
+        xs[d] = d < D ? x[n * D + d] : (T)0;
+        acc[d] = (T)0;
+    }
+    T m = (T)0, total = (T)0;
+    bool seen = false;  // a component with a finite logit
+    for (int k = 0; k < K; ++k) {
+        const T* gmuk = gmu + k * MAXD;
+        const T* ick = ic + k * MAXD;
+        T quad = (T)0;
+#pragma unroll
+        for (int d = 0; d < MAXD; ++d) {
+            const T zd = xs[d] - gmuk[d];
+            if (kKeepZ) z[kKeepZ ? d : 0] = zd;
+            quad += zd * (zd * ick[d]);  // mixture_score's order: z * z alone overflows first
+        }
+        const T logit = ln[k] - (T)0.5 * quad;
+        if (!(logit * (T)0 == (T)0)) continue;  // -inf (quad overflowed): weight 0, and the field may be infinite
+        if (!seen || logit > m) {  // a new running max: what was summed so far is rescaled by exp(m_old - m_new)
+            const T a = seen ? fast_exp<T>(m - logit) : (T)0;
+            total *= a;
+#pragma unroll
+            for (int d = 0; d < MAXD; ++d) acc[d] = a == (T)0 ? (T)0 : acc[d] * a;  // 0 * inf is NaN
+            m = logit;
+            seen = true;
+        }
+        const T b = fast_exp<T>(logit - m);  // exp(0) = 1 for the new max
+        total += b;
+        if (want_score && b != (T)0) {  // a weight that is exactly 0 adds exactly 0 (its field may be infinite)
+#pragma unroll
+            for (int d = 0; d < MAXD; ++d) acc[d] -= b * (kKeepZ ? z[kKeepZ ? d : 0] : xs[d] - gmuk[d]) * ick[d];
+        }
+    }
+    logp[n] = m + rd_log<T>(total);  // -inf where no logit was finite (total = 0: mixture_score_far's rows)
+    if (want_score) {
+#pragma unroll
+        for (int d = 0; d < MAXD; ++d) {
+            if (d < D) score[n * D + d] = acc[d] / total;
+        }
     }
 }
 

@@ -8,7 +8,7 @@ the kernels' code, launched the way the launchers launch it:
 * ``RawModule`` compiles the source as C++17 with the host compiler, after a
   prelude that defines CUDA's qualifiers, the index variables ``threadIdx``,
   ``blockIdx``, ``blockDim``, ``gridDim`` and the intrinsics the sources call
-  (``__umulhi``), and exports one entry per name expression;
+  (``__umulhi``, ``__expf``), and exports one entry per name expression;
 * a launch runs every thread of the grid in turn. That is a faithful schedule
   for kernels in which each thread touches only its own elements and which
   use no shared memory, barriers, warp functions or atomics (the prelude
@@ -67,6 +67,11 @@ static refdiff_dim3 threadIdx, blockIdx, blockDim, gridDim;
 static inline unsigned int __umulhi(unsigned int a, unsigned int b) {
     return (unsigned int)(((unsigned long long)a * b) >> 32);
 }
+// the device's __expf: exp2 of v log2(e) rounded to float, the rounding that makes its error grow with |v|
+// (its exp2 is an approximation within 2 ulp; exp2f here is exact to about one). glibc declares a __expf of
+// its own, hence the macro.
+static inline float refdiff_host_expf(float v) { return exp2f(v * 1.4426950408889634f); }
+#define __expf refdiff_host_expf
 
 #line 1 "{name}"
 """

@@ -24,9 +24,9 @@ from jit_mode import JIT_OFF
 
 KINDS = ("isotropic", "diagonal", "full")
 # (N, K, D): every N in (1, 2, 7, 31, 67, 1000, 1031), K in (1, 3, 5, 8), D in (1, 2, 3, 4, 16) at least once;
-# D = 17, 40 and 65 reach the CUDA kernel's register instances for D <= 32 and 64 and its instance for any D
+# D = 6, 17, 40 and 65 reach the CUDA kernels' register instances for D <= 8, 32 and 64 and the instance for any D
 SIZES = [(1, 1, 1), (2, 3, 2), (7, 8, 3), (31, 8, 16), (1000, 3, 1), (1031, 8, 2), (1031, 1, 16), (67, 5, 4),
-         (13, 3, 17), (3, 2, 40), (5, 2, 65)]
+         (11, 4, 6), (13, 3, 17), (3, 2, 40), (5, 2, 65)]
 TIMES = ["data", "t=1e-4", "t=0.5", "t=1", "per-row"]
 TOL = {"float64": dict(rtol=1e-10, atol=1e-10), "float32": dict(rtol=2e-4, atol=2e-4)}
 PROCESS = VPSDE()
