@@ -4,10 +4,11 @@ Reference twin: ``refdiff/samplers/fused.py`` (``run_table``, same arguments;
 the result is a CuPy array on the current device). One thread per particle
 runs every table row in registers. A drawn start (``prior_std * z`` at draw 0)
 is drawn by the kernel; a given ``x_T`` and the table constants are made on
-the host in float64 and copied once; the .cu is compiled once per process (``cupy.RawModule`` with
-``name_expressions``), specialised for float/double and a register bound
-``MAXD`` >= D (4, 16 or 64; larger D is refused). Scalars are passed as
-NumPy scalars of the kernel's exact types (CuPy does not check them).
+the host in float64, cast to the state dtype (as the reference casts them at use) and copied once; the
+.cu is compiled once per process (``cupy.RawModule`` with ``name_expressions``), specialised for
+float/double, a register bound ``MAXD`` >= D (2, 4, 16 or 64; larger D is refused) and whether the
+covariances are full. Scalars are passed as NumPy scalars of the kernel's exact types (CuPy does not
+check them).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ __all__ = ["run_table", "SOURCE", "MAXDS", "name_expression"]
 
 SOURCE = Path(__file__).with_name("fused_sampler.cu")
 #: Register bounds the kernel is instantiated for.
-MAXDS = (4, 16, 64)
+MAXDS = (2, 4, 16, 64)
 _BLOCK = 128
 
 
-def name_expression(dtype, maxd: int) -> str:
-    """The template instance for a state dtype and register bound, e.g. ``fused_run<float, 4>``."""
-    return f"fused_run<{'float' if np.dtype(dtype) == np.float32 else 'double'}, {int(maxd)}>"
+def name_expression(dtype, maxd: int, full: bool = False) -> str:
+    """The template instance for a state dtype, register bound and covariance kind, e.g.
+    ``fused_run<float, 4, false>``; ``full`` for full covariances (the kernel then reads their eigenvectors)."""
+    return f"fused_run<{'float' if np.dtype(dtype) == np.float32 else 'double'}, {int(maxd)}, {'true' if full else 'false'}>"
 
 
 def _cupy():
@@ -44,7 +46,7 @@ def _cupy():
 @functools.cache
 def _module():
     cupy = _cupy()
-    names = [name_expression(dt, m) for dt in (np.float32, np.float64) for m in MAXDS]
+    names = [name_expression(dt, m, full) for dt in (np.float32, np.float64) for m in MAXDS for full in (False, True)]
     mod = cupy.RawModule(code=SOURCE.read_text(), options=("--std=c++17",), name_expressions=names)
     mod.compile()
     return mod
@@ -67,16 +69,17 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
     full = const["U"] is not None
     U = const["U"] if full else np.zeros((1, 1, 1))
     coefs = np.stack([table.a, table.b, table.b_prev, table.c], axis=1)  # (R, 4)
-    dev = {k: cupy.asarray(np.ascontiguousarray(v)) for k, v in
-           (("coefs", coefs), ("draws", table.draw), ("means", const["means"]), ("inv_c", const["inv_c"]),
-            ("log_norm", const["log_norm"]), ("U", U))}  # fmt: skip
+    dev = {k: cupy.asarray(np.ascontiguousarray(v)) for k, v in (("coefs", coefs), ("draws", table.draw))}
+    # the score's constants in the state dtype: the kernel computes the score in it
+    dev.update((k, cupy.asarray(np.ascontiguousarray(v, dtype=state_dtype))) for k, v in
+               (("means", const["means"]), ("inv_c", const["inv_c"]), ("log_norm", const["log_norm"]), ("U", U)))
     x_d = cupy.empty((N, D), dtype=state_dtype) if draw_start else cupy.asarray(np.ascontiguousarray(x))
     K = const["log_norm"].shape[1]
-    kernel = _module().get_function(name_expression(state_dtype, maxd))
+    kernel = _module().get_function(name_expression(state_dtype, maxd, full))
     grid = ((N + _BLOCK - 1) // _BLOCK,)
     args = (x_d, dev["coefs"], dev["draws"], np.int64(first), np.uint32(noise.seed & 0xFFFFFFFF),
             np.uint32(noise.seed >> 32), np.uint64(noise.offset), dev["means"], dev["inv_c"], dev["log_norm"],
-            dev["U"], np.int32(full), np.int64(N), np.int32(D), np.int32(K), np.int32(table.n_rows), np.int32(draw_start),
+            dev["U"], np.int64(N), np.int32(D), np.int32(K), np.int32(table.n_rows), np.int32(draw_start),
             np.float64(table.prior_std))  # fmt: skip
     kernel(grid, (_BLOCK,), args)
     if not bool(cupy.all(cupy.isfinite(x_d))):

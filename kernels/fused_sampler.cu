@@ -2,12 +2,12 @@
 //
 // Reference twin: refdiff/samplers/fused.py (run_table); launcher: kernels/fused_cupy.py.
 // Self-contained (no #include): compiled by CuPy's RawModule (NVRTC) with
-// name_expressions "fused_run<float, MAXD>" / "fused_run<double, MAXD>", and by
-// nvcc in the test suite. Each thread keeps its particle's state, score and
-// previous score in arrays of a compile-time bound MAXD >= D (in registers up
-// to MAXD = 16, see FOR_EACH_COORD) and runs every table row: score of the diffused mixture (constants from score_constants),
-// Philox4x32-10 + Box-Muller normals per the contract of refdiff/noise.py,
-// then x <- a x + b s + b_prev s_prev + c z. The state and the score are in T;
+// name_expressions "fused_run<float, MAXD, FULL>" / "fused_run<double, MAXD, FULL>" (FULL: full
+// covariances, whose eigenvectors the score reads), and by nvcc in the test suite. Each thread keeps its
+// particle's state, score and previous score in arrays of a compile-time bound MAXD >= D (in registers up
+// to MAXD = 16, see FOR_EACH_COORD) and runs every table row: score of the diffused mixture (constants
+// from score_constants, cast to T by the launcher), Philox4x32-10 + Box-Muller normals per the contract
+// of refdiff/noise.py, then x <- a x + b s + b_prev s_prev + c z. The state and the score are in T;
 // the normals are computed in double, as the contract requires, then cast.
 
 typedef unsigned int u32;
@@ -17,7 +17,6 @@ typedef unsigned long long u64;
 #define PHILOX_M1 0xCD9E8D57u
 #define PHILOX_W0 0x9E3779B9u
 #define PHILOX_W1 0xBB67AE85u
-#define TWO_PI_D 6.283185307179586
 #define TWO_M32_D 2.3283064365386963e-10
 
 __device__ __forceinline__ void philox4x32_10(u32 c[4], u32 k0, u32 k1) {
@@ -36,14 +35,17 @@ __device__ __forceinline__ void philox4x32_10(u32 c[4], u32 k0, u32 k1) {
     }
 }
 
-// Box-Muller on one word pair, in double, in the contract's order of operations.
+// Box-Muller on one word pair, in double, in the contract's order of operations but for the angle:
+// sincospi(2 u_t) gives cos and sin of 2 pi u_t in one call, with an exact range reduction and no slow
+// path for large arguments (cos(2 pi u_t) of the rounded product differs from it by an ulp or so).
 __device__ __forceinline__ void box_muller(u32 w_r, u32 w_t, double* z0, double* z1) {
     double u_r = ((double)w_r + 0.5) * TWO_M32_D;
     double u_t = ((double)w_t + 0.5) * TWO_M32_D;
     double r = sqrt(-2.0 * log(u_r));
-    double theta = TWO_PI_D * u_t;
-    *z0 = r * cos(theta);
-    *z1 = r * sin(theta);
+    double sin_t, cos_t;
+    sincospi(2.0 * u_t, &sin_t, &cos_t);
+    *z0 = r * cos_t;
+    *z1 = r * sin_t;
 }
 
 // The contract's normals z[0 .. D) of one particle at draw index k_draw: four per Philox call, counter
@@ -62,7 +64,10 @@ __device__ __forceinline__ void draw_normals(double* z, int D, u32 k_draw, u64 p
     }
 }
 
-__device__ __forceinline__ float exp_t(float v) { return expf(v); }
+// exp of a logit less the running max (<= 0): in float32 by __expf, exp2 of v log2(e), whose error grows with
+// |v| (2 + 1.2 |v| ulp) as rounding a float32 logit of that size already does; expf's range reduction costs
+// some ten instructions more per component and step.
+__device__ __forceinline__ float exp_t(float v) { return __expf(v); }
 __device__ __forceinline__ double exp_t(double v) { return exp(v); }
 
 // the coordinates j < D. Up to MAXD = 16 a loop to the compile-time MAXD, unrolled: the per-particle arrays
@@ -72,15 +77,15 @@ __device__ __forceinline__ double exp_t(double v) { return exp(v); }
 #define FOR_EACH_COORD(j) \
     _Pragma("unroll kUnroll") for (int j = 0; j < (kUnroll > 1 ? MAXD : D); ++j) if (j < D)
 
-// coefs (R, 4) = a, b, b_prev, c; draws (R,) int64 (-1: none); means, inv_c (R, K, D);
-// log_norm (R, K); U (K, D, D) eigenvectors when full != 0. x (N, D) in T, in place; with
-// draw_start != 0 x is only written: the start is prior_std * z at draw 0 (in double, then cast to T,
-// as the reference draws it on the host).
-template <typename T, int MAXD>
+// coefs (R, 4) = a, b, b_prev, c; draws (R,) int64 (-1: none); means, inv_c (R, K, D) and log_norm (R, K)
+// in T; U (K, D, D) eigenvectors in T, read when FULL. x (N, D) in T, in place; with draw_start != 0 x is
+// only written: the start is prior_std * z at draw 0 (in double, then cast to T, as the reference draws it
+// on the host).
+template <typename T, int MAXD, bool FULL>
 __global__ void fused_run(T* x, const double* coefs, const long long* draws, long long first, u32 key0,
-                          u32 key1, u64 offset, const double* means, const double* inv_c,
-                          const double* log_norm, const double* U, int full, long long N, int D, int K, int R,
-                          int draw_start, double prior_std) {
+                          u32 key1, u64 offset, const T* __restrict__ means, const T* __restrict__ inv_c,
+                          const T* __restrict__ log_norm, const T* __restrict__ U, long long N, int D, int K,
+                          int R, int draw_start, double prior_std) {
     constexpr int kUnroll = MAXD <= 16 ? MAXD : 1;  // FOR_EACH_COORD
     long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= N) return;
@@ -94,65 +99,67 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
         sp[j] = T(0);
     }
     for (int i = 0; i < R; ++i) {
-        T a = (T)coefs[4 * i], b = (T)coefs[4 * i + 1], bp = (T)coefs[4 * i + 2], c = (T)coefs[4 * i + 3];
-        if (coefs[4 * i + 1] != 0.0) {
+        const double b_row = coefs[4 * i + 1], bp_row = coefs[4 * i + 2];
+        const T a = (T)coefs[4 * i], b = (T)b_row, bp = (T)bp_row, c = (T)coefs[4 * i + 3];
+        if (b_row != 0.0) {
             // exact mixture score: streaming log-sum-exp over the components
+            const T* means_i = means + (long long)i * K * D;
+            const T* inv_c_i = inv_c + (long long)i * K * D;
+            const T* log_norm_i = log_norm + (long long)i * K;
             T m = T(0), total = T(0);
             bool seen = false;  // a component with a finite logit
             FOR_EACH_COORD(j) acc[j] = T(0);
             for (int k = 0; k < K; ++k) {
-                const double* mu = means + ((long long)i * K + k) * D;
-                const double* ic = inv_c + ((long long)i * K + k) * D;
+                const T* mu = means_i + k * D;
+                const T* ic = inv_c_i + k * D;
                 T quad = T(0);
                 FOR_EACH_COORD(a2) {
                     T ya;
-                    if (full) {
+                    if (FULL) {
                         ya = T(0);
-                        FOR_EACH_COORD(j) ya += (T)U[((long long)k * D + j) * D + a2] * (xs[j] - (T)mu[j]);
+                        FOR_EACH_COORD(j) ya += U[((long long)k * D + j) * D + a2] * (xs[j] - mu[j]);
                     } else {
-                        ya = xs[a2] - (T)mu[a2];
+                        ya = xs[a2] - mu[a2];
                     }
-                    T qa = ya * (T)ic[a2];
+                    T qa = ya * ic[a2];
                     quad += ya * qa;
                     y[a2] = qa;  // q_k = C_k^{-1} y_k in eigen coordinates
                 }
-                T logit = (T)log_norm[(long long)i * K + k] - T(0.5) * quad;
+                const T logit = log_norm_i[k] - T(0.5) * quad;
                 if (!(logit * T(0) == T(0))) continue;  // -inf (quad overflowed): weight 0, the field may be infinite
-                // scale rescales the sum so far, w weighs component k; a weight that is exactly 0 adds exactly 0,
-                // whatever the field it would multiply holds (0 * inf is NaN)
-                T scale, w;
-                if (!seen) {
-                    m = logit; scale = T(0); w = T(1); seen = true;
-                } else if (logit > m) {
-                    scale = exp_t(m - logit); w = T(1); m = logit;
-                } else {
-                    scale = T(1); w = exp_t(logit - m);
+                if (!seen || logit > m) {  // a new running max: what was summed so far is rescaled by exp(m_old - m_new)
+                    const T scale = seen ? exp_t(m - logit) : T(0);
+                    total *= scale;
+                    FOR_EACH_COORD(j) acc[j] = scale == T(0) ? T(0) : acc[j] * scale;  // 0 * inf is NaN
+                    m = logit;
+                    seen = true;
                 }
-                total = total * scale + w;
-                FOR_EACH_COORD(j) acc[j] = scale == T(0) ? T(0) : acc[j] * scale;
-                if (w == T(0)) continue;
+                const T w = exp_t(logit - m);  // exp(0) = 1 for the new max
+                total += w;
+                if (w == T(0)) continue;  // a weight that is exactly 0 adds exactly 0 (its field may be infinite)
                 FOR_EACH_COORD(j) {
                     T g;
-                    if (full) {
+                    if (FULL) {
                         g = T(0);
-                        FOR_EACH_COORD(a2) g += (T)U[((long long)k * D + j) * D + a2] * y[a2];
+                        FOR_EACH_COORD(a2) g += U[((long long)k * D + j) * D + a2] * y[a2];
                     } else {
                         g = y[j];
                     }
                     acc[j] -= w * g;
                 }
             }
-            FOR_EACH_COORD(j) s[j] = acc[j] / total;
+            const T inv_total = T(1) / total;  // one division a row, not one a coordinate
+            FOR_EACH_COORD(j) s[j] = acc[j] * inv_total;
         }
         long long d = draws[i];
         if (d >= 0) draw_normals<MAXD>(z, D, (u32)(first + d), particle, key0, key1);
         FOR_EACH_COORD(j) {
             T v = a * xs[j] + b * s[j];
-            if (coefs[4 * i + 2] != 0.0) v += bp * sp[j];
+            if (bp_row != 0.0) v += bp * sp[j];
             if (d >= 0) v += c * (T)z[j];
             xs[j] = v;
         }
-        if (coefs[4 * i + 1] != 0.0)
+        if (b_row != 0.0)
             FOR_EACH_COORD(j) sp[j] = s[j];
     }
     FOR_EACH_COORD(j) x[p * D + j] = xs[j];

@@ -8,7 +8,7 @@ the kernels' code, launched the way the launchers launch it:
 * ``RawModule`` compiles the source as C++17 with the host compiler, after a
   prelude that defines CUDA's qualifiers, the index variables ``threadIdx``,
   ``blockIdx``, ``blockDim``, ``gridDim`` and the intrinsics the sources call
-  (``__umulhi``, ``__expf``), and exports one entry per name expression;
+  (``__umulhi``, ``__expf``, ``sincospi``), and exports one entry per name expression;
 * a launch runs every thread of the grid in turn. That is a faithful schedule
   for kernels in which each thread touches only its own elements and which
   use no shared memory, barriers, warp functions or atomics (the prelude
@@ -72,6 +72,9 @@ static inline unsigned int __umulhi(unsigned int a, unsigned int b) {
 // its own, hence the macro.
 static inline float refdiff_host_expf(float v) { return exp2f(v * 1.4426950408889634f); }
 #define __expf refdiff_host_expf
+// sincospi(x) as sin and cos of pi x: the reference's angle, 2 pi u rounded, since 2 u is exact
+static inline void refdiff_host_sincospi(double v, double* s, double* c) { *s = sin(M_PI * v); *c = cos(M_PI * v); }
+#define sincospi refdiff_host_sincospi
 
 #line 1 "{name}"
 """

@@ -303,10 +303,11 @@ def test_cupy_twin_matches_reference(cupy_twin, cov, dtype):
 
 
 def test_cupy_twin_every_register_bound(cupy_twin):
-    """D = 1, 2, 5 and 17: the kernel's instances for MAXD = 4, 16 and 64, with D below each bound; a partial
-    last group of four normals (D = 1, 2, 5, 17 mod 4 = 1, 2, 1, 1); every covariance kind."""
+    """D = 1, 2, 3, 5 and 17: the kernel's instances for MAXD = 2, 4, 16 and 64, with D below each bound but
+    one; a partial last group of four normals (D = 1, 2, 3, 5, 17 mod 4 = 1, 2, 3, 1, 1); every covariance
+    kind."""
     cupy, fused_cupy = cupy_twin
-    check_sizes(lambda *a, **kw: cupy.asnumpy(fused_cupy.run_table(*a, **kw)), (1, 2, 5, 17))
+    check_sizes(lambda *a, **kw: cupy.asnumpy(fused_cupy.run_table(*a, **kw)), (1, 2, 3, 5, 17))
     table = F.euler_maruyama_table(VPSDE(), steps=5)
     with pytest.raises(ValueError, match="D <= 64"):
         fused_cupy.run_table(table, GaussianMixture([1.0], np.zeros((1, 65)), np.ones(1)), (2, 65), seed=1)
