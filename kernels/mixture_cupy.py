@@ -49,19 +49,22 @@ _LOG_2PI = float(np.log(2.0 * np.pi))
 DIAG_MAXDS = (2, 4, 8, 16, 32, 64)
 
 
-def name_expression(dtype, D: int, diag: bool = False) -> str:
+def name_expression(dtype, D: int, diag: str | None = None) -> str:
     """The template instance for a dtype and dimension, e.g. ``mixture_score<float, 4>`` for D = 3; with
-    ``diag`` (one t, isotropic or diagonal covariances, D <= 64), ``mixture_score_diag<float, 4>``."""
+    ``diag`` the covariances' kind, "isotropic" or "diagonal" (one t, D <= 64), e.g.
+    ``mixture_score_diag<float, 4, true>`` for isotropic ones."""
     t = "float" if np.dtype(dtype) == np.float32 else "double"
-    if diag:
-        return f"mixture_score_diag<{t}, {next(m for m in DIAG_MAXDS if m >= D)}>"
+    if diag is not None:
+        iso = {"isotropic": "true", "diagonal": "false"}[diag]
+        return f"mixture_score_diag<{t}, {next(m for m in DIAG_MAXDS if m >= D)}, {iso}>"
     maxd = next(m for m in MAXDS if m == 0 or m >= D)
     return f"mixture_score<{t}, {maxd}>"
 
 
 #: Every instance the module builds: the kernels for each dtype and bound, and the far-point pass for each dtype.
 NAME_EXPRESSIONS = tuple(f"mixture_score<{t}, {m}>" for t in ("float", "double") for m in MAXDS) + \
-    tuple(f"mixture_score_diag<{t}, {m}>" for t in ("float", "double") for m in DIAG_MAXDS) + \
+    tuple(f"mixture_score_diag<{t}, {m}, {iso}>" for t in ("float", "double") for m in DIAG_MAXDS
+          for iso in ("true", "false")) + \
     ("mixture_score_far<float>", "mixture_score_far<double>")
 
 
@@ -72,7 +75,7 @@ def _module():
     return cupy.RawModule(code=SOURCE.read_text(), options=("-std=c++17",), name_expressions=NAME_EXPRESSIONS)
 
 
-def _kernel(dtype, D, diag=False):
+def _kernel(dtype, D, diag=None):
     return _module().get_function(name_expression(dtype, D, diag))
 
 
@@ -135,7 +138,7 @@ def _prepare(mixture, x, process, t, want_score):
     if n_t == 1 and mixture.kind != "full" and D <= DIAG_MAXDS[-1]:
         # the common case's kernel, its constants in rows of its register bound, zero past D
         pad = next(m for m in DIAG_MAXDS if m >= D) - D
-        kernel = _kernel(kdtype, D, diag=True)
+        kernel = _kernel(kdtype, D, diag=mixture.kind)
         kernel_args = (xk, dev(np.pad(gmu, ((0, 0), (0, pad)))), dev(np.pad(ic, ((0, 0), (0, pad)))), args[10],
                        np.int64(N), np.int32(K), np.int32(D), np.int32(bool(want_score)), score, logp)  # fmt: skip
     else:

@@ -4,8 +4,8 @@
 // launcher: kernels/mixture_cupy.py. Self-contained (no #include), templated
 // over the floating type T (float or double) and a register bound MAXD, and
 // instantiated through CuPy's name_expressions: mixture_score<float, 4>, ...,
-// mixture_score<double, 64>, and mixture_score<T, 0> for D beyond every bound; mixture_score_diag<T, MAXD>
-// (MAXD 2 ... 64) for one t with isotropic or diagonal covariances (see there).
+// mixture_score<double, 64>, and mixture_score<T, 0> for D beyond every bound; mixture_score_diag<T, MAXD, ISO>
+// (MAXD 2 ... 64) for one t with isotropic (ISO) or diagonal covariances (see there).
 //
 // With C_k = gamma^2 Sigma_k + sigma^2 I = U_k diag(c_k) U_k^T, c_k = gamma^2 lam_k + sigma^2,
 // z_k = x - gamma mu_k and y_k = U_k^T z_k (y_k = z_k for isotropic/diagonal):
@@ -227,17 +227,36 @@ template <typename T> __device__ __forceinline__ T fast_exp(T v);
 template <> __device__ __forceinline__ float fast_exp<float>(float v) { return __expf(v); }
 template <> __device__ __forceinline__ double fast_exp<double>(double v) { return exp(v); }
 
-template <typename T, int MAXD>
+// V values of a component's row from p, which sits at a multiple of V values' size (rows of MAXD values in
+// arrays that start 256-byte aligned): one 16- or 8-byte load where V scalar loads take V instructions.
+template <int V> struct vec_width {};
+__device__ __forceinline__ void load_vec(const float* __restrict__ p, float* out, vec_width<4>) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    out[0] = q.x; out[1] = q.y; out[2] = q.z; out[3] = q.w;
+}
+__device__ __forceinline__ void load_vec(const float* __restrict__ p, float* out, vec_width<2>) {
+    const float2 q = *reinterpret_cast<const float2*>(p);
+    out[0] = q.x; out[1] = q.y;
+}
+__device__ __forceinline__ void load_vec(const double* __restrict__ p, double* out, vec_width<2>) {
+    const double2 q = *reinterpret_cast<const double2*>(p);
+    out[0] = q.x; out[1] = q.y;
+}
+
+template <typename T, int MAXD, bool ISO>
 __global__ void mixture_score_diag(const T* __restrict__ x, const T* __restrict__ gmu, const T* __restrict__ ic,
                                    const T* __restrict__ ln, long long N, int K, int D, int want_score,
                                    T* __restrict__ score, T* __restrict__ logp)
 {
     const long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
-    // up to MAXD = 16 the differences z stay in registers for the score's sum; beyond, that sum forms them
-    // again from the constants (L1 hits), which keeps the point and the sum, 2 MAXD values, in registers
-    constexpr bool kKeepZ = MAXD <= 16;
-    T xs[MAXD], z[kKeepZ ? MAXD : 1], acc[MAXD];
+    // the rows are read V values at a time: 4 floats (2 at MAXD = 2) or 2 doubles, V dividing MAXD
+    constexpr int V = sizeof(T) == 4 && MAXD % 4 == 0 ? 4 : 2;
+    // Up to MAXD = 16 the field terms t_d = z_d / c_kd stay in registers for the score's sum; beyond, that sum
+    // forms them again from the rows (L1 hits), which keeps the point and the sum, 2 MAXD values, in
+    // registers. ISO: one 1 / c_k a component (ic's first column).
+    constexpr bool kKeepT = MAXD <= 16;
+    T xs[MAXD], t[kKeepT ? MAXD : 1], acc[MAXD];
 #pragma unroll
     for (int d = 0; d < MAXD; ++d) {
         xs[d] = d < D ? x[n * D + d] : (T)0;
@@ -248,12 +267,28 @@ __global__ void mixture_score_diag(const T* __restrict__ x, const T* __restrict_
     for (int k = 0; k < K; ++k) {
         const T* gmuk = gmu + k * MAXD;
         const T* ick = ic + k * MAXD;
+        const T ic0 = ick[0];
+        // t_d = z_d / c_kd for d in [d0, d0 + V), with z_d = x_d - gamma mu_kd
+        auto fields = [&](int d0, T* z, T* tv) {
+            T g[V], c[V];
+            load_vec(gmuk + d0, g, vec_width<V>{});
+            if (!ISO) load_vec(ick + d0, c, vec_width<V>{});
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                z[j] = xs[d0 + j] - g[j];
+                tv[j] = z[j] * (ISO ? ic0 : c[j]);
+            }
+        };
         T quad = (T)0;
 #pragma unroll
-        for (int d = 0; d < MAXD; ++d) {
-            const T zd = xs[d] - gmuk[d];
-            if (kKeepZ) z[kKeepZ ? d : 0] = zd;
-            quad += zd * (zd * ick[d]);  // mixture_score's order: z * z alone overflows first
+        for (int d0 = 0; d0 < MAXD; d0 += V) {
+            T z[V], tv[V];
+            fields(d0, z, tv);
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                if (kKeepT) t[kKeepT ? d0 + j : 0] = tv[j];
+                quad += z[j] * tv[j];  // z (z / c), mixture_score's order: z * z alone overflows first
+            }
         }
         const T logit = ln[k] - (T)0.5 * quad;
         if (!(logit * (T)0 == (T)0)) continue;  // -inf (quad overflowed): weight 0, and the field may be infinite
@@ -269,7 +304,12 @@ __global__ void mixture_score_diag(const T* __restrict__ x, const T* __restrict_
         total += b;
         if (want_score && b != (T)0) {  // a weight that is exactly 0 adds exactly 0 (its field may be infinite)
 #pragma unroll
-            for (int d = 0; d < MAXD; ++d) acc[d] -= b * (kKeepZ ? z[kKeepZ ? d : 0] : xs[d] - gmuk[d]) * ick[d];
+            for (int d0 = 0; d0 < MAXD; d0 += V) {
+                T z[V], tv[V];
+                if (!kKeepT) fields(d0, z, tv);
+#pragma unroll
+                for (int j = 0; j < V; ++j) acc[d0 + j] -= b * (kKeepT ? t[kKeepT ? d0 + j : 0] : tv[j]);
+            }
         }
     }
     logp[n] = m + rd_log<T>(total);  // -inf where no logit was finite (total = 0: mixture_score_far's rows)

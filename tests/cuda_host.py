@@ -8,7 +8,8 @@ the kernels' code, launched the way the launchers launch it:
 * ``RawModule`` compiles the source as C++17 with the host compiler, after a
   prelude that defines CUDA's qualifiers, the index variables ``threadIdx``,
   ``blockIdx``, ``blockDim``, ``gridDim`` and the intrinsics the sources call
-  (``__umulhi``, ``__expf``, ``sincospi``), and exports one entry per name expression;
+  (``__umulhi``, ``__expf``, ``sincospi``) and vector types (``float2``, ``float4``, ``double2``), and
+  exports one entry per name expression;
 * a launch runs every thread of the grid in turn. That is a faithful schedule
   for kernels in which each thread touches only its own elements and which
   use no shared memory, barriers, warp functions or atomics (the prelude
@@ -57,6 +58,10 @@ PRELUDE = r"""
 #include <utility>
 
 struct refdiff_dim3 { unsigned int x, y, z; };
+// CUDA's vector types the kernels load rows through, with the device's alignment
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) double2 { double x, y; };
 static refdiff_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 #define __global__
