@@ -90,17 +90,18 @@ def one_t_constants(log_w, mu, lam, gamma, var):
 def _prepare(mixture, x, process, t, want_score):
     """Check the arguments, form the constants and fill the device buffers of one evaluation.
 
-    Returns ``(launch, out, dtype)``: ``launch()`` enqueues the kernels, which write ``out`` (score (N, D)
-    or log p (N,), in the kernel's dtype); ``dtype`` is the result's, the checked points' (float16 in,
-    float16 out). Apart so that a benchmark can time the kernels alone, and so
-    that every launch of one prepared evaluation writes the same ``out``.
+    Returns ``(launch, finish)``: ``launch()`` enqueues the kernels; ``finish()`` raises ValueError if x holds
+    NaN or infinity and otherwise returns the result (score (N, D) or log p (N,), in the checked points'
+    dtype: float16 in, float16 out). Apart so that a benchmark can time the kernels alone; every launch of
+    one prepared evaluation writes the same result. ``mixture_score_diag`` checks x as it reads it (finish
+    reads its flag); before the general kernel x is checked here.
     """
     import cupy
 
     from refdiff.analytic import _check_points, _process_coefs
-    from refdiff.backend import per_example
+    from refdiff.backend import check_finite, per_example
 
-    x = _check_points(x, mixture.dim)
+    x = _check_points(x, mixture.dim, finite=False)
     if not isinstance(x, cupy.ndarray):
         raise TypeError(f"the cupy twin takes CuPy arrays, got {type(x).__module__}.{type(x).__qualname__}")
     kdtype = np.dtype(np.float32) if x.dtype == np.float32 else np.dtype(np.float64)
@@ -108,6 +109,10 @@ def _prepare(mixture, x, process, t, want_score):
     gamma, var = _process_coefs(process, t)
     per_example(gamma, x, "t")  # shape check of a per-example t
     N, D = xk.shape
+    n_t = gamma.shape[0] if gamma.ndim else 1
+    diag = n_t == 1 and mixture.kind != "full" and D <= DIAG_MAXDS[-1]  # mixture_score_diag's case
+    if not diag:
+        check_finite(x, "x")
     log_w, mu, lam, U = mixture._active_arrays
     K = log_w.shape[0]
     U = np.zeros((1,)) if U is None else U
@@ -115,7 +120,6 @@ def _prepare(mixture, x, process, t, want_score):
     def dev(a):  # host float64 -> device, kernel dtype, C-contiguous
         return cupy.asarray(np.ascontiguousarray(a, dtype=np.float64).astype(kdtype))
 
-    n_t = gamma.shape[0] if gamma.ndim else 1
     g = dev(np.reshape(gamma, (n_t,)))
     v = dev(np.broadcast_to(var, (n_t,)))
     if n_t == 1:  # one t (also a per-row t of one row): the kernel reads these
@@ -124,9 +128,15 @@ def _prepare(mixture, x, process, t, want_score):
         gmu = ic = ln = np.zeros(1)
     score = cupy.empty((N, D) if want_score else (1, D), dtype=kdtype)  # never read when not wanted
     logp = cupy.empty((N,), dtype=kdtype)
-    out = score if want_score else logp
+    bad = cupy.zeros((1,), dtype=np.int32)  # mixture_score_diag's flag: x held NaN or infinity
+
+    def finish():
+        if diag and N and int(bad.get()[0]):
+            check_finite(x, "x")  # raises, counting the values
+        return (score if want_score else logp).astype(x.dtype, copy=False)
+
     if not N:
-        return (lambda: None), out, x.dtype
+        return (lambda: None), finish
     args = (
         xk, g, v, np.int64(n_t),
         dev(log_w), dev(mu), dev(lam), dev(U), dev(gmu), dev(ic), dev(ln),
@@ -135,12 +145,11 @@ def _prepare(mixture, x, process, t, want_score):
     )  # fmt: skip
     grid = ((N + _THREADS - 1) // _THREADS,)
     far = _module().get_function(f"mixture_score_far<{'float' if kdtype == np.float32 else 'double'}>")
-    if n_t == 1 and mixture.kind != "full" and D <= DIAG_MAXDS[-1]:
-        # the common case's kernel, its constants in rows of its register bound, zero past D
+    if diag:  # the common case's kernel, its constants in rows of its register bound, zero past D
         pad = next(m for m in DIAG_MAXDS if m >= D) - D
         kernel = _kernel(kdtype, D, diag=mixture.kind)
         kernel_args = (xk, dev(np.pad(gmu, ((0, 0), (0, pad)))), dev(np.pad(ic, ((0, 0), (0, pad)))), args[10],
-                       np.int64(N), np.int32(K), np.int32(D), np.int32(bool(want_score)), score, logp)  # fmt: skip
+                       np.int64(N), np.int32(K), np.int32(D), np.int32(bool(want_score)), score, logp, bad)  # fmt: skip
     else:
         kernel, kernel_args = _kernel(kdtype, D), args
 
@@ -149,13 +158,13 @@ def _prepare(mixture, x, process, t, want_score):
         if want_score:  # points whose every quadratic form overflowed (log p = -inf): one launch, no host sync
             far(grid, (_THREADS,), args)
 
-    return launch, out, x.dtype
+    return launch, finish
 
 
 def _evaluate(mixture, x, process, t, want_score):
-    launch, out, dtype = _prepare(mixture, x, process, t, want_score)
+    launch, finish = _prepare(mixture, x, process, t, want_score)
     launch()
-    return out.astype(dtype, copy=False)
+    return finish()
 
 
 def mixture_score(mixture, x, process=None, t=None):

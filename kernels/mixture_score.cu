@@ -243,10 +243,12 @@ __device__ __forceinline__ void load_vec(const double* __restrict__ p, double* o
     out[0] = q.x; out[1] = q.y;
 }
 
+// bad (one int, zero before the launch) becomes 1 when any coordinate of x is NaN or infinite: the launcher
+// checks x by it, with no pass of its own over x. Every thread that sees one stores the same 1.
 template <typename T, int MAXD, bool ISO>
 __global__ void mixture_score_diag(const T* __restrict__ x, const T* __restrict__ gmu, const T* __restrict__ ic,
                                    const T* __restrict__ ln, long long N, int K, int D, int want_score,
-                                   T* __restrict__ score, T* __restrict__ logp)
+                                   T* __restrict__ score, T* __restrict__ logp, int* __restrict__ bad)
 {
     const long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
@@ -257,11 +259,14 @@ __global__ void mixture_score_diag(const T* __restrict__ x, const T* __restrict_
     // registers. ISO: one 1 / c_k a component (ic's first column).
     constexpr bool kKeepT = MAXD <= 16;
     T xs[MAXD], t[kKeepT ? MAXD : 1], acc[MAXD];
+    bool finite = true;
 #pragma unroll
     for (int d = 0; d < MAXD; ++d) {
         xs[d] = d < D ? x[n * D + d] : (T)0;
+        finite = finite && xs[d] * (T)0 == (T)0;
         acc[d] = (T)0;
     }
+    if (!finite) *bad = 1;
     T m = (T)0, total = (T)0;
     bool seen = false;  // a component with a finite logit
     for (int k = 0; k < K; ++k) {
