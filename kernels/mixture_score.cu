@@ -226,6 +226,9 @@ template <typename T> __device__ __forceinline__ T fast_exp(T v);
 // size |v| already does, where expf's range reduction costs some ten instructions more per component.
 template <> __device__ __forceinline__ float fast_exp<float>(float v) { return __expf(v); }
 template <> __device__ __forceinline__ double fast_exp<double>(double v) { return exp(v); }
+template <typename T> __device__ __forceinline__ T lowest_finite();  // NVRTC has no FLT_MAX or DBL_MAX
+template <> __device__ __forceinline__ float lowest_finite<float>() { return -3.40282347e38f; }
+template <> __device__ __forceinline__ double lowest_finite<double>() { return -1.7976931348623157e308; }
 
 // V values of a component's row from p, which sits at a multiple of V values' size (rows of MAXD values in
 // arrays that start 256-byte aligned): one 16- or 8-byte load where V scalar loads take V instructions.
@@ -267,8 +270,10 @@ __global__ void mixture_score_diag(const T* __restrict__ x, const T* __restrict_
         acc[d] = (T)0;
     }
     if (!finite) *bad = 1;
-    T m = (T)0, total = (T)0;
-    bool seen = false;  // a component with a finite logit
+    // The running max starts at the lowest finite value, so that no test of a first component is needed: the
+    // first finite logit rescales the empty sums by exp(lowest - logit) = 0, and a logit of -inf (its quad
+    // overflowed) is never a new max and weighs exp(-inf) = 0.
+    T m = lowest_finite<T>(), total = (T)0;
     for (int k = 0; k < K; ++k) {
         const T* gmuk = gmu + k * MAXD;
         const T* ick = ic + k * MAXD;
@@ -295,15 +300,13 @@ __global__ void mixture_score_diag(const T* __restrict__ x, const T* __restrict_
                 quad += z[j] * tv[j];  // z (z / c), mixture_score's order: z * z alone overflows first
             }
         }
-        const T logit = ln[k] - (T)0.5 * quad;
-        if (!(logit * (T)0 == (T)0)) continue;  // -inf (quad overflowed): weight 0, and the field may be infinite
-        if (!seen || logit > m) {  // a new running max: what was summed so far is rescaled by exp(m_old - m_new)
-            const T a = seen ? fast_exp<T>(m - logit) : (T)0;
+        const T logit = ln[k] - (T)0.5 * quad;  // -inf where quad overflowed
+        if (logit > m) {  // a new running max: what was summed so far is rescaled by exp(m_old - m_new)
+            const T a = fast_exp<T>(m - logit);
             total *= a;
 #pragma unroll
             for (int d = 0; d < MAXD; ++d) acc[d] = a == (T)0 ? (T)0 : acc[d] * a;  // 0 * inf is NaN
             m = logit;
-            seen = true;
         }
         const T b = fast_exp<T>(logit - m);  // exp(0) = 1 for the new max
         total += b;
