@@ -69,6 +69,9 @@ __device__ __forceinline__ void draw_normals(double* z, int D, u32 k_draw, u64 p
 // some ten instructions more per component and step.
 __device__ __forceinline__ float exp_t(float v) { return __expf(v); }
 __device__ __forceinline__ double exp_t(double v) { return exp(v); }
+template <typename T> __device__ __forceinline__ T lowest_finite();  // NVRTC has no FLT_MAX or DBL_MAX
+template <> __device__ __forceinline__ float lowest_finite<float>() { return -3.40282347e38f; }
+template <> __device__ __forceinline__ double lowest_finite<double>() { return -1.7976931348623157e308; }
 
 // the coordinates j < D. Up to MAXD = 16 a loop to the compile-time MAXD, unrolled: the per-particle arrays
 // below are indexed by constants and stay in registers (a loop to the run-time D would put them in local
@@ -106,8 +109,9 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
             const T* means_i = means + (long long)i * K * D;
             const T* inv_c_i = inv_c + (long long)i * K * D;
             const T* log_norm_i = log_norm + (long long)i * K;
-            T m = T(0), total = T(0);
-            bool seen = false;  // a component with a finite logit
+            // the running max starts at the lowest finite value: the first finite logit rescales the empty sums
+            // by exp(lowest - logit) = 0, and a logit of -inf (its quad overflowed) is never a new max
+            T m = lowest_finite<T>(), total = T(0);
             FOR_EACH_COORD(j) acc[j] = T(0);
             for (int k = 0; k < K; ++k) {
                 const T* mu = means_i + k * D;
@@ -125,14 +129,12 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
                     quad += ya * qa;
                     y[a2] = qa;  // q_k = C_k^{-1} y_k in eigen coordinates
                 }
-                const T logit = log_norm_i[k] - T(0.5) * quad;
-                if (!(logit * T(0) == T(0))) continue;  // -inf (quad overflowed): weight 0, the field may be infinite
-                if (!seen || logit > m) {  // a new running max: what was summed so far is rescaled by exp(m_old - m_new)
-                    const T scale = seen ? exp_t(m - logit) : T(0);
+                const T logit = log_norm_i[k] - T(0.5) * quad;  // -inf where quad overflowed: weight 0 below
+                if (logit > m) {  // a new running max: what was summed so far is rescaled by exp(m_old - m_new)
+                    const T scale = exp_t(m - logit);
                     total *= scale;
                     FOR_EACH_COORD(j) acc[j] = scale == T(0) ? T(0) : acc[j] * scale;  // 0 * inf is NaN
                     m = logit;
-                    seen = true;
                 }
                 const T w = exp_t(logit - m);  // exp(0) = 1 for the new max
                 total += w;
