@@ -16,7 +16,9 @@ before it is timed:
   float64 (max abs error over max(1, max |score|) within 1e-4). Timed twice:
   the whole call (its argument checks, the constants' copies to the device,
   the launches) by the wall clock, and the kernels alone by CUDA events
-  around batches of ``KERNEL_BATCH`` launches of one prepared evaluation.
+  around batches of ``KERNEL_BATCH`` launches of one prepared evaluation;
+  the general kernel (``mixture_score``, which the special case
+  ``mixture_score_diag`` replaces for one t) is timed the same way beside it.
   The floor counts ``N K (6 D + 2)`` flops and ``2 N D 4`` bytes, as
   ``machine_peak.mixture_score_floor`` does, against the two ceilings; the
   goal is the kernel at 50% of that floor or better (floor / the kernels'
@@ -185,6 +187,8 @@ def mixture_rows(cupy, args, ceiling) -> list:
             row["cupy"] = _timed(lambda: mixture_cupy.mixture_score(gm, xd, process, 0.5), sync, args)
             launch = mixture_cupy._prepare(gm, xd, process, 0.5, True)[0]
             row["kernel"] = _kernel_timed(cupy, launch, args)
+            # the general kernel (any kind, t per row) on the same problem: what the special case gains
+            row["general_kernel"] = _kernel_timed(cupy, mixture_cupy._prepare(gm, xd, process, 0.5, True, general=True)[0], args)
             flops, nbytes = N * K * (6 * D + 2), 2 * N * D * 4
             bounds = {"flops": flops / ceiling["fp32"]["flops_per_s"], "bytes": nbytes / ceiling["copy"]["bytes_per_s"]}
             floor = max(bounds.values())
@@ -323,8 +327,9 @@ def print_table(payload):
     for r in payload["mixture_score"]:
         t = r.get("cupy", {}).get("median_ms")
         print(f"mixture score N={r['N']:<9d} D={r['D']:<3d} K={r['K']:<4d} check {r['check']['max_rel_err']:.1e}  "
-              + (f"call {t:9.3f} ms, kernels {r['kernel']['median_ms']:9.3f} ms, floor {r['floor_ms']:.3f} ms "
-                 f"({r['bound']}): call {r['call_floor_fraction']:.2f} of the floor" if t is not None else "not timed"))
+              + (f"call {t:9.3f} ms, kernels {r['kernel']['median_ms']:9.3f} ms (general kernel "
+                 f"{r['general_kernel']['median_ms']:.3f}), floor {r['floor_ms']:.3f} ms ({r['bound']}): call "
+                 f"{r['call_floor_fraction']:.2f} of the floor" if t is not None else "not timed"))
     s = payload["fused_sampler"]
     print(f"fused sampler N={s['n']} steps={s['steps']} {s['dtype']}: check {s['check']['max_abs_diff']:.1e}  "
           + (f"refdiff {s['cupy']['median_ms']:.2f} ms" if "cupy" in s else "not timed"))

@@ -87,14 +87,15 @@ def one_t_constants(log_w, mu, lam, gamma, var):
     return gamma * mu, 1.0 / c, log_w - 0.5 * (D * _LOG_2PI + np.sum(np.log(c), axis=1))
 
 
-def _prepare(mixture, x, process, t, want_score):
+def _prepare(mixture, x, process, t, want_score, general=False):
     """Check the arguments, form the constants and fill the device buffers of one evaluation.
 
     Returns ``(launch, finish)``: ``launch()`` enqueues the kernels; ``finish()`` raises ValueError if x holds
     NaN or infinity and otherwise returns the result (score (N, D) or log p (N,), in the checked points'
     dtype: float16 in, float16 out). Apart so that a benchmark can time the kernels alone; every launch of
     one prepared evaluation writes the same result. ``mixture_score_diag`` checks x as it reads it (finish
-    reads its flag); before the general kernel x is checked here.
+    reads its flag); before the general kernel x is checked here. ``general`` takes the general kernel in
+    the diag kernel's case too (benchmarks/gpu.py times both, the tests hold them to each other).
     """
     import cupy
 
@@ -110,7 +111,7 @@ def _prepare(mixture, x, process, t, want_score):
     per_example(gamma, x, "t")  # shape check of a per-example t
     N, D = xk.shape
     n_t = gamma.shape[0] if gamma.ndim else 1
-    diag = n_t == 1 and mixture.kind != "full" and D <= DIAG_MAXDS[-1]  # mixture_score_diag's case
+    diag = not general and n_t == 1 and mixture.kind != "full" and D <= DIAG_MAXDS[-1]  # mixture_score_diag's case
     if not diag:
         check_finite(x, "x")
     log_w, mu, lam, U = mixture._active_arrays

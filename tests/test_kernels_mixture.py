@@ -148,6 +148,31 @@ def test_twin_matches_oracle(backend, dtype_name, kind, N, K, D, times):
     check(to_host(score), expected[dtype_name][1], dtype_name, "score")
 
 
+@pytest.mark.parametrize("device", [pytest.param("host", marks=pytest.mark.cuda_host), pytest.param("gpu", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_cuda_diag_kernel_matches_the_general_kernel(request, device, dtype_name, kind):
+    """mixture_score_diag, the CUDA kernel for one t with isotropic or diagonal covariances, against the general
+    kernel on the same points: score and log p, at D reaching each of its register bounds (2, 4, 8, 16, 32, 64)."""
+    if device == "host":
+        request.getfixturevalue("cuda_host")
+    import cupy
+
+    from refdiff.kernels import mixture_cupy
+
+    for D in (1, 3, 6, 16, 17, 40):
+        gm = make_mixture(kind, K=5, D=D, seed=D)
+        x = cupy.asarray(3.0 * np.random.default_rng(D).standard_normal((37, D)).astype(dtype_name))
+        for process, t in ((None, None), (PROCESS, 0.5)):
+            for want_score in (True, False):
+                results = []
+                for general in (False, True):
+                    launch, finish = mixture_cupy._prepare(gm, x, process, t, want_score, general=general)
+                    launch()
+                    results.append(to_host(finish()).astype(np.float64))
+                check(*results, dtype_name, f"D={D} t={t} {'score' if want_score else 'log_prob'}")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
 def test_far_point_stays_finite(backend, dtype_name, kind):
