@@ -110,12 +110,12 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
             const T* inv_c_i = inv_c + (long long)i * K * D;
             const T* log_norm_i = log_norm + (long long)i * K;
             // the running max starts at the lowest finite value: the first finite logit rescales the empty sums
-            // by exp(lowest - logit) = 0, and a logit of -inf (its quad overflowed) is never a new max
+            // by exp(lowest - logit) = 0
             T m = lowest_finite<T>(), total = T(0);
             FOR_EACH_COORD(j) acc[j] = T(0);
             for (int k = 0; k < K; ++k) {
-                const T* mu = means_i + k * D;
-                const T* ic = inv_c_i + k * D;
+                const T* mu = means_i + (long long)k * D;
+                const T* ic = inv_c_i + (long long)k * D;
                 T quad = T(0);
                 FOR_EACH_COORD(a2) {
                     T ya;
@@ -129,7 +129,9 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
                     quad += ya * qa;
                     y[a2] = qa;  // q_k = C_k^{-1} y_k in eigen coordinates
                 }
-                const T logit = log_norm_i[k] - T(0.5) * quad;  // -inf where quad overflowed: weight 0 below
+                const T logit = log_norm_i[k] - T(0.5) * quad;
+                // -inf (quad overflowed) or NaN (0 * inf, where 1 / c overflowed T): weight 0, the field may be infinite
+                if (!(logit * T(0) == T(0))) continue;
                 if (logit > m) {  // a new running max: what was summed so far is rescaled by exp(m_old - m_new)
                     const T scale = exp_t(m - logit);
                     total *= scale;

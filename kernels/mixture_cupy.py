@@ -111,11 +111,12 @@ def _prepare(mixture, x, process, t, want_score, general=False):
     per_example(gamma, x, "t")  # shape check of a per-example t
     N, D = xk.shape
     n_t = gamma.shape[0] if gamma.ndim else 1
-    diag = not general and n_t == 1 and mixture.kind != "full" and D <= DIAG_MAXDS[-1]  # mixture_score_diag's case
-    if not diag:
-        check_finite(x, "x")
     log_w, mu, lam, U = mixture._active_arrays
     K = log_w.shape[0]
+    # mixture_score_diag's case (its row offsets k * MAXD are 32-bit)
+    diag = not general and n_t == 1 and mixture.kind != "full" and D <= DIAG_MAXDS[-1] and K * DIAG_MAXDS[-1] < 2**31
+    if not diag:
+        check_finite(x, "x")
     U = np.zeros((1,)) if U is None else U
 
     def dev(a):  # host float64 -> device, kernel dtype, C-contiguous

@@ -271,8 +271,7 @@ __global__ void mixture_score_diag(const T* __restrict__ x, const T* __restrict_
     }
     if (!finite) *bad = 1;
     // The running max starts at the lowest finite value, so that no test of a first component is needed: the
-    // first finite logit rescales the empty sums by exp(lowest - logit) = 0, and a logit of -inf (its quad
-    // overflowed) is never a new max and weighs exp(-inf) = 0.
+    // first finite logit rescales the empty sums by exp(lowest - logit) = 0.
     T m = lowest_finite<T>(), total = (T)0;
     for (int k = 0; k < K; ++k) {
         const T* gmuk = gmu + k * MAXD;
@@ -300,7 +299,9 @@ __global__ void mixture_score_diag(const T* __restrict__ x, const T* __restrict_
                 quad += z[j] * tv[j];  // z (z / c), mixture_score's order: z * z alone overflows first
             }
         }
-        const T logit = ln[k] - (T)0.5 * quad;  // -inf where quad overflowed
+        const T logit = ln[k] - (T)0.5 * quad;
+        // -inf (quad overflowed) or NaN (0 * inf, where 1 / c_kd overflowed T): weight 0, as in mixture_score
+        if (!(logit * (T)0 == (T)0)) continue;
         if (logit > m) {  // a new running max: what was summed so far is rescaled by exp(m_old - m_new)
             const T a = fast_exp<T>(m - logit);
             total *= a;

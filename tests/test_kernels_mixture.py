@@ -151,7 +151,7 @@ def test_twin_matches_oracle(backend, dtype_name, kind, N, K, D, times):
 @pytest.mark.parametrize("device", [pytest.param("host", marks=pytest.mark.cuda_host), pytest.param("gpu", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
-def test_cuda_diag_kernel_matches_the_general_kernel(request, device, dtype_name, kind):
+def test_cuda_diag_kernel_matches_the_general_kernel(request, monkeypatch, device, dtype_name, kind):
     """mixture_score_diag, the CUDA kernel for one t with isotropic or diagonal covariances, against the general
     kernel on the same points: score and log p, at D reaching each of its register bounds (2, 4, 8, 16, 32, 64)."""
     if device == "host":
@@ -160,6 +160,9 @@ def test_cuda_diag_kernel_matches_the_general_kernel(request, device, dtype_name
 
     from refdiff.kernels import mixture_cupy
 
+    names, kernel = [], mixture_cupy._kernel
+    monkeypatch.setattr(mixture_cupy, "_kernel", lambda *a, **kw: names.append(mixture_cupy.name_expression(*a, **kw))
+                        or kernel(*a, **kw))  # fmt: skip
     for D in (1, 3, 6, 16, 17, 40):
         gm = make_mixture(kind, K=5, D=D, seed=D)
         x = cupy.asarray(3.0 * np.random.default_rng(D).standard_normal((37, D)).astype(dtype_name))
@@ -171,6 +174,29 @@ def test_cuda_diag_kernel_matches_the_general_kernel(request, device, dtype_name
                     launch()
                     results.append(to_host(finish()).astype(np.float64))
                 check(*results, dtype_name, f"D={D} t={t} {'score' if want_score else 'log_prob'}")
+                special, general = names[-2:]  # the two kernels did run
+                assert special.startswith("mixture_score_diag<") and general.startswith("mixture_score<"), names[-2:]
+
+
+@pytest.mark.parametrize("D", [1, 3])
+@pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_every_backend_drops_a_component_whose_inverse_variance_overflows(backend, dtype_name, kind, D):
+    """A component so narrow that 1 / c overflows the dtype (a subnormal variance): its quadratic form is inf,
+    or NaN (0 * inf) at a coordinate where the difference is 0, as at the padding of a kernel's register
+    bound; its weight is 0 either way, and the other component alone gives the result. Once, the CUDA kernel
+    for one t took such a NaN into its sums and returned NaN rows."""
+    tiny = {"float32": 1e-39, "float64": 1e-310}[dtype_name]
+    means = np.stack([np.zeros(D), np.ones(D)])
+    variances = np.array([tiny, 1.0]) if kind == "isotropic" else np.stack([np.full(D, tiny), np.ones(D)])
+    gm = GaussianMixture([0.5, 0.5], means, variances)
+    x64 = np.array([[1.0] * D, [0.5] * D, [0.25, -0.5, 2.0][:D]])  # no coordinate at component 0's mean
+    x = on_backend(backend, x64.astype(dtype_name))
+    with np.errstate(over="ignore"):  # 1 / c does overflow (NumPy says so in the reference and the launchers)
+        score, logp = gm.score(x, backend=backend), gm.log_prob(x, backend=backend)
+    z = x64.astype(dtype_name).astype(np.float64) - 1.0  # component 1 alone: N(1, I)
+    check(to_host(score), -z, dtype_name, "score")
+    check(to_host(logp), math.log(0.5) - 0.5 * (D * math.log(2 * math.pi) + np.sum(z * z, axis=1)), dtype_name, "log_prob")
 
 
 @pytest.mark.parametrize("kind", KINDS)
