@@ -151,15 +151,15 @@ def host_noise_like(z, like=None, dtype=None):
 
 
 def is_array(x) -> bool:
-    """Whether ``x`` is an array of a namespace ``namespace`` knows: NumPy, CuPy (whose arrays have no
-    ``__array_namespace__`` and refuse ``np.asarray``), PyTorch, JAX, or any with ``__array_namespace__``."""
+    """Whether ``x`` is taken as an array of its own namespace: a NumPy array, an array with
+    ``__array_namespace__``, or a CuPy array (which has no ``__array_namespace__`` and refuses
+    ``np.asarray``). Anything else (lists, Python numbers, arrays of other libraries) goes through
+    ``np.asarray``, as before CuPy was recognised."""
     if isinstance(x, np.ndarray) or hasattr(x, "__array_namespace__"):
         return True
-    if isinstance(x, np.generic):  # a NumPy scalar: made a 0-d array by the caller, as a Python number is
-        return False
-    import array_api_compat
+    import array_api_compat  # knows a CuPy array without importing CuPy
 
-    return array_api_compat.is_array_api_obj(x)
+    return array_api_compat.is_cupy_array(x)
 
 
 def as_float_array(x, name: str, xp=None):
