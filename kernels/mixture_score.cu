@@ -215,8 +215,9 @@ __global__ void mixture_score(MIXTURE_SCORE_PARAMS)
 // The common case on its own: one t, isotropic or diagonal covariances, D <= MAXD. The launcher gives the
 // component constants of mixture_score's one-t case as rows of MAXD entries, zero past D: gmu (K, MAXD),
 // ic (K, MAXD) holding 1 / c_kd for every coordinate of either kind, and ln (K,). The padding adds exact
-// zeros (z = 0 - 0, times 1 / c = 0), so every loop runs to the compile-time MAXD without a test of D, and
-// component k's row sits at k * MAXD. Compared with mixture_score: no run-time branch on the kind or on n_t,
+// zeros (z = 0 - 0, times 1 / c: 0 there, or the isotropic component's 1 / c_k, which makes a NaN only
+// where 1 / c_k overflowed and the component's logit is dropped anyway), so every loop runs to the
+// compile-time MAXD without a test of D, and component k's row sits at k * MAXD. Compared with mixture_score: no run-time branch on the kind or on n_t,
 // 32-bit component indices, the online log-sum-exp's rescale taken only when a new running max appears (a
 // branch some threads of a warp take, rarely after the first components) where mixture_score scales the
 // sum at every component, and exp in float32 by the hardware's exp2 (fast_exp). Writes log p always: the
@@ -295,7 +296,7 @@ __global__ void mixture_score_diag(const T* __restrict__ x, const T* __restrict_
             fields(d0, z, tv);
 #pragma unroll
             for (int j = 0; j < V; ++j) {
-                if (kKeepT) t[kKeepT ? d0 + j : 0] = tv[j];
+                if constexpr (kKeepT) t[d0 + j] = tv[j];
                 quad += z[j] * tv[j];  // z (z / c), mixture_score's order: z * z alone overflows first
             }
         }
@@ -315,9 +316,14 @@ __global__ void mixture_score_diag(const T* __restrict__ x, const T* __restrict_
 #pragma unroll
             for (int d0 = 0; d0 < MAXD; d0 += V) {
                 T z[V], tv[V];
-                if (!kKeepT) fields(d0, z, tv);
+                if constexpr (kKeepT) {
 #pragma unroll
-                for (int j = 0; j < V; ++j) acc[d0 + j] -= b * (kKeepT ? t[kKeepT ? d0 + j : 0] : tv[j]);
+                    for (int j = 0; j < V; ++j) tv[j] = t[d0 + j];
+                } else {
+                    fields(d0, z, tv);
+                }
+#pragma unroll
+                for (int j = 0; j < V; ++j) acc[d0 + j] -= b * tv[j];
             }
         }
     }
