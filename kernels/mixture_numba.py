@@ -929,7 +929,8 @@ def _one_pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, task
         for j in range(lam.shape[1]):
             h_max = max(h_max, 0.5 / (g * g * lam[k, j] + v))
     room = (128 if x.itemsize == 4 else 1024) - 2 - math.log2(lam.shape[0]) - 0.5 * math.log2(h_max)
-    bits = min(bits, int(math.floor(room)))
+    # room is -inf where 1 / c overflowed (a subnormal c): as low a shift as any (int(-inf) raises in Python)
+    bits = min(bits, int(math.floor(max(room, -1e9))))
     means, inv_c, log_norm, nu, cut, top = _lane_operands(log_w, mu, lam, g, v, bits, x)
     K = log_norm.shape[1]
     L = lanes
