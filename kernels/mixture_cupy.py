@@ -130,7 +130,7 @@ def _prepare(mixture, x, process, t, want_score, general=False):
         gmu = ic = ln = np.zeros(1)
     score = cupy.empty((N, D) if want_score else (1, D), dtype=kdtype)  # never read when not wanted
     logp = cupy.empty((N,), dtype=kdtype)
-    bad = cupy.zeros((1,), dtype=np.int32)  # mixture_score_diag's flag: x held NaN or infinity
+    bad = cupy.zeros((1,), dtype=np.int32) if diag else None  # mixture_score_diag's flag: x held NaN or infinity
 
     def finish():
         if diag and N and int(bad.get()[0]):
