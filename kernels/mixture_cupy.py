@@ -99,22 +99,29 @@ def _prepare(mixture, x, process, t, want_score, general=False):
     """
     import cupy
 
-    from refdiff.analytic import _check_points, _process_coefs
+    from refdiff.analytic import _check_points, _process_coefs, _smallest_variance
     from refdiff.backend import check_finite, per_example
 
     x = _check_points(x, mixture.dim, finite=False)
     if not isinstance(x, cupy.ndarray):
         raise TypeError(f"the cupy twin takes CuPy arrays, got {type(x).__module__}.{type(x).__qualname__}")
-    kdtype = np.dtype(np.float32) if x.dtype == np.float32 else np.dtype(np.float64)
-    xk = cupy.ascontiguousarray(x, dtype=kdtype)
     gamma, var = _process_coefs(process, t)
     per_example(gamma, x, "t")  # shape check of a per-example t
-    N, D = xk.shape
-    n_t = gamma.shape[0] if gamma.ndim else 1
     log_w, mu, lam, U = mixture._active_arrays
+    c_min = _smallest_variance(lam, gamma, var)
+    # float32 where every c_k is a normal float32 number; else float64: 1 / c_k overflows float32 there, and CuPy
+    # compiles with -ftz=true, so float32 arithmetic would see a subnormal c_k as 0
+    single = x.dtype == np.float32 and c_min >= np.finfo(np.float32).tiny
+    kdtype = np.dtype(np.float32) if single else np.dtype(np.float64)
+    # 1 / c_k overflows even float64 (c_k subnormal): each thread divides by c_k, formed from gamma and var
+    divide = not c_min >= np.finfo(kdtype).tiny
+    xk = cupy.ascontiguousarray(x, dtype=kdtype)
+    N, D = xk.shape
+    n_t = gamma.shape[0] if gamma.ndim else 1  # values of gamma and var given to the kernel
     K = log_w.shape[0]
     # mixture_score_diag's case (its row offsets k * MAXD are 32-bit)
-    diag = not general and n_t == 1 and mixture.kind != "full" and D <= DIAG_MAXDS[-1] and K * DIAG_MAXDS[-1] < 2**31
+    diag = not general and not divide and n_t == 1 and mixture.kind != "full" and D <= DIAG_MAXDS[-1] and \
+        K * DIAG_MAXDS[-1] < 2**31
     if not diag:
         check_finite(x, "x")
     U = np.zeros((1,)) if U is None else U
@@ -124,7 +131,7 @@ def _prepare(mixture, x, process, t, want_score, general=False):
 
     g = dev(np.reshape(gamma, (n_t,)))
     v = dev(np.broadcast_to(var, (n_t,)))
-    if n_t == 1:  # one t (also a per-row t of one row): the kernel reads these
+    if n_t == 1 and not divide:  # one t (also a per-row t of one row): the kernel reads these
         gmu, ic, ln = one_t_constants(log_w, mu, lam, float(np.reshape(gamma, ())), float(np.reshape(var, ())))
     else:  # the kernel forms them per row; these are not read
         gmu = ic = ln = np.zeros(1)
@@ -140,7 +147,7 @@ def _prepare(mixture, x, process, t, want_score, general=False):
     if not N:
         return (lambda: None), finish
     args = (
-        xk, g, v, np.int64(n_t),
+        xk, g, v, np.int64(0 if divide and n_t == 1 else n_t),  # n_t = 0: one t, the constants formed per thread
         dev(log_w), dev(mu), dev(lam), dev(U), dev(gmu), dev(ic), dev(ln),
         np.int64(_KIND[mixture.kind]), np.int64(N), np.int64(K), np.int64(D), np.int64(bool(want_score)),
         score, logp,

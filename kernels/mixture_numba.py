@@ -193,7 +193,7 @@ except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError('refdiff.kernels.mixture_numba needs numba: pip install "refdiff[fast]"') from exc
 
 from refdiff import backend as _backend  # its checks looked up at the call (tests count them)
-from refdiff.analytic import _check_points, _process_coefs
+from refdiff.analytic import _check_points, _process_coefs, _smallest_variance
 from refdiff.kernels._numba_gemm import (TILE_VECTORS, VECTOR_BYTES, compiles_tiles, points_to_rows4, rows_to_points4,
                                          tile_matmul, transpose_tile)
 from refdiff.kernels._numba_math import (_INVLN2, _LN2_HI, _LN2_LO, _log, _log_pow2, aligned_empty, exp_weight, fma,
@@ -1687,6 +1687,10 @@ def _evaluate(mixture, x, process, t, want_score, path=None, products=None):
     N, D = xk.shape
     log_w, mu, lam, U, kind = mixture_arrays(mixture)
     K = log_w.shape[0]
+    if path is None and gamma.ndim == 0 and not _smallest_variance(lam, gamma, var) >= np.finfo(xk.dtype).tiny:
+        # every scalar-t kernel multiplies by 1 / c_k in x's dtype, which overflows here (a point at or near the
+        # narrow component's mean lost its weight); the pointwise one divides by c_k, in float64
+        gamma, var = np.full(N, gamma), np.full(N, var)
     default = choose_path(kind, xk.dtype, K, D, gamma.ndim > 0)
     path = default if path is None else path
     if path not in ("lanes", "gemm", "pointwise") or (path == "gemm" and kind == _FULL) or ((path == "pointwise") != (gamma.ndim > 0)):

@@ -22,11 +22,15 @@
 //
 // For one t (n_t == 1) the component constants gamma mu_k (gmu), 1 / c_k (ic)
 // and ln_k = log w_k - (D log 2 pi + sum_i log c_ki) / 2 (ln) come from the
-// launcher, formed in float64; with one t per row (n_t == N) each thread forms
-// them from gamma, var, mu and lam (a log per component and coordinate).
+// launcher, formed in float64; otherwise each thread forms them from gamma,
+// var, mu and lam (a log per component and coordinate) and divides by c_k
+// where the one-t case multiplies by 1 / c_k: with one t per row (n_t == N),
+// or with the one t at gamma[0] and var[0] (n_t == 0), which the launcher
+// takes where 1 / c_k would overflow T (the reference divides by c_k, and a
+// point near such a narrow component's mean carries its weight).
 //
 // Arguments (row-major, C-contiguous, all of type T unless stated):
-//   x (N, D); gamma, var (n_t,) with n_t == 1 (one t) or N (one t per row);
+//   x (N, D); gamma, var (max(n_t, 1),) with n_t == 1 or 0 (one t) or N (one t per row);
 //   log_w (K,) of the active components; mu (K, D); lam (K, D) eigenvalues of
 //   Sigma_k (isotropic: repeated); U (K, D, D) eigenvectors as columns (read
 //   only when kind == 2); gmu, ic (K, D) and ln (K,) (read only when n_t == 1);
@@ -58,8 +62,9 @@ __device__ void far_score(const T* __restrict__ x, T g, T v, const T* __restrict
 {
     const double LOG_2PI = 1.8378770664093454835606594728112;
     auto shift = [&](long long k, long long d) { return (double)(one_t ? gmu[k * D + d] : g * mu[k * D + d]); };
-    auto inv_c = [&](long long k, long long e) {
-        return (double)(one_t ? ic[k * D + e] : (T)1 / (g * g * lam[k * D + (kind == 0 ? 0 : e)] + v));
+    // val / c_ke: by 1 / c_ke from the launcher, or divided by c_ke formed here (mixture_score's over_c)
+    auto over_c = [&](long long k, long long e, double val) {
+        return one_t ? val * (double)ic[k * D + e] : val / (double)(g * g * lam[k * D + (kind == 0 ? 0 : e)] + v);
     };
     auto ln_k = [&](long long k) {
         if (one_t) return (double)ln[k];
@@ -86,7 +91,7 @@ __device__ void far_score(const T* __restrict__ x, T g, T v, const T* __restrict
         double q = 0;
         for (long long e = 0; e < D; ++e) {
             const double ye = y(k, e, true);
-            q += ye * ye * inv_c(k, e);
+            q += over_c(k, e, ye * ye);
         }
         return q;
     };
@@ -105,7 +110,7 @@ __device__ void far_score(const T* __restrict__ x, T g, T v, const T* __restrict
         if (w == 0) continue;  // its field may have overflowed: 0 * inf
         w_sum += w;
         for (long long e = 0; e < D; ++e) {
-            const double qe = w * y(k, e, false) * inv_c(k, e);
+            const double qe = over_c(k, e, w * y(k, e, false));
             if (kind == 2) {
                 for (long long d = 0; d < D; ++d) out[d] -= (T)((double)U[k * D * D + d * D + e] * qe);
             } else {
@@ -129,9 +134,9 @@ __global__ void mixture_score(MIXTURE_SCORE_PARAMS)
     const long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
     const T LOG_2PI = (T)1.8378770664093454835606594728112;
-    const bool one_t = n_t == 1;
-    const T g = gamma[one_t ? 0 : n];
-    const T v = var[one_t ? 0 : n];
+    const bool one_t = n_t == 1;  // the launcher's constants; else formed here, dividing by c_k
+    const T g = gamma[n_t > 1 ? n : 0];
+    const T v = var[n_t > 1 ? n : 0];
     const T g2 = g * g;
     T x_r[MAXD > 0 ? MAXD : 1], acc_r[MAXD > 0 ? MAXD : 1];
     if (MAXD > 0) {
@@ -149,19 +154,20 @@ __global__ void mixture_score(MIXTURE_SCORE_PARAMS)
         const T* lamk = lam + k * D;
         const T* Uk = U + k * D * D;
         auto shift = [&](long long d) { return one_t ? gmu[k * D + d] : g * muk[d]; };  // gamma mu_k
-        auto inv_c = [&](long long e) { return one_t ? ic[k * D + e] : (T)1 / (g2 * lamk[kind == 0 ? 0 : e] + v); };
+        // val / c_ke, as val * (1 / c_ke) with the launcher's constants, else by a division (one either way)
+        auto over_c = [&](long long e, T val) { return one_t ? val * ic[k * D + e] : val / (g2 * lamk[kind == 0 ? 0 : e] + v); };
         // the logit l_k
         T quad = (T)0;
         if (kind == 2) {
             for (long long e = 0; e < D; ++e) {
                 T ye = (T)0;
                 FOR_EACH_COORD(d) ye += Uk[d * D + e] * (xs[d] - shift(d));
-                quad += ye * (ye * inv_c(e));  // the reference's order: ye * ye alone overflows first
+                quad += ye * over_c(e, ye);  // the reference's order: ye * ye alone overflows first
             }
         } else {
             FOR_EACH_COORD(d) {
                 const T zd = xs[d] - shift(d);
-                quad += zd * (zd * inv_c(d));
+                quad += zd * over_c(d, zd);
             }
         }
         T lnk;
@@ -196,13 +202,13 @@ __global__ void mixture_score(MIXTURE_SCORE_PARAMS)
             if (b != (T)0) for (long long e = 0; e < D; ++e) {
                 T ye = (T)0;
                 FOR_EACH_COORD(d) ye += Uk[d * D + e] * (xs[d] - shift(d));
-                const T qe = b * ye * inv_c(e);
+                const T qe = b * over_c(e, ye);
                 FOR_EACH_COORD(d) acc[d] -= Uk[d * D + e] * qe;
             }
         } else {
             FOR_EACH_COORD(d) {
                 const T kept = a == (T)0 ? (T)0 : acc[d] * a;
-                acc[d] = b == (T)0 ? kept : kept - b * (xs[d] - shift(d)) * inv_c(d);
+                acc[d] = b == (T)0 ? kept : kept - b * over_c(d, xs[d] - shift(d));
             }
         }
     }
@@ -343,7 +349,6 @@ __global__ void mixture_score_far(MIXTURE_SCORE_PARAMS)
 {
     const long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N || !want_score || !(isinf(logp[n]) && logp[n] < 0)) return;
-    const bool one_t = n_t == 1;
-    far_score<T>(x + n * D, gamma[one_t ? 0 : n], var[one_t ? 0 : n], log_w, mu, lam, U, gmu, ic, ln, one_t, kind, K,
-                 D, score + n * D);
+    far_score<T>(x + n * D, gamma[n_t > 1 ? n : 0], var[n_t > 1 ? n : 0], log_w, mu, lam, U, gmu, ic, ln, n_t == 1,
+                 kind, K, D, score + n * D);
 }

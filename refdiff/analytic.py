@@ -89,6 +89,17 @@ def _process_coefs(process, t):
     return np.asarray(process.mean_coef(t), dtype=np.float64), np.asarray(process.variance(t), dtype=np.float64)
 
 
+def _smallest_variance(lam, gamma, var):
+    """The least eigenvalue c = gamma^2 lam + sigma^2 of any diffused covariance C_k, over the components and the
+    t given (host float64: lam (K, D) or any shape, gamma and var () or (N,)).
+
+    The twins multiply by 1 / c in the points' dtype where the reference divides by c: below the dtype's
+    smallest normal number 1 / c overflows (or nearly), and a point at or near such a component's mean lost
+    the weight the reference gives it. They take their exact form instead when this is that small."""
+    lam_min = float(np.min(lam)) if np.size(lam) else math.inf
+    return float(np.min(np.asarray(gamma, dtype=np.float64) ** 2 * lam_min + np.asarray(var, dtype=np.float64)))
+
+
 def _check_points(x, D, name="x", finite=True):
     """x as a float array of shape (N, D); NaN or infinity raise too unless ``finite`` is False (a twin
     that checks on its own: the Numba GEMM kernel counts non-finite rows as it reads them)."""
