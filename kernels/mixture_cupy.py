@@ -21,7 +21,12 @@ the kind or on t, its constants in zero-padded rows, the log-sum-exp rescaled
 only at a new running max, and float32's exp by ``__expf`` (an error that grows
 with the logit's size, as the logit's own float32 rounding does). The module
 is compiled once per process (``cupy.RawModule`` with ``name_expressions``),
-on first use; importing this file imports no CuPy. Scalars are passed as NumPy
+on first use; importing this file imports no CuPy. Where some :math:`c_k` lies
+below float32's smallest normal number, float32 points are evaluated in
+float64 (:math:`1/c_k` overflows float32, and CuPy compiles with
+``-ftz=true``, which reads a subnormal as 0), and where it lies below
+float64's, by the general kernel with the constants formed per thread, which
+divides by :math:`c_k` as the reference does. Scalars are passed as NumPy
 scalars of the kernels' exact parameter types (CuPy does not check kernel
 argument types).
 

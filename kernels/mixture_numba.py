@@ -117,7 +117,11 @@ Three paths, chosen by :func:`mixture_score` / :func:`mixture_log_prob`:
   none of them).
 * **pointwise** (one t per particle, any kind and dtype): each particle calls
   :func:`mixture_score_point`, which forms :math:`c_k` for its own t (one
-  streaming pass, online log-sum-exp).
+  streaming pass, online log-sum-exp). It divides by :math:`c_k` in float64,
+  as the reference divides, so a scalar t takes it too where some
+  :math:`c_k` lies below x's dtype's smallest normal number: the other paths
+  multiply by :math:`1/c_k` in x's dtype, which overflows there, and a point
+  on or near that component's mean would lose the weight it carries.
 
 ``prange`` runs over particle tasks only (the outermost loop), and each task
 asks for 512-bit vectors (``prefer_wide_vectors``: LLVM's tuning for these
