@@ -255,6 +255,60 @@ def measure_fma(threads, quick=False) -> dict:
     return out
 
 
+def _exp_rate(kernel, T, dtype, rng, quick=False):
+    """``(exps per second, timing summary)`` of ``kernel`` (:func:`_exp_kernel`) on T threads (Numba's thread count
+    set to T by the caller) over (T, EXP_LANES) entries of ``dtype`` in [-30, 0]: the best of 15 calls (5 quick)
+    of some 20 ms (5 quick) each; the summary holds the largest error relative to NumPy's float64 exp."""
+    import numpy as np
+
+    x = rng.uniform(-30.0, 0.0, (T, EXP_LANES)).astype(dtype)
+    y = np.empty_like(x)
+
+    def shifts(k):
+        return (-1e-6 * np.arange(k)).astype(dtype)
+
+    kernel(x, y, shifts(1))
+    t0 = time.perf_counter()
+    kernel(x, y, shifts(20))
+    per = max((time.perf_counter() - t0) / 20, 1e-9)
+    sh = shifts(max(5, int((0.005 if quick else 0.02) / per)))
+    best, summ = _best(lambda: kernel(x, y, sh), 1, 5 if quick else 15)
+    want = np.exp((x + sh[-1]).astype(np.float64))
+    err = float(np.max(np.abs(y - want) / want))
+    return T * EXP_LANES * sh.shape[0] / best, dict(summ, sweeps=int(sh.shape[0]), max_rel_err=err)
+
+
+@functools.cache
+def _project_exp_kernel(dtype_name):
+    """:func:`_exp_kernel` of the project's exp for a dtype name ("float32" or "float64"); ValueError for another,
+    ImportError where the project's module does not import."""
+    names = [n for n, (_, dt) in PROJECT_EXPS.items() if dt == dtype_name]
+    if not names:
+        raise ValueError(f"the project has no {dtype_name} exp (it has {sorted(dt for _, dt in PROJECT_EXPS.values())})")
+    name = names[0]
+    fn, error = _project_exps((name,))[name]
+    if fn is None:
+        raise ImportError(error)
+    return _exp_kernel(fn)
+
+
+def project_exp_rate(threads, dtype_name="float32") -> float:
+    """The project's exp throughput (exps per second) on ``threads`` threads now, as :func:`measure_exp` measures
+    it (some 0.3 s, plus a compile on the first call). A benchmark measures it beside its own timings, so
+    that a floor it forms shares the machine's state with them (on a shared VM the rate moved by a third
+    from one day to the next)."""
+    import numba
+    import numpy as np
+
+    kernel = _project_exp_kernel(dtype_name)
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        return _exp_rate(kernel, threads, np.dtype(dtype_name).type, np.random.default_rng(0))[0]
+    finally:
+        numba.set_num_threads(before)
+
+
 def measure_exp(threads, quick=False) -> dict:
     """exp elements/s: the project's Numba exps (1 and ``threads`` threads), NumPy and Numba's math.exp (1 thread)."""
     import math as _math
@@ -263,26 +317,11 @@ def measure_exp(threads, quick=False) -> dict:
     import numpy as np
     from numba import njit
 
-    target = 0.005 if quick else 0.02
     rng = np.random.default_rng(0)
     out = {"float64": {}, "float32": {}}
 
     def rate(kernel, T, dtype):
-        x = rng.uniform(-30.0, 0.0, (T, EXP_LANES)).astype(dtype)
-        y = np.empty_like(x)
-
-        def shifts(k):
-            return (-1e-6 * np.arange(k)).astype(dtype)
-
-        kernel(x, y, shifts(1))
-        t0 = time.perf_counter()
-        kernel(x, y, shifts(20))
-        per = max((time.perf_counter() - t0) / 20, 1e-9)
-        sh = shifts(max(5, int(target / per)))
-        best, summ = _best(lambda: kernel(x, y, sh), 1, 5 if quick else 15)
-        want = np.exp((x + sh[-1]).astype(np.float64))
-        err = float(np.max(np.abs(y - want) / want))
-        return T * EXP_LANES * sh.shape[0] / best, dict(summ, sweeps=int(sh.shape[0]), max_rel_err=err)
+        return _exp_rate(kernel, T, dtype, rng, quick)
 
     exps = _project_exps()
     for name, (fn, error) in exps.items():

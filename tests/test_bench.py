@@ -217,6 +217,19 @@ def test_parse_mixture_score_floor_joins_the_goal_at_small_d():
     assert "floor" not in b["goal"]
 
 
+def test_parse_mixture_score_floor_of_the_same_run_comes_first():
+    """A row with the floor at the exp rate measured beside its timing is judged by that one."""
+    p = mixture_payload()
+    p["rows"][0]["jax"] = {"median_ms": 3.5}
+    p["rows"][0]["floor"] = {"achieved": {"goal": 0.4, "floor_fraction": 0.3, "goal_met": False}}
+    p["rows"][0]["floor_same_run"] = {"achieved": {"goal": 0.4, "floor_fraction": 0.45, "goal_met": True}}
+    a = bench.parse_result("mixture_score", p)[0]
+    assert a["goal"] == "<= JAX jit 3.5 ms (measured); >= 40% of the machine floor (at 45%, exp rate of the same run)"
+    assert a["met"] is True
+    p["rows"][0]["floor_same_run"]["achieved"].update(floor_fraction=0.38, goal_met=False)
+    assert bench.parse_result("mixture_score", p)[0]["met"] is False
+
+
 def test_parse_mixture_score_coretype_unset_gets_its_own_rows():
     """A second refdiff run without OPENBLAS_CORETYPE: a second row per size, its own times and floor share."""
     p = dict(mixture_payload(), openblas_coretype="Haswell")

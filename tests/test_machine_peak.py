@@ -214,3 +214,17 @@ def test_quick_measurement():
     f = machine_peak.mixture_score_floor(100_000, 2, 8, p)
     assert f["floor_s"] > 0 and f["bound"] in ("flops", "exp", "bytes")
     print(f"quick measurement: {elapsed:.1f} s")
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed (pip install 'refdiff[fast]')")
+def test_project_exp_rate_is_a_rate_and_leaves_the_thread_count():
+    """The exp rate a benchmark measures beside its timings: positive, finite, of the order the float32 exp runs
+    at (more than 1e7 and less than 1e12 exps a second on any CPU), and Numba's thread count as it was."""
+    import numba
+
+    before = numba.get_num_threads()
+    rate = machine_peak.project_exp_rate(1, "float32")
+    assert math.isfinite(rate) and 1e7 < rate < 1e12
+    assert numba.get_num_threads() == before
+    with pytest.raises(ValueError, match="no float16 exp"):
+        machine_peak.project_exp_rate(1, "float16")  # no project exp of that dtype
