@@ -202,20 +202,24 @@ def test_every_backend_drops_a_component_whose_inverse_variance_overflows(backen
 @pytest.mark.parametrize("D", [1, 3])
 @pytest.mark.parametrize("kind", ["isotropic", "diagonal"])
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
-@pytest.mark.parametrize("process,t", [(None, None), (PROCESS, 0.0)])
+@pytest.mark.parametrize("process,t", [(None, None), (PROCESS, 0.0), (PROCESS, np.zeros(5))])
 def test_every_backend_weighs_a_point_at_a_component_whose_inverse_variance_overflows(backend, dtype_name, kind, D,
                                                                                       process, t):
     """The component of that test, at points on and near its mean: there it carries all the weight (its
     log-normaliser is some 90 e-folds (float32) or 710 (float64) above the other's). The reference divides by
     c_k; the twins multiplied by 1 / c_k = inf in the dtype, which made a NaN (0 * inf) or an infinite quadratic
     form and dropped the component: score and log p then came from the other component alone. They now take
-    their exact forms for such a mixture (and float64 on the GPU, whose float32 flushes a subnormal c_k to 0)."""
+    their exact forms for such a mixture (and float64 on the GPU, whose float32 flushes a subnormal c_k to 0).
+    The last point is so far out that every quadratic form overflows: the far pass takes it, where 0 * (1 / c_k)
+    at its zero coordinates was NaN."""
     tiny = {"float32": 1e-39, "float64": 1e-310}[dtype_name]
     means = np.stack([np.zeros(D), np.ones(D)])
     variances = np.array([tiny, 1.0]) if kind == "isotropic" else np.stack([np.full(D, tiny), np.ones(D)])
     gm = GaussianMixture([0.5, 0.5], means, variances)
     near = 0.7 * math.sqrt(tiny)  # q_0 = 0.49 per coordinate so displaced
-    x64 = np.array([[0.0] * D, [near] + [0.0] * (D - 1), [near, -near, 0.5 * near][:D], [0.5] * D])
+    far = {"float32": 1e30, "float64": 1e200}[dtype_name]  # every quadratic form overflows the dtype
+    x64 = np.array([[0.0] * D, [near] + [0.0] * (D - 1), [near, -near, 0.5 * near][:D], [0.5] * D,
+                    [far] + [0.0] * (D - 1)])
     x_d = x64.astype(dtype_name)
     # the exact result in long double (whose range holds 1 / 1e-310), by the reference's division
     L = np.longdouble
@@ -225,7 +229,8 @@ def test_every_backend_weighs_a_point_at_a_component_whose_inverse_variance_over
                        - L(0.5) * np.sum((xl - L(k)) * ((xl - L(k)) / c[k]), axis=1) for k in (0, 1)])
     top = logits.max(axis=0)
     w = np.exp(logits - top)
-    want_logp = (top + np.log(w.sum(axis=0))).astype(np.float64)
+    with np.errstate(over="ignore"):  # the far row's log p, some -1e400, is -inf in float64
+        want_logp = (top + np.log(w.sum(axis=0))).astype(np.float64)
     want_score = (-sum(w[k][:, None] * ((xl - L(k)) / c[k]) for k in (0, 1)) / w.sum(axis=0)[:, None]).astype(np.float64)
     assert np.all(want_logp[:3] > 40.0) and want_logp[3] < 0  # the narrow component dominates its three points
     x = on_backend(backend, x_d)
@@ -233,7 +238,11 @@ def test_every_backend_weighs_a_point_at_a_component_whose_inverse_variance_over
         score, logp = to_host(gm.score(x, process, t, backend=backend)), to_host(gm.log_prob(x, process, t, backend=backend))
     for i in range(x64.shape[0]):  # row by row: the scores range from 0 to 1e19 (float32) and 1e155
         check(score[i], want_score[i], dtype_name, f"score of row {i}")
-        check(logp[i:i + 1], want_logp[i:i + 1], dtype_name, f"log_prob of row {i}")
+        if i < 4:  # the far row's log p underflows the dtype, in float32 from a finite float64 value
+            check(logp[i:i + 1], want_logp[i:i + 1], dtype_name, f"log_prob of row {i}")
+    t1 = t if t is None or np.ndim(t) == 0 else t[1:2]  # one row: a per-row t of one row is one t to the launchers
+    with np.errstate(over="ignore"):
+        check(to_host(gm.score(x[1:2], process, t1, backend=backend))[0], want_score[1], dtype_name, "one row's score")
 
 
 @pytest.mark.parametrize("kind", KINDS)
