@@ -99,6 +99,8 @@ def _smallest_variance(lam, gamma, var):
     lam_min = float(lam.min()) if lam.size else math.inf  # the method: half np.min's time on a small array
     if np.ndim(gamma) == 0 and np.ndim(var) == 0:  # Python floats: a microsecond, not five (small twin calls)
         return float(gamma) ** 2 * lam_min + float(var)
+    if np.size(gamma) == 0:  # a per-example t of no rows
+        return math.inf
     return float(np.min(np.asarray(gamma, dtype=np.float64) ** 2 * lam_min + np.asarray(var, dtype=np.float64)))
 
 
