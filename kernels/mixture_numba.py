@@ -564,7 +564,8 @@ SHIFT_BITS = (86, 865)
 #: block's arithmetic (:func:`_redo_far`): its best component lies so far below the largest log-normaliser (about
 #: 100 e-folds in float32, 1200 in float64) that the weights dropped near the subnormal range, at most
 #: nu_k exp(cut_k) = e**10 tiny each, would no longer be negligible beside its sum (float32: e**-40 against
-#: e**-77; float64: e**-600 against e**-698).
+#: e**-77; float64: e**-600 against e**-698). Beside a component much narrower than the broadest, whose field
+#: C_k^{-1} z_k outweighs such a ratio, :func:`_one_pass` raises the bound for the call (see there).
 SHIFT_LIMIT = (-40.0, -600.0)
 #: Lanes path, D <= 4: the points of one chunk, by dtype (float32, float64): 2 KiB of each of ten rows, in L1.
 #: A chunk sets up its components' constants once, so larger chunks spend less on it (it was 9% of the
@@ -928,13 +929,27 @@ def _one_pass(x, log_w, mu, lam, g, v, bits, iso, limit, want_score, lanes, task
     N, D = x.shape
     # the field of a weight, |w g_j| <= 2**bits sqrt(h_j) for h = 1 / (2 c), summed over K, must stay finite:
     # lower the shift for very narrow components (float32: c below about 1e-24), which redoes more points
-    h_max = 1.0
+    h_hi, h_lo = 0.0, math.inf
     for k in range(lam.shape[0]):
         for j in range(lam.shape[1]):
-            h_max = max(h_max, 0.5 / (g * g * lam[k, j] + v))
+            hk = 0.5 / (g * g * lam[k, j] + v)
+            h_hi, h_lo = max(h_hi, hk), min(h_lo, hk)
+    h_max = max(1.0, h_hi)
     room = (128 if x.itemsize == 4 else 1024) - 2 - math.log2(lam.shape[0]) - 0.5 * math.log2(h_max)
     # room is -inf where 1 / c overflowed (a subnormal c): as low a shift as any (int(-inf) raises in Python)
     bits = min(bits, int(math.floor(max(room, -1e9))))
+    # A weight below W = e**10 tiny is dropped (_weight), and a point stays in this pass while its sum t >= limit.
+    # Its score then misses at most K terms 2 W |g| / t, |g| = sqrt(h q / 2) <= sqrt(h_hi Q / 2) with Q the largest
+    # q at which a weight can reach W (nu_k <= 2**bits). Those are kept below the dtype's epsilon times
+    # sqrt(h_lo), the broadest component's field at one standard deviation, by redoing the points whose t is
+    # smaller: beside a narrow component (float32: c = 1e-37, a field of some 1e19) the missed terms were the
+    # size of the score itself at t = e**-40. For components of like widths SHIFT_LIMIT is the larger bound.
+    log_w_drop = np.log(np.finfo(x.dtype).tiny) + 10.0  # as _lane_operands' cut
+    log_eps = np.log(np.finfo(x.dtype).eps)
+    q_drop = max(1.0, 2.0 * (bits * math.log(2.0) - log_w_drop))
+    need = math.log(2.0 * lam.shape[0]) + log_w_drop + 0.5 * math.log(h_hi * q_drop / (2.0 * h_lo)) - log_eps
+    if limit > 0:  # a limit of 0 never redoes (the tests show that a case needs the redo)
+        limit = max(limit, x.dtype.type(math.exp(need)))
     means, inv_c, log_norm, nu, cut, top = _lane_operands(log_w, mu, lam, g, v, bits, x)
     K = log_norm.shape[1]
     L = lanes

@@ -245,6 +245,39 @@ def test_every_backend_weighs_a_point_at_a_component_whose_inverse_variance_over
         check(to_host(gm.score(x[1:2], process, t1, backend=backend))[0], want_score[1], dtype_name, "one row's score")
 
 
+@pytest.mark.parametrize("D", [1, 3])
+@pytest.mark.parametrize("dtype_name,c_narrow", [("float32", 1e-37), ("float32", 1e-34), ("float32", 1e-30),
+                                                 ("float64", 1e-300), ("float64", 1e-100)])
+def test_every_backend_keeps_a_dropped_weight_whose_field_is_large(backend, dtype_name, c_narrow, D):
+    """A narrow component (variance c along coordinate 0, a normal number) beside a unit one, and a point where the
+    narrow one's weight just falls below the Numba one-pass kernel's drop (e**10 tiny, in its scaled units) while the
+    unit one's keeps the sum just above that kernel's old redo bound (SHIFT_LIMIT). The dropped weight is some
+    e**-37 (float32) of the sum, but its field z / c is some 1e19 (1e150): the kernel's score came back as the unit
+    component's alone (9.08 where the reference gives -1343.6). The point is placed by the kernel's own
+    arithmetic: its shift bits (lowered for narrow components) and the drop."""
+    dt = np.dtype(dtype_name)
+    log_2pi = math.log(2.0 * math.pi)
+    ln_narrow, ln_unit = math.log(0.5) - 0.5 * (log_2pi + math.log(c_narrow)), math.log(0.5) - 0.5 * log_2pi
+    bits = min(86 if dt == np.float32 else 865,
+               math.floor((128 if dt == np.float32 else 1024) - 3 - 0.5 * math.log2(0.5 / c_narrow)))
+    shift = bits * math.log(2.0)
+    limit = -40.0 if dt == np.float32 else -600.0
+    q_unit = 2.0 * ((ln_unit - ln_narrow) + shift - limit - 0.5)  # the unit one's log weight 0.5 above the bound
+    q_narrow = 2.0 * (shift - (math.log(np.finfo(dt).tiny) + 10.0) + 0.3)  # the narrow one's 0.3 below the drop
+    x0 = math.sqrt(q_narrow * c_narrow)
+    means = np.zeros((2, D))
+    means[1, 0] = x0 + math.sqrt(q_unit)
+    variances = np.ones((2, D))
+    variances[0, 0] = c_narrow
+    gm = GaussianMixture([0.5, 0.5], means, variances)
+    x = np.zeros((1, D), dt)
+    x[0, 0] = x0
+    want = gm.score(x.astype(np.float64), backend="numpy")
+    unit_alone = means[1, 0] - float(x[0, 0])  # the score's coordinate 0 without the narrow component
+    assert abs(want[0, 0] - unit_alone) > 0.02 * abs(want[0, 0])  # the dropped term counts, 100x the tolerance
+    check(to_host(gm.score(on_backend(backend, x), backend=backend)).astype(np.float64), want, dtype_name, "score")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
 def test_far_point_stays_finite(backend, dtype_name, kind):
