@@ -464,6 +464,11 @@ def exp_weight(x):
     return _exp_weight32(x) if isinstance(x, np.float32) else _exp_weight(x)
 
 
+def exp_clamp(x):
+    """The argument below which :func:`exp_weight` clamps, in x's type: -87 for a float32 ``x``, else -708."""
+    return _EXP_MIN32 if isinstance(x, np.float32) else np.float64(_EXP_MIN)
+
+
 @njit(inline="always", **_OPTS)
 def sigmoid(z, one):
     """The logistic sigmoid 1/(1 + exp(-z)) in z's dtype (``one`` is 1 in that dtype), branch-free.
@@ -471,11 +476,13 @@ def sigmoid(z, one):
     With e = exp(-|z|) <= 1 (:func:`exp_weight`, never overflowing): 1/(1 + e)
     for z >= 0 and e/(1 + e) below, so it is within 4 ulp relative everywhere, small values included
     (NumPy's 1/2 + tanh(z/2)/2 is exact only to half an ulp of 1/2). Below -87 (float32) or -708
-    (float64) it gives e^-87 (e^-708) instead of the smaller true value; NaN gives NaN.
+    (float64), where the exp clamps, it gives 0 (so does NumPy's form from about -17 and -38); NaN gives NaN.
     """
     e = exp_weight(-abs(z))
     r = one / (one + e)
-    return r if z >= 0 else e * r
+    # below the exp's clamp e is exp(clamp), not exp(z): 0 there, as NumPy's form gives, so that z s (SiLU) and
+    # its derivative go to 0 and do not grow again with |z| (-5.6 at z = -3.4e38 in float32)
+    return r if z >= 0 else (e * r if not z < exp_clamp(z) else one - one)  # NaN stays NaN
 
 
 if not numba.config.DISABLE_JIT:
@@ -487,13 +494,19 @@ if not numba.config.DISABLE_JIT:
     # Inlining the overload at the IR level (a call would stop the lane loops vectorising: the D = 16 mixture
     # score ran 1.8x slower) trips a pedantic SSA check of Numba's about the lambdas' variables; the code it
     # compiles is correct (every kernel using it is tested against its reference). Silence that message only.
-    for _name in ("_exp_weight_by_type", "_scaled_pow2_by_type", "_pow2_row_by_type"):
+    for _name in ("_exp_weight_by_type", "_exp_clamp_by_type", "_scaled_pow2_by_type", "_pow2_row_by_type"):
         warnings.filterwarnings("ignore", message=f"variable '{_name}", category=NumbaIRAssumptionWarning)
 
     @overload(exp_weight, inline="always")
     def _exp_weight_by_type(x):
         if isinstance(x, types.Float):
             return (lambda x: _exp_weight32(x)) if x.bitwidth == 32 else (lambda x: _exp_weight(x))
+        return None
+
+    @overload(exp_clamp, inline="always")
+    def _exp_clamp_by_type(x):
+        if isinstance(x, types.Float):
+            return (lambda x: _EXP_MIN32) if x.bitwidth == 32 else (lambda x: _EXP_MIN)
         return None
 
     @overload(scaled_pow2, inline="always")

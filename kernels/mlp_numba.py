@@ -295,7 +295,7 @@ def sinusoidal_embedding(u, dim: int, max_period: float = 10000.0, dtype=np.floa
     if u.ndim != 1:
         return layers.sinusoidal_embedding(u, dim, max_period, dtype)  # its error names the shape
     omega = layers.sinusoidal_frequencies(dim, max_period)
-    if u.size and not np.abs(u).max() * omega[0] < _SINCOS_MAX:  # omega_0 = 1 is the largest
+    if u.size and not np.abs(u).max() * omega.max() < _SINCOS_MAX:  # omega_0 = 1, unless max_period < 1
         return layers.sinusoidal_embedding(u, dim, max_period, dtype)
     out = np.empty((u.shape[0], dim), dtype)
     _cos_sin_features(u, omega, out)

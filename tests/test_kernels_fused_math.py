@@ -150,9 +150,12 @@ def test_sigmoid_within_four_ulp_where_numpys_tanh_form_is_not(dtype):
     edge = np.array([np.inf, 1e30, -1e30, -np.inf, np.nan], dtype=dtype)
     got = np.empty_like(edge)
     _sigmoid_all(edge, dtype(1.0), got)
-    tiny = np.exp(-lim - (0.0 if dtype == np.float32 else 8.0))  # the exp's clamp: e^-87 or e^-708
     assert got[0] == got[1] == 1.0 and np.isnan(got[4])
-    assert 0 < got[2] == got[3] <= 1.01 * tiny
+    assert got[2] == got[3] == 0.0  # past the exp's clamp: 0, not e^-87 (e^-708), as NumPy's form gives
+    clamp = -87.0 if dtype == np.float32 else -708.0
+    ends = np.array([clamp, np.nextafter(dtype(clamp), dtype(-np.inf))], dtype=dtype)
+    _sigmoid_all(ends, dtype(1.0), got[:2])
+    assert got[0] > 0 and got[1] == 0.0
 
 
 @numba.njit(error_model="numpy")

@@ -54,6 +54,8 @@ def test_bias_silu_twin_matches_reference(ops, dtype, w, n):
     if n:
         a[0, 0] = 200.0  # saturated sigmoid: tanh(100) = 1
         a[-1, -1] = -200.0
+        # past the twin exp's clamp (-87, -708): sigma was e^-87, and z sigma grew again with |z| (-5.6 here)
+        a[-1, 0] = np.finfo(dtype).min
     for bias, residual in [(b, r), (None, None)]:
         a_ref, a_twin = a.copy(), a.copy()
         h_ref, s_ref = fused.bias_silu_forward(a_ref, bias, residual)
@@ -67,6 +69,8 @@ def test_bias_silu_twin_matches_reference(ops, dtype, w, n):
         np.testing.assert_allclose(s, s_ref, rtol=4 * eps, atol=eps)
         bound = 4 * eps * (np.abs(a_ref) + np.abs(h_ref) + (0 if residual is None else np.abs(residual)))
         assert np.all(np.abs(h - h_ref) <= bound)
+        if n:  # far in the tail both sigmas are 0 and h is the residual alone (that bound scales with |a|)
+            assert s[-1, 0] == s_ref[-1, 0] == 0 and h[-1, 0] == h_ref[-1, 0]
     for add in [None, dh_add]:
         db_ref, db = np.full(w, 0.5, dtype), np.full(w, 0.5, dtype)
         dh_ref, dh_twin = dh.copy(), dh.copy()
@@ -148,6 +152,10 @@ def test_sinusoidal_embedding_twin_leaves_what_it_cannot_take_to_the_reference()
         got = mlp_numba.sinusoidal_embedding(u, 8, dtype=dtype)
         np.testing.assert_array_equal(got, fused.sinusoidal_embedding(u, 8, dtype=dtype))
         assert got.dtype == dtype
+    # a max_period below 1: the frequencies grow with k, and the last one, not the first, sets the largest phase
+    # (the twin tested omega_0 and took phases of 3e10 at u = 1e6, 6.7e-7 off)
+    u = np.array([1e6, 3.0])
+    np.testing.assert_array_equal(mlp_numba.sinusoidal_embedding(u, 8, 1e-6), fused.sinusoidal_embedding(u, 8, 1e-6))
     with pytest.raises(ValueError, match="dim must be an even int"):
         mlp_numba.sinusoidal_embedding(np.ones(3), 5)
     with pytest.raises(ValueError, match="u must have shape"):
