@@ -124,6 +124,9 @@ def test_warmup_and_ema():
     np.testing.assert_allclose(ema.flat, [0.1, 9.0])
     ema_update(ema, p, 0.0)
     np.testing.assert_array_equal(ema.flat, p.flat)
+    ema, p = _params([1.0, 100.0, 0.7]), _params([1e-3, 0.1, 0.3])  # ema + (p - ema) rounds: 8.7e-19, -5.7e-15 off
+    ema_update(ema, p, 0.0)
+    np.testing.assert_array_equal(ema.flat, p.flat)
     for decay in (1.5, -0.1, float("nan")):
         with pytest.raises(ValueError, match="decay"):
             ema_update(ema, p, decay)

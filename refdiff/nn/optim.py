@@ -148,7 +148,10 @@ def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
 def ema_update(ema: Params, params: Params, decay: float) -> None:
     r"""Exponential moving average of the weights, in place: :math:`\bar\theta \leftarrow d\bar\theta + (1-d)\theta`."""
     decay = _finite_number(decay, "decay", lo=0.0, hi=1.0)
-    # ema += (1 - d)(theta - ema): one scratch array, exact when d = 0
+    if decay == 0.0:  # a copy: ema + (theta - ema) rounds where the two differ much in size
+        ema.flat[...] = params.flat
+        return
+    # ema += (1 - d)(theta - ema): one scratch array
     diff = params.flat - ema.flat
     diff *= 1.0 - decay
     ema.flat += diff
