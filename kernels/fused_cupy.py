@@ -9,6 +9,12 @@ the host in float64, cast to the state dtype (as the reference casts them at use
 float/double, a register bound ``MAXD`` >= D (2, 4, 16 or 64; larger D is refused) and whether the
 covariances are full. Scalars are passed as NumPy scalars of the kernel's exact types (CuPy does not
 check them).
+
+A particle so far from every component that each quadratic form overflows the state dtype has no weight
+left in the kernel's loop; the reference takes its score from the quadratic forms scaled by a power of two
+(``GaussianMixture._far_weights``). The kernel's ``FAR`` instances do the same, at the cost of registers
+in every thread, so the common instance runs first and, where the state comes out not finite, the ``FAR``
+one runs again from the same start; a state still not finite raises.
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ MAXDS = (2, 4, 16, 64)
 _BLOCK = 128
 
 
-def name_expression(dtype, maxd: int, full: bool = False) -> str:
+def name_expression(dtype, maxd: int, full: bool = False, far: bool = False) -> str:
     """The template instance for a state dtype, register bound and covariance kind, e.g.
-    ``fused_run<float, 4, false>``; ``full`` for full covariances (the kernel then reads their eigenvectors)."""
-    return f"fused_run<{'float' if np.dtype(dtype) == np.float32 else 'double'}, {int(maxd)}, {'true' if full else 'false'}>"
+    ``fused_run<float, 4, false, false>``; ``full`` for full covariances (the kernel then reads their
+    eigenvectors), ``far`` for the instance that takes far particles (see the module docstring)."""
+    flag = {False: "false", True: "true"}
+    return f"fused_run<{'float' if np.dtype(dtype) == np.float32 else 'double'}, {int(maxd)}, {flag[bool(full)]}, {flag[bool(far)]}>"
 
 
 def _cupy():
@@ -46,7 +54,8 @@ def _cupy():
 @functools.cache
 def _module():
     cupy = _cupy()
-    names = [name_expression(dt, m, full) for dt in (np.float32, np.float64) for m in MAXDS for full in (False, True)]
+    names = [name_expression(dt, m, full, far) for dt in (np.float32, np.float64) for m in MAXDS for full in (False, True)
+             for far in (False, True)]
     mod = cupy.RawModule(code=SOURCE.read_text(), options=("--std=c++17",), name_expressions=names)
     mod.compile()
     return mod
@@ -75,13 +84,17 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
                (("means", const["means"]), ("inv_c", const["inv_c"]), ("log_norm", const["log_norm"]), ("U", U)))
     x_d = cupy.empty((N, D), dtype=state_dtype) if draw_start else cupy.asarray(np.ascontiguousarray(x))
     K = const["log_norm"].shape[1]
-    kernel = _module().get_function(name_expression(state_dtype, maxd, full))
     grid = ((N + _BLOCK - 1) // _BLOCK,)
-    args = (x_d, dev["coefs"], dev["draws"], np.int64(first), np.uint32(noise.seed & 0xFFFFFFFF),
-            np.uint32(noise.seed >> 32), np.uint64(noise.offset), dev["means"], dev["inv_c"], dev["log_norm"],
-            dev["U"], np.int64(N), np.int32(D), np.int32(K), np.int32(table.n_rows), np.int32(draw_start),
-            np.float64(table.prior_std))  # fmt: skip
-    kernel(grid, (_BLOCK,), args)
-    if not bool(cupy.all(cupy.isfinite(x_d))):
-        raise ValueError("the state became non-finite (the step size is too large for this target)")
+    start = None if draw_start else x_d.copy()  # for a second run from the same start (a drawn one is redrawn)
+    rest = (dev["coefs"], dev["draws"], np.int64(first), np.uint32(noise.seed & 0xFFFFFFFF),
+           np.uint32(noise.seed >> 32), np.uint64(noise.offset), dev["means"], dev["inv_c"], dev["log_norm"],
+           dev["U"], np.int64(N), np.int32(D), np.int32(K), np.int32(table.n_rows), np.int32(draw_start),
+           np.float64(table.prior_std))  # fmt: skip
+    _module().get_function(name_expression(state_dtype, maxd, full))(grid, (_BLOCK,), (x_d,) + rest)
+    if not bool(cupy.all(cupy.isfinite(x_d))):  # far particles, if that is what they are
+        if start is not None:
+            x_d[...] = start
+        _module().get_function(name_expression(state_dtype, maxd, full, far=True))(grid, (_BLOCK,), (x_d,) + rest)
+        if not bool(cupy.all(cupy.isfinite(x_d))):
+            raise ValueError("the state became non-finite (the step size is too large for this target)")
     return x_d

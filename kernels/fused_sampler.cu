@@ -2,7 +2,7 @@
 //
 // Reference twin: refdiff/samplers/fused.py (run_table); launcher: kernels/fused_cupy.py.
 // Self-contained (no #include): compiled by CuPy's RawModule (NVRTC) with
-// name_expressions "fused_run<float, MAXD, FULL>" / "fused_run<double, MAXD, FULL>" (FULL: full
+// name_expressions "fused_run<float, MAXD, FULL, FAR>" / "fused_run<double, MAXD, FULL, FAR>" (FULL: full
 // covariances, whose eigenvectors the score reads), and by nvcc in the test suite. Each thread keeps its
 // particle's state, score and previous score in arrays of a compile-time bound MAXD >= D (in registers up
 // to MAXD = 16, see FOR_EACH_COORD) and runs every table row: score of the diffused mixture (constants
@@ -73,6 +73,68 @@ template <typename T> __device__ __forceinline__ T lowest_finite();  // NVRTC ha
 template <> __device__ __forceinline__ float lowest_finite<float>() { return -3.40282347e38f; }
 template <> __device__ __forceinline__ double lowest_finite<double>() { return -1.7976931348623157e308; }
 
+// The score of a particle so far from every component that each quadratic form overflowed T: the loop in fused_run
+// keeps no weight there (total = 0), where the reference (GaussianMixture._far_weights) and the Numba twin
+// (mixture_numba._far_score) take the weights from the quadratic forms scaled by a power of two. The same arithmetic,
+// in double: with 2^E above every |x_j| and |gamma mu_kj|, q~_k = 2^-2E q_k from the differences scaled by 2^-E
+// (exactly), l_k = ln_k - 2^2E (q~_k - min_j q~_j) / 2, and the fields unscaled. It reads the point from the
+// particle's row of x and writes the score there (the caller holds the point in registers); not inlined, so that
+// its frame stays off the common path. Passes over the components, no scratch of K entries.
+template <typename T, int MAXD, bool FULL>
+__device__ __noinline__ void far_score_row(T* row, const T* __restrict__ mu, const T* __restrict__ ic,
+                                           const T* __restrict__ ln, const T* __restrict__ U, int D, int K) {
+    double big = 0;
+    for (int j = 0; j < D; ++j) {
+        big = fmax(big, fabs((double)row[j]));
+        for (int k = 0; k < K; ++k) big = fmax(big, fabs((double)mu[(long long)k * D + j]));
+    }
+    int E;
+    frexp(big, &E);  // 2^(E - 1) <= big < 2^E
+    // y_ka = (U_k^T (x - gamma mu_k))_a, of the differences scaled by 2^-E or not
+    auto y = [&](int k, int a, bool scaled) {
+        auto z = [&](int j) {
+            const double xj = (double)row[j], mj = (double)mu[(long long)k * D + j];
+            return scaled ? ldexp(xj, -E) - ldexp(mj, -E) : xj - mj;
+        };
+        if (!FULL) return z(a);
+        double ya = 0;
+        for (int j = 0; j < D; ++j) ya += (double)U[((long long)k * D + j) * D + a] * z(j);
+        return ya;
+    };
+    auto scaled_q = [&](int k) {
+        double q = 0;
+        for (int a = 0; a < D; ++a) {
+            const double ya = y(k, a, true);
+            q += ya * ya * (double)ic[(long long)k * D + a];
+        }
+        return q;
+    };
+    auto logit = [&](int k, double q_min) {  // l_k less the common 2^(2E) q~_min / 2
+        const double dq = scaled_q(k) - q_min;
+        return (double)ln[k] - (dq == 0 ? 0.0 : 0.5 * ldexp(dq, 2 * E));  // +inf past the range: weight 0
+    };
+    double q_min = scaled_q(0);
+    for (int k = 1; k < K; ++k) q_min = fmin(q_min, scaled_q(k));
+    double top = logit(0, q_min);
+    for (int k = 1; k < K; ++k) top = fmax(top, logit(k, q_min));
+    double out[MAXD], w_sum = 0;
+    for (int j = 0; j < D; ++j) out[j] = 0;
+    for (int k = 0; k < K; ++k) {
+        const double w = exp(logit(k, q_min) - top);
+        if (w == 0) continue;  // its field may have overflowed: 0 * inf
+        w_sum += w;
+        for (int a = 0; a < D; ++a) {
+            const double qa = w * y(k, a, false) * (double)ic[(long long)k * D + a];
+            if (FULL) {
+                for (int j = 0; j < D; ++j) out[j] -= (double)U[((long long)k * D + j) * D + a] * qa;
+            } else {
+                out[a] -= qa;
+            }
+        }
+    }
+    for (int j = 0; j < D; ++j) row[j] = (T)(out[j] / w_sum);
+}
+
 // the coordinates j < D. Up to MAXD = 16 a loop to the compile-time MAXD, unrolled: the per-particle arrays
 // below are indexed by constants and stay in registers (a loop to the run-time D would put them in local
 // memory). Beyond, a loop to D: unrolling the full covariance's nested loops 64 x 64 took nvcc minutes.
@@ -84,7 +146,11 @@ template <> __device__ __forceinline__ double lowest_finite<double>() { return -
 // in T; U (K, D, D) eigenvectors in T, read when FULL. x (N, D) in T, in place; with draw_start != 0 x is
 // only written: the start is prior_std * z at draw 0 (in double, then cast to T, as the reference draws it
 // on the host).
-template <typename T, int MAXD, bool FULL>
+// FAR: an instance that takes a particle so far from every component that no weight is left (total = 0) through
+// far_score_row. Without it such a particle's score is 0 * inf, NaN, and its state with it: the launcher runs this
+// common instance, and only where the state comes out not finite runs the FAR one from the same start (the far
+// path would cost every thread registers: 48 -> 80 for float, D <= 2).
+template <typename T, int MAXD, bool FULL, bool FAR>
 __global__ void fused_run(T* x, const double* coefs, const long long* draws, long long first, u32 key0,
                           u32 key1, u64 offset, const T* __restrict__ means, const T* __restrict__ inv_c,
                           const T* __restrict__ log_norm, const T* __restrict__ U, long long N, int D, int K,
@@ -152,8 +218,14 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
                     acc[j] -= w * g;
                 }
             }
-            const T inv_total = T(1) / total;  // one division a row, not one a coordinate
-            FOR_EACH_COORD(j) s[j] = acc[j] * inv_total;
+            if (FAR && total == T(0)) {  // every quadratic form overflowed T (or x is NaN): through x's row
+                FOR_EACH_COORD(j) x[p * D + j] = xs[j];
+                far_score_row<T, MAXD, FULL>(x + p * D, means_i, inv_c_i, log_norm_i, U, D, K);
+                FOR_EACH_COORD(j) s[j] = x[p * D + j];
+            } else {
+                const T inv_total = T(1) / total;  // one division a row, not one a coordinate
+                FOR_EACH_COORD(j) s[j] = acc[j] * inv_total;
+            }
         }
         long long d = draws[i];
         if (d >= 0) draw_normals<MAXD>(z, D, (u32)(first + d), particle, key0, key1);

@@ -355,6 +355,25 @@ def test_every_twin_drops_a_component_whose_weight_is_zero(twin_run, dtype, covs
     np.testing.assert_allclose(twin_run(table, m, x_T, seed=1), want, rtol=rtol)
 
 
+@pytest.mark.parametrize("cov", ["isotropic", "full"])
+@pytest.mark.parametrize("dtype,far", [(np.float32, 1e20), (np.float64, 1e160)])
+def test_every_twin_takes_particles_far_from_every_component(twin_run, cov, dtype, far):
+    """Particles so far out that every quadratic form overflows the dtype, beside ordinary ones, on a
+    deterministic and a stochastic table: the reference takes their scores from the forms scaled by a power of
+    two, and so must the twins (the CUDA kernel's sum of weights was 0 there, its score 0 * inf, and the run
+    raised that the state became non-finite). A step that really diverges still raises."""
+    m = MIXTURES[cov]
+    x_T = np.array([[far, -far, 0.5], [0.1, 0.2, 0.3], [0.0, 0.0, -far], [-1.0, 2.0, 0.5]], dtype=dtype)
+    rtol = 1e-10 if dtype == np.float64 else 2e-4
+    for table in (F.ode_euler_table(VPSDE(), steps=3), F.euler_maruyama_table(VPSDE(), steps=3)):
+        with np.errstate(over="ignore", invalid="ignore"):  # the reference's forms do overflow
+            want = F.run_table(table, m, x_T, seed=1)
+        assert np.all(np.isfinite(want)) and np.abs(want).max() > 1e-3 * far  # the far particles moved, finitely
+        np.testing.assert_allclose(twin_run(table, m, x_T, seed=1), want, rtol=rtol, atol=rtol, err_msg=table.kind)
+    with pytest.raises(ValueError, match="non-finite"):
+        twin_run(F.langevin_table(step_size=1e6, n_steps=400), m, x_T[1:2], seed=1)
+
+
 def test_cupy_twin_without_cupy_names_the_extra(monkeypatch):
     import sys
 
