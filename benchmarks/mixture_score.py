@@ -422,8 +422,8 @@ def main(argv=None):
             if "numba" + UNSET in r:
                 r["floor" + UNSET] = dict(fl, achieved=machine_peak.achieved(fl, r["numba" + UNSET]["median_ms"] / 1e3))
             if "exp_per_s_around" in r and exp_bytes == 4:  # the same floor, at the exp rate of the moment
-                now = json.loads(json.dumps(peaks["peak"]))
-                now["exp_per_s"]["float32"] = sum(r["exp_per_s_around"]) / 2
+                exp_now = dict(peaks["peak"]["exp_per_s"], float32=sum(r["exp_per_s_around"]) / 2)
+                now = dict(peaks["peak"], exp_per_s=exp_now)
                 fl = machine_peak.mixture_score_floor(r["N"], r["D"], r["K"], now, dtype_bytes=4, exp_dtype_bytes=4)
                 r["floor_same_run"] = dict(fl, achieved=machine_peak.achieved(fl, r["numba"]["median_ms"] / 1e3))
     payload = {
