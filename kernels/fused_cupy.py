@@ -10,11 +10,16 @@ float/double, a register bound ``MAXD`` >= D (2, 4, 16 or 64; larger D is refuse
 covariances are full. Scalars are passed as NumPy scalars of the kernel's exact types (CuPy does not
 check them).
 
-A particle so far from every component that each quadratic form overflows the state dtype has no weight
-left in the kernel's loop; the reference takes its score from the quadratic forms scaled by a power of two
-(``GaussianMixture._far_weights``). The kernel's ``FAR`` instances do the same, at the cost of registers
-in every thread, so the common instance runs first and, where the state comes out not finite, the ``FAR``
-one runs again from the same start; a state still not finite raises.
+The kernel's ``FAR`` instances are the careful ones, at the cost of registers in every thread:
+
+- A particle so far from every component that each quadratic form overflows the state dtype has no weight
+  left in the common instance's loop; the reference takes its score from the quadratic forms scaled by a
+  power of two (``GaussianMixture._far_weights``), and so do the ``FAR`` instances. The common instance runs
+  first and, where the state comes out not finite, the ``FAR`` one runs again from the same start; a state
+  still not finite raises.
+- They divide by the variances c_k, in double, where the common ones multiply by 1 / c_k in the state
+  dtype. Where some row's c_k is below that dtype's smallest normal number (1 / c_k overflows, and CuPy's
+  ``-ftz=true`` reads a subnormal float as 0), only the ``FAR`` instance runs.
 """
 
 from __future__ import annotations
@@ -80,21 +85,26 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
     coefs = np.stack([table.a, table.b, table.b_prev, table.c], axis=1)  # (R, 4)
     dev = {k: cupy.asarray(np.ascontiguousarray(v)) for k, v in (("coefs", coefs), ("draws", table.draw))}
     # the score's constants in the state dtype: the kernel computes the score in it
-    dev.update((k, cupy.asarray(np.ascontiguousarray(v, dtype=state_dtype))) for k, v in
-               (("means", const["means"]), ("inv_c", const["inv_c"]), ("log_norm", const["log_norm"]), ("U", U)))
+    with np.errstate(over="ignore"):  # 1 / c_k past float32's range: the FAR instance is the one to run then
+        dev.update((k, cupy.asarray(np.ascontiguousarray(v, dtype=state_dtype))) for k, v in
+                   (("means", const["means"]), ("inv_c", const["inv_c"]), ("log_norm", const["log_norm"]), ("U", U)))
+    dev["c"] = cupy.asarray(const["c"])  # float64, read by the FAR instance only
     x_d = cupy.empty((N, D), dtype=state_dtype) if draw_start else cupy.asarray(np.ascontiguousarray(x))
     K = const["log_norm"].shape[1]
     grid = ((N + _BLOCK - 1) // _BLOCK,)
-    start = None if draw_start else x_d.copy()  # for a second run from the same start (a drawn one is redrawn)
     rest = (dev["coefs"], dev["draws"], np.int64(first), np.uint32(noise.seed & 0xFFFFFFFF),
-           np.uint32(noise.seed >> 32), np.uint64(noise.offset), dev["means"], dev["inv_c"], dev["log_norm"],
-           dev["U"], np.int64(N), np.int32(D), np.int32(K), np.int32(table.n_rows), np.int32(draw_start),
-           np.float64(table.prior_std))  # fmt: skip
-    _module().get_function(name_expression(state_dtype, maxd, full))(grid, (_BLOCK,), (x_d,) + rest)
-    if not bool(cupy.all(cupy.isfinite(x_d))):  # far particles, if that is what they are
-        if start is not None:
+           np.uint32(noise.seed >> 32), np.uint64(noise.offset), dev["means"], dev["inv_c"], dev["c"],
+           dev["log_norm"], dev["U"], np.int64(N), np.int32(D), np.int32(K), np.int32(table.n_rows),
+           np.int32(draw_start), np.float64(table.prior_std))  # fmt: skip
+    careful = not const["c_min"].min() >= np.finfo(state_dtype).tiny  # 1 / c_k overflows the state dtype
+    if not careful:
+        start = None if draw_start else x_d.copy()  # for a second run from the same start (a drawn one is redrawn)
+        _module().get_function(name_expression(state_dtype, maxd, full))(grid, (_BLOCK,), (x_d,) + rest)
+        if bool(cupy.all(cupy.isfinite(x_d))):
+            return x_d
+        if start is not None:  # far particles, if that is what they are: again from the start, carefully
             x_d[...] = start
-        _module().get_function(name_expression(state_dtype, maxd, full, far=True))(grid, (_BLOCK,), (x_d,) + rest)
-        if not bool(cupy.all(cupy.isfinite(x_d))):
-            raise ValueError("the state became non-finite (the step size is too large for this target)")
+    _module().get_function(name_expression(state_dtype, maxd, full, far=True))(grid, (_BLOCK,), (x_d,) + rest)
+    if not bool(cupy.all(cupy.isfinite(x_d))):
+        raise ValueError("the state became non-finite (the step size is too large for this target)")
     return x_d

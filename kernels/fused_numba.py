@@ -61,7 +61,7 @@ except ImportError as exc:  # the `fast` extra is not installed
     raise ImportError("refdiff.kernels.fused_numba needs numba: pip install 'refdiff[fast]'") from exc
 
 from refdiff.kernels._numba_math import _log, _sincos, prefer_wide_vectors
-from refdiff.kernels.mixture_numba import _NO_ROTATION, _quiet, _score_block
+from refdiff.kernels.mixture_numba import _quiet, _score_block, mixture_arrays, mixture_score_point
 from refdiff.samplers.fused import score_constants, start_state
 
 __all__ = ["run_table", "philox4x32_10", "normals"]
@@ -158,9 +158,23 @@ def _normals_block(z, wr, wt, key0, key1, p_lo, p_hi, draw):
 
 
 # --------------------------------------------------------------------------- the run
+@njit(inline="always", **_OPTS)
+def _score_block_dividing(xs, g, v, log_w, mu, lam, U, kind, pt, res, work, out):
+    """The score at the lanes xs (D, LANES) into ``out``, one lane at a time by the pointwise kernel of the mixture
+    twin, which divides by c_k = g^2 lambda_k + v in float64: for a row where 1 / c_k overflows (c_k subnormal),
+    so that a particle at that component's mean keeps the weight the reference gives it. Rare, and scalar."""
+    D, L = xs.shape
+    for l in range(L):
+        for j in range(D):
+            pt[j] = xs[j, l]
+        mixture_score_point(pt, g, v, log_w, mu, lam, U, kind, res, work)
+        for j in range(D):
+            out[j, l] = res[j]
+
+
 @njit(**_OPTS)
-def _run_block(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, full, lanes, draw_start,
-               prior_std, blk):
+def _run_block(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, full, dividing, gv, log_w, mu,
+               lam, kind, lanes, draw_start, prior_std, blk):
     """Every row of the table for block ``blk`` of :func:`_run`: the body of its ``prange`` loop.
 
     A function of its own, not the loop's body, so that Numba's parallel passes analyse a one-line body: the
@@ -189,6 +203,7 @@ def _run_block(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_nor
     wt = np.empty((2, L), dtype=np.uint64)
     p_lo = np.empty(L, dtype=np.uint64)
     p_hi = np.empty(L, dtype=np.uint64)
+    pt, res, work = np.empty(D), np.empty(D), np.empty(D)
     for l in range(L):
         particle = offset + np.uint64(p0 + l)
         p_lo[l] = particle & _MASK
@@ -206,7 +221,9 @@ def _run_block(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_nor
                 xs[j, l] = xb[j, l]
     for i in range(R):
         a, b, bp, c = coefs[i, 0], coefs[i, 1], coefs[i, 2], coefs[i, 3]
-        if b != 0.0:
+        if b != 0.0 and dividing[i]:
+            _score_block_dividing(xs, gv[i, 0], gv[i, 1], log_w, mu, lam, U, kind, pt, res, work, s)
+        elif b != 0.0:
             _score_block(xs, i, means, inv_c, log_norm, U, full, logit, q, ya, quad, m, tot, acc, s)
         for j in range(D):
             for l in range(L):
@@ -234,22 +251,25 @@ def _run_block(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_nor
 
 
 @njit(parallel=True, **_OPTS)
-def _run(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, full, lanes, draw_start, prior_std):
+def _run(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, full, dividing, gv, log_w, mu, lam,
+         kind, lanes, draw_start, prior_std):
     """Run every row for every particle, in place on x (N, D); coefs (R, 4) = a, b, b_prev, c.
 
     ``prange`` over blocks of LANES particles (the last block padded with
     zero-state lanes whose results are dropped); a block keeps its state in
     float64 (D, L) and rounds it to the state dtype once per row. With
     ``draw_start`` x is not read: the start is ``prior_std * z`` at draw 0,
-    rounded to the state dtype, as the reference's host draw.
+    rounded to the state dtype, as the reference's host draw. Rows where ``dividing`` (R,) is set take the
+    score from the mixture's arrays (log_w, mu, lam, U, kind: ``mixture_arrays``) at gv (R, 2) = (gamma,
+    sigma^2), dividing by c_k (:func:`_score_block_dividing`).
     """
     N = x.shape[0]
     n_blocks = (N + lanes - 1) // lanes
     for blk in prange(n_blocks):
         # int64: prange's index is int64 when Numba types this function and uint64 in the loop it outlines,
         # and two argument types would compile the block twice
-        _run_block(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, full, lanes, draw_start,
-                   prior_std, np.int64(blk))
+        _run_block(x, coefs, draws, first, key0, key1, offset, means, inv_c, log_norm, U, full, dividing, gv, log_w,
+                   mu, lam, kind, lanes, draw_start, prior_std, np.int64(blk))
     return x
 
 
@@ -259,14 +279,17 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
     draw_start = first == 1  # x is unset: the kernel draws the start
     x = np.ascontiguousarray(x)
     const = score_constants(table, mixture)
+    log_w, mu, lam, U, kind = mixture_arrays(mixture)  # U: const["U"], or a read-only stand-in (one kernel for both)
     full = const["U"] is not None
-    U = const["U"] if full else _NO_ROTATION  # read-only, as the mixture's U: one compiled kernel for both
+    # rows where 1 / c_k overflows float64, the kernel's arithmetic (see score_constants)
+    dividing = np.ascontiguousarray(~(const["c_min"] >= np.finfo(np.float64).tiny))
+    gv = np.ascontiguousarray(np.stack([table.gamma, table.sigma2], axis=1))
     coefs = np.ascontiguousarray(np.stack([table.a, table.b, table.b_prev, table.c], axis=1))  # (R, 4)
     draws = np.ascontiguousarray(table.draw)
     with _quiet():  # a narrow component's field may overflow where its weight is dropped (NumPy warns without the JIT)
         _run(x, coefs, draws, np.int64(first), np.uint64(noise.seed & 0xFFFFFFFF), np.uint64(noise.seed >> 32),
-             np.uint64(noise.offset), const["means"], const["inv_c"], const["log_norm"], U, full,
-             np.int64(min(LANES, x.shape[0])), draw_start, float(table.prior_std))  # fmt: skip
+             np.uint64(noise.offset), const["means"], const["inv_c"], const["log_norm"], U, full, dividing, gv, log_w,
+             mu, lam, kind, np.int64(min(LANES, x.shape[0])), draw_start, float(table.prior_std))  # fmt: skip
     if not np.all(np.isfinite(x)):
         raise ValueError("the state became non-finite (the step size is too large for this target)")
     return x

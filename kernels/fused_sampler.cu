@@ -77,11 +77,12 @@ template <> __device__ __forceinline__ double lowest_finite<double>() { return -
 // keeps no weight there (total = 0), where the reference (GaussianMixture._far_weights) and the Numba twin
 // (mixture_numba._far_score) take the weights from the quadratic forms scaled by a power of two. The same arithmetic,
 // in double: with 2^E above every |x_j| and |gamma mu_kj|, q~_k = 2^-2E q_k from the differences scaled by 2^-E
-// (exactly), l_k = ln_k - 2^2E (q~_k - min_j q~_j) / 2, and the fields unscaled. It reads the point from the
-// particle's row of x and writes the score there (the caller holds the point in registers); not inlined, so that
-// its frame stays off the common path. Passes over the components, no scratch of K entries.
+// (exactly), l_k = ln_k - 2^2E (q~_k - min_j q~_j) / 2, and the fields unscaled, dividing by the variances c (in
+// double, as the FAR instances do). It reads the point from the particle's row of x and writes the score there (the
+// caller holds the point in registers); not inlined, so that its frame stays off the common path. Passes over the
+// components, no scratch of K entries.
 template <typename T, int MAXD, bool FULL>
-__device__ __noinline__ void far_score_row(T* row, const T* __restrict__ mu, const T* __restrict__ ic,
+__device__ __noinline__ void far_score_row(T* row, const T* __restrict__ mu, const double* __restrict__ c,
                                            const T* __restrict__ ln, const T* __restrict__ U, int D, int K) {
     double big = 0;
     for (int j = 0; j < D; ++j) {
@@ -105,7 +106,7 @@ __device__ __noinline__ void far_score_row(T* row, const T* __restrict__ mu, con
         double q = 0;
         for (int a = 0; a < D; ++a) {
             const double ya = y(k, a, true);
-            q += ya * ya * (double)ic[(long long)k * D + a];
+            q += ya * ya / c[(long long)k * D + a];
         }
         return q;
     };
@@ -124,7 +125,7 @@ __device__ __noinline__ void far_score_row(T* row, const T* __restrict__ mu, con
         if (w == 0) continue;  // its field may have overflowed: 0 * inf
         w_sum += w;
         for (int a = 0; a < D; ++a) {
-            const double qa = w * y(k, a, false) * (double)ic[(long long)k * D + a];
+            const double qa = w * (y(k, a, false) / c[(long long)k * D + a]);
             if (FULL) {
                 for (int j = 0; j < D; ++j) out[j] -= (double)U[((long long)k * D + j) * D + a] * qa;
             } else {
@@ -143,18 +144,23 @@ __device__ __noinline__ void far_score_row(T* row, const T* __restrict__ mu, con
     _Pragma("unroll kUnroll") for (int j = 0; j < (kUnroll > 1 ? MAXD : D); ++j) if (j < D)
 
 // coefs (R, 4) = a, b, b_prev, c; draws (R,) int64 (-1: none); means, inv_c (R, K, D) and log_norm (R, K)
-// in T; U (K, D, D) eigenvectors in T, read when FULL. x (N, D) in T, in place; with draw_start != 0 x is
-// only written: the start is prior_std * z at draw 0 (in double, then cast to T, as the reference draws it
-// on the host).
-// FAR: an instance that takes a particle so far from every component that no weight is left (total = 0) through
-// far_score_row. Without it such a particle's score is 0 * inf, NaN, and its state with it: the launcher runs this
-// common instance, and only where the state comes out not finite runs the FAR one from the same start (the far
-// path would cost every thread registers: 48 -> 80 for float, D <= 2).
+// in T; var (R, K, D) the variances c_k themselves, in double, read by the FAR instances only; U (K, D, D)
+// eigenvectors in T, read when FULL. x (N, D) in T, in place; with draw_start != 0 x is only written: the
+// start is prior_std * z at draw 0 (in double, then cast to T, as the reference draws it on the host).
+// FAR: the careful instance, for what the common one gets wrong, run by the launcher only where needed.
+// - A particle so far from every component that no weight is left (total = 0) takes far_score_row. Without it
+//   such a particle's score is 0 * inf, NaN, and its state with it: the launcher runs the common instance first,
+//   and only where the state comes out not finite runs the FAR one from the same start (the far path would cost
+//   every thread registers: 48 -> 80 for float, D <= 2).
+// - It divides by c_k, in double, where the common one multiplies by 1 / c_k in T: below T's smallest normal
+//   number 1 / c_k overflows, and for float -ftz reads a subnormal c_k as 0, so a particle at that component's
+//   mean would lose its weight. The launcher runs it alone where a row's variances are that small.
 template <typename T, int MAXD, bool FULL, bool FAR>
 __global__ void fused_run(T* x, const double* coefs, const long long* draws, long long first, u32 key0,
                           u32 key1, u64 offset, const T* __restrict__ means, const T* __restrict__ inv_c,
-                          const T* __restrict__ log_norm, const T* __restrict__ U, long long N, int D, int K,
-                          int R, int draw_start, double prior_std) {
+                          const double* __restrict__ var, const T* __restrict__ log_norm,
+                          const T* __restrict__ U, long long N, int D, int K, int R, int draw_start,
+                          double prior_std) {
     constexpr int kUnroll = MAXD <= 16 ? MAXD : 1;  // FOR_EACH_COORD
     long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= N) return;
@@ -174,6 +180,7 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
             // exact mixture score: streaming log-sum-exp over the components
             const T* means_i = means + (long long)i * K * D;
             const T* inv_c_i = inv_c + (long long)i * K * D;
+            const double* var_i = var + (long long)i * K * D;
             const T* log_norm_i = log_norm + (long long)i * K;
             // the running max starts at the lowest finite value: the first finite logit rescales the empty sums
             // by exp(lowest - logit) = 0
@@ -182,6 +189,7 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
             for (int k = 0; k < K; ++k) {
                 const T* mu = means_i + (long long)k * D;
                 const T* ic = inv_c_i + (long long)k * D;
+                const double* ck = var_i + (long long)k * D;
                 T quad = T(0);
                 FOR_EACH_COORD(a2) {
                     T ya;
@@ -191,7 +199,7 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
                     } else {
                         ya = xs[a2] - mu[a2];
                     }
-                    T qa = ya * ic[a2];
+                    const T qa = FAR ? (T)((double)ya / ck[a2]) : ya * ic[a2];
                     quad += ya * qa;
                     y[a2] = qa;  // q_k = C_k^{-1} y_k in eigen coordinates
                 }
@@ -220,7 +228,7 @@ __global__ void fused_run(T* x, const double* coefs, const long long* draws, lon
             }
             if (FAR && total == T(0)) {  // every quadratic form overflowed T (or x is NaN): through x's row
                 FOR_EACH_COORD(j) x[p * D + j] = xs[j];
-                far_score_row<T, MAXD, FULL>(x + p * D, means_i, inv_c_i, log_norm_i, U, D, K);
+                far_score_row<T, MAXD, FULL>(x + p * D, means_i, var_i, log_norm_i, U, D, K);
                 FOR_EACH_COORD(j) s[j] = x[p * D + j];
             } else {
                 const T inv_total = T(1) / total;  // one division a row, not one a coordinate

@@ -355,6 +355,27 @@ def test_every_twin_drops_a_component_whose_weight_is_zero(twin_run, dtype, covs
     np.testing.assert_allclose(twin_run(table, m, x_T, seed=1), want, rtol=rtol)
 
 
+@pytest.mark.parametrize("dtype,narrow", [(np.float64, 1e-310), (np.float32, 1e-40), (np.float32, 1e-30)])
+@pytest.mark.parametrize("kind", ["diagonal", "full"])
+def test_every_twin_weighs_a_particle_at_a_component_whose_inverse_variance_overflows(twin_run, dtype, narrow, kind):
+    """A component whose variance c is subnormal in the kernel's arithmetic (float64 for the Numba twin, the state
+    dtype for the CUDA one): 1 / c overflows, and a particle at or near its mean lost that component's weight (its
+    score came from the broad component alone: x <- x + s(x) moved the mean to 3, where the reference keeps it
+    put). One noiseless row x <- x + s(x), at the mean, about one standard deviation either side, and near the broad
+    component; the reference divides by c. A normal c (1e-30) takes the common path on every twin."""
+    m = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [3.0, 0.0]], [np.diag([narrow, 1.0]), np.eye(2)] if kind == "full"
+                        else [[narrow, 1.0], [1.0, 1.0]])  # fmt: skip
+    table = F.FusedTable("step", t=[0.0], a=[1.0], b=[1.0], b_prev=[0.0], c=[0.0], gamma=[1.0], sigma2=[0.0], draw=[-1])
+    near = np.sqrt(narrow)
+    x_T = np.array([[0.0, 0.0], [near, 0.0], [-near, 0.5], [3.5, 0.0]], dtype=dtype)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # the reference's fields do overflow
+        want = F.run_table(table, m, x_T, seed=1)
+    np.testing.assert_allclose(want[1:3, 0], [-1.0 / near, 1.0 / near], rtol=1e-4)  # the narrow component's field
+    # float32: the reference holds a subnormal c to fewer digits (5e-6 relative at 1e-40); the twins hold it in float64
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(twin_run(table, m, x_T, seed=1), want, rtol=rtol, atol=1e-300)
+
+
 @pytest.mark.parametrize("cov", ["isotropic", "full"])
 @pytest.mark.parametrize("dtype,far", [(np.float32, 1e20), (np.float64, 1e160)])
 def test_every_twin_takes_particles_far_from_every_component(twin_run, cov, dtype, far):
