@@ -23,12 +23,20 @@ the kernels' code, launched the way the launchers launch it:
   arrays in arithmetic (as CuPy does), and ``empty`` fills floats with NaN,
   so an output the kernel never writes does not pass for a result.
 
+* a kernel instantiated for ``float`` (a name expression ``name<float, ...>``)
+  runs with the x86 CPU's flush-to-zero and denormals-are-zero modes set, as
+  CuPy compiles with ``-ftz=true``: a subnormal float operand reads as 0 and a
+  subnormal result is flushed, so a kernel that needs a subnormal float fails
+  here as it would on the device. The CPU's modes also cover double
+  arithmetic, which the device does not flush (such an instance's double
+  work, its normals and far scores, meets no subnormals in the tests).
+
 What it does not reproduce: the device's math library (``expf``, ``log``,
 ``sin`` ... differ from the host's in the last ulp or two), its contraction of
-``a * b + c`` into FMAs, flush-to-zero of float32 subnormals (CuPy compiles
-with ``-ftz=true``), timing, and anything about memory or scheduling. The
-compile checks in tests/test_cuda_sources.py cover nvcc and NVRTC; speed needs
-a GPU.
+``a * b + c`` into FMAs, flush-to-zero on CPUs other than x86 (a kernel's
+``flushes`` says whether it runs so), timing, and anything about memory or
+scheduling. The compile checks in tests/test_cuda_sources.py cover nvcc and
+NVRTC; speed needs a GPU.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import ctypes
 import functools
 import hashlib
 import importlib.machinery
+import re
 import shutil
 import subprocess
 import tempfile
@@ -56,6 +65,12 @@ PRELUDE = r"""
 #include <string>
 #include <type_traits>
 #include <utility>
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define REFDIFF_FLUSHES 1
+#else
+#define REFDIFF_FLUSHES 0
+#endif
 
 struct refdiff_dim3 { unsigned int x, y, z; };
 // CUDA's vector types the kernels load rows through, with the device's alignment
@@ -131,12 +146,27 @@ static void refdiff_launch(void (*f)(A...), const unsigned int* grid, const unsi
 }
 """
 
+FLUSH = r"""
+// the CPU's flush-to-zero and denormals-are-zero modes for the duration of a launch (nvcc's -ftz=true for float)
+extern "C" int refdiff_flushes() { return REFDIFF_FLUSHES; }
+struct refdiff_flush_scope {
+#if REFDIFF_FLUSHES
+    unsigned int saved;
+    explicit refdiff_flush_scope(int on) : saved(_mm_getcsr()) { if (on) _mm_setcsr(saved | 0x8040u); }
+    ~refdiff_flush_scope() { _mm_setcsr(saved); }
+#else
+    explicit refdiff_flush_scope(int) {}
+#endif
+};
+"""
+
 ENTRY = r"""
 extern "C" const char* refdiff_signature_{i}() {{
     static const std::string s = refdiff_signature(&{name});
     return s.c_str();
 }}
-extern "C" void refdiff_launch_{i}(const unsigned int* grid, const unsigned int* block, void** args) {{
+extern "C" void refdiff_launch_{i}(const unsigned int* grid, const unsigned int* block, void** args, int flush) {{
+    refdiff_flush_scope scope(flush);
     refdiff_launch(&{name}, grid, block, args);
 }}
 """
@@ -157,7 +187,7 @@ def _build_dir() -> Path:
 def host_source(code: str, names, filename: str = "kernel.cu") -> str:
     """The C++ translation unit that compiles ``code`` on the host with one entry pair per name expression."""
     entries = "".join(ENTRY.format(i=i, name=name) for i, name in enumerate(names))
-    return PRELUDE.replace("{name}", filename) + code + "\n" + EPILOGUE + entries
+    return PRELUDE.replace("{name}", filename) + code + "\n" + EPILOGUE + FLUSH + entries
 
 
 @functools.cache
@@ -231,6 +261,7 @@ class HostKernel:
         self.params = tuple(sig().decode().rstrip(",").split(","))
         self._launch = getattr(lib, f"refdiff_launch_{i}")
         self._launch.restype = None
+        self.flushes = bool(re.match(r"[\w:]+\s*<\s*float\b", name)) and bool(lib.refdiff_flushes())
 
     def __call__(self, grid, block, args, *, shared_mem=0, stream=None):
         if shared_mem:
@@ -257,7 +288,7 @@ class HostKernel:
                 slot = np.array(a)
                 slots[i] = slot.ctypes.data
             keep.append(slot)
-        self._launch(_dim3(grid, "grid"), _dim3(block, "block"), slots)
+        self._launch(_dim3(grid, "grid"), _dim3(block, "block"), slots, ctypes.c_int(self.flushes))
 
 
 class HostRawModule:

@@ -87,6 +87,31 @@ def test_device_arrays_refuse_host_arrays_and_start_as_nan(cp):
     assert type(cp.asnumpy(a)) is np.ndarray and sys.modules["cupy"] is cp
 
 
+def test_float_instances_flush_subnormals_as_the_device_does(cp, module):
+    """CuPy compiles with -ftz=true: a float kernel reads a subnormal operand as 0 and flushes a subnormal result,
+    while a double one keeps both (a kernel that needs a subnormal float passed on the host and failed on a GPU)."""
+    kernel = module.get_function("axpy<float>")
+    if not kernel.flushes:
+        pytest.skip("flush-to-zero is reproduced on x86 CPUs only")
+    assert not module.get_function("axpy<double>").flushes
+    tiny = np.finfo(np.float32).tiny
+
+    def run(ctype, a, x):  # y <- a x + 0, one thread per element
+        dtype = {"float": np.float32, "double": np.float64}[ctype]
+        y = cp.asarray(np.zeros(len(x), dtype))
+        module.get_function(f"axpy<{ctype}>")((1,), (len(x),), (y, cp.asarray(np.asarray(x, dtype)), dtype(a),
+                                                                  np.int64(len(x))))  # fmt: skip
+        return y.get()
+
+    x = np.array([tiny / 2, tiny / 8, tiny, 1.0], np.float32)  # two subnormal operands, two normal ones
+    np.testing.assert_array_equal(run("float", 4.0, x), [0.0, 0.0, 4 * tiny, 4.0])  # subnormals read as 0
+    np.testing.assert_array_equal(run("float", 0.25, [tiny, 8 * tiny]), [0.0, 2 * tiny])  # a subnormal result: 0
+    np.testing.assert_array_equal(run("double", 4.0, x), 4.0 * x.astype(np.float64))
+    np.testing.assert_array_equal(run("double", 0.25, [tiny]), [np.float64(tiny) / 4])
+    a = np.ones(2, np.float32) * np.float32(tiny / 2)  # the mode is the launch's alone: NumPy still keeps subnormals
+    assert a[0] > 0
+
+
 def test_unknown_names_and_unsupported_features_fail(cp, module):
     with pytest.raises(KeyError, match="axpy<int>"):
         module.get_function("axpy<int>")
