@@ -98,12 +98,11 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
            np.int32(draw_start), np.float64(table.prior_std))  # fmt: skip
     careful = not const["c_min"].min() >= np.finfo(state_dtype).tiny  # 1 / c_k overflows the state dtype
     if not careful:
-        start = None if draw_start else x_d.copy()  # for a second run from the same start (a drawn one is redrawn)
         _module().get_function(name_expression(state_dtype, maxd, full))(grid, (_BLOCK,), (x_d,) + rest)
         if bool(cupy.all(cupy.isfinite(x_d))):
             return x_d
-        if start is not None:  # far particles, if that is what they are: again from the start, carefully
-            x_d[...] = start
+        if not draw_start:  # far particles, if that is what they are: again from the start (the host's copy), carefully
+            x_d[...] = cupy.asarray(x)
     _module().get_function(name_expression(state_dtype, maxd, full, far=True))(grid, (_BLOCK,), (x_d,) + rest)
     if not bool(cupy.all(cupy.isfinite(x_d))):
         raise ValueError("the state became non-finite (the step size is too large for this target)")
