@@ -143,6 +143,46 @@ def test_rescale_is_idempotent_on_zero_snr_schedules(betas):
     np.testing.assert_allclose(out, betas, rtol=1e-12, atol=0)
 
 
+def _rescaled_betas_in_decimal(betas, digits=60):
+    """Lin et al.'s Algorithm 1 in 60-digit decimal arithmetic: the ground truth of rescale_zero_terminal_snr."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = digits
+        alpha_bar, r = Decimal(1), []
+        for b in betas[1:]:
+            alpha_bar *= 1 - Decimal(float(b))
+            r.append(alpha_bar.sqrt())
+        s = [(x - r[-1]) * r[0] / (r[0] - r[-1]) for x in r]
+        out = [1 - s[0] ** 2] + [1 - (s[t] / s[t - 1]) ** 2 for t in range(1, len(s) - 1)] + [Decimal(1)]
+        return np.array([float(v) for v in out])
+
+
+@pytest.mark.parametrize("betas", [sch.linear_betas(1000), sch.linear_betas(1000, 1e-9, 0.02), sch.cosine_betas(1000),
+                                   sch.scaled_linear_betas(1000), np.array([0.0, 0.3, 0.5, 0.9])],
+                         ids=["linear", "linear_1e-9", "cosine", "scaled_linear", "T3"])
+def test_rescale_zero_terminal_snr_to_a_few_ulp(betas):
+    """Every rescaled beta within 6 ulp of the algorithm in exact arithmetic, and beta_1 unchanged (the rescaling
+    holds alpha_bar_1). 1 - alpha_bar_t / alpha_bar_{t-1} of the rescaled alpha_bar lost 1e4 ulp of a beta of 1e-4
+    and 4e8 of one of 1e-9."""
+    got = sch.rescale_zero_terminal_snr(betas)
+    assert got[0] == 0.0 and got[1] == betas[1] and got[-1] == 1.0
+    np.testing.assert_allclose(got[1:], _rescaled_betas_in_decimal(betas), rtol=6 * np.finfo(np.float64).eps, atol=0)
+
+
+def test_no_table_holds_a_negative_zero():
+    """1 - alpha_bar_0 = -expm1(0) was -0: sigma_0, sigma_0^2 and the posterior variance at t = 1 came out -0, and an
+    SNR formed from them at t = 0 as -inf (the continuous VP process gives +inf)."""
+    S = DiscreteSchedule(sch.linear_betas(10))
+    for name in dir(S):
+        table = getattr(S, name)
+        if isinstance(table, np.ndarray) and table.dtype.kind == "f":
+            assert not np.any((table == 0.0) & np.signbit(table)), name
+    assert not np.signbit(S.std(0)) and not np.signbit(S.variance(0))
+    with np.errstate(divide="ignore"):
+        assert S.alpha_bar[0] / S.one_minus_alpha_bar[0] == np.inf
+
+
 def test_tables_are_read_only():
     S = DiscreteSchedule(sch.linear_betas(10))
     for name in ("betas", "alpha_bar", "posterior_variance", "log_snr", "model_steps"):
