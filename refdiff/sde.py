@@ -244,10 +244,21 @@ class SDE:
         x = finite_float_array(x, "x")
         return self._reverse_drift(x, t, self._score_at(x, t, score))
 
+    def _squared_diffusion(self, x, t):
+        """g(t)^2 as a factor of x's rows; a ValueError where it is infinite (a process singular at t)."""
+        g2 = np.asarray(self.diffusion(t), dtype=np.float64) ** 2
+        if not np.all(np.isfinite(g2)):
+            t_bad = float(np.broadcast_to(t, g2.shape)[~np.isfinite(g2)].flat[0])
+            raise ValueError(
+                f"g(t)^2 is infinite at t = {t_bad:g}: {self!r} is singular there, and the SDE's drift with it. "
+                "Start below it (a CosineVPSDE's default t_max = 0.9946 is), or use a sampler that steps there "
+                "through the exact transition (ddpm, ddim, predictor_corrector's reverse-diffusion predictor)"
+            )
+        return per_example(g2, x)
+
     def _reverse_drift(self, x, t, score):
         """:meth:`reverse_drift` of a checked x and a score array (the samplers check both once a step)."""
-        g2 = per_example(self.diffusion(t) ** 2, x)
-        return self._drift(x, t) - g2 * score
+        return self._drift(x, t) - self._squared_diffusion(x, t) * score
 
     def ode_drift(self, x, t, score):
         r"""Velocity of the probability-flow ODE, :math:`f(x,t)-\tfrac12 g(t)^2\nabla\log p_t(x)` (Song et al. eq. 13)."""
@@ -256,8 +267,7 @@ class SDE:
 
     def _ode_drift(self, x, t, score):
         """:meth:`ode_drift` of a checked x and a score array."""
-        half_g2 = per_example(0.5 * self.diffusion(t) ** 2, x)
-        return self._drift(x, t) - half_g2 * score
+        return self._drift(x, t) - 0.5 * self._squared_diffusion(x, t) * score
 
 
 class _VPFamily(SDE):

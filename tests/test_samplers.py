@@ -51,6 +51,7 @@ from refdiff.samplers import (
     ode_rk45,
     plms,
     predictor_corrector,
+    sde_adaptive,
     step_grid,
     time_grid,
     ula_stationary_variance,
@@ -973,3 +974,57 @@ def test_ddim_recomputes_eps_from_a_clipped_x0():
     gt, st = float(PROCESS.mean_coef(t)), float(PROCESS.std(t))
     want = float(PROCESS.mean_coef(s)) * c + float(PROCESS.std(s)) * (x - gt * c) / st
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- singular ends and bad arguments
+_SINGULAR = CosineVPSDE(t_max=1.0)  # gamma_1 = 0, beta(1) = inf: accepted, as ddpm and ddim step to t = 1 exactly
+
+
+def _zero_x0(x, t):
+    return np.zeros_like(x)
+
+
+@pytest.mark.parametrize("sampler,match", [
+    (lambda: ode_euler(_zero_x0, _SINGULAR, (4, 1), prediction="x0", steps=10, rng=0), "log-SNR, which is -inf"),
+    (lambda: ode_heun(_zero_x0, _SINGULAR, (4, 1), prediction="x0", steps=5, rng=0), "log-SNR, which is -inf"),
+    (lambda: dpm_solver(_zero_x0, _SINGULAR, (4, 1), prediction="x0", steps=6, rng=0), "log-SNR, which is -inf"),
+    (lambda: deis(_zero_x0, _SINGULAR, (4, 1), prediction="x0", steps=6, rng=0), "log-SNR, which is -inf"),
+    (lambda: ode_euler(_zero_x0, _SINGULAR, (4, 1), prediction="x0", grid="uniform", steps=10, rng=0),
+     r"g\(t\)\^2 is infinite at t = 1"),
+    (lambda: euler_maruyama(_zero_x0, _SINGULAR, (4, 1), prediction="x0", steps=10, rng=0),
+     r"g\(t\)\^2 is infinite at t = 1"),
+    (lambda: sde_adaptive(_zero_x0, _SINGULAR, (4, 1), prediction="x0", rng=0), r"g\(t\)\^2 is infinite at t = 1"),
+    (lambda: predictor_corrector(_zero_x0, _SINGULAR, (4, 1), prediction="x0", predictor="euler_maruyama",
+                                 steps=10, rng=0), r"g\(t\)\^2 is infinite at t = 1"),
+], ids=["ode_euler", "ode_heun", "dpm_solver", "deis", "ode_euler_uniform", "euler_maruyama", "sde_adaptive",
+        "pc_euler_maruyama"])  # fmt: skip
+def test_samplers_refuse_to_start_where_the_process_is_singular(sampler, match):
+    """A cosine VP process with t_max = 1: the samplers that space a grid in log-SNR or evaluate the SDE's drift there
+    raise an error that says so (they said 'lam must not be NaN', 'the step size is too large', or ran 100 000
+    iterations of sde_adaptive), without warnings; the exact-transition samplers still run."""
+    with pytest.raises(ValueError, match=match):
+        sampler()
+    for ok in (ddpm, ddim):
+        assert np.all(np.isfinite(ok(_zero_x0, _SINGULAR, (4, 1), prediction="x0", steps=10, rng=0).x))
+    x = predictor_corrector(_zero_x0, _SINGULAR, (4, 1), prediction="x0", steps=10, rng=0).x
+    assert np.all(np.isfinite(x))
+
+
+def test_spacing_is_checked_whatever_the_steps():
+    """A misspelt spacing was ignored where it picks nothing (every step of the schedule)."""
+    S = DiscreteSchedule(linear_betas(10))
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        ddpm(_zero_x0, S, (2, 1), prediction="x0", spacing="nonsense", rng=0)
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        step_grid(S, None, "nonsense")
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        ddim(_zero_x0, VPSDE(), (2, 1), prediction="x0", steps=4, spacing="Trailing", rng=0)
+
+
+def test_deis_refuses_zero_terminal_snr_without_a_warning():
+    """rho = sigma / gamma is infinite at gamma_T = 0: the clear error, not a RuntimeWarning first (errors here)."""
+    from refdiff.schedules import rescale_zero_terminal_snr
+
+    Z = DiscreteSchedule(rescale_zero_terminal_snr(linear_betas(100)))
+    with pytest.raises(ValueError, match="deis needs gamma_t > 0"):
+        deis(_zero_x0, Z, (2, 1), prediction="v", steps=10)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import to_numpy
-from ..schedules import DiscreteSchedule
+from ..schedules import _SPACINGS, DiscreteSchedule
 from ._common import check_int, check_positive, check_process
 
 __all__ = ["GRID_KINDS", "time_grid", "step_grid", "describe_grid", "GridInfo", "resolve_grid"]
@@ -86,6 +86,9 @@ def time_grid(process, steps: int, kind: str = "uniform", t_max=None, t_min=None
             raise ValueError("a 'log_snr' grid is spaced in log-SNR, which is infinite at t = 0: t_min must be > 0")
         with np.errstate(divide="ignore"):  # log-SNR(0) = +inf: a Karras grid's sigma~ is then exactly 0
             lam_max, lam_min = float(process.log_snr(t_max)), float(process.log_snr(t_min))
+        if not lam_max > -np.inf:  # the cosine VP process at t = 1: gamma = 0
+            raise ValueError(f"a {kind!r} grid is spaced in log-SNR, which is -inf at t_max = {t_max:g} ({process!r} "
+                             "is singular there): take t_max below it")
         if kind == "log_snr":
             lam = lam_max + frac * (lam_min - lam_max)
         elif kind == "karras":
@@ -111,6 +114,8 @@ def step_grid(schedule: DiscreteSchedule, steps=None, spacing: str = "trailing")
     """
     if not isinstance(schedule, DiscreteSchedule):
         raise TypeError(f"step_grid needs a DiscreteSchedule, got {type(schedule).__name__}")
+    if spacing not in _SPACINGS:  # checked with steps=None too, where it picks nothing
+        raise ValueError(f"spacing must be one of {_SPACINGS}, got {spacing!r}")
     if steps is None:
         kept = np.arange(1, schedule.T + 1)
     else:
@@ -155,9 +160,12 @@ def resolve_grid(
     discrete schedule), a kind name from :data:`GRID_KINDS`, or None (the
     sampler's ``default_kind``). ``steps=None`` means the sampler's
     ``default_steps``, at most every step of a discrete schedule (``None``
-    there means every step), and ``spacing`` picks the subset otherwise.
+    there means every step), and ``spacing`` picks the subset otherwise; it is
+    checked whatever the grid (a misspelt one is an error, not ignored).
     """
     check_process(process)
+    if spacing not in _SPACINGS:
+        raise ValueError(f"spacing must be one of {_SPACINGS}, got {spacing!r}")
     if grid is not None and not isinstance(grid, str):
         arr = _check_explicit(process, grid)
         if steps is not None and check_int(steps, "steps") != arr.shape[0] - 1:

@@ -8,8 +8,12 @@ and feeds it the fourth-order Adams-Bashforth combination
 :math:`\epsilon'=\frac1{24}(55\epsilon_i-59\epsilon_{i-1}+37\epsilon_{i-2}-9\epsilon_{i-3})`.
 The paper warms up with three pseudo Runge-Kutta steps (4 NFE each); refdiff
 warms up with the lower-order Adams-Bashforth combinations (orders 1, 2, 3),
-1 NFE each, as k-diffusion's and diffusers' PLMS variants do. The
-coefficients assume equally spaced steps; use a uniform grid.
+1 NFE each. diffusers' ``PNDMScheduler`` with ``skip_prk_steps`` (and
+CompVis's PLMS) differ: their first step averages the eps at t and at the
+step's end, one extra model evaluation, so their samples are not refdiff's.
+The first-order first step leaves a global order of 2 (measured on a
+Gaussian's PF-ODE). The coefficients assume equally spaced steps; use a
+uniform grid.
 
 DEIS (Zhang & Chen 2022, "ρAB-DEIS", sec. 4): in
 :math:`\tilde x=x/\gamma_t` and :math:`\rho=\sigma_t/\gamma_t` the
@@ -150,7 +154,8 @@ def deis(
     f = ModelCall(model, prediction, process)
     x, _ = start(x_T, rng, prior_std=prior_std_of(process))
     gamma = np.asarray(process.mean_coef(grid), dtype=np.float64)
-    rho = np.asarray(process.std(grid), dtype=np.float64) / gamma
+    with np.errstate(divide="ignore"):  # gamma = 0 at zero terminal SNR: refused just below, without a warning
+        rho = np.asarray(process.std(grid), dtype=np.float64) / gamma
     if np.any(~np.isfinite(rho)):
         raise ValueError("deis needs gamma_t > 0 on the grid (zero terminal SNR has rho = inf); start below t = T")
     history, nodes = [], []
