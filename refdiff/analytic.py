@@ -185,7 +185,9 @@ class GaussianMixture:
     Parameters
     ----------
     weights : array_like, shape (K,)
-        Non-negative, summing to 1 (to 1e-9).
+        Non-negative, summing to 1 to within 1e-9, or to within 4 K
+        rounding errors of their dtype if that is more (float32 weights
+        that sum to 1 in float32); they are divided by their sum (float64).
     means : array_like, shape (K, D)
     covs : array_like
         ``(K, D, D)`` full, ``(K, D)`` diagonal or ``(K,)`` isotropic
@@ -203,7 +205,8 @@ class GaussianMixture:
     """
 
     def __init__(self, weights, means, covs):
-        w = np.array(to_numpy(as_float_array(weights, "weights")), dtype=np.float64)
+        w_given = np.asarray(to_numpy(as_float_array(weights, "weights")))
+        w = np.array(w_given, dtype=np.float64)
         mu = np.array(to_numpy(as_float_array(means, "means")), dtype=np.float64)
         cov = np.array(to_numpy(as_float_array(covs, "covs")), dtype=np.float64)
         if w.ndim != 1 or w.shape[0] < 1:
@@ -216,8 +219,10 @@ class GaussianMixture:
             check_finite(a, name)
         if np.any(w < 0):
             raise ValueError(f"weights must be non-negative, got min {w.min()}")
-        if abs(w.sum() - 1.0) > 1e-9:
-            raise ValueError(f"weights must sum to 1, got sum {w.sum()!r}")
+        tol = max(1e-9, 4 * K * float(np.finfo(w_given.dtype).eps))
+        if not abs(w.sum() - 1.0) <= tol:
+            raise ValueError(f"weights must sum to 1 (to {tol:.2g}), got sum {w.sum()!r}")
+        w = w / w.sum()  # the density integrates to 1 whatever the rounding of the weights given
         if cov.shape == (K,):
             kind, lam, U = "isotropic", cov.copy(), None
         elif cov.shape == (K, D):
@@ -475,7 +480,9 @@ class GaussianMixture:
         out_shape = (D, N) if hvp else (N,)
         curv = xp.zeros(out_shape, dtype=x.dtype, device=dev)  # sum_k b_k (-C_k^{-1}) [v]
         spread = xp.zeros(out_shape, dtype=x.dtype, device=dev)  # sum_k b_k (s_k - s)(s_k - s)^T [v]
-        with np.errstate(invalid="ignore"):  # a NaN made here is caught below (see _posterior_sums)
+        # a NaN made here is caught below (see _posterior_sums); a far point's fields and their spread may overflow, as
+        # its score's do (the weights come from _softmax there, quietly)
+        with np.errstate(invalid="ignore", over="ignore"):
             for logit, fields in self._components(xT, gamma, var, want, vT=vT):
                 m_new = xp.maximum(m, logit)
                 a, b = xp.exp(m - m_new), xp.exp(logit - m_new)
@@ -509,7 +516,7 @@ class GaussianMixture:
         sums = self._posterior_sums(xT, gamma, var, ("grad", inv), r, drop_zero_weights=True, vT=vT)
         s, curv = sums["grad"], -sums[inv]  # (D, N); (D, N) or (N,)
         spread = 0.0
-        with np.errstate(invalid="ignore"):  # as in _posterior_sums
+        with np.errstate(invalid="ignore", over="ignore"):  # as in _stream_hessian
             for i, (_, fields) in enumerate(self._components(xT, gamma, var, ("grad",), logits=False)):
                 r_i = r[i, :]
                 delta = xp.where(r_i > 0, fields["grad"], s) - s  # s_k - s, and 0 where r_k = 0
@@ -755,15 +762,37 @@ class EmpiricalData:
             gb = g_x if gamma.ndim == 0 else g_x[start : start + self.block, :]
             vb = v_x if var.ndim == 0 else v_x[start : start + self.block, :]
             diff = xb[:, None, :] - gb[:, :, None] * pts[None, :, :] if gamma.ndim else xb[:, None, :] - gb * pts
-            d2 = xp.sum(diff * diff, axis=2)  # (n, M)
-            logits = -0.5 * d2 / vb
+            with np.errstate(over="ignore"):  # a far point's |x - gamma x_i|^2 overflows: taken below
+                d2 = xp.sum(diff * diff, axis=2)  # (n, M)
+                logits = -0.5 * d2 / vb
             mx = xp.max(logits, axis=1, keepdims=True)
+            far = mx == -math.inf  # (n, 1): every logit overflowed, log p underflows
+            if bool(xp.any(far)):
+                g_host = gamma if gamma.ndim == 0 else gamma[start : start + self.block]
+                v_host = var if var.ndim == 0 else var[start : start + self.block]
+                rel = _on(x, self._far_logits(to_numpy(xb).astype(np.float64), g_host, v_host))
+                logits = xp.where(far, rel, logits)
+                mx = xp.where(far, xp.zeros_like(mx), mx)
             e = xp.exp(logits - mx)
             s = xp.sum(e, axis=1, keepdims=True)
             weights.append(e / s)
-            logps.append(xp.reshape(mx + xp.log(s), (-1,)))
+            logps.append(xp.reshape(xp.where(far, -math.inf, mx + xp.log(s)), (-1,)))
         logp = xp.concat(logps) - math.log(M) - 0.5 * D * _on(x, np.log(2.0 * math.pi * var))
         return logp, xp.concat(weights, axis=0)
+
+    def _far_logits(self, x, gamma, var):
+        r"""The logits less their row maximum, :math:`-(d_i-\min_jd_j)/2\sigma^2` with
+        :math:`d_i=\|x-\gamma x^{(i)}\|^2`, host float64 (n, M), for points x (n, D) so far from the data that
+        :math:`d_i/2\sigma^2` overflows: the distances are taken of the differences scaled by :math:`2^{-E}`,
+        :math:`2^E` above every :math:`|x_j|` and :math:`|\gamma x^{(i)}_j|` of the row (exact), as
+        :meth:`GaussianMixture._far_weights` does. ``gamma``, ``var`` host float64, () or (n,)."""
+        g = np.broadcast_to(gamma, (x.shape[0],))
+        big = np.maximum(np.max(np.abs(x), axis=1), np.abs(g) * np.max(np.abs(self.points)))
+        E = np.frexp(big)[1][:, None]  # (n, 1)
+        z = np.ldexp(x, -E)[:, None, :] - np.ldexp(g[:, None, None] * self.points[None], -E[:, :, None])  # (n, M, D)
+        d = np.sum(z * z, axis=2)  # (n, M), 2^-2E d_i
+        with np.errstate(over="ignore"):  # past the range: an infinitely smaller weight
+            return -0.5 * np.ldexp(d - np.min(d, axis=1, keepdims=True), 2 * E) / np.broadcast_to(var, g.shape)[:, None]
 
     def log_prob(self, x, process, t):
         r""":math:`\log p_t(x)`, shape (N,)."""

@@ -341,12 +341,27 @@ class LabelledMixture:
         r""":math:`\log p_t(y|x)=\log p_t(x|y)+\log p(y)-\log p_t(x)`, shape (N,).
 
         Computed from the two log-densities, so it stays finite where
-        :math:`p_t(y|x)` underflows.
+        :math:`p_t(y|x)` underflows. At a point so far from every component
+        that both densities underflow to 0 (log -inf), it is the log of
+        :meth:`class_posterior` there, which the mixture forms from its
+        quadratic forms scaled by a power of two.
         """
         x = as_float_array(x, "x")
+        xp = namespace(x)
         log_prior = dict(zip(self.classes.tolist(), np.log(self._prior).tolist()))
         log_joint = self._per_class(x, y, lambda c, gm: gm.log_prob(x, process, t) + log_prior[c])
-        return log_joint - self.mixture.log_prob(x, process, t)
+        log_p = self.mixture.log_prob(x, process, t)
+        far = log_p == -math.inf
+        with np.errstate(invalid="ignore"):  # -inf - -inf at the far points, replaced below
+            out = log_joint - log_p
+        if bool(xp.any(far)):
+            y_rows = xp.asarray(self._check_y(y, x.shape[0]), device=device_of(x))
+            classes = xp.asarray(self.classes, device=device_of(x))
+            pick = xp.astype(xp.reshape(y_rows, (-1, 1)) == xp.reshape(classes, (1, -1)), out.dtype)  # (N or 1, C)
+            post = xp.sum(self.class_posterior(x, process, t) * pick, axis=1)
+            with np.errstate(divide="ignore"):  # a class with no weight left there: log 0 = -inf
+                out = xp.where(far, xp.log(post), out)
+        return out
 
     def classifier_log_prob_grad(self, x, y, process=None, t=None):
         r"""The exact noisy classifier's gradient, shape (N, D).

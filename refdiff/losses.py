@@ -40,6 +40,14 @@ __all__ = [
 ]
 
 
+def _has_nan(a) -> bool:
+    """Whether a Python number or an array of any namespace holds NaN."""
+    if isinstance(a, (int, float)):
+        return a != a
+    xp = namespace(a)
+    return bool(xp.any(xp.isnan(a)))
+
+
 def _reduce(a, reduce: str):
     xp = namespace(a)
     flat = xp.reshape(a, (a.shape[0], -1))
@@ -77,9 +85,34 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     if all(isinstance(a, (int, float)) for a in args):  # numbers alone: a float64 result, as before
         args[0] = xp.asarray(float(args[0]), dtype=xp.float64)
     mean1, logvar1, mean2, logvar2 = args
+    point = logvar2 == -math.inf  # Python bool, or a bool array
+    if not (bool(xp.any(point)) if hasattr(point, "shape") else point):
+        return _normal_kl(xp, mean1, logvar1, mean2, logvar2)
+    # against a point mass (logvar2 = -inf) the formula is inf - inf: the KL is 0 from the same point mass and +inf
+    # from anything else (a wider Gaussian, or a point mass elsewhere). The formula runs on finite stand-ins there.
+    same = (logvar1 == -math.inf) & (mean1 == mean2)
+    if hasattr(point, "shape"):
+        kl = _normal_kl(xp, mean1, xp.where(point, 0.0, logvar1), mean2, xp.where(point, 0.0, logvar2))
+    else:
+        kl = _normal_kl(xp, mean1, xp.zeros_like(logvar1) if hasattr(logvar1, "shape") else 0.0, mean2, 0.0)
+    at_point = xp.where(xp.asarray(same), xp.asarray(0.0, dtype=kl.dtype), xp.asarray(math.inf, dtype=kl.dtype))
+    return xp.where(xp.asarray(point), at_point, kl)
+
+
+def _weak(xp, fn, v):
+    """``xp.fn(v)``; for a Python number its value as a Python float, which takes the arrays' dtype (NumPy's float64
+    scalar would promote float32 arrays)."""
+    if isinstance(v, (int, float)):
+        with np.errstate(over="ignore"):
+            return float(getattr(np, fn)(float(v)))
+    return getattr(xp, fn)(v)
+
+
+def _normal_kl(xp, mean1, logvar1, mean2, logvar2):
+    """:func:`normal_kl`'s formula on checked arguments whose log-variances are not both -inf."""
     d = logvar1 - logvar2
     # e^d - 1 - d, written with expm1 so that equal variances give exactly 0
-    return 0.5 * ((xp.expm1(d) - d) + (mean1 - mean2) ** 2 * xp.exp(-logvar2))
+    return 0.5 * ((_weak(xp, "expm1", d) - d) + (mean1 - mean2) ** 2 * _weak(xp, "exp", -logvar2))
 
 
 def _log_ndtr(z):
@@ -121,6 +154,13 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, n_bits: int = 8):
     if bool(xp.any(xp.abs(x) > 1.0)):
         raise ValueError("x must lie in [-1, 1] (data scaled from 2**n_bits levels)")
     mean, log_scale = xp.asarray(mean, dtype=x.dtype), xp.asarray(log_scale, dtype=x.dtype)
+    for a, name in ((mean, "mean"), (log_scale, "log_scale")):
+        check_finite(a, name, xp)
+        try:
+            np.broadcast_shapes(tuple(a.shape), tuple(x.shape))
+        except ValueError:
+            raise ValueError(f"{name} of shape {tuple(a.shape)} does not broadcast against x of shape "
+                             f"{tuple(x.shape)}") from None
     delta = 1.0 / (2**n_bits - 1)
     inv_s = xp.exp(-log_scale)
     a = (x - delta - mean) * inv_s
@@ -279,7 +319,7 @@ def vlb_terms(eps_model, schedule: DiscreteSchedule, x0, rng=None, variance: str
             terms.append(_reduce(normal_kl(q_mean, q_log_var, mean, xp.asarray(log_var, dtype=x0.dtype)), "sum"))
     # L_T: q(x_T|x_0) = N(gamma_T x0, sigma_T^2) against N(0, 1); log sigma_T^2 from the cancellation-free table
     gamma_T, var_T = schedule.sqrt_alpha_bar[T], schedule.one_minus_alpha_bar[T]
-    prior = _reduce(normal_kl(gamma_T * x0, xp.asarray(math.log(var_T), dtype=x0.dtype), 0.0, 0.0), "sum")
+    prior = _reduce(normal_kl(float(gamma_T) * x0, xp.asarray(math.log(var_T), dtype=x0.dtype), 0.0, 0.0), "sum")
     terms = xp.stack(terms, axis=1)
     return VLBTerms(prior=prior, terms=terms, total=prior + xp.sum(terms, axis=1))
 
@@ -295,8 +335,10 @@ def bits_per_dim(nll, dims: int, bin_width: float | None = None):
     PITFALLS 25). Leave it None for a discrete likelihood such as the VLB with
     the discretised decoder.
     """
-    if not isinstance(dims, (int, np.integer)) or dims < 1:
+    if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or dims < 1:
         raise ValueError(f"dims must be a positive int, got {dims!r}")
+    if _has_nan(nll):
+        raise ValueError("nll must not be NaN (+inf, an impossible example, is allowed)")
     offset = 0.0
     if bin_width is not None:
         if not (0.0 < bin_width and math.isfinite(bin_width)):

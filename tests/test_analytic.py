@@ -357,3 +357,25 @@ def test_bad_queries():
         gm.eps(np.zeros((2, 3)), VPSDE(), 0.0)
     with pytest.raises(TypeError):
         gm.log_prob(np.zeros((2, 3), dtype=complex))
+
+
+@pytest.mark.parametrize("dtype,far", [(np.float32, 3e19), (np.float64, 1e160)])
+def test_empirical_data_far_from_every_point(dtype, far):
+    """Every logit overflowed to -inf, and the softmax's logits - max was NaN: log p is -inf and the score finite, as
+    the equivalent mixture's (its far path), with per-example t too."""
+    E = EmpiricalData([[0.0, 0.0], [1.0, 0.0]])
+    gm = GaussianMixture([0.5, 0.5], E.points, [1e-300, 1e-300])  # the same p_t wherever sigma_t^2 > 1e-290
+    x = np.array([[far, 0.0], [-far, far / 2], [0.3, 0.1]], dtype)
+    for t in (0.5, np.array([0.5, 0.2, 0.9])):
+        assert E.log_prob(x, VPSDE(), t)[0] == -np.inf and E.log_prob(x, VPSDE(), t)[1] == -np.inf
+        np.testing.assert_allclose(E.score(x, VPSDE(), t), gm.score(x, VPSDE(), t), rtol=1e-5 if dtype == np.float32 else 1e-12)
+        assert np.all(np.isfinite(E.denoise(x, VPSDE(), t)))
+
+
+def test_float32_weights_that_sum_to_one_in_float32():
+    """0.1 + 0.2 + 0.7 in float32 is 1 to 7.5e-9 in float64, past the 1e-9 allowed before; the weights are
+    divided by their sum, so the density integrates to 1 whatever their rounding."""
+    gm = GaussianMixture(np.float32([0.1, 0.2, 0.7]), np.zeros((3, 1)), np.ones(3))
+    assert gm.weights.sum() == 1.0
+    with pytest.raises(ValueError, match="sum to 1"):
+        GaussianMixture(np.float32([0.1, 0.2, 0.71]), np.zeros((3, 1)), np.ones(3))

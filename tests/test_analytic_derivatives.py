@@ -142,3 +142,13 @@ def test_bad_inputs():
         gm.score_divergence(np.zeros(3))
     with pytest.raises(ValueError, match="without t"):
         gm.score_divergence(x, VPSDE())
+
+
+@pytest.mark.parametrize("dtype,far", [(np.float32, 1e20), (np.float64, 1e160)])
+def test_hessian_far_from_every_component_is_quiet(dtype, far):
+    """The far point's fields and their spread overflow inside the pass (as the score's do), which warned (an error
+    here) though the result is right: the Hessian of the nearer component by q, -C_0^{-1}."""
+    gm = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [4.0, 0.0]], [[1.0, 1.0], [1e-2, 3.0]])
+    x = np.array([[far, 0.0]], dtype)
+    np.testing.assert_array_equal(gm.score_divergence(x), [-2.0])
+    np.testing.assert_array_equal(gm.score_hvp(x, np.ones_like(x)), [[-1.0, -1.0]])

@@ -327,3 +327,18 @@ def test_bad_inputs_raise_with_the_argument_named():
         classifier_free_guidance(u, np.zeros(2), 2.0)
     with pytest.raises(ValueError, match=r"cond_fn\(x, t\) must return an array of x's shape \(3, 2\), got \(3,\)"):
         classifier_free_guidance(u, lambda x, t: x[:, 0], 2.0)(np.zeros((3, 2)), 0.5)
+
+
+@pytest.mark.parametrize("dtype,far", [(np.float32, 1e20), (np.float64, 1e160)])
+def test_class_log_prob_far_from_every_component(dtype, far):
+    """Both log-densities underflow to -inf there, and their difference was NaN; class_posterior, from the scaled
+    quadratic forms, is [1, 0] (the component wide along the far axis is the nearer by q)."""
+    gm = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [4.0, 0.0]], [[1.0, 1.0], [1e-2, 3.0]])
+    lm = LabelledMixture(gm, [0, 1])
+    x = np.array([[far, 0.0], [1.0, 0.5]], dtype)
+    post = lm.class_posterior(x)
+    np.testing.assert_array_equal(post[0], [1.0, 0.0])
+    got0, got1 = lm.class_log_prob(x, 0), lm.class_log_prob(x, 1)
+    assert got0[0] == 0.0 and got1[0] == -np.inf
+    np.testing.assert_allclose(np.exp([got0[1], got1[1]]), post[1], rtol=1e-5)  # near points: as before
+    np.testing.assert_array_equal(lm.class_log_prob(x, np.array([1, 0]))[:1], [-np.inf])

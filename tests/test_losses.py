@@ -237,3 +237,40 @@ def test_vlb_terms_written_out_for_the_first_two_steps(variance):
     q_var = np.exp(q_log_var)
     kl = 0.5 * (np.log(var2 / q_var) + (q_var + (q_mean - mu2) ** 2) / var2 - 1.0)
     np.testing.assert_allclose(v.terms[:, 1], kl.sum(1), rtol=1e-9)
+
+
+def test_normal_kl_to_a_point_mass():
+    """KL to a point mass (logvar2 = -inf, accepted) is +inf, and 0 from the same point mass: the formula's
+    e^d - 1 - d was inf - inf there, NaN."""
+    inf = math.inf
+    assert normal_kl(0.0, 0.0, 0.0, -inf) == inf
+    assert normal_kl(0.0, -inf, 0.0, -inf) == 0.0 and normal_kl(0.0, -inf, 1.0, -inf) == inf
+    got = normal_kl(np.array([0.0, 1.0, 2.0, 1.0]), np.array([-inf, -inf, 0.0, 0.5]), 1.0, np.array([-inf, -inf, -inf, 0.0]))
+    np.testing.assert_array_equal(got[:3], [inf, 0.0, inf])
+    assert got[3] == pytest.approx(0.5 * math.expm1(0.5) - 0.25)  # the formula where logvar2 is finite
+    f32 = normal_kl(np.zeros(2, np.float32), np.array([-inf, 0.0], np.float32), 0.0, -inf)
+    assert f32.dtype == np.float32 and list(f32) == [0.0, inf]
+
+
+def test_float32_stays_float32_where_log_variances_are_python_numbers():
+    """exp of a Python number was NumPy's float64 scalar, which promotes a float32 array (NumPy 2); vlb_terms'
+    prior and total came out float64 for float32 data, its terms float32."""
+    a = np.full(3, 0.5, np.float32)
+    for args in ((a, a, 0.0, 0.0), (a, 0.0, 0.0, 0.0), (a, 0.3, a, -0.2)):
+        assert normal_kl(*args).dtype == np.float32
+    r = vlb_terms(lambda x, t: np.zeros_like(x), DiscreteSchedule(linear_betas(10)), np.zeros((2, 3), np.float32), rng=0)
+    assert r.prior.dtype == r.terms.dtype == r.total.dtype == np.float32
+
+
+def test_bits_per_dim_and_decoder_check_their_arguments():
+    with pytest.raises(ValueError, match="dims must be a positive int"):
+        bits_per_dim(np.array([10.0]), True)
+    with pytest.raises(ValueError, match="nll must not be NaN"):
+        bits_per_dim(np.array([1.0, np.nan]), 3)
+    assert bits_per_dim(np.array([np.inf]), 3)[0] == np.inf  # an impossible example
+    with pytest.raises(ValueError, match="mean must be finite"):
+        discretized_gaussian_log_likelihood(np.array([0.5]), np.nan, 0.0)
+    with pytest.raises(ValueError, match="log_scale must be finite"):
+        discretized_gaussian_log_likelihood(np.array([0.5]), 0.0, np.array([np.inf]))
+    with pytest.raises(ValueError, match=r"mean of shape \(3,\) does not broadcast against x of shape \(2,\)"):
+        discretized_gaussian_log_likelihood(np.array([0.5, 0.2]), np.zeros(3), 0.0)
