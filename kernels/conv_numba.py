@@ -139,7 +139,7 @@ def group_norm_silu_forward(x, gamma, beta, groups, eps):
 
 @njit(inline="always", **_JIT)
 def _gn_silu_backward_image(dh, x, h, s, mu, rstd, gamma, groups, count, one, need_dx, dx, part_dyx, part_dy, i):
-    """Image i: dz = dh (h + s (1 - h)); channel sums of dz and dz xhat; dx from the group means."""
+    """Image i: dz = dh (s + h (1 - s)); channel sums of dz and dz xhat; dx from the group means."""
     hw, c = dh.shape[1], dh.shape[2]
     sdy = np.empty(c, dtype=dh.dtype)
     sdyx = np.empty(c, dtype=dh.dtype)
@@ -149,7 +149,7 @@ def _gn_silu_backward_image(dh, x, h, s, mu, rstd, gamma, groups, count, one, ne
     for q in range(hw):
         for j in range(c):
             hv = h[i, q, j]
-            dz = ((one - hv) * s[i, q, j] + hv) * dh[i, q, j]
+            dz = ((one - s[i, q, j]) * hv + s[i, q, j]) * dh[i, q, j]
             sdy[j] += dz
             sdyx[j] += dz * (x[i, q, j] - mu[i, j])
     for j in range(c):
@@ -175,7 +175,7 @@ def _gn_silu_backward_image(dh, x, h, s, mu, rstd, gamma, groups, count, one, ne
         for q in range(hw):
             for j in range(c):
                 hv = h[i, q, j]
-                dz = ((one - hv) * s[i, q, j] + hv) * dh[i, q, j]
+                dz = ((one - s[i, q, j]) * hv + s[i, q, j]) * dh[i, q, j]
                 dx[i, q, j] = (dz * a[j] - (x[i, q, j] - mu[i, j]) * b[j]) - d[j]
 
 

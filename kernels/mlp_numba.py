@@ -179,7 +179,7 @@ def bias_silu_forward(a, b=None, residual=None):
 
 @njit(inline="always", **_JIT)
 def _silu_backward_rows(dh, a, s, dh_add, has_add, da, parts, one, k):
-    """Rows of block k: dh <- dh + dh_add (optional); da <- dh (y + s (1 - y)), y = a s; parts[k] <- column sums."""
+    """Rows of block k: dh <- dh + dh_add (optional); da <- dh (s + y (1 - s)), y = a s; parts[k] <- column sums."""
     acc = parts[k]
     for j in range(a.shape[1]):
         acc[j] = 0
@@ -191,7 +191,7 @@ def _silu_backward_rows(dh, a, s, dh_add, has_add, da, parts, one, k):
                 dh[i, j] = g
             sj = s[i, j]
             y = a[i, j] * sj
-            d = ((one - y) * sj + y) * g
+            d = ((one - sj) * y + sj) * g
             da[i, j] = d
             acc[j] += d
 
@@ -219,7 +219,7 @@ def bias_silu_backward(dh, a, s, db=None, dh_add=None):
 
 
 @njit(inline="always", **_JIT)
-def _adam_values(theta, g, m, v, c1, c2, decay, inv_sqrt_bc2, eps, step_size, k):
+def _adam_values(theta, g, m, v, b1, c1, b2, c2, decay, inv_sqrt_bc2, eps, step_size, k):
     """Values of flat block k: one Adam(W) step.
 
     The block is taken as slices, so the loop index starts at 0 (LLVM left a
@@ -231,22 +231,22 @@ def _adam_values(theta, g, m, v, c1, c2, decay, inv_sqrt_bc2, eps, step_size, k)
     th, gb, mb, vb = theta[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
     for i in range(hi - lo):
         gi = gb[i]
-        mi = mb[i] + (gi - mb[i]) * c1
+        mi = mb[i] * b1 + gi * c1
         mb[i] = mi
-        vi = vb[i] + (gi * gi - vb[i]) * c2
+        vi = vb[i] * b2 + (gi * gi) * c2
         vb[i] = vi
         th[i] = th[i] * decay - (mi / (np.sqrt(vi) * inv_sqrt_bc2 + eps)) * step_size
 
 
 @njit(parallel=PRANGE_ONLY, **_JIT)
-def _adam(theta, g, m, v, c1, c2, decay, inv_sqrt_bc2, eps, step_size, parallel):
+def _adam(theta, g, m, v, b1, c1, b2, c2, decay, inv_sqrt_bc2, eps, step_size, parallel):
     n_blocks = (theta.shape[0] + _FLAT - 1) // _FLAT
     if parallel:
         for k in prange(n_blocks):
-            _adam_values(theta, g, m, v, c1, c2, decay, inv_sqrt_bc2, eps, step_size, k)
+            _adam_values(theta, g, m, v, b1, c1, b2, c2, decay, inv_sqrt_bc2, eps, step_size, k)
     else:
         for k in range(n_blocks):
-            _adam_values(theta, g, m, v, c1, c2, decay, inv_sqrt_bc2, eps, step_size, k)
+            _adam_values(theta, g, m, v, b1, c1, b2, c2, decay, inv_sqrt_bc2, eps, step_size, k)
 
 
 def adam_update(theta, g, m, v, lr, beta1, beta2, eps, weight_decay, step, tmp=None):
@@ -254,7 +254,8 @@ def adam_update(theta, g, m, v, lr, beta1, beta2, eps, weight_decay, step, tmp=N
     c = theta.dtype.type
     bc1 = 1.0 - beta1**step
     bc2 = 1.0 - beta2**step
-    _adam(theta, g, m, v, c(1.0 - beta1), c(1.0 - beta2), c(1.0 - lr * weight_decay), c(1.0 / math.sqrt(bc2)),
+    _adam(theta, g, m, v, c(beta1), c(1.0 - beta1), c(beta2), c(1.0 - beta2), c(1.0 - lr * weight_decay),
+          c(1.0 / math.sqrt(bc2)),
           c(eps), c(lr / bc1), runs_parallel(theta.size))
 
 

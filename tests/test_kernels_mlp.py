@@ -423,3 +423,32 @@ def test_unet_twins_run_in_parallel_only_when_large_and_the_workers_sleep(monkey
     assert not module.runs_parallel(module.PARALLEL_MIN - 1) and module.runs_parallel(module.PARALLEL_MIN)
     monkeypatch.setattr(module, "numba_yields_to_blas", lambda: False)
     assert not module.runs_parallel(10 * module.PARALLEL_MIN)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_with_a_beta_of_zero(ops, dtype):
+    """beta2 = 0 makes v = g^2 exactly, beta1 = 0 m = g: with the moments formed as m + (1 - b)(g - m), a
+    gradient far smaller than the last one left g^2 - v = -v and v = 0 beside m != 0, a step of lr m / eps
+    (991.8 against torch's 0.1 with betas (0, 0), float32)."""
+    for betas in ((0.0, 0.0), (0.9, 0.0)):
+        theta, m, v = (np.zeros(1, dtype) for _ in range(3))
+        for step, g in enumerate((100.0, 1e-4), start=1):
+            before = theta.copy()
+            ops.adam_update(theta, np.array([g], dtype), m, v, 0.1, *betas, 1e-8, 0.0, step)
+        np.testing.assert_allclose(v, [1e-8], rtol=1e-6)  # g^2
+        if betas[0] == 0.0:
+            np.testing.assert_allclose(m, [1e-4], rtol=1e-6)
+            np.testing.assert_allclose(before - theta, [0.1], rtol=1e-4)  # lr g / |g|
+        else:  # m = 0.9 * 10 + 1e-5, v = 1e-8: lr / 0.19 * m / (1e-4 + 1e-8), as torch's
+            np.testing.assert_allclose(before - theta, 0.1 / 0.19 * m / (1e-4 + 1e-8), rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_gradient_is_one_for_large_inputs(ops, dtype):
+    """d(a sigma(a))/da -> 1: y + s(1 - y) cancelled to 0 once s rounds to 1 and y = a is large (a >= 2**24 in
+    float32, 2**53 in float64); s + y(1 - s) does not."""
+    a = np.array([[1e7, 2e7, 1e20, -1e20, 0.0, 3.0]], dtype)
+    _, s = fused.bias_silu_forward(a.copy())
+    da = ops.bias_silu_backward(np.ones_like(a), a, s)
+    sig3 = 1.0 / (1.0 + np.exp(-3.0))
+    np.testing.assert_allclose(da[0], [1.0, 1.0, 1.0, 0.0, 0.5, sig3 * (1 + 3 * (1 - sig3))], rtol=1e-6, atol=1e-30)

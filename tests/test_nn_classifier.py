@@ -167,3 +167,9 @@ def test_progress_only_when_asked_or_on_a_tty(capsys):
     train_classifier(x, y, steps=2, batch_size=4, width=4, progress=True)
     err = capsys.readouterr().err
     assert "train_classifier" in err and "loss" in err
+
+
+def test_cross_entropy_of_no_examples():
+    """The mean over an empty batch is NaN (as torch's), its gradient empty: it was a ZeroDivisionError."""
+    loss, dlogits = cross_entropy(np.zeros((0, 3)), np.zeros(0, int))
+    assert np.isnan(loss) and dlogits.shape == (0, 3)

@@ -1,5 +1,7 @@
 """refdiff.nn.conv: gradient checks, naive-loop references, dtypes and layouts."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -408,3 +410,27 @@ def test_group_norm_matches_torch(groups):
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=0, atol=1e-10)
     np.testing.assert_allclose(g["gn.gamma"], wt.grad.numpy(), rtol=0, atol=1e-10)
     np.testing.assert_allclose(g["gn.beta"], bt.grad.numpy(), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    importlib.util.find_spec("numba") is None, reason="numba is not installed"))])
+def test_group_norm_silu_gradient_is_one_for_large_outputs(backend):
+    """The GroupNorm + SiLU backward's dz = dh (s + h (1 - s)): h + s (1 - h) was 0 where the normalised value
+    is large enough that s rounds to 1 (here gamma = 1e8, float32)."""
+    if backend == "numba":
+        from refdiff.kernels import conv_numba as ops
+    else:
+        ops = conv
+    x = np.array([[[-1.0], [1.0]]], np.float32)  # (N, S, C) = (1, 2, 1): normalised to -1 and 1
+    gamma, beta = np.array([1e8], np.float32), np.array([0.0], np.float32)
+    h, s, mu, rstd = ops.group_norm_silu_forward(x, gamma, beta, 1, 1e-5)
+    dgamma, dbeta = np.zeros(1, np.float32), np.zeros(1, np.float32)
+    ops.group_norm_silu_backward(np.ones_like(x), x, h, s, mu, rstd, gamma, 1, dgamma, dbeta, need_dx=False)
+    np.testing.assert_allclose(dbeta, [1.0], rtol=1e-6)  # dz = 0 at -1e8, 1 at +1e8
+
+
+def test_upsample_by_one_is_a_new_array():
+    x = np.ones((1, 1, 2, 2))
+    y, _ = Upsample2d(1).forward(None, x)
+    y += 1.0  # a read-only view of x before
+    np.testing.assert_array_equal(x, 1.0)

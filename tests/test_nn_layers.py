@@ -264,3 +264,15 @@ def test_float32_time_features_stay_within_an_ulp_of_float64():
     e64 = sinusoidal_embedding(u, 32)
     assert e32.dtype == np.float32
     assert np.abs(e32 - e64).max() < 3e-7  # an unreduced float32 phase errs by ~1e-4 at u = 1000
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activations_at_the_ends_of_the_range(dtype):
+    """SiLU's derivative is 1 for large x (y + s(1 - y) cancelled to 0 from 2**24 in float32), 0 for very negative
+    x; ReLU(-inf) is 0 (x * mask was -inf * 0 = NaN)."""
+    x = np.array([1e7, 2e7, 1e20, -1e20, 0.0], dtype)
+    act = SiLU()
+    y, cache = act.forward(None, x)
+    np.testing.assert_array_equal(act.backward(None, None, cache, np.ones_like(x)), [1.0, 1.0, 1.0, 0.0, 0.5])
+    y, mask = ReLU().forward(None, np.array([-np.inf, -1.0, 2.0, np.inf], dtype))
+    np.testing.assert_array_equal(y, [0.0, 0.0, 2.0, np.inf])

@@ -232,3 +232,13 @@ def test_failed_write_leaves_the_old_file(trained, monkeypatch):
     assert path.read_bytes() == before
     assert sorted(os.listdir(path.parent)) == ["model.npz"]
     assert zipfile.is_zipfile(path)
+
+
+def test_ema_with_a_small_decay_and_weights_of_other_sizes():
+    """d ema + (1 - d) theta: ema + (1 - d)(theta - ema) rounded to ema's ulp (1e8 and 1 with d = 1e-6 gave 104 in
+    float32, where the average is 101)."""
+    layout = Layout((ParamSpec("w", (2,), "zeros"),))
+    for d in (1e-6, 0.3, 0.999):
+        ema = Params(layout, np.array([1e8, 1.0], np.float32))
+        ema_update(ema, Params(layout, np.array([1.0, 1.0], np.float32)), d)
+        np.testing.assert_allclose(ema.flat, [d * 1e8 + (1 - d), 1.0], rtol=2e-7)

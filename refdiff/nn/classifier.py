@@ -151,6 +151,8 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray):
         raise ValueError(f"labels must be ints of shape ({n},), got dtype {labels.dtype} and shape {labels.shape}")
     if n and not (labels.min() >= 0 and labels.max() < k):
         raise ValueError(f"labels must lie in 0..{k - 1}, got values from {labels.min()} to {labels.max()}")
+    if n == 0:  # the mean over no examples: NaN, as torch's; nothing to differentiate
+        return math.nan, np.zeros_like(logits)
     rows = np.arange(n)
     logp = log_softmax(logits)  # (N, K)
     loss = -float(np.sum(logp[rows, labels], dtype=np.float64)) / n

@@ -420,14 +420,14 @@ def group_norm_silu_forward(x, gamma, beta, groups, eps):
 def group_norm_silu_backward(dh, x, h, s, mu, rstd, gamma, groups, dgamma=None, dbeta=None, need_dx=True):
     r"""Gradient through :func:`group_norm_silu_forward`: the (N, S, C) input gradient, or None.
 
-    :math:`dz = dh\,(h + s(1 - h))` (SiLU), then the GroupNorm backward of
+    :math:`dz = dh\,(s + h(1 - s))` (SiLU), then the GroupNorm backward of
     :class:`GroupNorm`. ``dgamma`` and ``dbeta`` ((C,) or None) are
     incremented in place by :math:`\sum dz\,\hat x` and :math:`\sum dz`.
     The reference of ``refdiff.kernels.conv_numba.group_norm_silu_backward``.
     """
-    dz = 1.0 - h
-    dz *= s
-    dz += h
+    dz = 1.0 - s  # s + h (1 - s): no cancellation where s rounds to 1 (see layers.SiLU)
+    dz *= h
+    dz += s
     dz *= dh
     xc = x - mu[:, None, :]  # as in the forward pass
     return _group_norm_backward(dz, xc, rstd, gamma, groups, dgamma, dbeta, need_dx)
@@ -583,6 +583,8 @@ class Upsample2d(_Spatial):
         n, h, w, c = x.shape
         f = self.factor
         y = np.broadcast_to(x[:, :, None, :, None, :], (n, h, f, w, f, c)).reshape(n, h * f, w * f, c)
+        if f == 1:  # the reshape is then a read-only view of x, not a new array
+            y = y.copy()
         return self._out(y), x.shape
 
     def backward(self, p, g, cache, dy, need_dx=True):

@@ -18,7 +18,7 @@ function                   computes                                             
 ``bias_silu_forward``      :math:`a \leftarrow a + b`, :math:`s = \sigma(a)`,      :math:`\sigma`'s rounding
                            :math:`h = r + a\,s` (residual :math:`r` optional)
 ``bias_silu_backward``     :math:`g \leftarrow g + g_2` (optional),               ``db``: summation order
-                           :math:`\delta = g\,(y + s(1 - y))`, :math:`y = a s`,   (rows summed blockwise)
+                           :math:`\delta = g\,(s + y(1 - s))`, :math:`y = a s`,   (rows summed blockwise)
                            :math:`db \mathrel{+}= \sum_n \delta_n`
 ``adam_update``            one step of :class:`~refdiff.nn.optim.Adam`           nothing (same bits)
 ``sinusoidal_embedding``   :math:`[\cos u\omega_k, \sin u\omega_k]`               cos, sin: 1 ulp in float64,
@@ -109,7 +109,7 @@ def bias_silu_forward(a, b=None, residual=None):
 def bias_silu_backward(dh, a, s, db=None, dh_add=None):
     r"""Gradient through :math:`h = r + a\,\sigma(a)` with respect to :math:`a`; returns a new (N, W) array.
 
-    :math:`\partial(a\sigma)/\partial a = \sigma + a\sigma(1-\sigma) = y + s(1 - y)`
+    :math:`\partial(a\sigma)/\partial a = \sigma + a\sigma(1-\sigma) = s + y(1 - s)`
     with :math:`y = a s` (the form of :class:`refdiff.nn.layers.SiLU`).
 
     Parameters
@@ -125,9 +125,9 @@ def bias_silu_backward(dh, a, s, db=None, dh_add=None):
     if dh_add is not None:
         dh += dh_add
     y = a * s
-    da = 1.0 - y
-    da *= s
-    da += y
+    da = 1.0 - s  # s + y (1 - s): no cancellation where s rounds to 1 (see layers.SiLU)
+    da *= y
+    da += s
     da *= dh
     if db is not None:
         # a GEMV with ones: 2-3x faster than da.sum(axis=0) over the rows
@@ -140,8 +140,8 @@ def adam_update(theta, g, m, v, lr, beta1, beta2, eps, weight_decay, step, tmp=N
 
     .. math::
 
-        m &\leftarrow m + (1-\beta_1)(g - m), \qquad
-        v \leftarrow v + (1-\beta_2)(g^2 - v), \\
+        m &\leftarrow \beta_1m + (1-\beta_1)g, \qquad
+        v \leftarrow \beta_2v + (1-\beta_2)g^2, \\
         \theta &\leftarrow \theta(1 - \eta\lambda) - \frac{\eta}{1-\beta_1^k}\,
         \frac{m}{\sqrt v/\sqrt{1-\beta_2^k} + \epsilon}
 
@@ -151,12 +151,13 @@ def adam_update(theta, g, m, v, lr, beta1, beta2, eps, weight_decay, step, tmp=N
     """
     if tmp is None:
         tmp = np.empty_like(theta)
-    # m += (1 - b1)(g - m) is b1 m + (1 - b1) g in two passes, no new array
-    np.subtract(g, m, out=tmp)
-    tmp *= 1.0 - beta1
+    # b1 m + (1 - b1) g, each product rounded, as torch forms v: m + (1 - b1)(g - m) was one pass less, but where
+    # beta = 0 and the old moment is much larger than the new, g^2 - v rounds to -v and v to 0 (a step lr m / eps)
+    m *= beta1
+    np.multiply(g, 1.0 - beta1, out=tmp)
     m += tmp
+    v *= beta2
     np.multiply(g, g, out=tmp)
-    tmp -= v
     tmp *= 1.0 - beta2
     v += tmp
     if weight_decay:

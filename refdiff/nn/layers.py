@@ -18,7 +18,7 @@ configuration and the names of its parameters, never activations.
 layer               forward                                                     backward (input gradient)
 ==================  ==========================================================  =============================
 ``Linear``          :math:`y = xW + b`, ``W`` of shape (in, out)                 :math:`dx = dy\,W^T`, :math:`dW = x^T dy`, :math:`db=\sum_n dy`
-``SiLU``            :math:`y = x\,\sigma(x)`                                      :math:`dx = dy\,(y + \sigma(x)(1 - y))`
+``SiLU``            :math:`y = x\,\sigma(x)`                                      :math:`dx = dy\,(\sigma(x) + y(1 - \sigma(x)))`
 ``ReLU``            :math:`y = \max(x, 0)`                                        :math:`dx = dy\,[x > 0]`
 ``GELU``            :math:`\tfrac12x(1+\tanh u)`, :math:`u=c(x+0.044715x^3)`      product rule; tanh form as
                                                                                 PyTorch ``approximate="tanh"``
@@ -116,10 +116,11 @@ class SiLU:
 
     def backward(self, p, g, cache, dy, need_dx=True):
         s, y = cache
-        # d/dx [x s] = s + x s (1 - s) = y + s (1 - y)
-        dx = 1.0 - y
-        dx *= s
-        dx += y
+        # d/dx [x s] = s + x s (1 - s) = s + y (1 - s): y + s (1 - y) cancelled to 0 once s rounds to 1 and y = x
+        # is large (x >= 2**24 in float32), where the derivative is 1
+        dx = 1.0 - s
+        dx *= y
+        dx += s
         dx *= dy
         return dx
 
@@ -132,7 +133,7 @@ class ReLU:
 
     def forward(self, p, x):
         mask = x > 0
-        return x * mask, mask
+        return np.maximum(x, 0), mask  # x * mask was NaN at x = -inf (-inf * 0)
 
     def backward(self, p, g, cache, dy, need_dx=True):
         return dy * cache
@@ -213,7 +214,8 @@ def sinusoidal_embedding(u, dim: int, max_period: float = 10000.0, dtype=np.floa
 
     :math:`[\cos(u\,\omega_k), \sin(u\,\omega_k)]_{k<dim/2}`,
     :math:`\omega_k = \text{max\_period}^{-k/(dim/2)}`: periods from
-    :math:`2\pi` up to :math:`2\pi\,\text{max\_period}`, so ``u`` should span
+    :math:`2\pi` up to :math:`2\pi\,\text{max\_period}^{1-2/dim}` (k stops
+    short of dim/2: 2 pi 5623 for dim 32), so ``u`` should span
     a range of order a thousand (discrete steps 1..T, or continuous t scaled
     by 1000). The phase :math:`u\,\omega_k` reaches 1000, where a float32
     product would lose its last digits, so it is formed in float64. For a

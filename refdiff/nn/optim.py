@@ -151,7 +151,11 @@ def ema_update(ema: Params, params: Params, decay: float) -> None:
     if decay == 0.0:  # a copy: ema + (theta - ema) rounds where the two differ much in size
         ema.flat[...] = params.flat
         return
-    # ema += (1 - d)(theta - ema): one scratch array
+    if decay < 0.5:  # d ema + (1 - d) theta: ema + (1 - d)(theta - ema) rounds to ema's ulp, large beside theta's
+        ema.flat *= decay
+        ema.flat += (1.0 - decay) * params.flat
+        return
+    # ema += (1 - d)(theta - ema): one scratch array, and exact where theta = ema
     diff = params.flat - ema.flat
     diff *= 1.0 - decay
     ema.flat += diff
