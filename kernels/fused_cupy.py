@@ -105,5 +105,6 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
             x_d[...] = cupy.asarray(x)
     _module().get_function(name_expression(state_dtype, maxd, full, far=True))(grid, (_BLOCK,), (x_d,) + rest)
     if not bool(cupy.all(cupy.isfinite(x_d))):
-        raise ValueError("the state became non-finite (the step size is too large for this target)")
+        raise ValueError("the state became non-finite (a step too large for this target, or a score past the dtype's "
+                         "range; the NumPy reference, refdiff.samplers.fused.run_table, names the row)")
     return x_d

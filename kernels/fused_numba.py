@@ -291,7 +291,8 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
              np.uint64(noise.offset), const["means"], const["inv_c"], const["log_norm"], U, full, dividing, gv, log_w,
              mu, lam, kind, np.int64(min(LANES, x.shape[0])), draw_start, float(table.prior_std))  # fmt: skip
     if not np.all(np.isfinite(x)):
-        raise ValueError("the state became non-finite (the step size is too large for this target)")
+        raise ValueError("the state became non-finite (a step too large for this target, or a score past the dtype's "
+                         "range; the NumPy reference, refdiff.samplers.fused.run_table, names the row)")
     return x
 
 

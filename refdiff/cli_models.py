@@ -167,7 +167,7 @@ def _load_checkpoint(path):
 
 
 def add_demo(sub):
-    p = sub.add_parser("demo", help="the whole story on the 8-mode ring: figures and a summary table (~1 min)",
+    p = sub.add_parser("demo", help="the whole story on the 8-mode ring: figures and a summary table (~30 s)",
                        description="Forward process, exact score field, a short MLP training run, samples from "
                                    "several samplers against the truth, error against NFE, learned vs exact "
                                    "score: PNG figures plus a printed summary.", epilog=EPILOG_DEMO,
@@ -658,7 +658,7 @@ def add_bench(sub):
                        description="Run the speed benchmarks of benchmarks/ (source checkout only) as subprocesses, "
                                    "then print one table: refdiff's fastest backend against the NumPy reference and "
                                    "the peer, with each goal. Ratios are other time / refdiff time (> 1: refdiff "
-                                   "faster). Missing peers (PyTorch, Numba) are reported as skipped.",
+                                   "faster). What is not installed (the peers PyTorch and JAX, the Numba twins) is reported as skipped.",
                        epilog=EPILOG_BENCH, formatter_class=_Formatter)
     p.add_argument("--quick", action="store_true", help="short runs: the scripts' --quick or fewer repeats")
     p.add_argument("--only", nargs="+", choices=BENCH_NAMES, metavar="NAME",

@@ -131,6 +131,20 @@ def test_table_rows_and_validation():
         F.run_table(e, MIXTURES["full"], (3, 2), seed=0)
 
 
+def test_table_columns_are_refused_not_converted():
+    """A float draw number was truncated (0.7 -> 0), strings were parsed and a 2-D column flattened; 2**63 raised
+    NumPy's OverflowError."""
+    base = dict(t=[0, 0], a=[1, 1], b=[0, 0], b_prev=[0, 0], c=[1, 1], gamma=[1, 1], sigma2=[0, 0], draw=[0, 1])
+    for column, value, error, match in [("draw", [0.7, 1.9], TypeError, "draw must hold integers"),
+                                        ("a", ["1", "2"], TypeError, "a must hold real numbers"),
+                                        ("a", [[1, 1]], ValueError, "a must be 1-D"),
+                                        ("draw", np.array([0, 2**63], np.uint64), ValueError, "past int64"),
+                                        ("draw", [0, 2**64], TypeError, "draw must hold integers")]:
+        with pytest.raises(error, match=match):
+            F.FusedTable("x", **dict(base, **{column: value}))
+    assert F.FusedTable("x", **base).n_draws == 2
+
+
 def test_start_state_drawn_given_and_left_to_the_kernel():
     m, table = MIXTURES["diagonal"], F.euler_maruyama_table(VPSDE(), steps=3)
     x, noise, first = F.start_state(table, m, (4, 3), seed=9)
@@ -188,6 +202,17 @@ def test_reference_is_batch_invariant_and_chunks():
     whole = F.run_table(table, m, (13, 3), seed=2**63 + 7)
     part = F.run_table(table, m, (6, 3), seed=2**63 + 7, offset=7)
     np.testing.assert_array_equal(part, whole[7:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reference_path_of_one_particle_with_full_covariances(dtype):
+    """One particle alone follows its path in a batch bit for bit: the rotations by U_k of a single point went
+    through BLAS's matrix-vector product, which rounds otherwise (2.4e-7 apart in float32, Euler-Maruyama)."""
+    m = MIXTURES["full"]
+    for table in (F.euler_maruyama_table(VPSDE(), steps=12), F.ode_heun_table(VPSDE(), steps=4)):
+        whole = F.run_table(table, m, (64, 3), seed=99, dtype=dtype)
+        for p in (0, 41):
+            np.testing.assert_array_equal(F.run_table(table, m, (1, 3), seed=99, offset=p, dtype=dtype)[0], whole[p])
 
 
 # --------------------------------------------------------------------------- the Numba twin

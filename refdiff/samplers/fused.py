@@ -115,6 +115,22 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 # --------------------------------------------------------------------------- the table
+def _column(value, name, kinds):
+    """A table column as a new 1-D host array (float64, or int64 for ``draw``), refusing other kinds of values (a
+    string, a float draw number, a 2-D column) instead of converting them."""
+    arr = np.asarray(to_numpy(value))
+    if arr.dtype.kind not in kinds:
+        what = "integers" if kinds == "iu" else "real numbers"
+        raise TypeError(f"table column {name} must hold {what}, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"table column {name} must be 1-D, got shape {arr.shape}")
+    if kinds == "iu":
+        if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"table column {name} holds a value past int64, {arr.max()}")
+        return arr.astype(np.int64)
+    return arr.astype(np.float64)
+
+
 @dataclass(frozen=True)
 class FusedTable:
     """Per-row coefficients of a sampler (see the module notes); float64 host arrays of shape (R,)."""
@@ -132,10 +148,8 @@ class FusedTable:
     n_draws: int = field(init=False)
 
     def __post_init__(self):
-        cols = {}
-        for name in ("t", "a", "b", "b_prev", "c", "gamma", "sigma2"):
-            cols[name] = np.array(getattr(self, name), dtype=np.float64).reshape(-1)
-        cols["draw"] = np.array(self.draw, dtype=np.int64).reshape(-1)
+        cols = {name: _column(getattr(self, name), name, "fiu") for name in ("t", "a", "b", "b_prev", "c", "gamma", "sigma2")}
+        cols["draw"] = _column(self.draw, "draw", "iu")
         R = cols["a"].shape[0]
         if R < 1 or any(v.shape != (R,) for v in cols.values()):
             raise ValueError(f"table columns must all have shape (R,) with R >= 1, got {[v.shape for v in cols.values()]}")
@@ -366,16 +380,17 @@ def start_state(table, mixture, x_T, rng=None, seed=None, offset=0, dtype=None, 
         raise ValueError(f"x_T must have shape (N, {D}) with N >= 1, got {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError("x_T must be finite, got NaN or infinity")
-    x = x.astype(_state_dtype(x.dtype if dtype is None else dtype), copy=True)
+    x = x.astype(_state_dtype(x.dtype, "x_T") if dtype is None else _state_dtype(dtype), copy=True)
     return x, NoiseStream(rng, n=x.shape[0], offset=offset, seed=seed), 0
 
 
-def _state_dtype(dtype):
+def _state_dtype(dtype, source="dtype"):
     """``dtype`` as a NumPy dtype, float32 or float64 (the kernels' state types; another would run the
-    table's coefficients cast to it: an integer state takes b = 0)."""
+    table's coefficients cast to it: an integer state takes b = 0). ``source`` names where it came from."""
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
-        raise TypeError(f"the state dtype must be float32 or float64, got {dtype}")
+        hint = " (pass dtype=np.float32 or np.float64 to convert it)" if source == "x_T" else ""
+        raise TypeError(f"the state dtype must be float32 or float64, got {dtype} from {source}{hint}")
     return dtype
 
 
