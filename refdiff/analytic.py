@@ -59,7 +59,7 @@ import sys
 
 import numpy as np
 
-from .backend import as_float_array, as_rng, check_finite, device_of, namespace, per_example, to_numpy
+from .backend import as_float_array, as_rng, check_finite, device_of, has_nan, namespace, per_example, to_numpy
 from .schedules import DiscreteSchedule
 
 __all__ = ["GaussianMixture", "Gaussian", "EmpiricalData", "NUMBA_MIN_WORK"]
@@ -142,12 +142,6 @@ def _per_column(coef, xT):
     """A per-example float64 coefficient () or (N,) as a scalar or a (1, N) row in xT's dtype and device."""
     c = _on(xT, coef)
     return c if c.ndim == 0 else namespace(xT).reshape(c, (1, -1))
-
-
-def _has_nan(a):
-    """Whether a holds a NaN, by one reduction and no temporary: a NaN among the values makes their maximum NaN."""
-    xp = namespace(a)
-    return a.size > 0 and bool(xp.isnan(xp.max(a)))
 
 
 def _softmax_parts(logits):
@@ -383,7 +377,7 @@ class GaussianMixture:
         # 20-30%, so the plain sums come first, are checked for NaN once, and only then summed again with
         # those terms dropped.
         acc = self._posterior_sums(xT, gamma, var, want, r, drop_zero_weights=False)
-        if any(_has_nan(v) for v in acc.values()):
+        if any(has_nan(v) for v in acc.values()):
             acc = self._posterior_sums(xT, gamma, var, want, r, drop_zero_weights=True)
         return logp, {f: _transpose(v) for f, v in acc.items()}
 
@@ -509,7 +503,7 @@ class GaussianMixture:
                     curv = curv * a - b * fields["inv_trace"]
                 m = m_new
         out = (curv + spread) / W
-        if _has_nan(out):
+        if has_nan(out):
             out = self._hessian_dropping_zero_weights(xT, gamma, var, vT)
         return _transpose(out) if hvp else out
 

@@ -35,6 +35,7 @@ __all__ = [
     "is_array",
     "per_example",
     "check_finite",
+    "has_nan",
     "finite_float_array",
     "to_numpy",
     "keep_freed_memory",
@@ -200,6 +201,13 @@ def check_int(value, name: str, lo: int = 1) -> int:
         what = "a positive int" if lo == 1 else f"an int >= {lo}"
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
+
+
+def has_nan(a) -> bool:
+    """Whether the array ``a`` holds a NaN, by one reduction and no temporary: a NaN among the values makes their
+    maximum NaN."""
+    xp = namespace(a)
+    return a.size > 0 and bool(xp.isnan(xp.max(a)))
 
 
 def check_finite(x, name: str, xp=None):

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import (as_float_array, as_rng, check_finite, finite_float_array, is_numpy_namespace, namespace, per_example,
-                      standard_normal, to_numpy)
+from .backend import (as_float_array, as_rng, check_finite, finite_float_array, has_nan, is_numpy_namespace, namespace,
+                      per_example, standard_normal, to_numpy)
 from .forward import posterior_mean_from_eps, q_posterior, q_sample
 from .schedules import DiscreteSchedule
 
@@ -38,14 +38,6 @@ __all__ = [
     "vlb_terms",
     "bits_per_dim",
 ]
-
-
-def _has_nan(a) -> bool:
-    """Whether a Python number or an array of any namespace holds NaN."""
-    if isinstance(a, (int, float)):
-        return a != a
-    xp = namespace(a)
-    return bool(xp.any(xp.isnan(a)))
 
 
 def _reduce(a, reduce: str):
@@ -337,7 +329,7 @@ def bits_per_dim(nll, dims: int, bin_width: float | None = None):
     """
     if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or dims < 1:
         raise ValueError(f"dims must be a positive int, got {dims!r}")
-    if _has_nan(nll):
+    if has_nan(as_float_array(nll, "nll")):
         raise ValueError("nll must not be NaN (+inf, an impossible example, is allowed)")
     offset = 0.0
     if bin_width is not None:
