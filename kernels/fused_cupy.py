@@ -96,7 +96,7 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
            np.uint32(noise.seed >> 32), np.uint64(noise.offset), dev["means"], dev["inv_c"], dev["c"],
            dev["log_norm"], dev["U"], np.int64(N), np.int32(D), np.int32(K), np.int32(table.n_rows),
            np.int32(draw_start), np.float64(table.prior_std))  # fmt: skip
-    careful = not const["c_min"].min() >= np.finfo(state_dtype).tiny  # 1 / c_k overflows the state dtype
+    careful = not const["c"].min(initial=np.inf) >= np.finfo(state_dtype).tiny  # 1 / c_k overflows the state dtype
     if not careful:
         _module().get_function(name_expression(state_dtype, maxd, full))(grid, (_BLOCK,), (x_d,) + rest)
         if bool(cupy.all(cupy.isfinite(x_d))):

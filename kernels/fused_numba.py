@@ -282,7 +282,7 @@ def run_table(table, mixture, x_T, *, rng=None, seed=None, offset=0, dtype=None)
     log_w, mu, lam, U, kind = mixture_arrays(mixture)  # U: const["U"], or a read-only stand-in (one kernel for both)
     full = const["U"] is not None
     # rows where 1 / c_k overflows float64, the kernel's arithmetic (see score_constants)
-    dividing = np.ascontiguousarray(~(const["c_min"] >= np.finfo(np.float64).tiny))
+    dividing = np.ascontiguousarray(~(const["c"].min(axis=(1, 2), initial=np.inf) >= np.finfo(np.float64).tiny))
     gv = np.ascontiguousarray(np.stack([table.gamma, table.sigma2], axis=1))
     coefs = np.ascontiguousarray(np.stack([table.a, table.b, table.b_prev, table.c], axis=1))  # (R, 4)
     draws = np.ascontiguousarray(table.draw)

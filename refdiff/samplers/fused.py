@@ -453,15 +453,14 @@ def score_constants(table, mixture):
     ``c``          (R, K, D)     :math:`\gamma_i^2\lambda_{kj}+\sigma_i^2` (ones on rows without a score)
     ``inv_c``      (R, K, D)     :math:`1/c`
     ``log_norm``   (R, K)        :math:`\log w_k-\tfrac12(D\log2\pi+\sum_j\log(\gamma_i^2\lambda_{kj}+\sigma_i^2))`
-    ``c_min``      (R,)          :math:`\min_{k,j}(\gamma_i^2\lambda_{kj}+\sigma_i^2)`, +inf where row i has no score
     ``U``          (K, D, D)     eigenvectors (columns), or None unless ``mixture.kind == "full"``
     =============  ============  =================================================================
 
     so that, with :math:`y=U_k^\top(x-\gamma_i\mu_k)` and :math:`q=y\odot c^{-1}`,
     the logit is ``log_norm - y.q / 2`` and the component score is :math:`-U_kq`;
     the score is their softmax-weighted sum. Rows without a score get zeros.
-    Where ``c_min`` is below a dtype's smallest normal number, :math:`1/c` overflows
-    it (or nearly): a kernel computing in that dtype must divide by :math:`c` there,
+    Where some ``c`` of a row is below a dtype's smallest normal number, :math:`1/c`
+    overflows it (or nearly): a kernel computing in that dtype must divide by :math:`c` there,
     as the reference does, or a particle at that component's mean loses its weight.
     """
     _check_table_mixture(table, mixture)
@@ -472,8 +471,7 @@ def score_constants(table, mixture):
     c = g**2 * lam[None] + v  # (R, K, D)
     means = g * mu[None]  # (R, K, D)
     log_norm = log_w[None] - 0.5 * (D * _LOG_2PI + np.sum(np.log(c), axis=2))  # (R, K)
-    c_min = np.where(table.b != 0, c.min(axis=(1, 2), initial=np.inf), np.inf)
-    with np.errstate(divide="ignore", over="ignore"):  # 1 / c overflows where c is subnormal: c_min says so
+    with np.errstate(divide="ignore", over="ignore"):  # 1 / c overflows where c is subnormal: the kernels divide there
         inv_c = 1.0 / c
     return {"means": np.ascontiguousarray(means), "c": np.ascontiguousarray(c), "inv_c": np.ascontiguousarray(inv_c),
-            "log_norm": np.ascontiguousarray(log_norm), "c_min": c_min, "U": U}  # fmt: skip
+            "log_norm": np.ascontiguousarray(log_norm), "U": U}  # fmt: skip
