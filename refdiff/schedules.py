@@ -255,6 +255,13 @@ def rescale_zero_terminal_snr(betas) -> np.ndarray:
 _SPACINGS = ("linspace", "leading", "trailing")
 
 
+def _check_spacing(spacing):
+    """``spacing`` if it is one of the known ones (:func:`spaced_timesteps`), else a ValueError."""
+    if spacing not in _SPACINGS:
+        raise ValueError(f"spacing must be one of {_SPACINGS}, got {spacing!r}")
+    return spacing
+
+
 def spaced_timesteps(T: int, n: int, spacing: str = "trailing") -> np.ndarray:
     r"""``n`` distinct steps of 1..T, increasing, as other libraries space them.
 
@@ -284,14 +291,13 @@ def spaced_timesteps(T: int, n: int, spacing: str = "trailing") -> np.ndarray:
     T = _check_T(T)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= T:
         raise ValueError(f"n must be an int in 1..T={T}, got {n!r}")
+    _check_spacing(spacing)
     if spacing == "linspace":
         steps = 1 + np.round(np.linspace(0, T - 1, n)).astype(np.int64)
     elif spacing == "leading":
         steps = 1 + np.arange(n, dtype=np.int64) * (T // n)
-    elif spacing == "trailing":
+    else:  # "trailing"
         steps = np.round(np.arange(T, 0, -T / n)).astype(np.int64)[:n][::-1]
-    else:
-        raise ValueError(f"spacing must be one of {_SPACINGS}, got {spacing!r}")
     steps = np.ascontiguousarray(steps)
     assert steps.shape == (n,) and np.all(np.diff(steps) > 0) and steps[0] >= 1 and steps[-1] <= T
     return steps

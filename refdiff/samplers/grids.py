@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import to_numpy
-from ..schedules import _SPACINGS, DiscreteSchedule
+from ..schedules import DiscreteSchedule, _check_spacing
 from ._common import check_int, check_positive, check_process
 
 __all__ = ["GRID_KINDS", "time_grid", "step_grid", "describe_grid", "GridInfo", "resolve_grid"]
@@ -114,8 +114,7 @@ def step_grid(schedule: DiscreteSchedule, steps=None, spacing: str = "trailing")
     """
     if not isinstance(schedule, DiscreteSchedule):
         raise TypeError(f"step_grid needs a DiscreteSchedule, got {type(schedule).__name__}")
-    if spacing not in _SPACINGS:  # checked with steps=None too, where it picks nothing
-        raise ValueError(f"spacing must be one of {_SPACINGS}, got {spacing!r}")
+    _check_spacing(spacing)  # with steps=None too, where it picks nothing
     if steps is None:
         kept = np.arange(1, schedule.T + 1)
     else:
@@ -164,8 +163,7 @@ def resolve_grid(
     checked whatever the grid (a misspelt one is an error, not ignored).
     """
     check_process(process)
-    if spacing not in _SPACINGS:
-        raise ValueError(f"spacing must be one of {_SPACINGS}, got {spacing!r}")
+    _check_spacing(spacing)
     if grid is not None and not isinstance(grid, str):
         arr = _check_explicit(process, grid)
         if steps is not None and check_int(steps, "steps") != arr.shape[0] - 1:
